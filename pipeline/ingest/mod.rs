@@ -1,0 +1,482 @@
+//! Ingest: deliveries in the inbox become pseudonymised, partitioned, committed Parquet.
+//!
+//! Per delivery: hash it (a re-delivery is a no-op), frame it ([`framer`]),
+//! parse chunks with Polars ([`parse`]), check and transform rows in parallel
+//! ([`rules`]), write partitions ([`crate::warehouse::writer`]) and report
+//! rejected rows ([`report`]). All deliveries of a run commit together as
+//! one manifest version; a refused delivery is rolled back alone.
+
+pub mod delivery;
+pub mod framer;
+pub mod parse;
+pub mod report;
+pub mod rules;
+pub mod values;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde_json::{Map, Value, json};
+
+use crate::audit::AuditLog;
+use crate::config::{Settings, SourceConfig};
+use crate::pseudonym::{self, Key};
+use crate::warehouse::writer::TableWriter;
+use crate::warehouse::{self, Delivery, Manifest, Transaction, Warehouse};
+use delivery::DeliveryFile;
+use framer::{FrameError, Framer};
+use report::RejectionReport;
+use rules::{Plan, RowMeta};
+
+/// Rows handed to one parallel task of the rule engine.
+const ROWS_PER_TASK: usize = 16 * 1024;
+
+/// Errors that stop an ingest run (a refused delivery does not).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] crate::config::Error),
+    #[error(transparent)]
+    Warehouse(#[from] warehouse::Error),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::Error),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: cannot tell which source this file belongs to; name it `<source>_<YYYYMMDD>.csv` or pass --source")]
+    UnknownSource { path: PathBuf },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What to ingest.
+#[derive(Debug, Default, Clone)]
+pub struct Options {
+    /// Only this source.
+    pub source: Option<String>,
+    /// These files instead of the inbox.
+    pub files: Vec<PathBuf>,
+    /// Draw progress bars (on a terminal).
+    pub progress: bool,
+}
+
+/// What became of one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Committed { rows: u64, rejected: u64, report: Option<PathBuf> },
+    AlreadyIngested,
+    Refused { reason: String, report: Option<PathBuf> },
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryResult {
+    pub source: String,
+    pub file: PathBuf,
+    pub outcome: Outcome,
+    pub seconds: f64,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub deliveries: Vec<DeliveryResult>,
+    /// Manifest version committed, if anything was.
+    pub commit: Option<u64>,
+}
+
+impl Summary {
+    pub fn refused(&self) -> usize {
+        self.deliveries.iter().filter(|d| matches!(d.outcome, Outcome::Refused { .. })).count()
+    }
+}
+
+/// Ingest every new delivery (or the given files) and commit them together.
+pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, opts: &Options) -> Result<Summary> {
+    let fingerprint = pseudonym::fingerprint(key);
+    let mut wh = Warehouse::open_for_write(&settings.paths.warehouse, &fingerprint)?;
+    let (deliveries, mut results) = find_deliveries(settings, opts)?;
+    let mut tx = wh.begin()?;
+    let mut next: Manifest = wh.manifest().clone();
+    next.key_fingerprint = Some(fingerprint.clone());
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    next.committed_at = now.clone();
+    let mut hashes_this_run = BTreeSet::new();
+    let mut audit_entries = Vec::new();
+    for d in &deliveries {
+        let started = Instant::now();
+        let source = settings.source(&d.source)?;
+        let hash = delivery::hash_file(&d.path).map_err(|source| Error::Read { path: d.path.clone(), source })?;
+        if next.has_delivery(&hash) || !hashes_this_run.insert(hash.clone()) {
+            tracing::info!(source = %d.source, file = %d.name, "already ingested; nothing to do");
+            results.push(DeliveryResult {
+                source: d.source.clone(),
+                file: d.path.clone(),
+                outcome: Outcome::AlreadyIngested,
+                seconds: started.elapsed().as_secs_f64(),
+            });
+            continue;
+        }
+        let mark = tx.mark();
+        let meta = RowMeta {
+            extract_date: (d.extract_date - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")).num_days()
+                as i32,
+            extract_seq: d.seq as i32,
+            commit: tx.version() as i64,
+        };
+        let outcome = match ingest_delivery(settings, source, d, key, meta, &mut tx, opts.progress)? {
+            Ok(done) => {
+                let table = next.tables.entry(source.table.clone()).or_default();
+                table.partition_columns = source
+                    .partition_by
+                    .as_ref()
+                    .map(|p| p.parts.iter().map(|x| x.name().to_owned()).collect())
+                    .unwrap_or_default();
+                table.files.extend(tx.files().skip(mark).cloned());
+                next.deliveries.push(Delivery {
+                    source: d.source.clone(),
+                    file: d.name.clone(),
+                    sha256: hash.clone(),
+                    extract_date: d.extract_date.to_string(),
+                    extract_seq: d.seq,
+                    rows_committed: done.rows,
+                    rows_rejected: done.rejected,
+                    commit: tx.version(),
+                    committed_at: now.clone(),
+                });
+                tracing::info!(source = %d.source, file = %d.name, rows = done.rows, rejected = done.rejected, "delivery ingested");
+                Outcome::Committed { rows: done.rows, rejected: done.rejected, report: done.report }
+            }
+            Err((reason, report)) => {
+                tx.rollback_to(mark);
+                tracing::warn!(source = %d.source, file = %d.name, %reason, "delivery refused");
+                Outcome::Refused { reason, report }
+            }
+        };
+        audit_entries.push(delivery_audit(d, &hash, &outcome));
+        results.push(DeliveryResult {
+            source: d.source.clone(),
+            file: d.path.clone(),
+            outcome,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
+    let mut summary = Summary { deliveries: results, commit: None };
+    let committed_any = summary.deliveries.iter().any(|r| matches!(r.outcome, Outcome::Committed { .. }));
+    if committed_any {
+        let version = tx.version();
+        wh.commit(tx, next)?;
+        summary.commit = Some(version);
+    }
+    for (i, mut fields) in audit_entries.into_iter().enumerate() {
+        fields.insert("commit".into(), summary.commit.map(Value::from).unwrap_or(Value::Null));
+        let _ = i;
+        audit.append("ingest", fields)?;
+    }
+    Ok(summary)
+}
+
+fn delivery_audit(d: &DeliveryFile, hash: &str, outcome: &Outcome) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("source".into(), json!(d.source));
+    m.insert("file".into(), json!(d.name));
+    m.insert("sha256".into(), json!(hash));
+    match outcome {
+        Outcome::Committed { rows, rejected, .. } => {
+            m.insert("outcome".into(), json!("committed"));
+            m.insert("rows_committed".into(), json!(rows));
+            m.insert("rows_rejected".into(), json!(rejected));
+        }
+        Outcome::Refused { reason, .. } => {
+            m.insert("outcome".into(), json!("refused"));
+            m.insert("reason".into(), json!(reason));
+        }
+        Outcome::AlreadyIngested => {
+            m.insert("outcome".into(), json!("already_ingested"));
+        }
+    }
+    m
+}
+
+/// The deliveries of this run, oldest extract first, and results for misnamed files.
+fn find_deliveries(settings: &Settings, opts: &Options) -> Result<(Vec<DeliveryFile>, Vec<DeliveryResult>)> {
+    let mut found = Vec::new();
+    let mut results = Vec::new();
+    if opts.files.is_empty() {
+        let sources: Vec<&SourceConfig> = match &opts.source {
+            Some(s) => vec![settings.source(s)?],
+            None => settings.sources.iter().collect(),
+        };
+        for s in sources {
+            let (ok, misnamed) = delivery::discover(&settings.paths.inbox, s)
+                .map_err(|source| Error::Read { path: settings.paths.inbox.join(&s.name), source })?;
+            found.extend(ok);
+            for (path, e) in misnamed {
+                results.push(refused_name(&s.name, path, e));
+            }
+        }
+    } else {
+        for path in &opts.files {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let source = match &opts.source {
+                Some(s) => settings.source(s)?,
+                None => settings
+                    .sources
+                    .iter()
+                    .filter(|s| name.starts_with(&format!("{}_", s.name)))
+                    .max_by_key(|s| s.name.len())
+                    .ok_or_else(|| Error::UnknownSource { path: path.clone() })?,
+            };
+            if !path.is_file() {
+                return Err(Error::Read {
+                    path: path.clone(),
+                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+                });
+            }
+            match delivery::parse_name(&source.name, &name) {
+                Ok((extract_date, seq)) => found.push(DeliveryFile {
+                    path: path.clone(),
+                    source: source.name.clone(),
+                    name,
+                    extract_date,
+                    seq,
+                }),
+                Err(e) => results.push(refused_name(&source.name, path.clone(), e)),
+            }
+        }
+    }
+    delivery::sort(&mut found);
+    Ok((found, results))
+}
+
+fn refused_name(source: &str, path: PathBuf, e: delivery::NameError) -> DeliveryResult {
+    tracing::warn!(source, file = %path.display(), reason = %e, "delivery refused");
+    DeliveryResult {
+        source: source.to_owned(),
+        file: path,
+        outcome: Outcome::Refused { reason: e.to_string(), report: None },
+        seconds: 0.0,
+    }
+}
+
+struct Done {
+    rows: u64,
+    rejected: u64,
+    report: Option<PathBuf>,
+}
+
+/// Ingest one delivery into `tx`. The outer error stops the run; the inner
+/// one refuses this delivery (with the reason and the provider's report).
+fn ingest_delivery(
+    settings: &Settings,
+    source: &SourceConfig,
+    d: &DeliveryFile,
+    key: &Key,
+    meta: RowMeta,
+    tx: &mut Transaction,
+    progress: bool,
+) -> Result<Result<Done, (String, Option<PathBuf>)>> {
+    let outbox = &settings.paths.outbox;
+    let write_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| Error::Write { path, source }
+    };
+    let mut report = RejectionReport::create(outbox, &source.name, &d.name).map_err(write_err(outbox))?;
+    let refuse = |mut report: RejectionReport, line: u64, reason: String| -> Result<Result<Done, (String, Option<PathBuf>)>> {
+        report.add(line, "", &format!("file refused: {reason}")).map_err(write_err(outbox))?;
+        let path = report.finish().map_err(write_err(outbox))?;
+        Ok(Err((reason, path)))
+    };
+    let file = std::fs::File::open(&d.path).map_err(|source| Error::Read { path: d.path.clone(), source })?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let (framer, header) =
+        match Framer::new(file, source.encoding, source.delimiter.byte(), settings.ingest.chunk_bytes) {
+            Ok(x) => x,
+            Err(FrameError::Io(source)) => return Err(Error::Read { path: d.path.clone(), source }),
+            Err(e) => {
+                let line = frame_error_line(&e);
+                return refuse(report, line, e.to_string());
+            }
+        };
+    if let Some(problem) = header_problem(source, &header) {
+        return refuse(report, 1, problem);
+    }
+    let plan = Plan::new(source, &header, key, meta);
+    let mut writer = TableWriter::new(
+        &source.table,
+        plan.schema().clone(),
+        source.partition_by.as_ref().map(|p| p.parts.clone()).unwrap_or_default(),
+        plan.sort_columns.clone(),
+        settings.ingest.row_group_rows,
+        settings.ingest.zstd_level,
+    );
+    let bar = progress_bar(progress, size, &d.name);
+    let delimiter = source.delimiter.byte();
+    let mut rows = 0u64;
+    let mut rejected = 0u64;
+    // Frame on one thread while the others parse and transform the previous chunk.
+    let outcome: Result<Result<(), (u64, String)>> = std::thread::scope(|scope| {
+        let (send, recv) = std::sync::mpsc::sync_channel::<Result<framer::Chunk, FrameError>>(1);
+        scope.spawn(move || {
+            let mut framer = framer;
+            loop {
+                let next = framer.next_chunk();
+                let stop = !matches!(next, Ok(Some(_)));
+                match next {
+                    Ok(Some(c)) => {
+                        if send.send(Ok(c)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = send.send(Err(e));
+                    }
+                }
+                if stop {
+                    return;
+                }
+            }
+        });
+        for chunk in recv {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(FrameError::Io(source)) => return Err(Error::Read { path: d.path.clone(), source }),
+                Err(e) => return Ok(Err((frame_error_line(&e), e.to_string()))),
+            };
+            bar.set_position(chunk.bytes_read);
+            let framer::Chunk { data, lines, malformed, .. } = chunk;
+            let first_line = lines.first().copied().unwrap_or(0);
+            let parsed = if lines.is_empty() {
+                None
+            } else {
+                match parse::parse_chunk(data, &header, delimiter) {
+                    Ok(p) if p.rows() == lines.len() => Some(p),
+                    // Polars' own message may quote the data: never pass it on.
+                    _ => return Ok(Err((first_line, "records could not be parsed".to_owned()))),
+                }
+            };
+            let processed: Vec<rules::Processed> = match &parsed {
+                Some(p) => (0..p.rows())
+                    .step_by(ROWS_PER_TASK)
+                    .collect::<Vec<_>>()
+                    .into_par_iter()
+                    .map(|start| plan.process(p, &lines, start..(start + ROWS_PER_TASK).min(p.rows())))
+                    .collect(),
+                None => Vec::new(),
+            };
+            let mut problems: Vec<(u64, String, String)> =
+                malformed.into_iter().map(|m| (m.line, String::new(), m.reason)).collect();
+            rejected += problems.len() as u64;
+            for p in processed {
+                rejected += p.rows_rejected;
+                problems.extend(p.rejections.into_iter().map(|r| (r.line, r.column, r.reason)));
+                for (key, batch) in p.batches {
+                    rows += batch.num_rows() as u64;
+                    writer.push(tx, key, batch)?;
+                }
+            }
+            problems.sort_by_key(|p| p.0);
+            for (line, column, reason) in problems {
+                report.add(line, &column, &reason).map_err(write_err(outbox))?;
+            }
+        }
+        Ok(Ok(()))
+    });
+    bar.finish_and_clear();
+    match outcome? {
+        Ok(()) => {
+            writer.finish(tx)?;
+            let report = report.finish().map_err(write_err(outbox))?;
+            Ok(Ok(Done { rows, rejected, report }))
+        }
+        Err((line, reason)) => {
+            drop(writer);
+            report.discard();
+            let report = RejectionReport::create(outbox, &source.name, &d.name).map_err(write_err(outbox))?;
+            refuse(report, line, reason)
+        }
+    }
+}
+
+fn frame_error_line(e: &FrameError) -> u64 {
+    match e {
+        FrameError::UnclosedQuote { line } | FrameError::Encoding { line, .. } | FrameError::Header { line, .. } => *line,
+        FrameError::Empty | FrameError::Io(_) => 1,
+    }
+}
+
+/// Why a header does not match the source config, if it does not.
+///
+/// Column names are shown only when they look like column names: a file
+/// delivered without its header would otherwise put its first row's values
+/// (personal codes, names) into the message.
+fn header_problem(source: &SourceConfig, header: &[String]) -> Option<String> {
+    let plausible = |n: &str| {
+        let mut b = n.bytes();
+        n.len() <= 64
+            && b.next().is_some_and(|c| c.is_ascii_lowercase())
+            && b.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
+    };
+    let show = |i: usize, n: &str| if plausible(n) { format!("`{n}`") } else { format!("column {} (name withheld: not a lowercase column name)", i + 1) };
+    let mut seen = BTreeSet::new();
+    let mut unknown = Vec::new();
+    let mut duplicate = Vec::new();
+    for (i, h) in header.iter().enumerate() {
+        if !seen.insert(h.as_str()) {
+            duplicate.push(show(i, h));
+        } else if !source.columns.contains_key(h) {
+            unknown.push(show(i, h));
+        }
+    }
+    let missing: Vec<String> = source.columns.keys().filter(|c| !seen.contains(c.as_str())).map(|c| format!("`{c}`")).collect();
+    if unknown.is_empty() && missing.is_empty() && duplicate.is_empty() {
+        return None;
+    }
+    if unknown.len() * 2 > header.len() {
+        return Some(format!(
+            "the first line is not this source's header ({} of {} names unknown): is the header row missing?",
+            unknown.len(),
+            header.len()
+        ));
+    }
+    let mut parts = Vec::new();
+    if !unknown.is_empty() {
+        parts.push(format!(
+            "unknown column(s) {} (schema drift: after review, give each a rule in {})",
+            unknown.join(", "),
+            source.file.display()
+        ));
+    }
+    if !missing.is_empty() {
+        parts.push(format!("missing column(s) {}", missing.join(", ")));
+    }
+    if !duplicate.is_empty() {
+        parts.push(format!("duplicate column(s) {}", duplicate.join(", ")));
+    }
+    Some(parts.join("; "))
+}
+
+fn progress_bar(enabled: bool, size: u64, name: &str) -> indicatif::ProgressBar {
+    if !enabled {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(size);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:30} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(name.to_owned());
+    bar
+}

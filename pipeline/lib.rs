@@ -1,0 +1,20 @@
+//! ladu: the pseudonymised data warehouse of a national health information system.
+//!
+//! Registry extracts flow down one path, and the code is laid out by its stages:
+//!
+//! - [`config`]: `ladu.toml` and one rule file per source; used by every stage.
+//! - [`pseudonym`]: the key, keyed HMAC pseudonyms and personal-code checks (no I/O).
+//! - [`ingest`]: deliveries → checked, pseudonymised Arrow batches → the warehouse.
+//! - [`warehouse`]: the Parquet layout, the manifest and atomic commits.
+//! - [`audit`]: the hash-chained log of every processing step; used by every stage.
+//! - [`sample_data`]: synthetic deliveries in the providers' exact formats.
+//!
+//! Start reading at [`ingest::run`]; the binary (`main.rs`) only parses flags,
+//! calls into these modules and maps their errors to exit codes.
+
+pub mod audit;
+pub mod config;
+pub mod ingest;
+pub mod pseudonym;
+pub mod sample_data;
+pub mod warehouse;

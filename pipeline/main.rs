@@ -1,0 +1,236 @@
+//! The `ladu` command: parses flags, calls the library, maps errors to exit codes.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use ladu::audit::AuditLog;
+use ladu::config::Settings;
+use ladu::ingest::{self, Outcome};
+use ladu::pseudonym::{self, Key, KeyError};
+use ladu::sample_data;
+
+/// Exit codes, documented in the README.
+#[derive(Debug, Clone, Copy)]
+enum Exit {
+    /// Everything done (rows may have been rejected and reported).
+    Ok = 0,
+    /// A failure stopped the command; the warehouse is as it was before it.
+    Failure = 1,
+    /// Bad command-line usage (clap's own code).
+    #[allow(dead_code)]
+    Usage = 2,
+    /// Configuration or key error: nothing was done.
+    Config = 3,
+    /// Some deliveries were refused; the others were committed.
+    Refused = 4,
+}
+
+#[derive(Parser)]
+#[command(name = "ladu", version, about = "Pseudonymised health-data warehouse")]
+struct Cli {
+    /// Config file (default: $LADU_CONFIG, else config/ladu.toml).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a new random key (mode 0600); never overwrites.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Ingest new deliveries from the inbox (or the given files) into the warehouse.
+    Ingest {
+        /// Only this source.
+        #[arg(long)]
+        source: Option<String>,
+        /// Delivery files to ingest instead of the inbox.
+        files: Vec<PathBuf>,
+    },
+    /// Write synthetic deliveries for every source.
+    SampleData {
+        #[arg(long)]
+        out: PathBuf,
+        /// Rows per source.
+        #[arg(long, default_value_t = 300)]
+        rows: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Deliberately invalid rows per source.
+        #[arg(long, default_value_t = 3)]
+        invalid: usize,
+        /// Only these sources (repeatable).
+        #[arg(long = "only")]
+        only: Vec<String>,
+        /// Extract date of the deliveries (YYYY-MM-DD).
+        #[arg(long, default_value = "2024-03-31")]
+        date: chrono::NaiveDate,
+    },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Check the hash chain; names the first bad line.
+    Verify,
+    /// Print entries as JSON lines.
+    Show {
+        /// Only entries of this kind (e.g. ingest).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only entries on or after this date (YYYY-MM-DD).
+        #[arg(long)]
+        since: Option<chrono::NaiveDate>,
+    },
+}
+
+/// An error and the exit code it maps to.
+struct Failed(Exit, String);
+
+impl<E: std::fmt::Display> From<(Exit, E)> for Failed {
+    fn from((code, e): (Exit, E)) -> Self {
+        Failed(code, e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    match run(cli) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(Failed(code, message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(code as u8)
+        }
+    }
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::new(format!("ladu={level},warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
+
+fn run(cli: Cli) -> Result<Exit, Failed> {
+    match cli.command {
+        Command::Keygen { out } => {
+            pseudonym::key::generate(&out).map_err(|e| (Exit::Config, e))?;
+            eprintln!("wrote a new key to {} (mode 0600); keep a backup in a safe place", out.display());
+            Ok(Exit::Ok)
+        }
+        Command::SampleData { out, rows, seed, invalid, only, date } => {
+            let opts = sample_data::Options { rows, seed, invalid, sources: only, extract_date: date };
+            let written = sample_data::generate(&out, &opts).map_err(|e| (Exit::Failure, e))?;
+            for (path, rows) in written {
+                println!("{}\t{rows} rows", path.display());
+            }
+            Ok(Exit::Ok)
+        }
+        Command::Ingest { source, files } => {
+            let settings = load_settings(cli.config.as_deref())?;
+            let key = load_key(&settings)?;
+            let audit = AuditLog::new(&settings.paths.audit);
+            let opts = ingest::Options { source, files, progress: std::io::stderr().is_terminal() && !cli.quiet };
+            let summary = ingest::run(&settings, &key, &audit, &opts).map_err(|e| {
+                let code = match e {
+                    ingest::Error::Config(_) | ingest::Error::UnknownSource { .. } => Exit::Config,
+                    ingest::Error::Warehouse(ladu::warehouse::Error::WrongKey { .. }) => Exit::Config,
+                    _ => Exit::Failure,
+                };
+                (code, e)
+            })?;
+            print_summary(&summary);
+            Ok(if summary.refused() > 0 { Exit::Refused } else { Exit::Ok })
+        }
+        Command::Audit { action } => {
+            let settings = load_settings(cli.config.as_deref())?;
+            let log = AuditLog::new(&settings.paths.audit);
+            match action {
+                AuditAction::Verify => {
+                    let v = ladu::audit::verify(&log).map_err(|e| (Exit::Failure, e))?;
+                    println!("audit log {} is intact: {} entries", log.path().display(), v.entries);
+                }
+                AuditAction::Show { kind, since } => {
+                    let since = since.map(|d| d.format("%Y-%m-%d").to_string());
+                    for e in log.entries().map_err(|e| (Exit::Failure, e))? {
+                        let k = e.get("kind").and_then(|v| v.as_str()).unwrap_or_default();
+                        let t = e.get("time").and_then(|v| v.as_str()).unwrap_or_default();
+                        if kind.as_deref().is_some_and(|want| want != k) || since.as_deref().is_some_and(|s| t < s) {
+                            continue;
+                        }
+                        println!("{e}");
+                    }
+                }
+            }
+            Ok(Exit::Ok)
+        }
+    }
+}
+
+fn load_settings(flag: Option<&Path>) -> Result<Settings, Failed> {
+    let path = Settings::locate(flag);
+    Settings::load(&path).map_err(|e| Failed(Exit::Config, e.to_string()))
+}
+
+fn load_key(settings: &Settings) -> Result<Key, Failed> {
+    match Key::load(&settings.key_file) {
+        Err(KeyError::Missing { .. }) if settings.create_key_if_missing => {
+            pseudonym::key::generate(&settings.key_file).map_err(|e| (Exit::Config, e))?;
+            eprintln!(
+                "made a new key at {} because `create_key_if_missing = true` in {}",
+                settings.key_file.display(),
+                settings.file.display()
+            );
+            Key::load(&settings.key_file).map_err(|e| (Exit::Config, e).into())
+        }
+        other => other.map_err(|e| (Exit::Config, e).into()),
+    }
+}
+
+fn print_summary(summary: &ingest::Summary) {
+    let (mut rows, mut rejected) = (0u64, 0u64);
+    for d in &summary.deliveries {
+        let name = d.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        match &d.outcome {
+            Outcome::Committed { rows: r, rejected: j, report } => {
+                rows += r;
+                rejected += j;
+                let rep = report.as_ref().map(|p| format!(" (report: {})", p.display())).unwrap_or_default();
+                println!("{:<20} {name:<40} committed {r:>9} rows, rejected {j} rows{rep} in {:.2}s", d.source, d.seconds);
+            }
+            Outcome::AlreadyIngested => println!("{:<20} {name:<40} already ingested, skipped", d.source),
+            Outcome::Refused { reason, .. } => println!("{:<20} {name:<40} REFUSED: {reason}", d.source),
+        }
+    }
+    let refused = summary.refused();
+    match summary.commit {
+        Some(v) => println!("committed warehouse version {v}: {rows} rows, {rejected} rows rejected, {refused} deliveries refused"),
+        None => println!("nothing new to commit ({refused} deliveries refused)"),
+    }
+}

@@ -1,0 +1,164 @@
+//! The manifest: which files and deliveries are committed, under which key.
+//!
+//! Version N lives in `_ladu/manifest/<N>.json` and holds the whole state.
+//! It is written aside, fsynced, and hard-linked into place, which fails if
+//! N already exists: two writers can never both commit version N, and a
+//! crash leaves either no version N or a complete one.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Error, Result, sync_dir};
+
+/// Version of the manifest's own format.
+pub const FORMAT: u32 = 1;
+
+/// One committed Parquet file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedFile {
+    /// Path relative to the warehouse root, `/`-separated.
+    pub path: String,
+    pub rows: u64,
+    pub bytes: u64,
+    /// SHA-256 of the file's bytes, hex.
+    pub sha256: String,
+    /// Hive partition values, e.g. `{"year": "2024", "month": "3"}`.
+    pub partition: BTreeMap<String, String>,
+    /// Manifest version that committed it.
+    pub commit: u64,
+}
+
+/// One ingested delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub source: String,
+    /// File name as delivered (no folder).
+    pub file: String,
+    /// SHA-256 of the delivered bytes, hex.
+    pub sha256: String,
+    pub extract_date: String,
+    pub extract_seq: u32,
+    pub rows_committed: u64,
+    pub rows_rejected: u64,
+    pub commit: u64,
+    pub committed_at: String,
+}
+
+/// The committed state of a table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Table {
+    /// Partition folder levels, outermost first.
+    pub partition_columns: Vec<String>,
+    pub files: Vec<CommittedFile>,
+}
+
+/// The whole committed state of the warehouse.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    /// 0 for an empty warehouse.
+    pub version: u64,
+    pub committed_at: String,
+    /// Fingerprint of the key every pseudonym here was made with.
+    pub key_fingerprint: Option<String>,
+    pub tables: BTreeMap<String, Table>,
+    pub deliveries: Vec<Delivery>,
+}
+
+impl Manifest {
+    /// Is a delivery with these bytes already committed?
+    pub fn has_delivery(&self, sha256: &str) -> bool {
+        self.deliveries.iter().any(|d| d.sha256 == sha256)
+    }
+
+    /// Every committed file path, relative to the root.
+    pub fn file_paths(&self) -> impl Iterator<Item = &str> {
+        self.tables.values().flat_map(|t| t.files.iter().map(|f| f.path.as_str()))
+    }
+}
+
+fn manifest_dir(root: &Path) -> PathBuf {
+    root.join(super::META_DIR).join("manifest")
+}
+
+fn version_path(root: &Path, version: u64) -> PathBuf {
+    manifest_dir(root).join(format!("{version:010}.json"))
+}
+
+/// The newest committed manifest, or an empty one for a new warehouse.
+pub fn load_latest(root: &Path) -> Result<Manifest> {
+    let dir = manifest_dir(root);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Manifest { format: FORMAT, ..Default::default() }),
+        Err(source) => return Err(Error::Io { path: dir, source }),
+    };
+    let mut newest: Option<u64> = None;
+    for entry in entries {
+        let entry = entry.map_err(|source| Error::Io { path: dir.clone(), source })?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(v) = name.strip_suffix(".json").and_then(|n| n.parse::<u64>().ok()) {
+            newest = newest.max(Some(v));
+        }
+    }
+    let Some(v) = newest else { return Ok(Manifest { format: FORMAT, ..Default::default() }) };
+    let path = version_path(root, v);
+    let text = std::fs::read(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+    let m: Manifest = serde_json::from_slice(&text)
+        .map_err(|e| Error::Corrupt { path: path.clone(), problem: e.to_string() })?;
+    if m.version != v || m.format != FORMAT {
+        return Err(Error::Corrupt { path, problem: format!("holds version {} format {}", m.version, m.format) });
+    }
+    Ok(m)
+}
+
+/// Commit `m` as version `m.version`; fails if that version exists.
+pub fn commit(root: &Path, m: &Manifest) -> Result<()> {
+    let dir = manifest_dir(root);
+    std::fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
+    let tmp = root.join(super::META_DIR).join(format!("manifest-{}.tmp", m.version));
+    let body = serde_json::to_vec_pretty(m).expect("manifest serialises");
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&body)?;
+        f.write_all(b"\n")?;
+        f.sync_all()
+    };
+    write().map_err(|source| Error::Io { path: tmp.clone(), source })?;
+    let target = version_path(root, m.version);
+    let linked = std::fs::hard_link(&tmp, &target);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(Error::Conflict { version: m.version });
+        }
+        Err(source) => return Err(Error::Io { path: target, source }),
+    }
+    sync_dir(&dir)?;
+    sync_dir(&root.join(super::META_DIR))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_and_reload_and_refuse_a_second_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load_latest(dir.path()).unwrap().version, 0);
+        let mut m = Manifest { format: FORMAT, version: 1, key_fingerprint: Some("ab".into()), ..Default::default() };
+        commit(dir.path(), &m).unwrap();
+        assert_eq!(load_latest(dir.path()).unwrap(), m);
+        m.committed_at = "other".into();
+        assert!(matches!(commit(dir.path(), &m), Err(Error::Conflict { version: 1 })));
+        m.version = 2;
+        commit(dir.path(), &m).unwrap();
+        assert_eq!(load_latest(dir.path()).unwrap().version, 2);
+    }
+}

@@ -1,0 +1,295 @@
+//! The warehouse on disk: layout, the writer lock, staging, atomic commits and recovery.
+//!
+//! Layout: `<root>/<table>/<k=v>/…/part-*.parquet` for committed data and
+//! `<root>/_ladu/` for the manifest, staging and the lock (readers skip
+//! `_`-folders). A run writes its files to `_ladu/staging/<run>/`, moves them
+//! into place under names no other commit uses, then commits a new manifest
+//! version. Files not named by the newest manifest are leftovers of a run
+//! that died before its commit; [`Warehouse::open_for_write`] removes them.
+
+pub mod manifest;
+pub mod writer;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+pub use manifest::{CommittedFile, Delivery, Manifest};
+
+/// Folder of warehouse metadata under the root.
+pub const META_DIR: &str = "_ladu";
+
+/// Errors of the warehouse layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("warehouse I/O error at {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another ladu process is writing to the warehouse {root} (lock {root}/_ladu/lock is held); wait for it to finish")]
+    Locked { root: PathBuf },
+    #[error("the warehouse manifest {path} is damaged ({problem}); restore it from backup before running again")]
+    Corrupt { path: PathBuf, problem: String },
+    #[error("another writer committed manifest version {version} first; run again")]
+    Conflict { version: u64 },
+    #[error(
+        "the key's fingerprint {given} differs from the warehouse's {expected}: this is not the key the warehouse was built with; nothing was written"
+    )]
+    WrongKey { expected: String, given: String },
+    #[error("cannot write Parquet file {path}: {source}")]
+    Parquet {
+        path: PathBuf,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io { path: path.to_owned(), source }
+}
+
+/// fsync a directory, so that entries made in it survive a crash.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+/// A warehouse opened for writing: holds the writer lock until dropped.
+#[derive(Debug)]
+pub struct Warehouse {
+    root: PathBuf,
+    manifest: Manifest,
+    _lock: File,
+}
+
+impl Warehouse {
+    /// Take the writer lock, load the manifest, refuse a key with another
+    /// fingerprint, then recover from any crashed run.
+    pub fn open_for_write(root: &Path, fingerprint: &str) -> Result<Warehouse> {
+        let meta = root.join(META_DIR);
+        std::fs::create_dir_all(&meta).map_err(io(&meta))?;
+        let lock_path = meta.join("lock");
+        let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Locked { root: root.to_owned() }),
+            Err(std::fs::TryLockError::Error(source)) => return Err(Error::Io { path: lock_path, source }),
+        }
+        let manifest = manifest::load_latest(root)?;
+        let wh = Warehouse { root: root.to_owned(), manifest, _lock: lock };
+        wh.check_fingerprint(fingerprint)?;
+        wh.recover()?;
+        Ok(wh)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Refuse a key whose fingerprint is not the warehouse's.
+    fn check_fingerprint(&self, fingerprint: &str) -> Result<()> {
+        match &self.manifest.key_fingerprint {
+            Some(expected) if expected != fingerprint => {
+                Err(Error::WrongKey { expected: expected.clone(), given: fingerprint.to_owned() })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Remove staging folders and any data file the manifest does not name.
+    fn recover(&self) -> Result<()> {
+        let staging = self.root.join(META_DIR).join("staging");
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
+        }
+        for entry in std::fs::read_dir(self.root.join(META_DIR)).map_err(io(&self.root))? {
+            let entry = entry.map_err(io(&self.root))?;
+            if entry.file_name().to_string_lossy().ends_with(".tmp") {
+                std::fs::remove_file(entry.path()).map_err(io(&entry.path()))?;
+            }
+        }
+        let committed: std::collections::HashSet<&str> = self.manifest.file_paths().collect();
+        let mut strays = Vec::new();
+        for entry in std::fs::read_dir(&self.root).map_err(io(&self.root))? {
+            let entry = entry.map_err(io(&self.root))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('_') || name.starts_with('.') || !entry.path().is_dir() {
+                continue;
+            }
+            collect_parts(&entry.path(), &name, &mut strays, &committed)?;
+        }
+        for stray in &strays {
+            tracing::warn!(file = %stray.display(), "removing a file of an uncommitted run");
+            std::fs::remove_file(stray).map_err(io(stray))?;
+        }
+        Ok(())
+    }
+
+    /// Start a transaction that will commit as the next manifest version.
+    pub fn begin(&self) -> Result<Transaction> {
+        let version = self.manifest.version + 1;
+        let staging = self.root.join(META_DIR).join("staging").join(format!("{version:010}"));
+        std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+        Ok(Transaction { version, staging, files: Vec::new(), next_file: 0 })
+    }
+
+    /// Move the transaction's files into place and commit `next` as the new manifest.
+    pub fn commit(&mut self, tx: Transaction, mut next: Manifest) -> Result<()> {
+        next.version = tx.version;
+        next.format = manifest::FORMAT;
+        let mut dirs = std::collections::BTreeSet::new();
+        for (staged, file) in &tx.files {
+            let target = self.root.join(&file.path);
+            let dir = target.parent().expect("data files live in a table folder").to_owned();
+            std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+            // The name carries the version, so no committed file is ever replaced.
+            if target.exists() {
+                return Err(Error::Io {
+                    path: target,
+                    source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "refusing to replace a file"),
+                });
+            }
+            std::fs::rename(staged, &target).map_err(io(&target))?;
+            dirs.insert(dir);
+        }
+        for dir in &dirs {
+            sync_dir(dir)?;
+            // New partition folders must be durable in their parents too.
+            let mut d = dir.as_path();
+            while let Some(parent) = d.parent() {
+                sync_dir(parent)?;
+                if parent == self.root {
+                    break;
+                }
+                d = parent;
+            }
+        }
+        manifest::commit(&self.root, &next)?;
+        let _ = std::fs::remove_dir_all(&tx.staging);
+        self.manifest = next;
+        Ok(())
+    }
+}
+
+fn collect_parts(
+    dir: &Path,
+    rel: &str,
+    out: &mut Vec<PathBuf>,
+    committed: &std::collections::HashSet<&str>,
+) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let entry = entry.map_err(io(dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        let rel = format!("{rel}/{name}");
+        if path.is_dir() {
+            collect_parts(&path, &rel, out, committed)?;
+        } else if name.starts_with("part-") && name.ends_with(".parquet") && !committed.contains(rel.as_str()) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Files staged by one run, committed all at once or not at all.
+#[derive(Debug)]
+pub struct Transaction {
+    version: u64,
+    staging: PathBuf,
+    /// Staged path and what it becomes once committed.
+    files: Vec<(PathBuf, CommittedFile)>,
+    next_file: u64,
+}
+
+impl Transaction {
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// A fresh staging path and the committed path (relative) it will move to.
+    pub fn new_file(&mut self, table: &str, partition_dirs: &[String]) -> (PathBuf, String) {
+        let n = self.next_file;
+        self.next_file += 1;
+        let staged = self.staging.join(format!("{n:06}.parquet"));
+        let mut rel = table.to_owned();
+        for d in partition_dirs {
+            rel.push('/');
+            rel.push_str(d);
+        }
+        rel.push_str(&format!("/part-{:010}-{n:06}.parquet", self.version));
+        (staged, rel)
+    }
+
+    /// Record a finished staged file.
+    pub fn add(&mut self, staged: PathBuf, file: CommittedFile) {
+        self.files.push((staged, file));
+    }
+
+    /// Forget (and delete) files staged after `mark`, e.g. of a refused delivery.
+    pub fn rollback_to(&mut self, mark: usize) {
+        for (staged, _) in self.files.drain(mark..) {
+            let _ = std::fs::remove_file(staged);
+        }
+    }
+
+    pub fn mark(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn files(&self) -> impl Iterator<Item = &CommittedFile> {
+        self.files.iter().map(|(_, f)| f)
+    }
+
+    pub fn staging_dir(&self) -> &Path {
+        &self.staging
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_writer_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _a = Warehouse::open_for_write(dir.path(), "aaaa").unwrap();
+        assert!(matches!(Warehouse::open_for_write(dir.path(), "aaaa"), Err(Error::Locked { .. })));
+    }
+
+    #[test]
+    fn uncommitted_files_are_removed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let stray = dir.path().join("t/year=2024/part-0000000001-000000.parquet");
+        std::fs::create_dir_all(stray.parent().unwrap()).unwrap();
+        std::fs::write(&stray, b"x").unwrap();
+        let keep = dir.path().join("t/notes.txt");
+        std::fs::write(&keep, b"x").unwrap();
+        let wh = Warehouse::open_for_write(dir.path(), "aaaa").unwrap();
+        assert!(!stray.exists());
+        assert!(keep.exists());
+        let mut tx = wh.begin().unwrap();
+        let (staged, rel) = tx.new_file("t", &["year=2024".into()]);
+        assert!(staged.starts_with(dir.path().join("_ladu/staging")));
+        assert_eq!(rel, "t/year=2024/part-0000000001-000000.parquet");
+        tx.rollback_to(0);
+    }
+
+    #[test]
+    fn wrong_fingerprint_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wh = Warehouse::open_for_write(dir.path(), "aaaa").unwrap();
+        let tx = wh.begin().unwrap();
+        let m = Manifest { key_fingerprint: Some("aaaa".into()), ..Default::default() };
+        wh.commit(tx, m).unwrap();
+        drop(wh);
+        let wh = Warehouse::open_for_write(dir.path(), "aaaa").unwrap();
+        drop(wh);
+        assert!(matches!(Warehouse::open_for_write(dir.path(), "bbbb"), Err(Error::WrongKey { .. })));
+    }
+}

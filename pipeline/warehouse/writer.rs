@@ -1,0 +1,216 @@
+//! Writes one table's rows of a run as one zstd Parquet file per partition,
+//! in row groups sorted by the table's sort columns.
+//!
+//! Rows are buffered per partition until a row group is full (or the memory
+//! budget is reached), then sorted and written, so memory is bounded by the
+//! budget, not by the size of the delivery.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::SortingColumn;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use sha2::{Digest, Sha256};
+
+use super::{CommittedFile, Error, Result, Transaction};
+
+/// Buffered bytes across all partitions above which the largest is flushed.
+pub const DEFAULT_MEMORY_BUDGET: usize = 256 * 1024 * 1024;
+
+/// Counts and hashes bytes on their way to the file.
+struct HashingWriter {
+    inner: BufWriter<File>,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+struct Open {
+    writer: ArrowWriter<HashingWriter>,
+    staged: PathBuf,
+    rel: String,
+    rows: u64,
+}
+
+#[derive(Default)]
+struct Pending {
+    batches: Vec<RecordBatch>,
+    rows: usize,
+    bytes: usize,
+}
+
+/// Writer of one table's partitions within a transaction.
+pub struct TableWriter {
+    table: String,
+    schema: SchemaRef,
+    partition_parts: Vec<crate::config::source::PartitionPart>,
+    sort_columns: Vec<usize>,
+    props: WriterProperties,
+    row_group_rows: usize,
+    memory_budget: usize,
+    pending: BTreeMap<u32, Pending>,
+    open: BTreeMap<u32, Open>,
+    buffered_bytes: usize,
+}
+
+impl TableWriter {
+    pub fn new(
+        table: &str,
+        schema: SchemaRef,
+        partition_parts: Vec<crate::config::source::PartitionPart>,
+        sort_columns: Vec<usize>,
+        row_group_rows: usize,
+        zstd_level: i32,
+    ) -> TableWriter {
+        let sorting: Vec<SortingColumn> = sort_columns
+            .iter()
+            .map(|&c| SortingColumn { column_idx: c as i32, descending: false, nulls_first: true })
+            .collect();
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(zstd_level).unwrap_or_default()))
+            .set_max_row_group_row_count(Some(row_group_rows))
+            .set_statistics_enabled(EnabledStatistics::Page)
+            .set_sorting_columns(Some(sorting))
+            .set_created_by(format!("ladu {}", env!("CARGO_PKG_VERSION")))
+            .build();
+        TableWriter {
+            table: table.to_owned(),
+            schema,
+            partition_parts,
+            sort_columns,
+            props,
+            row_group_rows,
+            memory_budget: DEFAULT_MEMORY_BUDGET,
+            pending: BTreeMap::new(),
+            open: BTreeMap::new(),
+            buffered_bytes: 0,
+        }
+    }
+
+    /// Buffer `batch` for partition `key`, writing row groups as they fill.
+    pub fn push(&mut self, tx: &mut Transaction, key: u32, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let size = batch.get_array_memory_size();
+        let p = self.pending.entry(key).or_default();
+        p.rows += batch.num_rows();
+        p.bytes += size;
+        p.batches.push(batch);
+        self.buffered_bytes += size;
+        if p.rows >= self.row_group_rows {
+            self.flush_partition(tx, key)?;
+        }
+        while self.buffered_bytes > self.memory_budget {
+            let Some((&largest, _)) = self.pending.iter().max_by_key(|(_, p)| p.bytes) else { break };
+            self.flush_partition(tx, largest)?;
+        }
+        Ok(())
+    }
+
+    /// Sort and write what is buffered for `key` as row groups.
+    fn flush_partition(&mut self, tx: &mut Transaction, key: u32) -> Result<()> {
+        let Some(p) = self.pending.remove(&key) else { return Ok(()) };
+        self.buffered_bytes -= p.bytes;
+        if p.rows == 0 {
+            return Ok(());
+        }
+        let batch = concat_batches(&self.schema, &p.batches).expect("batches share the schema");
+        drop(p);
+        let batch = self.sort(batch);
+        if !self.open.contains_key(&key) {
+            let dirs = partition_dirs(key, &self.partition_parts);
+            let (staged, rel) = tx.new_file(&self.table, &dirs);
+            let file = File::create(&staged).map_err(|source| Error::Io { path: staged.clone(), source })?;
+            let sink = HashingWriter { inner: BufWriter::with_capacity(1 << 20, file), hasher: Sha256::new(), bytes: 0 };
+            let writer = ArrowWriter::try_new(sink, self.schema.clone(), Some(self.props.clone()))
+                .map_err(|source| Error::Parquet { path: staged.clone(), source })?;
+            self.open.insert(key, Open { writer, staged, rel, rows: 0 });
+        }
+        let open = self.open.get_mut(&key).expect("opened above");
+        let err = |source| Error::Parquet { path: open.staged.clone(), source };
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            let len = self.row_group_rows.min(batch.num_rows() - offset);
+            open.writer.write(&batch.slice(offset, len)).map_err(err)?;
+            open.writer.flush().map_err(|source| Error::Parquet { path: open.staged.clone(), source })?;
+            offset += len;
+        }
+        open.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    fn sort(&self, batch: RecordBatch) -> RecordBatch {
+        if self.sort_columns.is_empty() || batch.num_rows() < 2 {
+            return batch;
+        }
+        let cols: Vec<SortColumn> = self
+            .sort_columns
+            .iter()
+            .map(|&c| SortColumn { values: Arc::clone(batch.column(c)), options: None })
+            .collect();
+        let indices = lexsort_to_indices(&cols, None).expect("sort columns are sortable");
+        take_record_batch(&batch, &indices).expect("indices are in range")
+    }
+
+    /// Write everything buffered, close every file, and stage them in `tx`.
+    pub fn finish(mut self, tx: &mut Transaction) -> Result<u64> {
+        let keys: Vec<u32> = self.pending.keys().copied().collect();
+        for key in keys {
+            self.flush_partition(tx, key)?;
+        }
+        let mut rows = 0;
+        for (key, open) in std::mem::take(&mut self.open) {
+            let Open { writer, staged, rel, rows: n } = open;
+            let err = |source| Error::Parquet { path: staged.clone(), source };
+            let sink = writer.into_inner().map_err(err)?;
+            let HashingWriter { inner, hasher, bytes } = sink;
+            let file = inner.into_inner().map_err(|e| Error::Io { path: staged.clone(), source: e.into_error() })?;
+            file.sync_all().map_err(|source| Error::Io { path: staged.clone(), source })?;
+            let partition = partition_dirs(key, &self.partition_parts)
+                .into_iter()
+                .filter_map(|d| d.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+                .collect();
+            let sha256 = hex(&hasher.finalize());
+            tx.add(staged, CommittedFile { path: rel, rows: n, bytes, sha256, partition, commit: tx.version() });
+            rows += n;
+        }
+        Ok(rows)
+    }
+}
+
+/// Hive folder names of a partition key, e.g. `["year=2024", "month=3"]`.
+pub fn partition_dirs(key: u32, parts: &[crate::config::source::PartitionPart]) -> Vec<String> {
+    parts
+        .iter()
+        .map(|p| match p {
+            crate::config::source::PartitionPart::Year => format!("year={}", key / 100),
+            crate::config::source::PartitionPart::Month => format!("month={}", key % 100),
+        })
+        .collect()
+}
+
+/// Lowercase hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
