@@ -69,7 +69,7 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Deliberately invalid rows per source.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 4)]
         invalid: usize,
         /// Only these sources (repeatable).
         #[arg(long = "only")]

@@ -124,7 +124,7 @@ impl Settings {
         let raw: RawSettings =
             toml::from_str(&text).map_err(|e| Error::Parse { path: path.to_owned(), message: e.to_string() })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let resolve = |p: &Path| if p.is_absolute() { p.to_owned() } else { base.join(p) };
+        let resolve = |p: &Path| if p.is_absolute() { p.to_owned() } else { normalise(&base.join(p)) };
         let mut problems = Vec::new();
         if raw.ingest.row_group_rows == 0 {
             problems.push("ingest.row_group_rows: must be at least 1".to_owned());
@@ -175,9 +175,32 @@ impl Settings {
     }
 }
 
+/// Remove `.` and `dir/..` pairs without touching the file system.
+fn normalise(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() { PathBuf::from(".") } else { out }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_are_normalised() {
+        assert_eq!(normalise(Path::new("config/../var/x")), Path::new("var/x"));
+        assert_eq!(normalise(Path::new("../a/./b")), Path::new("../a/b"));
+        assert_eq!(normalise(Path::new("a/..")), Path::new("."));
+    }
 
     #[test]
     fn the_shipped_config_loads_with_all_seven_sources() {

@@ -46,11 +46,12 @@ impl Delimiter {
 
 /// Character encoding of a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
 pub enum Encoding {
     /// UTF-8, with or without a byte-order mark.
+    #[serde(rename = "utf-8")]
     Utf8,
     /// Windows-1257 (Baltic), transcoded to UTF-8 as a stream.
+    #[serde(rename = "windows-1257")]
     Windows1257,
 }
 

@@ -423,9 +423,9 @@ mod tests {
 
     #[test]
     fn unclosed_quote_refuses_the_file() {
-        let (mut f, _) = Framer::new(&b"a;b\n1;\"open\n2;3\n"[..], Encoding::Utf8, 4096).unwrap();
+        let (mut f, _) = Framer::new(&b"a;b\n1;\"open\n2;3\n"[..], Encoding::Utf8, b';', 4096).unwrap();
         assert!(matches!(f.next_chunk(), Err(FrameError::UnclosedQuote { line: 2 })));
-        assert!(matches!(Framer::new(&b""[..], Encoding::Utf8, 10), Err(FrameError::Empty)));
+        assert!(matches!(Framer::new(&b""[..], Encoding::Utf8, b';', 10), Err(FrameError::Empty)));
     }
 
     #[test]

@@ -177,10 +177,11 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, opts: &Options) -> 
         let version = tx.version();
         wh.commit(tx, next)?;
         summary.commit = Some(version);
+    } else {
+        wh.abort(tx)?;
     }
-    for (i, mut fields) in audit_entries.into_iter().enumerate() {
+    for mut fields in audit_entries {
         fields.insert("commit".into(), summary.commit.map(Value::from).unwrap_or(Value::Null));
-        let _ = i;
         audit.append("ingest", fields)?;
     }
     Ok(summary)

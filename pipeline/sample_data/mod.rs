@@ -50,7 +50,7 @@ impl Default for Options {
         Options {
             rows: 300,
             seed: 1,
-            invalid: 3,
+            invalid: 4,
             sources: Vec::new(),
             extract_date: NaiveDate::from_ymd_opt(2024, 3, 31).expect("valid date"),
         }
@@ -172,7 +172,7 @@ pub fn generate(out: &Path, opts: &Options) -> Result<Vec<(PathBuf, usize)>, Err
                 ]);
                 write_row(&mut g, &mut w, false).map_err(err)?;
                 for r in 0..rows {
-                    g.population(r, is_bad(r).then_some(r / bad_every));
+                    g.population(r, is_bad(r).then(|| r / bad_every - 1));
                     write_row(&mut g, &mut w, false).map_err(err)?;
                 }
             }
@@ -184,7 +184,7 @@ pub fn generate(out: &Path, opts: &Options) -> Result<Vec<(PathBuf, usize)>, Err
                 ]);
                 write_row(&mut g, &mut w, false).map_err(err)?;
                 for r in 0..rows {
-                    g.invoice(r, is_bad(r).then_some(r / bad_every));
+                    g.invoice(r, is_bad(r).then(|| r / bad_every - 1));
                     write_row(&mut g, &mut w, false).map_err(err)?;
                 }
             }
@@ -196,7 +196,7 @@ pub fn generate(out: &Path, opts: &Options) -> Result<Vec<(PathBuf, usize)>, Err
                 ]);
                 write_row(&mut g, &mut w, false).map_err(err)?;
                 for r in 0..rows {
-                    g.sick_leave(r, is_bad(r).then_some(r / bad_every));
+                    g.sick_leave(r, is_bad(r).then(|| r / bad_every - 1));
                     write_row(&mut g, &mut w, false).map_err(err)?;
                 }
             }
@@ -208,7 +208,7 @@ pub fn generate(out: &Path, opts: &Options) -> Result<Vec<(PathBuf, usize)>, Err
                 ]);
                 write_row(&mut g, &mut w, true).map_err(err)?;
                 for r in 0..rows {
-                    g.prescription(r, is_bad(r).then_some(r / bad_every));
+                    g.prescription(r, is_bad(r).then(|| r / bad_every - 1));
                     write_row(&mut g, &mut w, true).map_err(err)?;
                 }
             }
@@ -223,7 +223,7 @@ pub fn generate(out: &Path, opts: &Options) -> Result<Vec<(PathBuf, usize)>, Err
                 ]);
                 write_row(&mut g, &mut w, false).map_err(err)?;
                 for r in 0..rows {
-                    g.ambulance(r, is_bad(r).then_some(r / bad_every));
+                    g.ambulance(r, is_bad(r).then(|| r / bad_every - 1));
                     write_row(&mut g, &mut w, false).map_err(err)?;
                 }
             }
@@ -236,7 +236,7 @@ pub fn generate(out: &Path, opts: &Options) -> Result<Vec<(PathBuf, usize)>, Err
                 ]);
                 write_row(&mut g, &mut w, false).map_err(err)?;
                 for r in 0..rows {
-                    g.waiting(r, is_bad(r).then_some(r / bad_every));
+                    g.waiting(r, is_bad(r).then(|| r / bad_every - 1));
                     write_row(&mut g, &mut w, false).map_err(err)?;
                 }
             }
@@ -248,7 +248,7 @@ pub fn generate(out: &Path, opts: &Options) -> Result<Vec<(PathBuf, usize)>, Err
                 ]);
                 write_row(&mut g, &mut w, false).map_err(err)?;
                 for r in 0..rows {
-                    g.screening(r, is_bad(r).then_some(r / bad_every));
+                    g.screening(r, is_bad(r).then(|| r / bad_every - 1));
                     write_row(&mut g, &mut w, false).map_err(err)?;
                 }
             }

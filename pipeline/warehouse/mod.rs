@@ -139,6 +139,14 @@ impl Warehouse {
         Ok(Transaction { version, staging, files: Vec::new(), next_file: 0 })
     }
 
+    /// Drop a transaction that commits nothing, with its staged files.
+    pub fn abort(&self, tx: Transaction) -> Result<()> {
+        match std::fs::remove_dir_all(&tx.staging) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io { path: tx.staging, source: e }),
+            _ => Ok(()),
+        }
+    }
+
     /// Move the transaction's files into place and commit `next` as the new manifest.
     pub fn commit(&mut self, tx: Transaction, mut next: Manifest) -> Result<()> {
         next.version = tx.version;

@@ -1,0 +1,11 @@
+//! End-to-end tests: the real `ladu` binary on real files, one temp folder per test,
+//! cross-checked with independent implementations (Python's hmac, python-stdnum, pyarrow).
+//! One test crate, a module per stage, so polars is linked into one test binary only.
+
+mod util;
+
+mod crash;
+mod ingest;
+mod keys;
+mod privacy;
+mod pseudonym;

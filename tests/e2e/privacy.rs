@@ -1,0 +1,43 @@
+//! No raw identifier reaches any byte ladu writes: warehouse, outbox, audit, stdout, stderr.
+
+use crate::util::*;
+
+#[test]
+fn no_raw_identifier_in_anything_ladu_writes() {
+    let ws = Workspace::new();
+    ws.sample(150, 11, &[]);
+    // Add a refused delivery, so error paths are scanned too.
+    let inbox = ws.inbox("cancer_screening");
+    let text = std::fs::read_to_string(inbox.join("cancer_screening_20240331.csv")).unwrap();
+    let body: String = text.lines().skip(1).map(|l| format!("{l}\n")).collect();
+    std::fs::write(inbox.join("cancer_screening_20240401.csv"), body).unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let mut outputs = Vec::new();
+    for args in [&["ingest"][..], &["-v", "ingest"], &["audit", "show"], &["audit", "verify"]] {
+        let out = ws.run(args);
+        let n = outputs.len();
+        for (what, bytes) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+            let p = logs.path().join(format!("{n}-{what}.txt"));
+            std::fs::write(&p, bytes).unwrap();
+            outputs.push(p);
+        }
+    }
+    let inbox = ws.root().join("inbox");
+    let mut args: Vec<String> = vec![inbox.display().to_string()];
+    for dir in ["warehouse", "outbox", "audit"] {
+        args.push(ws.root().join(dir).display().to_string());
+    }
+    args.push(logs.path().display().to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = py_output("scan.py", &args);
+    assert!(
+        out.status.success(),
+        "raw identifiers found:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!ws.data_files().is_empty());
+    // The scanner can fail: pointed at the deliveries themselves, it must find them.
+    let control = py_output("scan.py", &[inbox.to_str().unwrap(), inbox.to_str().unwrap()]);
+    assert_eq!(control.status.code(), Some(1), "{}", String::from_utf8_lossy(&control.stderr));
+}

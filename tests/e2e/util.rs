@@ -1,0 +1,189 @@
+//! Test harness: a temporary installation of ladu, the real binary, and Python cross-checks.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ladu");
+pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Environment variables ladu reads; cleared so a developer's own never leak in.
+const LADU_ENV: [&str; 1] = ["LADU_CONFIG"];
+
+/// One temporary installation: config, key, inbox, warehouse, outbox, audit.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    /// A fresh installation with the shipped source configs and a new key.
+    pub fn new() -> Workspace {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ws = Workspace { dir };
+        let cfg = ws.root().join("config");
+        std::fs::create_dir_all(cfg.join("sources")).unwrap();
+        for entry in std::fs::read_dir(Path::new(REPO).join("config/sources")).unwrap() {
+            let p = entry.unwrap().path();
+            std::fs::copy(&p, cfg.join("sources").join(p.file_name().unwrap())).unwrap();
+        }
+        std::fs::write(
+            cfg.join("ladu.toml"),
+            "key_file = \"../key/ladu.key\"\n[paths]\ninbox = \"../inbox\"\nwarehouse = \"../warehouse\"\n\
+             outbox = \"../outbox\"\naudit = \"../audit\"\nsite = \"../site\"\n",
+        )
+        .unwrap();
+        ws.ok(&["keygen", "--out", ws.root().join("key/ladu.key").to_str().unwrap()]);
+        ws
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.root().join("config/ladu.toml")
+    }
+
+    pub fn inbox(&self, source: &str) -> PathBuf {
+        let p = self.root().join("inbox").join(source);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    pub fn warehouse(&self) -> PathBuf {
+        self.root().join("warehouse")
+    }
+
+    pub fn key_hex(&self) -> String {
+        std::fs::read_to_string(self.root().join("key/ladu.key")).unwrap().trim().to_owned()
+    }
+
+    /// The binary with this workspace's config and a clean environment.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        for v in LADU_ENV {
+            c.env_remove(v);
+        }
+        c.arg("--config").arg(self.config()).args(args).current_dir(self.root());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run ladu")
+    }
+
+    /// Run and require exit code `code`; on failure show everything.
+    pub fn expect(&self, args: &[&str], code: i32) -> Output {
+        let out = self.run(args);
+        if out.status.code() != Some(code) {
+            panic!(
+                "`ladu {}` exited {:?}, expected {code}\n--- stdout\n{}\n--- stderr\n{}\n--- files\n{}",
+                args.join(" "),
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.listing()
+            );
+        }
+        out
+    }
+
+    pub fn ok(&self, args: &[&str]) -> Output {
+        self.expect(args, 0)
+    }
+
+    /// Every file under the workspace, for failure messages.
+    pub fn listing(&self) -> String {
+        files_under(self.root()).iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join("\n")
+    }
+
+    /// Generate sample deliveries straight into the inbox.
+    pub fn sample(&self, rows: usize, seed: u64, extra: &[&str]) {
+        let inbox = self.root().join("inbox");
+        let (rows, seed) = (rows.to_string(), seed.to_string());
+        let mut args = vec!["sample-data", "--out", inbox.to_str().unwrap(), "--rows", &rows, "--seed", &seed];
+        args.extend(extra);
+        self.ok(&args);
+    }
+
+    /// Data files of the warehouse (committed and not), relative, sorted.
+    pub fn data_files(&self) -> Vec<String> {
+        let root = self.warehouse();
+        let mut v: Vec<String> = files_under(&root)
+            .into_iter()
+            .filter(|p| !p.starts_with(root.join("_ladu")))
+            .map(|p| p.strip_prefix(&root).unwrap().display().to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn manifest_versions(&self) -> Vec<String> {
+        let dir = self.warehouse().join("_ladu/manifest");
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for e in entries {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The Python of the test virtualenv (made on first use by tests/python-env.sh).
+pub fn python() -> &'static Path {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
+    PY.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(Path::new(REPO).join("tests/python-env.sh"))
+            .output()
+            .expect("run tests/python-env.sh");
+        assert!(
+            out.status.success(),
+            "tests/python-env.sh failed (Python 3 with venv and pip is needed):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+}
+
+/// Run `tests/e2e/py/<script>` with `args`; returns stdout, panics with stderr on failure.
+pub fn py(script: &str, args: &[&str]) -> String {
+    let out = py_output(script, args);
+    assert!(
+        out.status.success(),
+        "python {script} {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub fn py_output(script: &str, args: &[&str]) -> Output {
+    Command::new(python())
+        .arg(Path::new(REPO).join("tests/e2e/py").join(script))
+        .args(args)
+        .output()
+        .expect("run python")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
