@@ -222,7 +222,10 @@ fn print_summary(summary: &ingest::Summary) {
                 rows += r;
                 rejected += j;
                 let rep = report.as_ref().map(|p| format!(" (report: {})", p.display())).unwrap_or_default();
-                println!("{:<20} {name:<40} committed {r:>9} rows, rejected {j} rows{rep} in {:.2}s", d.source, d.seconds);
+                println!(
+                    "{:<20} {name:<40} committed {r:>9} rows, rejected {j} rows{rep} in {:.2}s",
+                    d.source, d.seconds
+                );
             }
             Outcome::AlreadyIngested => println!("{:<20} {name:<40} already ingested, skipped", d.source),
             Outcome::Refused { reason, .. } => println!("{:<20} {name:<40} REFUSED: {reason}", d.source),
@@ -230,7 +233,9 @@ fn print_summary(summary: &ingest::Summary) {
     }
     let refused = summary.refused();
     match summary.commit {
-        Some(v) => println!("committed warehouse version {v}: {rows} rows, {rejected} rows rejected, {refused} deliveries refused"),
+        Some(v) => println!(
+            "committed warehouse version {v}: {rows} rows, {rejected} rows rejected, {refused} deliveries refused"
+        ),
         None => println!("nothing new to commit ({refused} deliveries refused)"),
     }
 }

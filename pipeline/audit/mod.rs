@@ -69,7 +69,10 @@ impl AuditLog {
         })?;
         let mut entry = Map::new();
         entry.insert("seq".into(), Value::from(seq + 1));
-        entry.insert("time".into(), Value::from(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)));
+        entry.insert(
+            "time".into(),
+            Value::from(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        );
         entry.insert("user".into(), Value::from(os_user()));
         entry.insert("kind".into(), Value::from(kind));
         for (k, v) in fields {
@@ -133,10 +136,10 @@ fn last_entry(file: &mut File) -> Result<(u64, String), TailError> {
         }
         let body = &tail[..tail.len() - 1];
         if let Some(i) = memchr::memrchr(b'\n', body) {
-            return Ok(parse_last(&body[i + 1..])?);
+            return parse_last(&body[i + 1..]);
         }
         if pos == 0 {
-            return Ok(parse_last(body)?);
+            return parse_last(body);
         }
     }
 }
@@ -205,11 +208,17 @@ pub fn verify(log: &AuditLog) -> Result<Verified> {
         }
         let seq = v.get("seq").and_then(Value::as_u64).ok_or_else(|| damaged(no, "no `seq`".into()))?;
         if seq != no {
-            return Err(damaged(no, format!("`seq` is {seq}, expected {no} (an entry was removed, inserted or moved)")));
+            return Err(damaged(
+                no,
+                format!("`seq` is {seq}, expected {no} (an entry was removed, inserted or moved)"),
+            ));
         }
         let p = v.get("prev").and_then(Value::as_str).ok_or_else(|| damaged(no, "no `prev` hash".into()))?;
         if p != prev {
-            return Err(damaged(no, "`prev` does not match the line before (an entry was edited, removed or moved)".into()));
+            return Err(damaged(
+                no,
+                "`prev` does not match the line before (an entry was edited, removed or moved)".into(),
+            ));
         }
         prev = hash.to_owned();
         n += 1;

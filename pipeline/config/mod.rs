@@ -90,7 +90,11 @@ pub struct IngestSettings {
 
 impl Default for IngestSettings {
     fn default() -> Self {
-        Self { row_group_rows: DEFAULT_ROW_GROUP_ROWS, chunk_bytes: DEFAULT_CHUNK_BYTES, zstd_level: DEFAULT_ZSTD_LEVEL }
+        Self {
+            row_group_rows: DEFAULT_ROW_GROUP_ROWS,
+            chunk_bytes: DEFAULT_CHUNK_BYTES,
+            zstd_level: DEFAULT_ZSTD_LEVEL,
+        }
     }
 }
 
@@ -226,8 +230,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("ladu.toml");
         std::fs::create_dir(dir.path().join("sources")).unwrap();
-        std::fs::write(&p, "key_file='k'\nkey_fle='x'\n[paths]\ninbox='i'\nwarehouse='w'\noutbox='o'\naudit='a'\nsite='s'\n")
-            .unwrap();
+        std::fs::write(
+            &p,
+            "key_file='k'\nkey_fle='x'\n[paths]\ninbox='i'\nwarehouse='w'\noutbox='o'\naudit='a'\nsite='s'\n",
+        )
+        .unwrap();
         let e = Settings::load(&p).unwrap_err().to_string();
         assert!(e.contains("key_fle") && e.contains("ladu.toml"), "{e}");
         std::fs::write(

@@ -320,7 +320,8 @@ fn validate(name: &str, raw: &RawSource) -> Vec<String> {
     let mut problems = Vec::new();
     let ident = |s: &str| {
         let mut b = s.bytes();
-        b.next().is_some_and(|c| c.is_ascii_lowercase()) && b.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
+        b.next().is_some_and(|c| c.is_ascii_lowercase())
+            && b.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
     };
     if !ident(name) {
         problems.push(format!("file name: source `{name}` must be lowercase letters, digits and `_`"));
@@ -361,11 +362,10 @@ fn validate(name: &str, raw: &RawSource) -> Vec<String> {
             }
         }
         match rule {
-            ColumnRule::Keep { ty: ValueType::Enum, values, .. } => {
-                if values.as_ref().is_none_or(|v| v.is_empty()) {
-                    problems.push(format!("columns.{col}.values: an enum needs its list of values"));
-                }
+            ColumnRule::Keep { ty: ValueType::Enum, values, .. } if values.as_ref().is_none_or(|v| v.is_empty()) => {
+                problems.push(format!("columns.{col}.values: an enum needs its list of values"));
             }
+            ColumnRule::Keep { ty: ValueType::Enum, .. } => {}
             ColumnRule::Keep { values: Some(_), .. } => {
                 problems.push(format!("columns.{col}.values: only `type = \"enum\"` takes values"));
             }
@@ -390,10 +390,8 @@ fn validate(name: &str, raw: &RawSource) -> Vec<String> {
                     ));
                 }
             }
-            _ => problems.push(format!(
-                "partition_by.column: `{}` must be a kept column of type date or timestamp",
-                p.column
-            )),
+            _ => problems
+                .push(format!("partition_by.column: `{}` must be a kept column of type date or timestamp", p.column)),
         }
         let expected: &[&[PartitionPart]] = &[&[PartitionPart::Year], &[PartitionPart::Year, PartitionPart::Month]];
         if !expected.contains(&p.parts.as_slice()) {
@@ -465,7 +463,11 @@ rule = "drop"
             .replace("type = \"date\"", "type = \"money\"");
         let e = load(&bad).unwrap_err().to_string();
         assert!(e.contains("kind"), "{e}");
-        let bad = GOOD.replace("rule = \"pseudonymise\"\nkind = \"demo_id\"\nas = \"record_id\"", "rule = \"keep\"\ntype = \"string\"")
+        let bad = GOOD
+            .replace(
+                "rule = \"pseudonymise\"\nkind = \"demo_id\"\nas = \"record_id\"",
+                "rule = \"keep\"\ntype = \"string\"",
+            )
             .replace("type = \"date\"", "type = \"money\"");
         let e = load(&bad).unwrap_err().to_string();
         assert!(e.contains("columns.id.rule") && e.contains("partition_by.column"), "{e}");

@@ -40,16 +40,24 @@ pub fn parse_name(source: &str, name: &str) -> Result<(NaiveDate, u32), NameErro
         Some((d, s)) => (d, s),
         None => (rest, "0"),
     };
-    if date.len() != 8 || !date.bytes().all(|c| c.is_ascii_digit()) || seq.is_empty() || seq.len() > 6 || !seq.bytes().all(|c| c.is_ascii_digit()) {
+    if date.len() != 8
+        || !date.bytes().all(|c| c.is_ascii_digit())
+        || seq.is_empty()
+        || seq.len() > 6
+        || !seq.bytes().all(|c| c.is_ascii_digit())
+    {
         return Err(pattern());
     }
     let d = NaiveDate::parse_from_str(date, "%Y%m%d").map_err(|_| NameError::Date)?;
     Ok((d, seq.parse().map_err(|_| pattern())?))
 }
 
+/// Well-named deliveries, and misnamed files with why.
+pub type Discovered = (Vec<DeliveryFile>, Vec<(PathBuf, NameError)>);
+
 /// Deliveries of `source` waiting in `<inbox>/<source>/`, and files there
 /// that match the source's pattern but are not well named.
-pub fn discover(inbox: &Path, source: &SourceConfig) -> std::io::Result<(Vec<DeliveryFile>, Vec<(PathBuf, NameError)>)> {
+pub fn discover(inbox: &Path, source: &SourceConfig) -> std::io::Result<Discovered> {
     let dir = inbox.join(&source.name);
     let mut found = Vec::new();
     let mut misnamed = Vec::new();
@@ -77,7 +85,8 @@ pub fn discover(inbox: &Path, source: &SourceConfig) -> std::io::Result<(Vec<Del
 
 /// Oldest extract first, so that the newest delivery is the last to be applied.
 pub fn sort(deliveries: &mut [DeliveryFile]) {
-    deliveries.sort_by(|a, b| (a.extract_date, a.seq, &a.source, &a.name).cmp(&(b.extract_date, b.seq, &b.source, &b.name)));
+    deliveries
+        .sort_by(|a, b| (a.extract_date, a.seq, &a.source, &a.name).cmp(&(b.extract_date, b.seq, &b.source, &b.name)));
 }
 
 /// SHA-256 of a file's bytes, hex.

@@ -88,7 +88,12 @@ struct Record {
 
 impl<R: Read> Framer<R> {
     /// Read the header and position the framer on the first record.
-    pub fn new(input: R, encoding: Encoding, delimiter: u8, chunk_bytes: usize) -> Result<(Self, Vec<String>), FrameError> {
+    pub fn new(
+        input: R,
+        encoding: Encoding,
+        delimiter: u8,
+        chunk_bytes: usize,
+    ) -> Result<(Self, Vec<String>), FrameError> {
         let decoder = match encoding {
             Encoding::Utf8 => None,
             Encoding::Windows1257 => Some(WINDOWS_1257.new_decoder_without_bom_handling()),
@@ -148,10 +153,9 @@ impl<R: Read> Framer<R> {
             } else if let Some(problem) = r.problem {
                 chunk.malformed.push(Malformed { line, reason: problem.to_owned() });
             } else if r.fields != self.fields {
-                chunk.malformed.push(Malformed {
-                    line,
-                    reason: format!("expected {} fields, found {}", self.fields, r.fields),
-                });
+                chunk
+                    .malformed
+                    .push(Malformed { line, reason: format!("expected {} fields, found {}", self.fields, r.fields) });
             } else {
                 chunk.data.extend_from_slice(&self.buf[r.start..r.end]);
                 chunk.data.push(b'\n');
@@ -205,7 +209,8 @@ impl<R: Read> Framer<R> {
             let start = self.buf.len();
             let need = decoder.max_utf8_buffer_length_without_replacement(raw.len()).unwrap_or(raw.len() * 3 + 16);
             self.buf.resize(start + need, 0);
-            let (result, _read, written) = decoder.decode_to_utf8_without_replacement(raw, &mut self.buf[start..], last);
+            let (result, _read, written) =
+                decoder.decode_to_utf8_without_replacement(raw, &mut self.buf[start..], last);
             self.buf.truncate(start + written);
             if let DecoderResult::Malformed(..) = result {
                 let line = self.line + memchr::memchr_iter(b'\n', &self.buf[self.pos..]).count() as u64;

@@ -54,7 +54,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: cannot tell which source this file belongs to; name it `<source>_<YYYYMMDD>.csv` or pass --source")]
+    #[error(
+        "{path}: cannot tell which source this file belongs to; name it `<source>_<YYYYMMDD>.csv` or pass --source"
+    )]
     UnknownSource { path: PathBuf },
 }
 
@@ -293,11 +295,12 @@ fn ingest_delivery(
         move |source| Error::Write { path, source }
     };
     let mut report = RejectionReport::create(outbox, &source.name, &d.name).map_err(write_err(outbox))?;
-    let refuse = |mut report: RejectionReport, line: u64, reason: String| -> Result<Result<Done, (String, Option<PathBuf>)>> {
-        report.add(line, "", &format!("file refused: {reason}")).map_err(write_err(outbox))?;
-        let path = report.finish().map_err(write_err(outbox))?;
-        Ok(Err((reason, path)))
-    };
+    let refuse =
+        |mut report: RejectionReport, line: u64, reason: String| -> Result<Result<Done, (String, Option<PathBuf>)>> {
+            report.add(line, "", &format!("file refused: {reason}")).map_err(write_err(outbox))?;
+            let path = report.finish().map_err(write_err(outbox))?;
+            Ok(Err((reason, path)))
+        };
     let file = std::fs::File::open(&d.path).map_err(|source| Error::Read { path: d.path.clone(), source })?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let (framer, header) =
@@ -412,7 +415,9 @@ fn ingest_delivery(
 
 fn frame_error_line(e: &FrameError) -> u64 {
     match e {
-        FrameError::UnclosedQuote { line } | FrameError::Encoding { line, .. } | FrameError::Header { line, .. } => *line,
+        FrameError::UnclosedQuote { line } | FrameError::Encoding { line, .. } | FrameError::Header { line, .. } => {
+            *line
+        }
         FrameError::Empty | FrameError::Io(_) => 1,
     }
 }
@@ -429,7 +434,13 @@ fn header_problem(source: &SourceConfig, header: &[String]) -> Option<String> {
             && b.next().is_some_and(|c| c.is_ascii_lowercase())
             && b.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
     };
-    let show = |i: usize, n: &str| if plausible(n) { format!("`{n}`") } else { format!("column {} (name withheld: not a lowercase column name)", i + 1) };
+    let show = |i: usize, n: &str| {
+        if plausible(n) {
+            format!("`{n}`")
+        } else {
+            format!("column {} (name withheld: not a lowercase column name)", i + 1)
+        }
+    };
     let mut seen = BTreeSet::new();
     let mut unknown = Vec::new();
     let mut duplicate = Vec::new();
@@ -440,7 +451,8 @@ fn header_problem(source: &SourceConfig, header: &[String]) -> Option<String> {
             unknown.push(show(i, h));
         }
     }
-    let missing: Vec<String> = source.columns.keys().filter(|c| !seen.contains(c.as_str())).map(|c| format!("`{c}`")).collect();
+    let missing: Vec<String> =
+        source.columns.keys().filter(|c| !seen.contains(c.as_str())).map(|c| format!("`{c}`")).collect();
     if unknown.is_empty() && missing.is_empty() && duplicate.is_empty() {
         return None;
     }

@@ -7,8 +7,7 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, Date32Builder, Decimal128Builder, Int32Builder, Int64Builder, StringBuilder,
-    TimestampMillisecondBuilder,
+    ArrayRef, Date32Builder, Decimal128Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
@@ -178,8 +177,13 @@ impl Plan {
                 ColumnRule::Generalise { to, .. } => Op::Generalise(*to),
             };
             let name = crate::config::source::output_name(col, rule).expect("not a drop");
-            let step =
-                Step { input: index_of(col), name: col.clone(), op, optional: rule.optional(), output: out_index(name) };
+            let step = Step {
+                input: index_of(col),
+                name: col.clone(),
+                op,
+                optional: rule.optional(),
+                output: out_index(name),
+            };
             if *col == source.record_key && name != RECORD_ID {
                 extra_record_id = Some(Step { output: out_index(RECORD_ID), ..step.clone() });
             }
@@ -391,9 +395,9 @@ impl Builders {
                 .iter()
                 .map(|f| match f.data_type() {
                     DataType::Date32 => ColBuilder::Date(Date32Builder::with_capacity(capacity)),
-                    DataType::Timestamp(_, tz) => {
-                        ColBuilder::Ts(TimestampMillisecondBuilder::with_capacity(capacity).with_timezone_opt(tz.clone()))
-                    }
+                    DataType::Timestamp(_, tz) => ColBuilder::Ts(
+                        TimestampMillisecondBuilder::with_capacity(capacity).with_timezone_opt(tz.clone()),
+                    ),
                     DataType::Decimal128(p, s) => ColBuilder::Money(
                         Decimal128Builder::with_capacity(capacity)
                             .with_precision_and_scale(*p, *s)
@@ -474,25 +478,38 @@ mod tests {
     fn invoices(rows: &[[&str; 10]]) -> (Plan, Processed) {
         let src = source("treatment_invoices");
         let header: Vec<String> = [
-            "invoice_id", "isikukood", "provider_regcode", "provider_name", "main_diagnosis", "care_type", "amount",
-            "start_date", "end_date", "submitted_date",
+            "invoice_id",
+            "isikukood",
+            "provider_regcode",
+            "provider_name",
+            "main_diagnosis",
+            "care_type",
+            "amount",
+            "start_date",
+            "end_date",
+            "submitted_date",
         ]
         .map(String::from)
         .to_vec();
         let plan = Plan::new(&src, &header, &key(), META);
-        let data = Rows(
-            rows.iter()
-                .map(|r| r.iter().map(|s| (!s.is_empty()).then(|| s.to_string())).collect())
-                .collect(),
-        );
+        let data =
+            Rows(rows.iter().map(|r| r.iter().map(|s| (!s.is_empty()).then(|| s.to_string())).collect()).collect());
         let lines: Vec<u64> = (2..2 + rows.len() as u64).collect();
         let p = plan.process(&data, &lines, 0..rows.len());
         (plan, p)
     }
 
     const GOOD: [&str; 10] = [
-        "INV1", "'38001010009 ", "90006399", "Tartu Ülikooli Kliinikum", "J06.9", "AMB", "123,45", "2024-03-05",
-        "2024-03-05", "2024-03-10",
+        "INV1",
+        "'38001010009 ",
+        "90006399",
+        "Tartu Ülikooli Kliinikum",
+        "J06.9",
+        "AMB",
+        "123,45",
+        "2024-03-05",
+        "2024-03-05",
+        "2024-03-10",
     ];
 
     #[test]
@@ -509,7 +526,10 @@ mod tests {
         assert_eq!(rid.value(0), Pseudonymiser::new(&key(), "invoice_id").pseudonym(b"INV1").as_str());
         let amount = batch.column(plan.schema().index_of("amount").unwrap());
         assert_eq!(amount.as_primitive::<arrow::datatypes::Decimal128Type>().value(0), 12345);
-        assert_eq!(crate::warehouse::writer::partition_dirs(*k, &[PartitionPart::Year, PartitionPart::Month]), ["year=2024", "month=3"]);
+        assert_eq!(
+            crate::warehouse::writer::partition_dirs(*k, &[PartitionPart::Year, PartitionPart::Month]),
+            ["year=2024", "month=3"]
+        );
     }
 
     #[test]

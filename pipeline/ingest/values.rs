@@ -41,7 +41,13 @@ pub fn date_of_days(days: i32) -> Option<NaiveDate> {
 /// invalid, and an ambiguous one (autumn) is read as the earlier instant.
 pub fn parse_timestamp(s: &str) -> Option<i64> {
     let b = s.as_bytes();
-    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b' ') || b[13] != b':' || b[16] != b':' {
+    if b.len() < 19
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !(b[10] == b'T' || b[10] == b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let date = NaiveDate::from_ymd_opt(digits(&b[0..4])? as i32, digits(&b[5..7])?, digits(&b[8..10])?)?;
@@ -126,7 +132,9 @@ pub fn is_icd10(s: &str) -> bool {
     let head = b.len() >= 3 && b[0].is_ascii_uppercase() && b[1].is_ascii_digit() && b[2].is_ascii_digit();
     head && match &b[3..] {
         [] => true,
-        [b'.', rest @ ..] => (1..=2).contains(&rest.len()) && rest.iter().all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()),
+        [b'.', rest @ ..] => {
+            (1..=2).contains(&rest.len()) && rest.iter().all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
+        }
         _ => false,
     }
 }
@@ -285,7 +293,7 @@ mod tests {
         }
 
         #[test]
-        fn money_round_trips(cents in -10_000_000_00i128..10_000_000_00) {
+        fn money_round_trips(cents in -1_000_000_000_i128..1_000_000_000) {
             let s = format!("{}{}.{:02}", if cents < 0 { "-" } else { "" }, cents.abs() / 100, cents.abs() % 100);
             prop_assert_eq!(parse_money(&s, b'.'), Some(cents));
             prop_assert_eq!(parse_money(&s.replace('.', ","), b','), Some(cents));

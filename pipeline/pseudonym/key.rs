@@ -17,7 +17,9 @@ pub const GENERATED_KEY_BYTES: usize = 32;
 /// Why a key file was refused. Never carries any byte of the key.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("key file {path} does not exist: make one with `ladu keygen --out {path}` (or fix `key_file` in the config)")]
+    #[error(
+        "key file {path} does not exist: make one with `ladu keygen --out {path}` (or fix `key_file` in the config)"
+    )]
     Missing { path: PathBuf },
     #[error("cannot read key file {path}: {source}")]
     Unreadable {
@@ -29,9 +31,13 @@ pub enum KeyError {
     Permissions { path: PathBuf, mode: u32 },
     #[error("key file {path} must hold one line of hex digits; {problem}")]
     NotHex { path: PathBuf, problem: &'static str },
-    #[error("key file {path} holds {bytes} bytes; at least {MIN_KEY_BYTES} bytes (64 hex digits) are needed: make a new key with `ladu keygen`")]
+    #[error(
+        "key file {path} holds {bytes} bytes; at least {MIN_KEY_BYTES} bytes (64 hex digits) are needed: make a new key with `ladu keygen`"
+    )]
     TooShort { path: PathBuf, bytes: usize },
-    #[error("key file {path} already exists; ladu never overwrites a key (losing it makes every pseudonym unrecomputable)")]
+    #[error(
+        "key file {path} already exists; ladu never overwrites a key (losing it makes every pseudonym unrecomputable)"
+    )]
     Exists { path: PathBuf },
     #[error("cannot write key file {path}: {source}")]
     Write {
@@ -99,7 +105,7 @@ impl Key {
         if !body.iter().all(u8::is_ascii_hexdigit) {
             return Err(ParseProblem::NotHex("it holds a character that is not a hex digit"));
         }
-        if body.len() % 2 != 0 {
+        if !body.len().is_multiple_of(2) {
             return Err(ParseProblem::NotHex("it holds an odd number of hex digits"));
         }
         let bytes: Vec<u8> = body.chunks(2).map(|pair| (nibble(pair[0]) << 4) | nibble(pair[1])).collect();

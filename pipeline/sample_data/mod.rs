@@ -89,8 +89,10 @@ const LAST: [&str; 16] = [
     "Jõgi", "Šmidt", "Žukov",
 ];
 const STREETS: [&str; 8] = ["Tamme", "Pärna", "Jõe", "Kase", "Võidu", "Männi", "Õuna", "Küla"];
-const DIAGNOSES: [&str; 14] =
-    ["J06.9", "E11", "I10", "M54.5", "K21.0", "F32.1", "J20.9", "N39.0", "S72.01", "C50.9", "Z00.0", "R51", "H10.3", "L20"];
+const DIAGNOSES: [&str; 14] = [
+    "J06.9", "E11", "I10", "M54.5", "K21.0", "F32.1", "J20.9", "N39.0", "S72.01", "C50.9", "Z00.0", "R51", "H10.3",
+    "L20",
+];
 const INSTITUTIONS: [(&str, &str); 6] = [
     ("90006399", "Tartu Ülikooli Kliinikum SA"),
     ("90001478", "Põhja-Eesti Regionaalhaigla SA"),
@@ -151,7 +153,7 @@ pub fn generate(out: &Path, opts: &Options) -> Result<Vec<(PathBuf, usize)>, Err
         let rows = opts.rows;
         // Invalid rows sit at evenly spaced places, never on the first row.
         let bad_every = if opts.invalid == 0 { usize::MAX } else { (rows / (opts.invalid + 1)).max(1) };
-        let is_bad = |r: usize| r > 0 && r % bad_every == 0 && r / bad_every <= opts.invalid;
+        let is_bad = |r: usize| r > 0 && r.is_multiple_of(bad_every) && r / bad_every <= opts.invalid;
         let write_row = |g: &mut Gen, w: &mut BufWriter<File>, windows: bool| -> std::io::Result<()> {
             if windows {
                 let text = std::str::from_utf8(&g.buf).expect("rows are UTF-8");
@@ -167,8 +169,16 @@ pub fn generate(out: &Path, opts: &Options) -> Result<Vec<(PathBuf, usize)>, Err
             "population" => {
                 g.delim = b';';
                 g.header(&[
-                    "isikukood", "first_name", "last_name", "birth_date", "sex", "citizenship", "residence_ehak",
-                    "residence_address", "death_date", "death_record_no",
+                    "isikukood",
+                    "first_name",
+                    "last_name",
+                    "birth_date",
+                    "sex",
+                    "citizenship",
+                    "residence_ehak",
+                    "residence_address",
+                    "death_date",
+                    "death_record_no",
                 ]);
                 write_row(&mut g, &mut w, false).map_err(err)?;
                 for r in 0..rows {
@@ -179,8 +189,16 @@ pub fn generate(out: &Path, opts: &Options) -> Result<Vec<(PathBuf, usize)>, Err
             "treatment_invoices" => {
                 g.delim = b';';
                 g.header(&[
-                    "invoice_id", "isikukood", "provider_regcode", "provider_name", "main_diagnosis", "care_type",
-                    "amount", "start_date", "end_date", "submitted_date",
+                    "invoice_id",
+                    "isikukood",
+                    "provider_regcode",
+                    "provider_name",
+                    "main_diagnosis",
+                    "care_type",
+                    "amount",
+                    "start_date",
+                    "end_date",
+                    "submitted_date",
                 ]);
                 write_row(&mut g, &mut w, false).map_err(err)?;
                 for r in 0..rows {
@@ -191,8 +209,14 @@ pub fn generate(out: &Path, opts: &Options) -> Result<Vec<(PathBuf, usize)>, Err
             "sick_leave" => {
                 g.delim = b',';
                 g.header(&[
-                    "certificate_id", "isikukood", "issuer_regcode", "doctor_code", "diagnosis", "leave_type",
-                    "start_date", "end_date",
+                    "certificate_id",
+                    "isikukood",
+                    "issuer_regcode",
+                    "doctor_code",
+                    "diagnosis",
+                    "leave_type",
+                    "start_date",
+                    "end_date",
                 ]);
                 write_row(&mut g, &mut w, false).map_err(err)?;
                 for r in 0..rows {
@@ -203,8 +227,17 @@ pub fn generate(out: &Path, opts: &Options) -> Result<Vec<(PathBuf, usize)>, Err
             "prescriptions" => {
                 g.delim = b';';
                 g.header(&[
-                    "dispensation_id", "prescription_id", "isikukood", "prescriber_code", "atc_code", "product_name",
-                    "pharmacy_regcode", "dispensed_date", "packages", "patient_paid", "insurer_paid",
+                    "dispensation_id",
+                    "prescription_id",
+                    "isikukood",
+                    "prescriber_code",
+                    "atc_code",
+                    "product_name",
+                    "pharmacy_regcode",
+                    "dispensed_date",
+                    "packages",
+                    "patient_paid",
+                    "insurer_paid",
                 ]);
                 write_row(&mut g, &mut w, true).map_err(err)?;
                 for r in 0..rows {
@@ -215,11 +248,34 @@ pub fn generate(out: &Path, opts: &Options) -> Result<Vec<(PathBuf, usize)>, Err
             "ambulance_calls" => {
                 g.delim = b',';
                 g.header(&[
-                    "case_no", "received_at", "brigade_callsign", "priority", "changed_priority", "case_type", "reason",
-                    "description", "patient_first_name", "patient_last_name", "patient_age", "patient_isikukood",
-                    "patient_birth_date", "patient_sex", "patient_citizenship", "estimated_patients", "caller_name",
-                    "caller_phone", "location_address", "location_ehak", "dispatched_at", "departed_at", "arrived_at",
-                    "to_hospital_at", "hospital_name", "freed_at", "returned_at", "cancelled_at",
+                    "case_no",
+                    "received_at",
+                    "brigade_callsign",
+                    "priority",
+                    "changed_priority",
+                    "case_type",
+                    "reason",
+                    "description",
+                    "patient_first_name",
+                    "patient_last_name",
+                    "patient_age",
+                    "patient_isikukood",
+                    "patient_birth_date",
+                    "patient_sex",
+                    "patient_citizenship",
+                    "estimated_patients",
+                    "caller_name",
+                    "caller_phone",
+                    "location_address",
+                    "location_ehak",
+                    "dispatched_at",
+                    "departed_at",
+                    "arrived_at",
+                    "to_hospital_at",
+                    "hospital_name",
+                    "freed_at",
+                    "returned_at",
+                    "cancelled_at",
                 ]);
                 write_row(&mut g, &mut w, false).map_err(err)?;
                 for r in 0..rows {
@@ -230,9 +286,22 @@ pub fn generate(out: &Path, opts: &Options) -> Result<Vec<(PathBuf, usize)>, Err
             "waiting_list" => {
                 g.delim = b';';
                 g.header(&[
-                    "booking_id", "isikukood", "specialty_code", "service_time", "first_available_time", "confirmed_at",
-                    "institution_regcode", "institution_name", "changed_at", "cancelled_at", "changed_by", "payer_name",
-                    "payer_iban", "reference_no", "paid_amount", "service_used",
+                    "booking_id",
+                    "isikukood",
+                    "specialty_code",
+                    "service_time",
+                    "first_available_time",
+                    "confirmed_at",
+                    "institution_regcode",
+                    "institution_name",
+                    "changed_at",
+                    "cancelled_at",
+                    "changed_by",
+                    "payer_name",
+                    "payer_iban",
+                    "reference_no",
+                    "paid_amount",
+                    "service_used",
                 ]);
                 write_row(&mut g, &mut w, false).map_err(err)?;
                 for r in 0..rows {
@@ -243,7 +312,13 @@ pub fn generate(out: &Path, opts: &Options) -> Result<Vec<(PathBuf, usize)>, Err
             _ => {
                 g.delim = b',';
                 g.header(&[
-                    "invitation_id", "isikukood", "first_name", "last_name", "screening", "purpose", "provider_regcode",
+                    "invitation_id",
+                    "isikukood",
+                    "first_name",
+                    "last_name",
+                    "screening",
+                    "purpose",
+                    "provider_regcode",
                     "invited_date",
                 ]);
                 write_row(&mut g, &mut w, false).map_err(err)?;
@@ -477,7 +552,8 @@ impl Gen<'_> {
             let d = self.day(365);
             self.local(d)
         };
-        let step = |t: NaiveDateTime, lo: i64, hi: i64, rng: &mut ChaCha8Rng| t + Duration::seconds(rng.random_range(lo..hi));
+        let step =
+            |t: NaiveDateTime, lo: i64, hi: i64, rng: &mut ChaCha8Rng| t + Duration::seconds(rng.random_range(lo..hi));
         let dispatched = step(received, 30, 240, &mut self.rng);
         let departed = step(dispatched, 30, 180, &mut self.rng);
         let arrived = step(departed, 180, 1800, &mut self.rng);
@@ -507,9 +583,17 @@ impl Gen<'_> {
             if known { if male { "M" } else { "N" }.to_owned() } else { String::new() },
             if known { "EST".to_owned() } else { String::new() },
             if self.rng.random_bool(0.1) { self.rng.random_range(2..5).to_string() } else { "1".to_owned() },
-            format!("{} {}", FEMALE[self.rng.random_range(0..FEMALE.len())], LAST[self.rng.random_range(0..LAST.len())]),
+            format!(
+                "{} {}",
+                FEMALE[self.rng.random_range(0..FEMALE.len())],
+                LAST[self.rng.random_range(0..LAST.len())]
+            ),
             format!("+372 5{:07}", self.rng.random_range(0..9_999_999)),
-            format!("{} tn {}, {cn} maakond", STREETS[self.rng.random_range(0..STREETS.len())], self.rng.random_range(1..99)),
+            format!(
+                "{} tn {}, {cn} maakond",
+                STREETS[self.rng.random_range(0..STREETS.len())],
+                self.rng.random_range(1..99)
+            ),
             cc.to_owned(),
             t(dispatched),
             t(departed),
@@ -558,7 +642,15 @@ impl Gen<'_> {
             if cancelled { fmt(confirmed + Duration::days(5)) } else { String::new() },
             if changed { ["PATIENT", "PROVIDER"][self.rng.random_range(0..2)].to_owned() } else { String::new() },
             if paid { format!("{first} {last}") } else { String::new() },
-            if paid { format!("EE{:02}2200{:012}", self.rng.random_range(10..99), self.rng.random_range(0..999_999_999_999u64)) } else { String::new() },
+            if paid {
+                format!(
+                    "EE{:02}2200{:012}",
+                    self.rng.random_range(10..99),
+                    self.rng.random_range(0..999_999_999_999u64)
+                )
+            } else {
+                String::new()
+            },
             if paid { format!("{:011}", self.rng.random_range(0..99_999_999_999u64)) } else { String::new() },
             if paid { self.money(5_000, false) } else { String::new() },
             if cancelled { String::new() } else { ["Y", "N"][usize::from(self.rng.random_bool(0.1))].to_owned() },
@@ -573,7 +665,8 @@ impl Gen<'_> {
     fn screening(&mut self, r: usize, bad: Option<usize>) {
         let p = self.who();
         let (code, first, last, male) = (p.code.clone(), p.first, p.last, p.male);
-        let programme = if male { "COLORECTAL" } else { ["BREAST", "CERVICAL", "COLORECTAL"][self.rng.random_range(0..3)] };
+        let programme =
+            if male { "COLORECTAL" } else { ["BREAST", "CERVICAL", "COLORECTAL"][self.rng.random_range(0..3)] };
         let mut f = vec![
             format!("SCR{:08}", r + 1),
             code,

@@ -94,7 +94,9 @@ pub fn load_latest(root: &Path) -> Result<Manifest> {
     let dir = manifest_dir(root);
     let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Manifest { format: FORMAT, ..Default::default() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Manifest { format: FORMAT, ..Default::default() });
+        }
         Err(source) => return Err(Error::Io { path: dir, source }),
     };
     let mut newest: Option<u64> = None;
@@ -109,8 +111,8 @@ pub fn load_latest(root: &Path) -> Result<Manifest> {
     let Some(v) = newest else { return Ok(Manifest { format: FORMAT, ..Default::default() }) };
     let path = version_path(root, v);
     let text = std::fs::read(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
-    let m: Manifest = serde_json::from_slice(&text)
-        .map_err(|e| Error::Corrupt { path: path.clone(), problem: e.to_string() })?;
+    let m: Manifest =
+        serde_json::from_slice(&text).map_err(|e| Error::Corrupt { path: path.clone(), problem: e.to_string() })?;
     if m.version != v || m.format != FORMAT {
         return Err(Error::Corrupt { path, problem: format!("holds version {} format {}", m.version, m.format) });
     }

@@ -27,7 +27,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("another ladu process is writing to the warehouse {root} (lock {root}/_ladu/lock is held); wait for it to finish")]
+    #[error(
+        "another ladu process is writing to the warehouse {root} (lock {root}/_ladu/lock is held); wait for it to finish"
+    )]
     Locked { root: PathBuf },
     #[error("the warehouse manifest {path} is damaged ({problem}); restore it from backup before running again")]
     Corrupt { path: PathBuf, problem: String },

@@ -142,7 +142,8 @@ impl TableWriter {
             let dirs = partition_dirs(key, &self.partition_parts);
             let (staged, rel) = tx.new_file(&self.table, &dirs);
             let file = File::create(&staged).map_err(|source| Error::Io { path: staged.clone(), source })?;
-            let sink = HashingWriter { inner: BufWriter::with_capacity(1 << 20, file), hasher: Sha256::new(), bytes: 0 };
+            let sink =
+                HashingWriter { inner: BufWriter::with_capacity(1 << 20, file), hasher: Sha256::new(), bytes: 0 };
             let writer = ArrowWriter::try_new(sink, self.schema.clone(), Some(self.props.clone()))
                 .map_err(|source| Error::Parquet { path: staged.clone(), source })?;
             self.open.insert(key, Open { writer, staged, rel, rows: 0 });

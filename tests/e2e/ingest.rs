@@ -19,7 +19,15 @@ fn all_seven_sources_ingest_and_pyarrow_reads_them() {
     let tables: Vec<&str> = w.as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(
         tables,
-        ["ambulance_calls", "cancer_screening", "population", "prescriptions", "sick_leave", "treatment_invoices", "waiting_list"]
+        [
+            "ambulance_calls",
+            "cancer_screening",
+            "population",
+            "prescriptions",
+            "sick_leave",
+            "treatment_invoices",
+            "waiting_list"
+        ]
     );
     for (name, t) in w.as_object().unwrap() {
         // 120 rows delivered, 4 deliberately invalid.
@@ -80,15 +88,14 @@ fn schema_drift_refuses_the_whole_file_and_names_the_columns() {
     assert!(text.contains("REFUSED") && text.contains("`email`") && text.contains("schema drift"), "{text}");
     assert!(ws.data_files().is_empty(), "{}", ws.listing());
     assert!(ws.manifest_versions().is_empty());
-    let report = std::fs::read_to_string(ws.root().join("outbox/treatment_invoices/treatment_invoices_20240301.csv.rejections.csv")).unwrap();
+    let report = std::fs::read_to_string(
+        ws.root().join("outbox/treatment_invoices/treatment_invoices_20240301.csv.rejections.csv"),
+    )
+    .unwrap();
     assert!(report.contains(",1,,\"file refused: unknown column(s) `email`"), "{report}");
 
     // A missing column, and a file without its header (whose values must not be echoed).
-    std::fs::write(
-        inbox.join("treatment_invoices_20240301.csv"),
-        "invoice_id;isikukood\nINV1;38001010009\n",
-    )
-    .unwrap();
+    std::fs::write(inbox.join("treatment_invoices_20240301.csv"), "invoice_id;isikukood\nINV1;38001010009\n").unwrap();
     let text = stdout(&ws.expect(&["ingest"], 4));
     assert!(text.contains("missing column(s) `provider_regcode`"), "{text}");
     std::fs::write(
@@ -107,7 +114,17 @@ fn bad_values_reject_their_row_by_physical_line_and_column() {
     let ws = Workspace::new();
     let inbox = ws.inbox("ambulance_calls");
     let sample = tempfile::tempdir().unwrap();
-    ws.ok(&["sample-data", "--out", sample.path().to_str().unwrap(), "--rows", "3", "--invalid", "0", "--only", "ambulance_calls"]);
+    ws.ok(&[
+        "sample-data",
+        "--out",
+        sample.path().to_str().unwrap(),
+        "--rows",
+        "3",
+        "--invalid",
+        "0",
+        "--only",
+        "ambulance_calls",
+    ]);
     let text = std::fs::read_to_string(sample.path().join("ambulance_calls/ambulance_calls_20240331.csv")).unwrap();
     let header = text.lines().next().unwrap().to_owned();
     let fields: Vec<&str> = header.split(',').collect();
@@ -147,7 +164,8 @@ fn bad_values_reject_their_row_by_physical_line_and_column() {
     let out = ws.ok(&["ingest"]);
     assert!(stdout(&out).contains("committed         2 rows, rejected 3 rows"), "{}", stdout(&out));
     let report =
-        std::fs::read_to_string(ws.root().join("outbox/ambulance_calls/ambulance_calls_20240301.csv.rejections.csv")).unwrap();
+        std::fs::read_to_string(ws.root().join("outbox/ambulance_calls/ambulance_calls_20240301.csv.rejections.csv"))
+            .unwrap();
     let lines: Vec<&str> = report.lines().skip(1).collect();
     assert_eq!(lines.len(), 3, "{report}");
     assert!(lines[0].starts_with("ambulance_calls_20240301.csv,5,patient_isikukood,"), "{report}");
@@ -162,7 +180,9 @@ fn an_unparsable_file_is_refused_with_its_line() {
     let inbox = ws.inbox("treatment_invoices");
     std::fs::write(
         inbox.join("treatment_invoices_20240301.csv"),
-        format!("{INVOICE_HEADER}\nINV1;38001010009;90006399;\"Kliinik;J06.9;AMB;10,00;2024-03-01;2024-03-01;2024-03-02\n"),
+        format!(
+            "{INVOICE_HEADER}\nINV1;38001010009;90006399;\"Kliinik;J06.9;AMB;10,00;2024-03-01;2024-03-01;2024-03-02\n"
+        ),
     )
     .unwrap();
     let text = stdout(&ws.expect(&["ingest"], 4));
@@ -201,12 +221,17 @@ fn a_later_delivery_supersedes_and_history_is_kept() {
     )
     .unwrap();
     ws.ok(&["ingest"]);
-    std::fs::write(inbox.join("treatment_invoices_20240302.csv"), format!("{INVOICE_HEADER}\n{}\n", row("INV1", "11,50"))).unwrap();
+    std::fs::write(
+        inbox.join("treatment_invoices_20240302.csv"),
+        format!("{INVOICE_HEADER}\n{}\n", row("INV1", "11,50")),
+    )
+    .unwrap();
     ws.ok(&["ingest"]);
     let out = py("newest.py", &[ws.warehouse().join("treatment_invoices").to_str().unwrap()]);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["versions"], 3, "history keeps every version: {v}");
-    let mut amounts: Vec<String> = v["current"].as_array().unwrap().iter().map(|r| r["amount"].as_str().unwrap().to_owned()).collect();
+    let mut amounts: Vec<String> =
+        v["current"].as_array().unwrap().iter().map(|r| r["amount"].as_str().unwrap().to_owned()).collect();
     amounts.sort();
     assert_eq!(amounts, ["11.50", "20.00"], "{v}");
 }

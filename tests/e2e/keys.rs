@@ -32,7 +32,13 @@ fn bad_keys_are_refused_with_their_own_message_and_nothing_is_written() {
         if text.is_empty() && message.is_empty() {
             std::fs::remove_file(&key).unwrap();
         } else {
-            let body = if text == "ab" { "ab".repeat(16) } else if text == "zz" { format!("{good}zz") } else { good.clone() };
+            let body = if text == "ab" {
+                "ab".repeat(16)
+            } else if text == "zz" {
+                format!("{good}zz")
+            } else {
+                good.clone()
+            };
             std::fs::write(&key, body).unwrap();
             std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
         }

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# End-to-end ingest bench: ladu (release) vs DuckDB on the same generated treatment_invoices.
+#
+# usage: bash benches/ingest_e2e.sh [ROWS...]     (default: 1000000 10000000)
+# For each size: generates the extract, ingests it with the release build into a fresh
+# warehouse, and has DuckDB do the equivalent job (read the CSV, keyed SHA-256 of the
+# personal code and the record key, write the same Hive-partitioned zstd Parquet).
+# Prints rows/s, peak resident memory (from /usr/bin/time or getrusage) and the ratio.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+sizes=("$@")
+[ ${#sizes[@]} -gt 0 ] || sizes=(1000000 10000000)
+work=${LADU_BENCH_DIR:-$root/target/bench-e2e}
+python=$(bash tests/python-env.sh)
+cargo build --release --quiet
+bin=$root/target/release/ladu
+mkdir -p "$work"
+for rows in "${sizes[@]}"; do
+  dir=$work/$rows
+  rm -rf "$dir/warehouse" "$dir/outbox" "$dir/audit" "$dir/duckdb"
+  mkdir -p "$dir/config"
+  cp -r config/sources "$dir/config/"
+  cat > "$dir/config/ladu.toml" <<TOML
+key_file = "../ladu.key"
+[paths]
+inbox = "../inbox"
+warehouse = "../warehouse"
+outbox = "../outbox"
+audit = "../audit"
+site = "../site"
+TOML
+  [ -f "$dir/ladu.key" ] || "$bin" keygen --out "$dir/ladu.key" 2>/dev/null
+  csv=$dir/inbox/treatment_invoices/treatment_invoices_20240331.csv
+  [ -f "$csv" ] || "$bin" sample-data --out "$dir/inbox" --rows "$rows" --only treatment_invoices --invalid 0 >/dev/null
+  "$python" benches/measure.py ladu "$rows" -- "$bin" --config "$dir/config/ladu.toml" -q ingest
+  "$python" benches/measure.py duckdb "$rows" -- "$python" benches/duckdb_ingest.py "$csv" "$dir/duckdb" "$(cat "$dir/ladu.key")"
+done | "$python" benches/measure.py --report

@@ -1,0 +1,32 @@
+"""Runs a command, measuring wall time and peak resident memory of it and its children.
+
+usage: measure.py NAME ROWS -- COMMAND...   prints one JSON line
+       measure.py --report                  reads those lines on stdin, prints a table with ratios
+"""
+import json
+import resource
+import subprocess
+import sys
+import time
+
+if sys.argv[1] == "--report":
+    runs = [json.loads(l) for l in sys.stdin if l.startswith("{")]
+    by = {}
+    for r in runs:
+        by.setdefault(r["rows"], {})[r["name"]] = r
+        print(f"{r['name']:8} {r['rows']:>10} rows  {r['seconds']:8.2f} s  {r['rows_per_s']/1e6:6.2f} M rows/s  peak {r['peak_mib']:7.0f} MiB")
+    for rows, r in by.items():
+        if "ladu" in r and "duckdb" in r:
+            print(f"{rows:>10} rows: ladu/duckdb throughput ratio {r['ladu']['rows_per_s'] / r['duckdb']['rows_per_s']:.2f}x, "
+                  f"memory ratio {r['ladu']['peak_mib'] / r['duckdb']['peak_mib']:.2f}x")
+    sys.exit(0)
+
+name, rows = sys.argv[1], int(sys.argv[2])
+cmd = sys.argv[sys.argv.index("--") + 1:]
+start = time.perf_counter()
+proc = subprocess.run(cmd, stdout=subprocess.DEVNULL)
+seconds = time.perf_counter() - start
+if proc.returncode not in (0,):
+    sys.exit(f"{name} failed with exit code {proc.returncode}")
+peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(json.dumps({"name": name, "rows": rows, "seconds": seconds, "rows_per_s": rows / seconds, "peak_mib": peak_kib / 1024}))
