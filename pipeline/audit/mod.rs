@@ -88,6 +88,14 @@ impl AuditLog {
         Ok(())
     }
 
+    /// Is there an `ingest` entry for warehouse version `commit`?
+    pub fn has_ingest_commit(&self, commit: u64) -> Result<bool> {
+        Ok(self.entries()?.iter().any(|e| {
+            e.get("kind").and_then(Value::as_str) == Some("ingest")
+                && e.get("commit").and_then(Value::as_u64) == Some(commit)
+        }))
+    }
+
     /// Every entry, in order (for `audit show` and tests).
     pub fn entries(&self) -> Result<Vec<Value>> {
         let file = match File::open(&self.path) {

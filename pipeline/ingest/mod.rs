@@ -107,6 +107,7 @@ impl Summary {
 pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, opts: &Options) -> Result<Summary> {
     let fingerprint = pseudonym::fingerprint(key);
     let mut wh = Warehouse::open_for_write(&settings.paths.warehouse, &fingerprint)?;
+    audit_last_commit(wh.manifest(), audit)?;
     let (deliveries, mut results) = find_deliveries(settings, opts)?;
     let mut tx = wh.begin()?;
     let mut next: Manifest = wh.manifest().clone();
@@ -187,6 +188,27 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, opts: &Options) -> 
         audit.append("ingest", fields)?;
     }
     Ok(summary)
+}
+
+/// A run killed between its commit and its audit entries leaves the newest
+/// commit unaudited: write those entries now, marked as recovered.
+fn audit_last_commit(m: &Manifest, audit: &AuditLog) -> Result<()> {
+    if m.version == 0 || audit.has_ingest_commit(m.version)? {
+        return Ok(());
+    }
+    for d in m.deliveries.iter().filter(|d| d.commit == m.version) {
+        let mut fields = Map::new();
+        fields.insert("source".into(), json!(d.source));
+        fields.insert("file".into(), json!(d.file));
+        fields.insert("sha256".into(), json!(d.sha256));
+        fields.insert("outcome".into(), json!("committed"));
+        fields.insert("rows_committed".into(), json!(d.rows_committed));
+        fields.insert("rows_rejected".into(), json!(d.rows_rejected));
+        fields.insert("commit".into(), json!(m.version));
+        fields.insert("recovered".into(), json!(true));
+        audit.append("ingest", fields)?;
+    }
+    Ok(())
 }
 
 fn delivery_audit(d: &DeliveryFile, hash: &str, outcome: &Outcome) -> Map<String, Value> {

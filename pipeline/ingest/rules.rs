@@ -477,20 +477,8 @@ mod tests {
 
     fn invoices(rows: &[[&str; 10]]) -> (Plan, Processed) {
         let src = source("treatment_invoices");
-        let header: Vec<String> = [
-            "invoice_id",
-            "isikukood",
-            "provider_regcode",
-            "provider_name",
-            "main_diagnosis",
-            "care_type",
-            "amount",
-            "start_date",
-            "end_date",
-            "submitted_date",
-        ]
-        .map(String::from)
-        .to_vec();
+        let header: Vec<String> =
+            crate::sample_data::header("treatment_invoices").iter().map(|s| s.to_string()).collect();
         let plan = Plan::new(&src, &header, &key(), META);
         let data =
             Rows(rows.iter().map(|r| r.iter().map(|s| (!s.is_empty()).then(|| s.to_string())).collect()).collect());

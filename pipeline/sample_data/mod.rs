@@ -122,6 +122,131 @@ const DESCRIPTIONS: [&str; 5] = [
 ];
 const HOSPITALS: [&str; 3] = ["Tartu Ülikooli Kliinikum", "Põhja-Eesti Regionaalhaigla", "Ida-Viru Keskhaigla"];
 
+/// The header row of a source, in EXTRACTS.md order.
+pub fn header(source: &str) -> &'static [&'static str] {
+    match source {
+        "population" => &[
+            "isikukood",
+            "first_name",
+            "last_name",
+            "birth_date",
+            "sex",
+            "citizenship",
+            "residence_ehak",
+            "residence_address",
+            "death_date",
+            "death_record_no",
+        ],
+        "treatment_invoices" => &[
+            "invoice_id",
+            "isikukood",
+            "provider_regcode",
+            "provider_name",
+            "main_diagnosis",
+            "care_type",
+            "amount",
+            "start_date",
+            "end_date",
+            "submitted_date",
+        ],
+        "sick_leave" => &[
+            "certificate_id",
+            "isikukood",
+            "issuer_regcode",
+            "doctor_code",
+            "diagnosis",
+            "leave_type",
+            "start_date",
+            "end_date",
+        ],
+        "prescriptions" => &[
+            "dispensation_id",
+            "prescription_id",
+            "isikukood",
+            "prescriber_code",
+            "atc_code",
+            "product_name",
+            "pharmacy_regcode",
+            "dispensed_date",
+            "packages",
+            "patient_paid",
+            "insurer_paid",
+        ],
+        "ambulance_calls" => &[
+            "case_no",
+            "received_at",
+            "brigade_callsign",
+            "priority",
+            "changed_priority",
+            "case_type",
+            "reason",
+            "description",
+            "patient_first_name",
+            "patient_last_name",
+            "patient_age",
+            "patient_isikukood",
+            "patient_birth_date",
+            "patient_sex",
+            "patient_citizenship",
+            "estimated_patients",
+            "caller_name",
+            "caller_phone",
+            "location_address",
+            "location_ehak",
+            "dispatched_at",
+            "departed_at",
+            "arrived_at",
+            "to_hospital_at",
+            "hospital_name",
+            "freed_at",
+            "returned_at",
+            "cancelled_at",
+        ],
+        "waiting_list" => &[
+            "booking_id",
+            "isikukood",
+            "specialty_code",
+            "service_time",
+            "first_available_time",
+            "confirmed_at",
+            "institution_regcode",
+            "institution_name",
+            "changed_at",
+            "cancelled_at",
+            "changed_by",
+            "payer_name",
+            "payer_iban",
+            "reference_no",
+            "paid_amount",
+            "service_used",
+        ],
+        "cancer_screening" => &[
+            "invitation_id",
+            "isikukood",
+            "first_name",
+            "last_name",
+            "screening",
+            "purpose",
+            "provider_regcode",
+            "invited_date",
+        ],
+        _ => &[],
+    }
+}
+
+fn delimiter(source: &str) -> u8 {
+    match source {
+        "population" => b';',
+        "treatment_invoices" => b';',
+        "sick_leave" => b',',
+        "prescriptions" => b';',
+        "ambulance_calls" => b',',
+        "waiting_list" => b';',
+        "cancer_screening" => b',',
+        _ => b',',
+    }
+}
+
 /// Write deliveries into `<out>/<source>/<source>_<YYYYMMDD>.csv`.
 pub fn generate(out: &Path, opts: &Options) -> Result<Vec<(PathBuf, usize)>, Error> {
     for s in &opts.sources {
@@ -165,168 +290,21 @@ pub fn generate(out: &Path, opts: &Options) -> Result<Vec<(PathBuf, usize)>, Err
             g.buf.clear();
             Ok(())
         };
-        match *source {
-            "population" => {
-                g.delim = b';';
-                g.header(&[
-                    "isikukood",
-                    "first_name",
-                    "last_name",
-                    "birth_date",
-                    "sex",
-                    "citizenship",
-                    "residence_ehak",
-                    "residence_address",
-                    "death_date",
-                    "death_record_no",
-                ]);
-                write_row(&mut g, &mut w, false).map_err(err)?;
-                for r in 0..rows {
-                    g.population(r, is_bad(r).then(|| r / bad_every - 1));
-                    write_row(&mut g, &mut w, false).map_err(err)?;
-                }
-            }
-            "treatment_invoices" => {
-                g.delim = b';';
-                g.header(&[
-                    "invoice_id",
-                    "isikukood",
-                    "provider_regcode",
-                    "provider_name",
-                    "main_diagnosis",
-                    "care_type",
-                    "amount",
-                    "start_date",
-                    "end_date",
-                    "submitted_date",
-                ]);
-                write_row(&mut g, &mut w, false).map_err(err)?;
-                for r in 0..rows {
-                    g.invoice(r, is_bad(r).then(|| r / bad_every - 1));
-                    write_row(&mut g, &mut w, false).map_err(err)?;
-                }
-            }
-            "sick_leave" => {
-                g.delim = b',';
-                g.header(&[
-                    "certificate_id",
-                    "isikukood",
-                    "issuer_regcode",
-                    "doctor_code",
-                    "diagnosis",
-                    "leave_type",
-                    "start_date",
-                    "end_date",
-                ]);
-                write_row(&mut g, &mut w, false).map_err(err)?;
-                for r in 0..rows {
-                    g.sick_leave(r, is_bad(r).then(|| r / bad_every - 1));
-                    write_row(&mut g, &mut w, false).map_err(err)?;
-                }
-            }
-            "prescriptions" => {
-                g.delim = b';';
-                g.header(&[
-                    "dispensation_id",
-                    "prescription_id",
-                    "isikukood",
-                    "prescriber_code",
-                    "atc_code",
-                    "product_name",
-                    "pharmacy_regcode",
-                    "dispensed_date",
-                    "packages",
-                    "patient_paid",
-                    "insurer_paid",
-                ]);
-                write_row(&mut g, &mut w, true).map_err(err)?;
-                for r in 0..rows {
-                    g.prescription(r, is_bad(r).then(|| r / bad_every - 1));
-                    write_row(&mut g, &mut w, true).map_err(err)?;
-                }
-            }
-            "ambulance_calls" => {
-                g.delim = b',';
-                g.header(&[
-                    "case_no",
-                    "received_at",
-                    "brigade_callsign",
-                    "priority",
-                    "changed_priority",
-                    "case_type",
-                    "reason",
-                    "description",
-                    "patient_first_name",
-                    "patient_last_name",
-                    "patient_age",
-                    "patient_isikukood",
-                    "patient_birth_date",
-                    "patient_sex",
-                    "patient_citizenship",
-                    "estimated_patients",
-                    "caller_name",
-                    "caller_phone",
-                    "location_address",
-                    "location_ehak",
-                    "dispatched_at",
-                    "departed_at",
-                    "arrived_at",
-                    "to_hospital_at",
-                    "hospital_name",
-                    "freed_at",
-                    "returned_at",
-                    "cancelled_at",
-                ]);
-                write_row(&mut g, &mut w, false).map_err(err)?;
-                for r in 0..rows {
-                    g.ambulance(r, is_bad(r).then(|| r / bad_every - 1));
-                    write_row(&mut g, &mut w, false).map_err(err)?;
-                }
-            }
-            "waiting_list" => {
-                g.delim = b';';
-                g.header(&[
-                    "booking_id",
-                    "isikukood",
-                    "specialty_code",
-                    "service_time",
-                    "first_available_time",
-                    "confirmed_at",
-                    "institution_regcode",
-                    "institution_name",
-                    "changed_at",
-                    "cancelled_at",
-                    "changed_by",
-                    "payer_name",
-                    "payer_iban",
-                    "reference_no",
-                    "paid_amount",
-                    "service_used",
-                ]);
-                write_row(&mut g, &mut w, false).map_err(err)?;
-                for r in 0..rows {
-                    g.waiting(r, is_bad(r).then(|| r / bad_every - 1));
-                    write_row(&mut g, &mut w, false).map_err(err)?;
-                }
-            }
-            _ => {
-                g.delim = b',';
-                g.header(&[
-                    "invitation_id",
-                    "isikukood",
-                    "first_name",
-                    "last_name",
-                    "screening",
-                    "purpose",
-                    "provider_regcode",
-                    "invited_date",
-                ]);
-                write_row(&mut g, &mut w, false).map_err(err)?;
-                for r in 0..rows {
-                    g.screening(r, is_bad(r).then(|| r / bad_every - 1));
-                    write_row(&mut g, &mut w, false).map_err(err)?;
-                }
-            }
+        let (windows, row): (bool, RowFn<'_>) = match *source {
+            "population" => (false, Gen::population),
+            "treatment_invoices" => (false, Gen::invoice),
+            "sick_leave" => (false, Gen::sick_leave),
+            "prescriptions" => (true, Gen::prescription),
+            "ambulance_calls" => (false, Gen::ambulance),
+            "waiting_list" => (false, Gen::waiting),
+            _ => (false, Gen::screening),
+        };
+        g.delim = delimiter(source);
+        g.header(header(source));
+        write_row(&mut g, &mut w, windows).map_err(err)?;
+        for r in 0..rows {
+            row(&mut g, r, is_bad(r).then(|| r / bad_every - 1));
+            write_row(&mut g, &mut w, windows).map_err(err)?;
         }
         w.flush().map_err(err)?;
         written.push((path, rows));
@@ -362,6 +340,9 @@ fn person(rng: &mut ChaCha8Rng) -> Person {
         house: rng.random_range(1..120),
     }
 }
+
+/// Writes one row of a source into `Gen::buf`; the second argument is the row number, the third its defect.
+type RowFn<'a> = fn(&mut Gen<'a>, usize, Option<usize>);
 
 struct Gen<'a> {
     rng: ChaCha8Rng,

@@ -38,6 +38,12 @@ fn kill_9_at_any_moment_then_rerun_equals_an_uninterrupted_run() {
         let out = ws.ok(&["ingest"]);
         assert!(!stdout(&out).contains("REFUSED"), "{}", stdout(&out));
         assert_eq!(digest(&ws), want, "killed at {fraction} of a run");
+        // Every committed delivery is audited exactly once, even when the kill
+        // came between the commit and the audit entries.
+        ws.ok(&["audit", "verify"]);
+        let audit = std::fs::read_to_string(ws.root().join("audit/audit.jsonl")).unwrap();
+        let committed = audit.lines().filter(|l| l.contains("\"outcome\":\"committed\"")).count();
+        assert_eq!(committed, 2, "{audit}");
         let staging = ws.warehouse().join("_ladu/staging");
         assert!(files_under(&staging).is_empty(), "{}", ws.listing());
     }
