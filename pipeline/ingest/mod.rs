@@ -17,6 +17,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use arrow::record_batch::RecordBatch;
 use rayon::prelude::*;
 use serde_json::{Map, Value, json};
 
@@ -338,11 +339,12 @@ fn ingest_delivery(
         return refuse(report, 1, problem);
     }
     let plan = Plan::new(source, &header, key, meta);
-    let mut writer = TableWriter::new(
+    let writer = TableWriter::new(
         &source.table,
         plan.schema().clone(),
         source.partition_by.as_ref().map(|p| p.parts.clone()).unwrap_or_default(),
         plan.sort_columns.clone(),
+        plan.unique_columns(),
         settings.ingest.row_group_rows,
         settings.ingest.zstd_level,
     );
@@ -350,8 +352,11 @@ fn ingest_delivery(
     let delimiter = source.delimiter.byte();
     let mut rows = 0u64;
     let mut rejected = 0u64;
-    // Frame on one thread while the others parse and transform the previous chunk.
-    let outcome: Result<Result<(), (u64, String)>> = std::thread::scope(|scope| {
+    // A pipeline of three stages: one thread frames chunk N+1, the rayon pools
+    // parse and transform chunk N, and one thread sorts, encodes and
+    // compresses the row groups of chunk N-1.
+    let tx_writer = &mut *tx;
+    let outcome: Result<Result<TableWriter, (u64, String)>> = std::thread::scope(|scope| {
         let (send, recv) = std::sync::mpsc::sync_channel::<Result<framer::Chunk, FrameError>>(1);
         scope.spawn(move || {
             let mut framer = framer;
@@ -374,11 +379,31 @@ fn ingest_delivery(
                 }
             }
         });
+        let (to_writer, batches) = std::sync::mpsc::sync_channel::<Vec<(rules::PartitionKey, RecordBatch)>>(2);
+        let writer_thread = scope.spawn(move || -> Result<TableWriter> {
+            let mut writer = writer;
+            for batch_set in batches {
+                for (key, batch) in batch_set {
+                    writer.push(tx_writer, key, batch)?;
+                }
+            }
+            Ok(writer)
+        });
+        let stop_writer = |to_writer: std::sync::mpsc::SyncSender<_>| {
+            drop(to_writer);
+            writer_thread.join().expect("the writer thread does not panic")
+        };
         for chunk in recv {
             let chunk = match chunk {
                 Ok(c) => c,
-                Err(FrameError::Io(source)) => return Err(Error::Read { path: d.path.clone(), source }),
-                Err(e) => return Ok(Err((frame_error_line(&e), e.to_string()))),
+                Err(FrameError::Io(source)) => {
+                    let _ = stop_writer(to_writer);
+                    return Err(Error::Read { path: d.path.clone(), source });
+                }
+                Err(e) => {
+                    stop_writer(to_writer)?;
+                    return Ok(Err((frame_error_line(&e), e.to_string())));
+                }
             };
             bar.set_position(chunk.bytes_read);
             let framer::Chunk { data, lines, malformed, .. } = chunk;
@@ -389,7 +414,10 @@ fn ingest_delivery(
                 match parse::parse_chunk(data, &header, delimiter) {
                     Ok(p) if p.rows() == lines.len() => Some(p),
                     // Polars' own message may quote the data: never pass it on.
-                    _ => return Ok(Err((first_line, "records could not be parsed".to_owned()))),
+                    _ => {
+                        stop_writer(to_writer)?;
+                        return Ok(Err((first_line, "records could not be parsed".to_owned())));
+                    }
                 }
             };
             let processed: Vec<rules::Processed> = match &parsed {
@@ -404,30 +432,32 @@ fn ingest_delivery(
             let mut problems: Vec<(u64, String, String)> =
                 malformed.into_iter().map(|m| (m.line, String::new(), m.reason)).collect();
             rejected += problems.len() as u64;
+            let mut batch_set = Vec::new();
             for p in processed {
                 rejected += p.rows_rejected;
                 problems.extend(p.rejections.into_iter().map(|r| (r.line, r.column, r.reason)));
-                for (key, batch) in p.batches {
-                    rows += batch.num_rows() as u64;
-                    writer.push(tx, key, batch)?;
-                }
+                rows += p.batches.iter().map(|(_, b)| b.num_rows() as u64).sum::<u64>();
+                batch_set.extend(p.batches);
             }
             problems.sort_by_key(|p| p.0);
             for (line, column, reason) in problems {
                 report.add(line, &column, &reason).map_err(write_err(outbox))?;
             }
+            if to_writer.send(batch_set).is_err() {
+                // The writer stopped on an error, which joining it returns.
+                break;
+            }
         }
-        Ok(Ok(()))
+        stop_writer(to_writer).map(Ok)
     });
     bar.finish_and_clear();
     match outcome? {
-        Ok(()) => {
+        Ok(writer) => {
             writer.finish(tx)?;
             let report = report.finish().map_err(write_err(outbox))?;
             Ok(Ok(Done { rows, rejected, report }))
         }
         Err((line, reason)) => {
-            drop(writer);
             report.discard();
             let report = RejectionReport::create(outbox, &source.name, &d.name).map_err(write_err(outbox))?;
             refuse(report, line, reason)

@@ -12,7 +12,7 @@ use super::rules::Fields;
 
 /// A chunk's columns, in header order.
 pub struct ParsedChunk {
-    columns: Vec<StringChunked>,
+    columns: Vec<<StringType as PolarsDataType>::Array>,
     rows: usize,
 }
 
@@ -24,7 +24,7 @@ impl ParsedChunk {
 
 impl Fields for ParsedChunk {
     fn field(&self, column: usize, row: usize) -> Option<&str> {
-        self.columns[column].downcast_as_array().get(row)
+        self.columns[column].get(row)
     }
 }
 
@@ -50,7 +50,7 @@ pub fn parse_chunk(data: Vec<u8>, header: &[String], delimiter: u8) -> PolarsRes
     let mut columns = Vec::with_capacity(header.len());
     for col in df.columns() {
         // One chunk per column, so that a field is one array lookup.
-        columns.push(col.str()?.rechunk().into_owned());
+        columns.push(col.str()?.rechunk().downcast_as_array().clone());
     }
     Ok(ParsedChunk { columns, rows })
 }

@@ -39,6 +39,9 @@ pub struct Rejection {
     pub reason: String,
 }
 
+/// Initial row capacity of a partition's builders.
+const INITIAL_ROWS: usize = 1024;
+
 /// Partition of a row: `year * 100 + month` (month 0 when not partitioned by month), or 0.
 pub type PartitionKey = u32;
 
@@ -206,6 +209,22 @@ impl Plan {
         }
     }
 
+    /// Output columns whose values are (nearly) all distinct: pseudonyms and
+    /// line numbers, for which a Parquet dictionary only costs time.
+    pub fn unique_columns(&self) -> Vec<String> {
+        let mut cols: Vec<String> = self
+            .steps
+            .iter()
+            .filter(|s| matches!(s.op, Op::Pseudonymise { .. }))
+            .map(|s| self.schema.field(s.output).name().clone())
+            .collect();
+        cols.push(RECORD_ID.to_owned());
+        cols.push(META_LINE.to_owned());
+        cols.sort();
+        cols.dedup();
+        cols
+    }
+
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
     }
@@ -221,7 +240,7 @@ impl Plan {
             let mut ok = true;
             let mut key: PartitionKey = 0;
             for (i, step) in self.steps.iter().chain(self.extra_record_id.iter()).enumerate() {
-                let raw = fields.field(step.input, row).filter(|s| !s.trim().is_empty());
+                let raw = fields.field(step.input, row).map(str::trim).filter(|s| !s.is_empty());
                 let v = match raw {
                     None if step.optional => Ok(Val::Null),
                     None => Err("missing value"),
@@ -267,7 +286,9 @@ impl Plan {
             let b = match parts.iter().position(|(k, _)| *k == key) {
                 Some(i) => &mut parts[i].1,
                 None => {
-                    parts.push((key, Builders::new(&self.schema, rows.len())));
+                    // Rows spread over partitions: start small and let builders grow, so
+                    // that no batch carries capacity for rows it never got.
+                    parts.push((key, Builders::new(&self.schema, INITIAL_ROWS.min(rows.len()))));
                     &mut parts.last_mut().expect("just pushed").1
                 }
             };
@@ -289,48 +310,43 @@ impl Plan {
                         id
                     }
                     IdCheck::WorkerCode => {
-                        let id = s.trim();
+                        let id = s;
                         if !values::is_worker_code(id) {
                             return Err("invalid worker code (expected D and five digits)");
                         }
                         id
                     }
-                    IdCheck::Any => s.trim(),
+                    IdCheck::Any => s,
                 };
                 Ok(Val::Pseudo(ps.pseudonym(id.as_bytes())))
             }
-            Op::Keep { ty, values } => self.keep(*ty, values, s.trim()),
-            Op::Generalise(g) => {
-                let s = s.trim();
-                match g {
-                    Generalisation::Year => {
-                        let d = values::parse_date(s, self.date_format).ok_or(self.date_error())?;
-                        let date = values::date_of_days(d).ok_or(self.date_error())?;
-                        Ok(Val::Int(chrono::Datelike::year(&date)))
-                    }
-                    Generalisation::YearMonth => {
-                        let date = match values::parse_date(s, self.date_format) {
-                            Some(d) => values::date_of_days(d),
-                            None => values::parse_timestamp(s)
-                                .and_then(values::tallinn_date)
-                                .map(Some)
-                                .ok_or(self.date_error())?,
-                        }
-                        .ok_or(self.date_error())?;
-                        Ok(Val::YearMonth(chrono::Datelike::year(&date), chrono::Datelike::month(&date)))
-                    }
-                    Generalisation::AgeBand => values::parse_integer(s)
-                        .and_then(values::age_band)
-                        .map(Val::Static)
-                        .ok_or("invalid age (expected whole years 0-130)"),
-                    Generalisation::County => {
-                        values::county_of_ehak(s).map(Val::Static).ok_or("unknown EHAK county code")
-                    }
-                    Generalisation::CountyFromAddress => {
-                        values::county_of_address(s).map(Val::Static).ok_or("the address names no county")
-                    }
+            Op::Keep { ty, values } => self.keep(*ty, values, s),
+            Op::Generalise(g) => match g {
+                Generalisation::Year => {
+                    let d = values::parse_date(s, self.date_format).ok_or(self.date_error())?;
+                    let date = values::date_of_days(d).ok_or(self.date_error())?;
+                    Ok(Val::Int(chrono::Datelike::year(&date)))
                 }
-            }
+                Generalisation::YearMonth => {
+                    let date = match values::parse_date(s, self.date_format) {
+                        Some(d) => values::date_of_days(d),
+                        None => values::parse_timestamp(s)
+                            .and_then(values::tallinn_date)
+                            .map(Some)
+                            .ok_or(self.date_error())?,
+                    }
+                    .ok_or(self.date_error())?;
+                    Ok(Val::YearMonth(chrono::Datelike::year(&date), chrono::Datelike::month(&date)))
+                }
+                Generalisation::AgeBand => values::parse_integer(s)
+                    .and_then(values::age_band)
+                    .map(Val::Static)
+                    .ok_or("invalid age (expected whole years 0-130)"),
+                Generalisation::County => values::county_of_ehak(s).map(Val::Static).ok_or("unknown EHAK county code"),
+                Generalisation::CountyFromAddress => {
+                    values::county_of_address(s).map(Val::Static).ok_or("the address names no county")
+                }
+            },
         }
     }
 

@@ -11,19 +11,21 @@ use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, sort_to_indices, take_record_batch};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use super::{CommittedFile, Error, Result, Transaction};
 
 /// Buffered bytes across all partitions above which the largest is flushed.
-pub const DEFAULT_MEMORY_BUDGET: usize = 256 * 1024 * 1024;
+pub const DEFAULT_MEMORY_BUDGET: usize = 160 * 1024 * 1024;
 
 /// Counts and hashes bytes on their way to the file.
 struct HashingWriter {
@@ -79,6 +81,7 @@ impl TableWriter {
         schema: SchemaRef,
         partition_parts: Vec<crate::config::source::PartitionPart>,
         sort_columns: Vec<usize>,
+        unique_columns: Vec<String>,
         row_group_rows: usize,
         zstd_level: i32,
     ) -> TableWriter {
@@ -86,13 +89,16 @@ impl TableWriter {
             .iter()
             .map(|&c| SortingColumn { column_idx: c as i32, descending: false, nulls_first: true })
             .collect();
-        let props = WriterProperties::builder()
+        let mut props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(zstd_level).unwrap_or_default()))
             .set_max_row_group_row_count(Some(row_group_rows))
             .set_statistics_enabled(EnabledStatistics::Page)
             .set_sorting_columns(Some(sorting))
-            .set_created_by(format!("ladu {}", env!("CARGO_PKG_VERSION")))
-            .build();
+            .set_created_by(format!("ladu {}", env!("CARGO_PKG_VERSION")));
+        for c in unique_columns {
+            props = props.set_column_dictionary_enabled(ColumnPath::from(c), false);
+        }
+        let props = props.build();
         TableWriter {
             table: table.to_owned(),
             schema,
@@ -112,74 +118,85 @@ impl TableWriter {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let size = batch.get_array_memory_size();
+        let size = used_bytes(&batch);
         let p = self.pending.entry(key).or_default();
         p.rows += batch.num_rows();
         p.bytes += size;
         p.batches.push(batch);
         self.buffered_bytes += size;
         if p.rows >= self.row_group_rows {
-            self.flush_partition(tx, key)?;
+            self.flush(tx, &[key], false)?;
         }
         while self.buffered_bytes > self.memory_budget {
             let Some((&largest, _)) = self.pending.iter().max_by_key(|(_, p)| p.bytes) else { break };
-            self.flush_partition(tx, largest)?;
+            self.flush(tx, &[largest], true)?;
         }
         Ok(())
     }
 
-    /// Sort and write what is buffered for `key` as row groups.
-    fn flush_partition(&mut self, tx: &mut Transaction, key: u32) -> Result<()> {
-        let Some(p) = self.pending.remove(&key) else { return Ok(()) };
-        self.buffered_bytes -= p.bytes;
-        if p.rows == 0 {
-            return Ok(());
+    /// Sort and write what is buffered for `keys` as row groups, the
+    /// partitions in parallel. Unless `whole`, only full row groups are
+    /// written and the rest stays buffered.
+    fn flush(&mut self, tx: &mut Transaction, keys: &[u32], whole: bool) -> Result<()> {
+        let mut work = BTreeMap::new();
+        for &key in keys {
+            let Some(p) = self.pending.remove(&key) else { continue };
+            self.buffered_bytes -= p.bytes;
+            if p.rows == 0 {
+                continue;
+            }
+            if !self.open.contains_key(&key) {
+                let dirs = partition_dirs(key, &self.partition_parts);
+                let (staged, rel) = tx.new_file(&self.table, &dirs);
+                let file = File::create(&staged).map_err(|source| Error::Io { path: staged.clone(), source })?;
+                let sink =
+                    HashingWriter { inner: BufWriter::with_capacity(1 << 20, file), hasher: Sha256::new(), bytes: 0 };
+                let writer = ArrowWriter::try_new(sink, self.schema.clone(), Some(self.props.clone()))
+                    .map_err(|source| Error::Parquet { path: staged.clone(), source })?;
+                self.open.insert(key, Open { writer, staged, rel, rows: 0 });
+            }
+            work.insert(key, p);
         }
-        let batch = concat_batches(&self.schema, &p.batches).expect("batches share the schema");
-        drop(p);
-        let batch = self.sort(batch);
-        if !self.open.contains_key(&key) {
-            let dirs = partition_dirs(key, &self.partition_parts);
-            let (staged, rel) = tx.new_file(&self.table, &dirs);
-            let file = File::create(&staged).map_err(|source| Error::Io { path: staged.clone(), source })?;
-            let sink =
-                HashingWriter { inner: BufWriter::with_capacity(1 << 20, file), hasher: Sha256::new(), bytes: 0 };
-            let writer = ArrowWriter::try_new(sink, self.schema.clone(), Some(self.props.clone()))
-                .map_err(|source| Error::Parquet { path: staged.clone(), source })?;
-            self.open.insert(key, Open { writer, staged, rel, rows: 0 });
+        let (schema, sort_columns, row_group_rows) = (&self.schema, &self.sort_columns, self.row_group_rows);
+        let jobs: Vec<(u32, &mut Open, Pending)> =
+            self.open.iter_mut().filter_map(|(k, open)| work.remove(k).map(|p| (*k, open, p))).collect();
+        let rests = jobs
+            .into_par_iter()
+            .map(|(key, open, p)| {
+                let batch = concat_batches(schema, &p.batches).expect("batches share the schema");
+                drop(p);
+                let batch = sort(batch, sort_columns);
+                let err = |source| Error::Parquet { path: open.staged.clone(), source };
+                let n = batch.num_rows();
+                let full = if whole { n } else { n - n % row_group_rows };
+                let mut offset = 0;
+                while offset < full {
+                    let len = row_group_rows.min(full - offset);
+                    open.writer.write(&batch.slice(offset, len)).map_err(err)?;
+                    open.writer.flush().map_err(err)?;
+                    offset += len;
+                }
+                open.rows += full as u64;
+                // A copy, so that the written rows' buffers are freed.
+                Ok((full < n).then(|| (key, compact(&batch.slice(full, n - full)))))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for (key, rest) in rests.into_iter().flatten() {
+            // Rows left over wait for the partition's next row group.
+            let size = used_bytes(&rest);
+            let p = self.pending.entry(key).or_default();
+            p.rows += rest.num_rows();
+            p.bytes += size;
+            p.batches.insert(0, rest);
+            self.buffered_bytes += size;
         }
-        let open = self.open.get_mut(&key).expect("opened above");
-        let err = |source| Error::Parquet { path: open.staged.clone(), source };
-        let mut offset = 0;
-        while offset < batch.num_rows() {
-            let len = self.row_group_rows.min(batch.num_rows() - offset);
-            open.writer.write(&batch.slice(offset, len)).map_err(err)?;
-            open.writer.flush().map_err(|source| Error::Parquet { path: open.staged.clone(), source })?;
-            offset += len;
-        }
-        open.rows += batch.num_rows() as u64;
         Ok(())
-    }
-
-    fn sort(&self, batch: RecordBatch) -> RecordBatch {
-        if self.sort_columns.is_empty() || batch.num_rows() < 2 {
-            return batch;
-        }
-        let cols: Vec<SortColumn> = self
-            .sort_columns
-            .iter()
-            .map(|&c| SortColumn { values: Arc::clone(batch.column(c)), options: None })
-            .collect();
-        let indices = lexsort_to_indices(&cols, None).expect("sort columns are sortable");
-        take_record_batch(&batch, &indices).expect("indices are in range")
     }
 
     /// Write everything buffered, close every file, and stage them in `tx`.
     pub fn finish(mut self, tx: &mut Transaction) -> Result<u64> {
         let keys: Vec<u32> = self.pending.keys().copied().collect();
-        for key in keys {
-            self.flush_partition(tx, key)?;
-        }
+        self.flush(tx, &keys, true)?;
         let mut rows = 0;
         for (key, open) in std::mem::take(&mut self.open) {
             let Open { writer, staged, rel, rows: n } = open;
@@ -198,6 +215,36 @@ impl TableWriter {
         }
         Ok(rows)
     }
+}
+
+/// `batch` sorted by the columns `sort_columns`.
+fn sort(batch: RecordBatch, sort_columns: &[usize]) -> RecordBatch {
+    if sort_columns.is_empty() || batch.num_rows() < 2 {
+        return batch;
+    }
+    let cols: Vec<SortColumn> =
+        sort_columns.iter().map(|&c| SortColumn { values: Arc::clone(batch.column(c)), options: None }).collect();
+    let indices = match cols.as_slice() {
+        [one] => sort_to_indices(&one.values, None, None),
+        _ => lexsort_to_indices(&cols, None),
+    }
+    .expect("sort columns are sortable");
+    take_record_batch(&batch, &indices).expect("indices are in range")
+}
+
+/// Bytes a batch's rows occupy (not the capacity reserved behind them,
+/// which the operating system does not back until it is touched).
+fn used_bytes(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size()))
+        .sum()
+}
+
+/// A batch with buffers of its own (a slice keeps its parent's alive).
+fn compact(batch: &RecordBatch) -> RecordBatch {
+    concat_batches(&batch.schema(), [batch]).expect("one batch has one schema")
 }
 
 /// Hive folder names of a partition key, e.g. `["year=2024", "month=3"]`.
