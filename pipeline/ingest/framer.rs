@@ -11,6 +11,7 @@
 use std::io::Read;
 
 use encoding_rs::{Decoder, DecoderResult, WINDOWS_1257};
+use sha2::{Digest, Sha256};
 
 use crate::config::source::Encoding;
 
@@ -70,6 +71,8 @@ pub struct Framer<R: Read> {
     fields: usize,
     chunk_bytes: usize,
     scratch: Vec<u8>,
+    /// SHA-256 of the raw bytes read so far.
+    hasher: Sha256,
 }
 
 /// One framed record, as positions into `buf`.
@@ -111,6 +114,7 @@ impl<R: Read> Framer<R> {
             fields: 0,
             chunk_bytes,
             scratch: Vec::new(),
+            hasher: Sha256::new(),
         };
         let header = loop {
             match f.next_record()? {
@@ -135,6 +139,12 @@ impl<R: Read> Framer<R> {
 
     pub fn bytes_read(&self) -> u64 {
         self.bytes_read
+    }
+
+    /// SHA-256 (hex) of every byte of the file; call after the last chunk.
+    pub fn sha256(self) -> String {
+        debug_assert!(self.eof, "the file was read to its end");
+        crate::warehouse::writer::hex(&self.hasher.finalize())
     }
 
     fn advance(&mut self, r: &Record) {
@@ -203,6 +213,7 @@ impl<R: Read> Framer<R> {
             }
         };
         self.bytes_read += n as u64;
+        self.hasher.update(&self.scratch[..n]);
         let last = n == 0;
         let raw = &self.scratch[..n];
         if let Some(decoder) = self.decoder.as_mut() {
@@ -431,6 +442,14 @@ mod tests {
         let (mut f, _) = Framer::new(&b"a;b\n1;\"open\n2;3\n"[..], Encoding::Utf8, b';', 4096).unwrap();
         assert!(matches!(f.next_chunk(), Err(FrameError::UnclosedQuote { line: 2 })));
         assert!(matches!(Framer::new(&b""[..], Encoding::Utf8, b';', 10), Err(FrameError::Empty)));
+    }
+
+    #[test]
+    fn the_hash_covers_every_byte_read() {
+        let input = b"\xEF\xBB\xBFa;b\n1;2\n";
+        let (mut f, _) = Framer::new(&input[..], Encoding::Utf8, b';', 4096).unwrap();
+        while f.next_chunk().unwrap().is_some() {}
+        assert_eq!(f.sha256(), crate::warehouse::writer::hex(&Sha256::digest(input)));
     }
 
     #[test]

@@ -120,8 +120,10 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, opts: &Options) -> 
     for d in &deliveries {
         let started = Instant::now();
         let source = settings.source(&d.source)?;
-        let hash = delivery::hash_file(&d.path).map_err(|source| Error::Read { path: d.path.clone(), source })?;
-        if next.has_delivery(&hash) || !hashes_this_run.insert(hash.clone()) {
+        let read_err = |source| Error::Read { path: d.path.clone(), source };
+        let size = std::fs::metadata(&d.path).map_err(read_err)?.len();
+        let already = |hash: &str, seen: &BTreeSet<String>| next.has_delivery(hash) || seen.contains(hash);
+        let skipped = |results: &mut Vec<DeliveryResult>| {
             tracing::info!(source = %d.source, file = %d.name, "already ingested; nothing to do");
             results.push(DeliveryResult {
                 source: d.source.clone(),
@@ -129,6 +131,15 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, opts: &Options) -> 
                 outcome: Outcome::AlreadyIngested,
                 seconds: started.elapsed().as_secs_f64(),
             });
+        };
+        // Where a re-delivery is likely (the name or size of a committed
+        // delivery), hash before doing any work; otherwise the framer hashes
+        // the bytes as it reads them, which saves a pass over the file.
+        let likely_again =
+            next.deliveries.iter().any(|x| x.source == d.source && (x.file == d.name || x.bytes == size));
+        let early_hash = if likely_again { Some(delivery::hash_file(&d.path).map_err(read_err)?) } else { None };
+        if early_hash.as_deref().is_some_and(|h| already(h, &hashes_this_run)) {
+            skipped(&mut results);
             continue;
         }
         let mark = tx.mark();
@@ -138,8 +149,18 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, opts: &Options) -> 
             extract_seq: d.seq as i32,
             commit: tx.version() as i64,
         };
-        let outcome = match ingest_delivery(settings, source, d, key, meta, &mut tx, opts.progress)? {
+        let (outcome, hash) = match ingest_delivery(settings, source, d, key, meta, &mut tx, opts.progress)? {
             Ok(done) => {
+                if already(&done.sha256, &hashes_this_run) {
+                    tx.rollback_to(mark);
+                    done.report.discard();
+                    skipped(&mut results);
+                    continue;
+                }
+                let report = done
+                    .report
+                    .finish()
+                    .map_err(|source| Error::Write { path: settings.paths.outbox.clone(), source })?;
                 let table = next.tables.entry(source.table.clone()).or_default();
                 table.partition_columns = source
                     .partition_by
@@ -150,7 +171,8 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, opts: &Options) -> 
                 next.deliveries.push(Delivery {
                     source: d.source.clone(),
                     file: d.name.clone(),
-                    sha256: hash.clone(),
+                    sha256: done.sha256.clone(),
+                    bytes: size,
                     extract_date: d.extract_date.to_string(),
                     extract_seq: d.seq,
                     rows_committed: done.rows,
@@ -159,15 +181,27 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, opts: &Options) -> 
                     committed_at: now.clone(),
                 });
                 tracing::info!(source = %d.source, file = %d.name, rows = done.rows, rejected = done.rejected, "delivery ingested");
-                Outcome::Committed { rows: done.rows, rejected: done.rejected, report: done.report }
+                (Outcome::Committed { rows: done.rows, rejected: done.rejected, report }, done.sha256)
             }
             Err((reason, report)) => {
                 tx.rollback_to(mark);
+                let hash = match early_hash {
+                    Some(h) => h,
+                    None => delivery::hash_file(&d.path).map_err(read_err)?,
+                };
+                if already(&hash, &hashes_this_run) {
+                    report.discard();
+                    skipped(&mut results);
+                    continue;
+                }
+                let report =
+                    report.finish().map_err(|source| Error::Write { path: settings.paths.outbox.clone(), source })?;
                 tracing::warn!(source = %d.source, file = %d.name, %reason, "delivery refused");
-                Outcome::Refused { reason, report }
+                (Outcome::Refused { reason, report }, hash)
             }
         };
         audit_entries.push(delivery_audit(d, &hash, &outcome));
+        hashes_this_run.insert(hash);
         results.push(DeliveryResult {
             source: d.source.clone(),
             file: d.path.clone(),
@@ -298,11 +332,17 @@ fn refused_name(source: &str, path: PathBuf, e: delivery::NameError) -> Delivery
 struct Done {
     rows: u64,
     rejected: u64,
-    report: Option<PathBuf>,
+    /// Not yet in place: a delivery found to be a re-delivery leaves none.
+    report: RejectionReport,
+    /// SHA-256 of the delivered bytes, hashed as they were read.
+    sha256: String,
 }
 
+/// A refused delivery: why, and the provider's report (not yet in place).
+type Refusal = (String, RejectionReport);
+
 /// Ingest one delivery into `tx`. The outer error stops the run; the inner
-/// one refuses this delivery (with the reason and the provider's report).
+/// one refuses this delivery.
 fn ingest_delivery(
     settings: &Settings,
     source: &SourceConfig,
@@ -311,19 +351,17 @@ fn ingest_delivery(
     meta: RowMeta,
     tx: &mut Transaction,
     progress: bool,
-) -> Result<Result<Done, (String, Option<PathBuf>)>> {
+) -> Result<Result<Done, Refusal>> {
     let outbox = &settings.paths.outbox;
     let write_err = |path: &Path| {
         let path = path.to_owned();
         move |source| Error::Write { path, source }
     };
     let mut report = RejectionReport::create(outbox, &source.name, &d.name).map_err(write_err(outbox))?;
-    let refuse =
-        |mut report: RejectionReport, line: u64, reason: String| -> Result<Result<Done, (String, Option<PathBuf>)>> {
-            report.add(line, "", &format!("file refused: {reason}")).map_err(write_err(outbox))?;
-            let path = report.finish().map_err(write_err(outbox))?;
-            Ok(Err((reason, path)))
-        };
+    let refuse = |mut report: RejectionReport, line: u64, reason: String| -> Result<Result<Done, Refusal>> {
+        report.add(line, "", &format!("file refused: {reason}")).map_err(write_err(outbox))?;
+        Ok(Err((reason, report)))
+    };
     let file = std::fs::File::open(&d.path).map_err(|source| Error::Read { path: d.path.clone(), source })?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let (framer, header) =
@@ -356,26 +394,23 @@ fn ingest_delivery(
     // parse and transform chunk N, and one thread sorts, encodes and
     // compresses the row groups of chunk N-1.
     let tx_writer = &mut *tx;
-    let outcome: Result<Result<TableWriter, (u64, String)>> = std::thread::scope(|scope| {
+    let outcome: Result<Result<(TableWriter, String), (u64, String)>> = std::thread::scope(|scope| {
         let (send, recv) = std::sync::mpsc::sync_channel::<Result<framer::Chunk, FrameError>>(1);
-        scope.spawn(move || {
+        // Returns the file's SHA-256 once it has read all of it.
+        let framer_thread = scope.spawn(move || -> Option<String> {
             let mut framer = framer;
             loop {
-                let next = framer.next_chunk();
-                let stop = !matches!(next, Ok(Some(_)));
-                match next {
+                match framer.next_chunk() {
                     Ok(Some(c)) => {
                         if send.send(Ok(c)).is_err() {
-                            return;
+                            return None;
                         }
                     }
-                    Ok(None) => return,
+                    Ok(None) => return Some(framer.sha256()),
                     Err(e) => {
                         let _ = send.send(Err(e));
+                        return None;
                     }
-                }
-                if stop {
-                    return;
                 }
             }
         });
@@ -448,14 +483,16 @@ fn ingest_delivery(
                 break;
             }
         }
-        stop_writer(to_writer).map(Ok)
+        let writer = stop_writer(to_writer)?;
+        let sha256 = framer_thread.join().expect("the framer thread does not panic");
+        // The framer stops early only on an error, which ended the loop above.
+        Ok(Ok((writer, sha256.expect("the framer read the whole file"))))
     });
     bar.finish_and_clear();
     match outcome? {
-        Ok(writer) => {
+        Ok((writer, sha256)) => {
             writer.finish(tx)?;
-            let report = report.finish().map_err(write_err(outbox))?;
-            Ok(Ok(Done { rows, rejected, report }))
+            Ok(Ok(Done { rows, rejected, report, sha256 }))
         }
         Err((line, reason)) => {
             report.discard();

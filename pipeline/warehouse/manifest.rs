@@ -40,6 +40,8 @@ pub struct Delivery {
     pub file: String,
     /// SHA-256 of the delivered bytes, hex.
     pub sha256: String,
+    /// Size of the delivered file.
+    pub bytes: u64,
     pub extract_date: String,
     pub extract_seq: u32,
     pub rows_committed: u64,
