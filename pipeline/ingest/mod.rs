@@ -320,6 +320,10 @@ fn find_deliveries(settings: &Settings, opts: &Options) -> Result<(Vec<DeliveryF
 }
 
 fn refused_name(source: &str, path: PathBuf, e: delivery::NameError) -> DeliveryResult {
+    // The name is the provider's and failed the convention: it could hold
+    // anything, so long digit runs (a personal code?) are masked.
+    let name = path.file_name().map(|n| mask_digit_runs(&n.to_string_lossy())).unwrap_or_default();
+    let path = path.with_file_name(name);
     tracing::warn!(source, file = %path.display(), reason = %e, "delivery refused");
     DeliveryResult {
         source: source.to_owned(),
@@ -327,6 +331,29 @@ fn refused_name(source: &str, path: PathBuf, e: delivery::NameError) -> Delivery
         outcome: Outcome::Refused { reason: e.to_string(), report: None },
         seconds: 0.0,
     }
+}
+
+/// `text` with every run of nine or more digits replaced by `#`s (dates,
+/// eight digits, stay readable; an 11-digit personal code does not).
+fn mask_digit_runs(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    for c in text.chars().chain(std::iter::once('\0')) {
+        if c.is_ascii_digit() {
+            run.push(c);
+            continue;
+        }
+        if run.len() >= 9 {
+            out.extend(std::iter::repeat_n('#', run.len()));
+        } else {
+            out.push_str(&run);
+        }
+        run.clear();
+        if c != '\0' {
+            out.push(c);
+        }
+    }
+    out
 }
 
 struct Done {
@@ -581,4 +608,16 @@ fn progress_bar(enabled: bool, size: u64, name: &str) -> indicatif::ProgressBar 
     );
     bar.set_message(name.to_owned());
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_digit_runs_are_masked() {
+        assert_eq!(mask_digit_runs("sick_leave_38001010009.csv"), "sick_leave_###########.csv");
+        assert_eq!(mask_digit_runs("sick_leave_2024-03-31.csv"), "sick_leave_2024-03-31.csv");
+        assert_eq!(mask_digit_runs("x_20240331_1.txt"), "x_20240331_1.txt");
+    }
 }

@@ -252,12 +252,16 @@ fn one_source_or_named_files_and_misnamed_files() {
 
     // A file in the inbox that does not follow the naming convention is refused, not guessed at.
     std::fs::write(ws.inbox("sick_leave").join("sick_leave_2024-04-03.csv"), "x\n").unwrap();
+    // A personal code in a misnamed file's name is not repeated.
+    std::fs::write(ws.inbox("sick_leave").join("sick_leave_38001010009.csv"), "x\n").unwrap();
     let out = ws.expect(&["ingest"], 4);
     assert!(
         stdout(&out).contains("REFUSED: the name does not follow `sick_leave_<YYYYMMDD>[_<seq>].csv`"),
         "{}",
         stdout(&out)
     );
+    assert!(stdout(&out).contains("sick_leave_###########.csv"), "{}", stdout(&out));
+    assert!(!format!("{}{}", stdout(&out), stderr(&out)).contains("38001010009"));
     let out = ws.expect(&["ingest", ws.root().join("nothing_20240101.csv").to_str().unwrap()], 3);
     assert!(stderr(&out).contains("cannot tell which source"), "{}", stderr(&out));
 }
