@@ -1,10 +1,11 @@
 //! Ingest: deliveries in the inbox become pseudonymised, partitioned, committed Parquet.
 //!
-//! Per delivery: hash it (a re-delivery is a no-op), frame it ([`framer`]),
-//! parse chunks with Polars ([`parse`]), check and transform rows in parallel
-//! ([`rules`]), write partitions ([`crate::warehouse::writer`]) and report
-//! rejected rows ([`report`]). All deliveries of a run commit together as
-//! one manifest version; a refused delivery is rolled back alone.
+//! Per delivery: frame it ([`framer`], which also hashes its bytes, so that a
+//! re-delivery is found and dropped), parse chunks with Polars ([`parse`]),
+//! check and transform rows in parallel ([`rules`]), write partitions
+//! ([`crate::warehouse::writer`]) and report rejected rows ([`report`]). All
+//! deliveries of a run commit together as one manifest version; a refused
+//! delivery is rolled back alone.
 
 pub mod delivery;
 pub mod framer;
