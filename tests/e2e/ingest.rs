@@ -283,3 +283,17 @@ fn config_errors_name_the_file_and_the_key() {
     let err = stderr(&ws.expect(&["ingest"], 3));
     assert!(err.contains("ladu.toml") && err.contains("key_file"), "{err}");
 }
+
+#[test]
+fn parquet_layout_follows_the_design() {
+    let ws = Workspace::new();
+    let cfg = std::fs::read_to_string(ws.config()).unwrap();
+    std::fs::write(ws.config(), format!("{cfg}[ingest]\nrow_group_rows = 20\n")).unwrap();
+    ws.sample(400, 13, &["--only", "treatment_invoices", "--only", "sick_leave"]);
+    ws.ok(&["ingest"]);
+    for table in ["treatment_invoices", "sick_leave"] {
+        let out = py("layout.py", &[ws.warehouse().join(table).to_str().unwrap(), "20", "person_id"]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert!(v["row_groups"].as_u64().unwrap() > v["files"].as_u64().unwrap(), "{table}: {v}");
+    }
+}
