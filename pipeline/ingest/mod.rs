@@ -296,7 +296,7 @@ fn find_deliveries(settings: &Settings, opts: &Options) -> Result<(Vec<DeliveryF
                     .iter()
                     .filter(|s| name.starts_with(&format!("{}_", s.name)))
                     .max_by_key(|s| s.name.len())
-                    .ok_or_else(|| Error::UnknownSource { path: path.clone() })?,
+                    .ok_or_else(|| Error::UnknownSource { path: path.with_file_name(mask_digit_runs(&name)) })?,
             };
             if !path.is_file() {
                 return Err(Error::Read {

@@ -107,7 +107,9 @@ enum Val<'a> {
 pub struct Plan {
     steps: Vec<Step>,
     /// Step producing `record_id` when the key column's own output is not `record_id`.
-    extra_record_id: Option<Step>,
+    /// When the record key's own output is not `record_id` (population: it is
+    /// `person_id`), its pseudonym is copied: (from output, to output).
+    record_id_copy: Option<(usize, usize)>,
     partition: Option<(usize, Vec<PartitionPart>)>,
     date_format: DateFormat,
     decimal: DecimalSeparator,
@@ -162,7 +164,7 @@ impl Plan {
         let index_of = |name: &str| header.iter().position(|h| h == name).expect("header checked against config");
         let out_index = |name: &str| schema.index_of(name).expect("schema built from config");
         let mut steps = Vec::new();
-        let mut extra_record_id = None;
+        let mut record_id_copy = None;
         for (col, rule) in &source.columns {
             let op = match rule {
                 ColumnRule::Drop { .. } => continue,
@@ -188,7 +190,7 @@ impl Plan {
                 output: out_index(name),
             };
             if *col == source.record_key && name != RECORD_ID {
-                extra_record_id = Some(Step { output: out_index(RECORD_ID), ..step.clone() });
+                record_id_copy = Some((step.output, out_index(RECORD_ID)));
             }
             steps.push(step);
         }
@@ -199,7 +201,7 @@ impl Plan {
         let sort_columns = source.sort_by.iter().filter_map(|c| schema.index_of(c).ok()).collect();
         Plan {
             steps,
-            extra_record_id,
+            record_id_copy,
             partition,
             date_format: source.date_format,
             decimal: source.decimal_separator,
@@ -234,12 +236,11 @@ impl Plan {
         let mut out = Processed::default();
         let mut parts: Vec<(PartitionKey, Builders)> = Vec::new();
         let mut vals: Vec<Val> = vec![Val::Null; self.schema.fields().len()];
-        let n_steps = self.steps.len();
         for row in rows.clone() {
             let line = lines[row];
             let mut ok = true;
             let mut key: PartitionKey = 0;
-            for (i, step) in self.steps.iter().chain(self.extra_record_id.iter()).enumerate() {
+            for (i, step) in self.steps.iter().enumerate() {
                 let raw = fields.field(step.input, row).map(str::trim).filter(|s| !s.is_empty());
                 let v = match raw {
                     None if step.optional => Ok(Val::Null),
@@ -249,8 +250,7 @@ impl Plan {
                 match v {
                     Ok(v) => {
                         vals[step.output] = v;
-                        if i < n_steps
-                            && let Some((p, parts)) = &self.partition
+                        if let Some((p, parts)) = &self.partition
                             && *p == i
                         {
                             match partition_key(v, parts) {
@@ -267,9 +267,7 @@ impl Plan {
                         }
                     }
                     Err(reason) => {
-                        if i < n_steps {
-                            out.rejections.push(Rejection { line, column: step.name.clone(), reason: reason.into() });
-                        }
+                        out.rejections.push(Rejection { line, column: step.name.clone(), reason: reason.into() });
                         ok = false;
                     }
                 }
@@ -277,6 +275,9 @@ impl Plan {
             if !ok {
                 out.rows_rejected += 1;
                 continue;
+            }
+            if let Some((from, to)) = self.record_id_copy {
+                vals[to] = vals[from];
             }
             let n = vals.len();
             vals[n - 4] = Val::Date(self.meta.extract_date);
