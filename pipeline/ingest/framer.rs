@@ -137,10 +137,6 @@ impl<R: Read> Framer<R> {
         Ok((f, header))
     }
 
-    pub fn bytes_read(&self) -> u64 {
-        self.bytes_read
-    }
-
     /// SHA-256 (hex) of every byte of the file; call after the last chunk.
     pub fn sha256(self) -> String {
         debug_assert!(self.eof, "the file was read to its end");

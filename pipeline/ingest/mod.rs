@@ -116,6 +116,7 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, opts: &Options) -> 
     next.key_fingerprint = Some(fingerprint.clone());
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     next.committed_at = now.clone();
+    let outbox_err = |source| Error::Write { path: settings.paths.outbox.clone(), source };
     let mut hashes_this_run = BTreeSet::new();
     let mut audit_entries = Vec::new();
     for d in &deliveries {
@@ -158,10 +159,7 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, opts: &Options) -> 
                     skipped(&mut results);
                     continue;
                 }
-                let report = done
-                    .report
-                    .finish()
-                    .map_err(|source| Error::Write { path: settings.paths.outbox.clone(), source })?;
+                let report = done.report.finish().map_err(outbox_err)?;
                 let table = next.tables.entry(source.table.clone()).or_default();
                 table.partition_columns = source
                     .partition_by
@@ -195,8 +193,7 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, opts: &Options) -> 
                     skipped(&mut results);
                     continue;
                 }
-                let report =
-                    report.finish().map_err(|source| Error::Write { path: settings.paths.outbox.clone(), source })?;
+                let report = report.finish().map_err(outbox_err)?;
                 tracing::warn!(source = %d.source, file = %d.name, %reason, "delivery refused");
                 (Outcome::Refused { reason, report }, hash)
             }
@@ -300,7 +297,7 @@ fn find_deliveries(settings: &Settings, opts: &Options) -> Result<(Vec<DeliveryF
             };
             if !path.is_file() {
                 return Err(Error::Read {
-                    path: path.clone(),
+                    path: path.with_file_name(mask_digit_runs(&name)),
                     source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
                 });
             }

@@ -86,10 +86,6 @@ impl Warehouse {
         Ok(wh)
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
     }
@@ -254,10 +250,6 @@ impl Transaction {
 
     pub fn files(&self) -> impl Iterator<Item = &CommittedFile> {
         self.files.iter().map(|(_, f)| f)
-    }
-
-    pub fn staging_dir(&self) -> &Path {
-        &self.staging
     }
 }
 

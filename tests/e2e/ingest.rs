@@ -68,12 +68,7 @@ const INVOICE_HEADER: &str = "invoice_id;isikukood;provider_regcode;provider_nam
 #[test]
 fn schema_drift_refuses_the_whole_file_and_names_the_columns() {
     let ws = Workspace::new();
-    let inbox = ws.inbox("treatment_invoices");
-    std::fs::write(
-        inbox.join("treatment_invoices_20240301.csv"),
-        format!("{INVOICE_HEADER};email\nINV1;38001010009;90006399;Kliinik;J06.9;AMB;10,00;2024-03-01;2024-03-01;2024-03-02;a@b.ee\n"),
-    )
-    .unwrap();
+    ws.deliver("treatment_invoices", "treatment_invoices_20240301.csv", format!("{INVOICE_HEADER};email\nINV1;38001010009;90006399;Kliinik;J06.9;AMB;10,00;2024-03-01;2024-03-01;2024-03-02;a@b.ee\n"));
     let out = ws.expect(&["ingest"], 4);
     let text = stdout(&out);
     assert!(text.contains("REFUSED") && text.contains("`email`") && text.contains("schema drift"), "{text}");
@@ -86,14 +81,14 @@ fn schema_drift_refuses_the_whole_file_and_names_the_columns() {
     assert!(report.contains(",1,,\"file refused: unknown column(s) `email`"), "{report}");
 
     // A missing column, and a file without its header (whose values must not be echoed).
-    std::fs::write(inbox.join("treatment_invoices_20240301.csv"), "invoice_id;isikukood\nINV1;38001010009\n").unwrap();
+    ws.deliver("treatment_invoices", "treatment_invoices_20240301.csv", "invoice_id;isikukood\nINV1;38001010009\n");
     let text = stdout(&ws.expect(&["ingest"], 4));
     assert!(text.contains("missing column(s) `provider_regcode`"), "{text}");
-    std::fs::write(
-        inbox.join("treatment_invoices_20240301.csv"),
+    ws.deliver(
+        "treatment_invoices",
+        "treatment_invoices_20240301.csv",
         "INV1;38001010009;90006399;Kliinik Mari Tamm;J06.9;AMB;10,00;2024-03-01;2024-03-01;2024-03-02\n",
-    )
-    .unwrap();
+    );
     let out = ws.expect(&["ingest"], 4);
     let all = format!("{}{}", stdout(&out), stderr(&out));
     assert!(all.contains("header row missing"), "{all}");
@@ -103,7 +98,6 @@ fn schema_drift_refuses_the_whole_file_and_names_the_columns() {
 #[test]
 fn bad_values_reject_their_row_by_physical_line_and_column() {
     let ws = Workspace::new();
-    let inbox = ws.inbox("ambulance_calls");
     let sample = tempfile::tempdir().unwrap();
     ws.ok(&[
         "sample-data",
@@ -151,7 +145,7 @@ fn bad_values_reject_their_row_by_physical_line_and_column() {
         row("C5", "", "", "2024-03-01T10:00:00"),
     ]
     .join("\r\n");
-    std::fs::write(inbox.join("ambulance_calls_20240301.csv"), format!("\u{feff}{body}\r\n")).unwrap();
+    ws.deliver("ambulance_calls", "ambulance_calls_20240301.csv", format!("\u{feff}{body}\r\n"));
     let out = ws.ok(&["ingest"]);
     assert!(stdout(&out).contains("committed         2 rows, rejected 3 rows"), "{}", stdout(&out));
     let report =
@@ -168,14 +162,13 @@ fn bad_values_reject_their_row_by_physical_line_and_column() {
 #[test]
 fn an_unparsable_file_is_refused_with_its_line() {
     let ws = Workspace::new();
-    let inbox = ws.inbox("treatment_invoices");
-    std::fs::write(
-        inbox.join("treatment_invoices_20240301.csv"),
+    ws.deliver(
+        "treatment_invoices",
+        "treatment_invoices_20240301.csv",
         format!(
             "{INVOICE_HEADER}\nINV1;38001010009;90006399;\"Kliinik;J06.9;AMB;10,00;2024-03-01;2024-03-01;2024-03-02\n"
         ),
-    )
-    .unwrap();
+    );
     let text = stdout(&ws.expect(&["ingest"], 4));
     assert!(text.contains("line 2: a quoted field is never closed"), "{text}");
     assert!(ws.data_files().is_empty());
@@ -202,21 +195,20 @@ fn redelivery_changes_nothing() {
 #[test]
 fn a_later_delivery_supersedes_and_history_is_kept() {
     let ws = Workspace::new();
-    let inbox = ws.inbox("treatment_invoices");
     let row = |id: &str, amount: &str| {
         format!("{id};38001010009;90006399;Kliinik;J06.9;AMB;{amount};2024-03-01;2024-03-01;2024-03-02")
     };
-    std::fs::write(
-        inbox.join("treatment_invoices_20240301.csv"),
+    ws.deliver(
+        "treatment_invoices",
+        "treatment_invoices_20240301.csv",
         format!("{INVOICE_HEADER}\n{}\n{}\n", row("INV1", "10,00"), row("INV2", "20,00")),
-    )
-    .unwrap();
+    );
     ws.ok(&["ingest"]);
-    std::fs::write(
-        inbox.join("treatment_invoices_20240302.csv"),
+    ws.deliver(
+        "treatment_invoices",
+        "treatment_invoices_20240302.csv",
         format!("{INVOICE_HEADER}\n{}\n", row("INV1", "11,50")),
-    )
-    .unwrap();
+    );
     ws.ok(&["ingest"]);
     let out = py("newest.py", &[ws.warehouse().join("treatment_invoices").to_str().unwrap()]);
     let v: Value = serde_json::from_str(&out).unwrap();
@@ -242,9 +234,9 @@ fn one_source_or_named_files_and_misnamed_files() {
     assert!(ws.data_files().iter().any(|f| f.starts_with("population/")));
 
     // A file in the inbox that does not follow the naming convention is refused, not guessed at.
-    std::fs::write(ws.inbox("sick_leave").join("sick_leave_2024-04-03.csv"), "x\n").unwrap();
+    ws.deliver("sick_leave", "sick_leave_2024-04-03.csv", "x\n");
     // A personal code in a misnamed file's name is not repeated.
-    std::fs::write(ws.inbox("sick_leave").join("sick_leave_38001010009.csv"), "x\n").unwrap();
+    ws.deliver("sick_leave", "sick_leave_38001010009.csv", "x\n");
     let out = ws.expect(&["ingest"], 4);
     assert!(
         stdout(&out).contains("REFUSED: the name does not follow `sick_leave_<YYYYMMDD>[_<seq>].csv`"),

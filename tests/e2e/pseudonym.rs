@@ -6,14 +6,9 @@ use crate::util::*;
 #[test]
 fn python_hmac_recomputes_person_ids() {
     let ws = Workspace::new();
-    let inbox = ws.inbox("population");
-    std::fs::write(
-        inbox.join("population_20240105.csv"),
-        "isikukood;first_name;last_name;birth_date;sex;citizenship;residence_ehak;residence_address;death_date;death_record_no\n\
+    ws.deliver("population", "population_20240105.csv", "isikukood;first_name;last_name;birth_date;sex;citizenship;residence_ehak;residence_address;death_date;death_record_no\n\
          38001010009;Jaan;Tamm;1980-01-01;M;EST;0078;Tamme 1, Tartu maakond;;\n\
-         ' 49403136515 ;Mari;Kask;1994-03-13;N;EST;0037;Pikk 2, Harju maakond;;\n",
-    )
-    .unwrap();
+         ' 49403136515 ;Mari;Kask;1994-03-13;N;EST;0037;Pikk 2, Harju maakond;;\n");
     ws.ok(&["ingest"]);
     let got = py("read_warehouse.py", &[ws.warehouse().to_str().unwrap()]);
     let key = ws.key_hex();

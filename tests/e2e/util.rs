@@ -50,6 +50,11 @@ impl Workspace {
         p
     }
 
+    /// Drop a delivery named `name` with `contents` into the source's inbox.
+    pub fn deliver(&self, source: &str, name: &str, contents: impl AsRef<[u8]>) {
+        std::fs::write(self.inbox(source).join(name), contents).unwrap();
+    }
+
     pub fn warehouse(&self) -> PathBuf {
         self.root().join("warehouse")
     }
