@@ -344,7 +344,7 @@ impl<R: Read> Framer<R> {
 
     fn utf8_problem(&self, content: &[u8]) -> Option<&'static str> {
         // Transcoded input is valid UTF-8 by construction.
-        if self.decoder.is_none() && std::str::from_utf8(content).is_err() {
+        if self.decoder.is_none() && simdutf8::basic::from_utf8(content).is_err() {
             Some("bytes that are not valid UTF-8")
         } else {
             None

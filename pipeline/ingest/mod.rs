@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use arrow::record_batch::RecordBatch;
-use rayon::prelude::*;
 use serde_json::{Map, Value, json};
 
 use crate::audit::AuditLog;
@@ -31,9 +30,6 @@ use delivery::DeliveryFile;
 use framer::{FrameError, Framer};
 use report::RejectionReport;
 use rules::{Plan, RowMeta};
-
-/// Rows handed to one parallel task of the rule engine.
-const ROWS_PER_TASK: usize = 16 * 1024;
 
 /// Errors that stop an ingest run (a refused delivery does not).
 #[derive(Debug, thiserror::Error)]
@@ -453,59 +449,55 @@ fn ingest_delivery(
             drop(to_writer);
             writer_thread.join().expect("the writer thread does not panic")
         };
-        for chunk in recv {
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(FrameError::Io(source)) => {
-                    let _ = stop_writer(to_writer);
-                    return Err(Error::Read { path: d.path.clone(), source });
+        // Chunks are parsed and transformed on Polars' thread pool, several at
+        // a time (each by one task, so Polars' own parallel split is inline),
+        // and their results are taken in file order, which keeps the
+        // rejection report in line order and the output deterministic.
+        let in_flight = polars_core::runtime::THREAD_POOL.current_num_threads() + 1;
+        let failed: Result<Option<(u64, String)>> = polars_core::runtime::THREAD_POOL.in_place_scope(|s| {
+            let mut pending = std::collections::VecDeque::new();
+            let mut chunks = recv.into_iter();
+            loop {
+                while pending.len() < in_flight {
+                    let Some(chunk) = chunks.next() else { break };
+                    let chunk = match chunk {
+                        Ok(c) => c,
+                        Err(FrameError::Io(source)) => return Err(Error::Read { path: d.path.clone(), source }),
+                        Err(e) => return Ok(Some((frame_error_line(&e), e.to_string()))),
+                    };
+                    bar.set_position(chunk.bytes_read);
+                    let (done, result) = std::sync::mpsc::sync_channel(1);
+                    let (header, plan) = (&header, &plan);
+                    s.spawn(move |_| {
+                        let _ = done.send(transform_chunk(chunk, header, delimiter, plan));
+                    });
+                    pending.push_back(result);
                 }
-                Err(e) => {
-                    stop_writer(to_writer)?;
-                    return Ok(Err((frame_error_line(&e), e.to_string())));
+                let Some(next) = pending.pop_front() else { return Ok(None) };
+                let t = match next.recv().expect("a chunk task always reports") {
+                    Ok(t) => t,
+                    Err(line) => return Ok(Some((line, "records could not be parsed".to_owned()))),
+                };
+                rejected += t.rejected;
+                rows += t.rows;
+                for (line, column, reason) in t.problems {
+                    report.add(line, &column, &reason).map_err(write_err(outbox))?;
                 }
-            };
-            bar.set_position(chunk.bytes_read);
-            let framer::Chunk { data, lines, malformed, .. } = chunk;
-            let first_line = lines.first().copied().unwrap_or(0);
-            let parsed = if lines.is_empty() {
-                None
-            } else {
-                match parse::parse_chunk(data, &header, delimiter) {
-                    Ok(p) if p.rows() == lines.len() => Some(p),
-                    // Polars' own message may quote the data: never pass it on.
-                    _ => {
-                        stop_writer(to_writer)?;
-                        return Ok(Err((first_line, "records could not be parsed".to_owned())));
-                    }
+                if to_writer.send(t.batches).is_err() {
+                    // The writer stopped on an error, which joining it returns.
+                    return Ok(None);
                 }
-            };
-            let processed: Vec<rules::Processed> = match &parsed {
-                Some(p) => (0..p.rows())
-                    .step_by(ROWS_PER_TASK)
-                    .collect::<Vec<_>>()
-                    .into_par_iter()
-                    .map(|start| plan.process(p, &lines, start..(start + ROWS_PER_TASK).min(p.rows())))
-                    .collect(),
-                None => Vec::new(),
-            };
-            let mut problems: Vec<(u64, String, String)> =
-                malformed.into_iter().map(|m| (m.line, String::new(), m.reason)).collect();
-            rejected += problems.len() as u64;
-            let mut batch_set = Vec::new();
-            for p in processed {
-                rejected += p.rows_rejected;
-                problems.extend(p.rejections.into_iter().map(|r| (r.line, r.column, r.reason)));
-                rows += p.batches.iter().map(|(_, b)| b.num_rows() as u64).sum::<u64>();
-                batch_set.extend(p.batches);
             }
-            problems.sort_by_key(|p| p.0);
-            for (line, column, reason) in problems {
-                report.add(line, &column, &reason).map_err(write_err(outbox))?;
+        });
+        match failed {
+            Ok(None) => {}
+            Ok(Some(refusal)) => {
+                stop_writer(to_writer)?;
+                return Ok(Err(refusal));
             }
-            if to_writer.send(batch_set).is_err() {
-                // The writer stopped on an error, which joining it returns.
-                break;
+            Err(e) => {
+                let _ = stop_writer(to_writer);
+                return Err(e);
             }
         }
         let writer = stop_writer(to_writer)?;
@@ -525,6 +517,39 @@ fn ingest_delivery(
             refuse(report, line, reason)
         }
     }
+}
+
+/// What one chunk of records became.
+struct Transformed {
+    batches: Vec<(rules::PartitionKey, RecordBatch)>,
+    /// Rejections (line, column, reason) in line order.
+    problems: Vec<(u64, String, String)>,
+    rows: u64,
+    rejected: u64,
+}
+
+/// Parse a framed chunk with Polars and run the rules over it. The error is
+/// the chunk's first line: Polars could not parse it (its own message may
+/// quote the data, so it is not kept).
+fn transform_chunk(chunk: framer::Chunk, header: &[String], delimiter: u8, plan: &Plan) -> Result<Transformed, u64> {
+    let framer::Chunk { data, lines, malformed, .. } = chunk;
+    let mut problems: Vec<(u64, String, String)> =
+        malformed.into_iter().map(|m| (m.line, String::new(), m.reason)).collect();
+    let mut t = Transformed { batches: Vec::new(), rows: 0, rejected: problems.len() as u64, problems: Vec::new() };
+    if !lines.is_empty() {
+        let parsed = match parse::parse_chunk(data, header, delimiter, &plan.inputs()) {
+            Ok(p) if p.rows() == lines.len() => p,
+            _ => return Err(lines[0]),
+        };
+        let p = plan.process(&parsed, &lines, 0..parsed.rows());
+        t.rejected += p.rows_rejected;
+        problems.extend(p.rejections.into_iter().map(|r| (r.line, r.column, r.reason)));
+        t.rows = p.batches.iter().map(|(_, b)| b.num_rows() as u64).sum();
+        t.batches = p.batches;
+    }
+    problems.sort_by_key(|p| p.0);
+    t.problems = problems;
+    Ok(t)
 }
 
 fn frame_error_line(e: &FrameError) -> u64 {

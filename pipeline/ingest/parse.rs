@@ -10,9 +10,9 @@ use polars::prelude::*;
 
 use super::rules::Fields;
 
-/// A chunk's columns, in header order.
+/// A chunk's columns, by their index in the header; `None` where not read.
 pub struct ParsedChunk {
-    columns: Vec<<StringType as PolarsDataType>::Array>,
+    columns: Vec<Option<<StringType as PolarsDataType>::Array>>,
     rows: usize,
 }
 
@@ -24,18 +24,21 @@ impl ParsedChunk {
 
 impl Fields for ParsedChunk {
     fn field(&self, column: usize, row: usize) -> Option<&str> {
-        self.columns[column].get(row)
+        self.columns[column].as_ref().expect("the rules read only projected columns").get(row)
     }
 }
 
-/// Parse `data` (whole records, UTF-8, no header) into one string column per header name.
+/// Parse `data` (whole records, UTF-8, no header) into string columns: those
+/// whose header indices are in `projection` (ascending), the others are
+/// skipped (dropped columns cost Polars no copies).
 /// The error is Polars' own; callers must not show it to users verbatim, as
 /// it may quote the data.
-pub fn parse_chunk(data: Vec<u8>, header: &[String], delimiter: u8) -> PolarsResult<ParsedChunk> {
+pub fn parse_chunk(data: Vec<u8>, header: &[String], delimiter: u8, projection: &[usize]) -> PolarsResult<ParsedChunk> {
     let schema: Schema = header.iter().map(|h| Field::new(h.as_str().into(), DataType::String)).collect();
     let df = CsvReadOptions::default()
         .with_has_header(false)
         .with_schema(Some(Arc::new(schema)))
+        .with_projection(Some(Arc::new(projection.to_vec())))
         .with_rechunk(true)
         .with_parse_options(
             CsvParseOptions::default()
@@ -47,10 +50,10 @@ pub fn parse_chunk(data: Vec<u8>, header: &[String], delimiter: u8) -> PolarsRes
         .into_reader_with_file_handle(Cursor::new(data))
         .finish()?;
     let rows = df.height();
-    let mut columns = Vec::with_capacity(header.len());
-    for col in df.columns() {
+    let mut columns = vec![None; header.len()];
+    for (&i, col) in projection.iter().zip(df.columns()) {
         // One chunk per column, so that a field is one array lookup.
-        columns.push(col.str()?.rechunk().downcast_as_array().clone());
+        columns[i] = Some(col.str()?.rechunk().downcast_as_array().clone());
     }
     Ok(ParsedChunk { columns, rows })
 }
@@ -63,10 +66,14 @@ mod tests {
     fn strings_stay_strings() {
         let data = b"1;\"a;\"\"b\"\"\nc\";007\n2;;x\n".to_vec();
         let header = vec!["n".to_owned(), "t".to_owned(), "z".to_owned()];
-        let p = parse_chunk(data, &header, b';').unwrap();
+        let p = parse_chunk(data.clone(), &header, b';', &[0, 1, 2]).unwrap();
         assert_eq!(p.rows(), 2);
         assert_eq!(p.field(1, 0), Some("a;\"b\"\nc"));
         assert_eq!(p.field(2, 0), Some("007"));
         assert_eq!(p.field(1, 1), None);
+        let p = parse_chunk(data, &header, b';', &[0, 2]).unwrap();
+        assert_eq!(p.field(0, 1), Some("2"));
+        assert_eq!(p.field(2, 1), Some("x"));
+        assert!(p.columns[1].is_none());
     }
 }

@@ -6,7 +6,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use hmac::Hmac;
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 /// Fewest key bytes accepted (64 hex digits).
 pub const MIN_KEY_BYTES: usize = 32;
@@ -117,6 +117,18 @@ impl Key {
 
     pub(super) fn hmac(&self) -> Hmac<Sha256> {
         super::keyed(&self.bytes)
+    }
+
+    /// The key as HMAC-SHA256 uses it: hashed if longer than a block, then
+    /// zero-padded to one 64-byte block (RFC 2104).
+    pub(super) fn hmac_block(&self) -> [u8; 64] {
+        let mut block = [0u8; 64];
+        if self.bytes.len() > 64 {
+            block[..32].copy_from_slice(&Sha256::digest(&self.bytes));
+        } else {
+            block[..self.bytes.len()].copy_from_slice(&self.bytes);
+        }
+        block
     }
 }
 

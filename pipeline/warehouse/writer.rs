@@ -3,21 +3,26 @@
 //!
 //! Rows are buffered per partition until a row group is full (or the memory
 //! budget is reached), then sorted and written, so memory is bounded by the
-//! budget, not by the size of the delivery.
+//! budget, not by the size of the delivery. The columns of a row group are
+//! gathered, encoded and compressed in parallel, which is most of the work
+//! of an ingest.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, sort_to_indices, take_record_batch};
-use arrow::datatypes::SchemaRef;
+use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::compute::{SortColumn, concat, interleave, interleave_record_batch, lexsort_to_indices};
+use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_writer::{ArrowColumnChunk, ArrowRowGroupWriterFactory, compute_leaves};
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::errors::ParquetError;
 use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
@@ -48,7 +53,9 @@ impl Write for HashingWriter {
 }
 
 struct Open {
-    writer: ArrowWriter<HashingWriter>,
+    file: SerializedFileWriter<HashingWriter>,
+    columns: ArrowRowGroupWriterFactory,
+    row_groups: usize,
     staged: PathBuf,
     rel: String,
     rows: u64,
@@ -151,9 +158,12 @@ impl TableWriter {
                 let file = File::create(&staged).map_err(|source| Error::Io { path: staged.clone(), source })?;
                 let sink =
                     HashingWriter { inner: BufWriter::with_capacity(1 << 20, file), hasher: Sha256::new(), bytes: 0 };
-                let writer = ArrowWriter::try_new(sink, self.schema.clone(), Some(self.props.clone()))
+                // ArrowWriter records the Arrow schema in the file's metadata;
+                // row groups are then written column by column.
+                let (file, columns) = ArrowWriter::try_new(sink, self.schema.clone(), Some(self.props.clone()))
+                    .and_then(ArrowWriter::into_serialized_writer)
                     .map_err(|source| Error::Parquet { path: staged.clone(), source })?;
-                self.open.insert(key, Open { writer, staged, rel, rows: 0 });
+                self.open.insert(key, Open { file, columns, row_groups: 0, staged, rel, rows: 0 });
             }
             work.insert(key, p);
         }
@@ -163,22 +173,22 @@ impl TableWriter {
         let rests = jobs
             .into_par_iter()
             .map(|(key, open, p)| {
-                let batch = concat_batches(schema, &p.batches).expect("batches share the schema");
-                drop(p);
-                let batch = sort(batch, sort_columns);
-                let err = |source| Error::Parquet { path: open.staged.clone(), source };
-                let n = batch.num_rows();
+                let order = sort_order(&p.batches, sort_columns);
+                let n = order.len();
                 let full = if whole { n } else { n - n % row_group_rows };
-                let mut offset = 0;
-                while offset < full {
-                    let len = row_group_rows.min(full - offset);
-                    open.writer.write(&batch.slice(offset, len)).map_err(err)?;
-                    open.writer.flush().map_err(err)?;
-                    offset += len;
+                for rows in order[..full].chunks(row_group_rows) {
+                    write_row_group(open, schema, &p.batches, rows)
+                        .map_err(|source| Error::Parquet { path: open.staged.clone(), source })?;
                 }
                 open.rows += full as u64;
-                // A copy, so that the written rows' buffers are freed.
-                Ok((full < n).then(|| (key, compact(&batch.slice(full, n - full)))))
+                // Rows left over are copied out, so that the written rows' buffers are freed.
+                let rest = (full < n)
+                    .then(|| (key, interleave_record_batch(&p.batches.iter().collect::<Vec<_>>(), &order[full..])));
+                match rest {
+                    Some((key, Ok(rest))) => Ok(Some((key, rest))),
+                    Some((_, Err(e))) => Err(Error::Parquet { path: open.staged.clone(), source: e.into() }),
+                    None => Ok(None),
+                }
             })
             .collect::<Result<Vec<_>>>()?;
         for (key, rest) in rests.into_iter().flatten() {
@@ -199,9 +209,9 @@ impl TableWriter {
         self.flush(tx, &keys, true)?;
         let mut rows = 0;
         for (key, open) in std::mem::take(&mut self.open) {
-            let Open { writer, staged, rel, rows: n } = open;
+            let Open { file, staged, rel, rows: n, .. } = open;
             let err = |source| Error::Parquet { path: staged.clone(), source };
-            let sink = writer.into_inner().map_err(err)?;
+            let sink = file.into_inner().map_err(err)?;
             let HashingWriter { inner, hasher, bytes } = sink;
             let file = inner.into_inner().map_err(|e| Error::Io { path: staged.clone(), source: e.into_error() })?;
             file.sync_all().map_err(|source| Error::Io { path: staged.clone(), source })?;
@@ -217,19 +227,70 @@ impl TableWriter {
     }
 }
 
-/// `batch` sorted by the columns `sort_columns`.
-fn sort(batch: RecordBatch, sort_columns: &[usize]) -> RecordBatch {
-    if sort_columns.is_empty() || batch.num_rows() < 2 {
-        return batch;
+/// Gather, encode and compress the rows `rows` of `batches` as the file's
+/// next row group, one column per task.
+fn write_row_group(
+    open: &mut Open,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    rows: &[(usize, usize)],
+) -> Result<(), ParquetError> {
+    let writers = open.columns.create_column_writers(open.row_groups)?;
+    let chunks = writers
+        .into_par_iter()
+        .enumerate()
+        .map(|(c, mut writer)| -> Result<ArrowColumnChunk, ParquetError> {
+            let sources: Vec<&dyn Array> = batches.iter().map(|b| b.column(c).as_ref()).collect();
+            let column = interleave(&sources, rows)?;
+            // Flat schema: one leaf per column.
+            for leaf in compute_leaves(schema.field(c), &column)? {
+                writer.write(&leaf)?;
+            }
+            writer.close()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut group = open.file.next_row_group()?;
+    for chunk in chunks {
+        chunk.append_to_row_group(&mut group)?;
     }
-    let cols: Vec<SortColumn> =
-        sort_columns.iter().map(|&c| SortColumn { values: Arc::clone(batch.column(c)), options: None }).collect();
-    let indices = match cols.as_slice() {
-        [one] => sort_to_indices(&one.values, None, None),
-        _ => lexsort_to_indices(&cols, None),
+    group.close()?;
+    open.row_groups += 1;
+    Ok(())
+}
+
+/// The rows of `batches` as (batch, row), ordered by the columns
+/// `sort_columns`; equal rows keep their arrival order, so a rerun writes
+/// the same files.
+fn sort_order(batches: &[RecordBatch], sort_columns: &[usize]) -> Vec<(usize, usize)> {
+    let mut all: Vec<(usize, usize)> =
+        batches.iter().enumerate().flat_map(|(b, batch)| (0..batch.num_rows()).map(move |r| (b, r))).collect();
+    let Some(&first) = sort_columns.first() else { return all };
+    let column = |c: usize| -> ArrayRef {
+        let parts: Vec<&dyn Array> = batches.iter().map(|b| b.column(c).as_ref()).collect();
+        concat(&parts).expect("batches share the schema")
+    };
+    let keys = column(first);
+    if sort_columns.len() == 1 && keys.data_type() == &DataType::Utf8 && keys.null_count() == 0 {
+        // Fast path for one string column (a pseudonym): compare the first
+        // eight bytes as a number, then the rest.
+        let strings = keys.as_string::<i32>();
+        let prefix = |s: &str| {
+            let mut b = [0u8; 8];
+            let n = s.len().min(8);
+            b[..n].copy_from_slice(&s.as_bytes()[..n]);
+            u64::from_be_bytes(b)
+        };
+        let mut order: Vec<(u64, u32)> = (0..strings.len()).map(|i| (prefix(strings.value(i)), i as u32)).collect();
+        order.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0).then_with(|| strings.value(a.1 as usize).cmp(strings.value(b.1 as usize))).then(a.1.cmp(&b.1))
+        });
+        return order.into_iter().map(|(_, i)| all[i as usize]).collect();
     }
-    .expect("sort columns are sortable");
-    take_record_batch(&batch, &indices).expect("indices are in range")
+    let cols: Vec<SortColumn> = sort_columns.iter().map(|&c| SortColumn { values: column(c), options: None }).collect();
+    let indices = lexsort_to_indices(&cols, None).expect("sort columns are sortable");
+    let sorted = indices.values().iter().map(|&i| all[i as usize]).collect();
+    all.clear();
+    sorted
 }
 
 /// Bytes a batch's rows occupy (not the capacity reserved behind them,
@@ -240,11 +301,6 @@ fn used_bytes(batch: &RecordBatch) -> usize {
         .iter()
         .map(|c| c.to_data().get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size()))
         .sum()
-}
-
-/// A batch with buffers of its own (a slice keeps its parent's alive).
-fn compact(batch: &RecordBatch) -> RecordBatch {
-    concat_batches(&batch.schema(), [batch]).expect("one batch has one schema")
 }
 
 /// Hive folder names of a partition key, e.g. `["year=2024", "month=3"]`.
