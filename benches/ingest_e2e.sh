@@ -5,20 +5,22 @@
 # For each size: generates the extract, ingests it with the release build into a fresh
 # warehouse, and has DuckDB do the equivalent job (read the CSV, keyed SHA-256 of the
 # personal code and the record key, write the same Hive-partitioned zstd Parquet).
-# Prints rows/s, peak resident memory (from /usr/bin/time or getrusage) and the ratio.
+# As a calibration of the machine it also times Polars (Python) converting the same CSV
+# to partitioned Parquet with no hashing and no validation at all.
+# Prints rows/s, peak resident memory (getrusage of each child) and the ratios.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 sizes=("$@")
 [ ${#sizes[@]} -gt 0 ] || sizes=(1000000 10000000)
 work=${LADU_BENCH_DIR:-$root/target/bench-e2e}
-python=$(bash tests/python-env.sh)
+python=$(bash tests/python-env.sh bench)
 cargo build --release --quiet
 bin=$root/target/release/ladu
 mkdir -p "$work"
 for rows in "${sizes[@]}"; do
   dir=$work/$rows
-  rm -rf "$dir/warehouse" "$dir/outbox" "$dir/audit" "$dir/duckdb"
+  rm -rf "$dir/warehouse" "$dir/outbox" "$dir/audit" "$dir/duckdb" "$dir/polars"
   mkdir -p "$dir/config"
   cp -r config/sources "$dir/config/"
   cat > "$dir/config/ladu.toml" <<TOML
@@ -35,4 +37,5 @@ TOML
   [ -f "$csv" ] || "$bin" sample-data --out "$dir/inbox" --rows "$rows" --only treatment_invoices --invalid 0 >/dev/null
   "$python" benches/measure.py ladu "$rows" -- "$bin" --config "$dir/config/ladu.toml" -q ingest
   "$python" benches/measure.py duckdb "$rows" -- "$python" benches/duckdb_ingest.py "$csv" "$dir/duckdb" "$(cat "$dir/ladu.key")"
+  "$python" benches/measure.py polars "$rows" -- "$python" benches/polars_ingest.py "$csv" "$dir/polars"
 done | "$python" benches/measure.py --report

@@ -16,9 +16,10 @@ if sys.argv[1] == "--report":
         by.setdefault(r["rows"], {})[r["name"]] = r
         print(f"{r['name']:8} {r['rows']:>10} rows  {r['seconds']:8.2f} s  {r['rows_per_s']/1e6:6.2f} M rows/s  peak {r['peak_mib']:7.0f} MiB")
     for rows, r in by.items():
-        if "ladu" in r and "duckdb" in r:
-            print(f"{rows:>10} rows: ladu/duckdb throughput ratio {r['ladu']['rows_per_s'] / r['duckdb']['rows_per_s']:.2f}x, "
-                  f"memory ratio {r['ladu']['peak_mib'] / r['duckdb']['peak_mib']:.2f}x")
+        for other in ("duckdb", "polars"):
+            if "ladu" in r and other in r:
+                print(f"{rows:>10} rows: ladu/{other} throughput ratio {r['ladu']['rows_per_s'] / r[other]['rows_per_s']:.2f}x, "
+                      f"memory ratio {r['ladu']['peak_mib'] / r[other]['peak_mib']:.2f}x")
     sys.exit(0)
 
 name, rows = sys.argv[1], int(sys.argv[2])

@@ -402,8 +402,7 @@ fn ingest_delivery(
         &source.table,
         plan.schema().clone(),
         source.partition_by.as_ref().map(|p| p.parts.clone()).unwrap_or_default(),
-        plan.sort_columns.clone(),
-        plan.unique_columns(),
+        plan.column_layout(),
         settings.ingest.row_group_rows,
         settings.ingest.zstd_level,
     );
