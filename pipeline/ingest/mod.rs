@@ -1,9 +1,10 @@
 //! Ingest: deliveries in the inbox become pseudonymised, partitioned, committed Parquet.
 //!
 //! Per delivery: frame it ([`framer`], which also hashes its bytes, so that a
-//! re-delivery is found and dropped), parse chunks with Polars ([`parse`]),
-//! check and transform rows in parallel ([`rules`]), write partitions
-//! ([`crate::warehouse::writer`]) and report rejected rows ([`report`]). All
+//! re-delivery is found and dropped), parse chunks with Polars ([`parse`])
+//! and check and transform their rows ([`rules`]), several chunks at a time,
+//! write partitions ([`crate::warehouse::writer`]) and report rejected rows
+//! ([`report`]). All
 //! deliveries of a run commit together as one manifest version; a refused
 //! delivery is rolled back alone.
 
@@ -410,9 +411,10 @@ fn ingest_delivery(
     let delimiter = source.delimiter.byte();
     let mut rows = 0u64;
     let mut rejected = 0u64;
-    // A pipeline of three stages: one thread frames chunk N+1, the rayon pools
-    // parse and transform chunk N, and one thread sorts, encodes and
-    // compresses the row groups of chunk N-1.
+    // A pipeline of three stages: one thread frames chunks ahead, Polars'
+    // pool parses and transforms the next few, and one thread buffers rows
+    // per partition and has full row groups sorted, encoded and compressed
+    // on rayon's pool, a column per task.
     let tx_writer = &mut *tx;
     let outcome: Result<Result<(TableWriter, String), (u64, String)>> = std::thread::scope(|scope| {
         let (send, recv) = std::sync::mpsc::sync_channel::<Result<framer::Chunk, FrameError>>(1);
