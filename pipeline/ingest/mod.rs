@@ -418,10 +418,15 @@ fn ingest_delivery(
     let tx_writer = &mut *tx;
     let outcome: Result<Result<(TableWriter, String), (u64, String)>> = std::thread::scope(|scope| {
         let (send, recv) = std::sync::mpsc::sync_channel::<Result<framer::Chunk, FrameError>>(1);
+        // Parsed chunks' buffers go back to the framer for reuse.
+        let (recycle, recycled) = std::sync::mpsc::channel::<Vec<u8>>();
         // Returns the file's SHA-256 once it has read all of it.
         let framer_thread = scope.spawn(move || -> Option<String> {
             let mut framer = framer;
             loop {
+                for data in recycled.try_iter() {
+                    framer.recycle(data);
+                }
                 match framer.next_chunk() {
                     Ok(Some(c)) => {
                         if send.send(Ok(c)).is_err() {
@@ -469,8 +474,9 @@ fn ingest_delivery(
                     bar.set_position(chunk.bytes_read);
                     let (done, result) = std::sync::mpsc::sync_channel(1);
                     let (header, plan) = (&header, &plan);
+                    let recycle = recycle.clone();
                     s.spawn(move |_| {
-                        let _ = done.send(transform_chunk(chunk, header, delimiter, plan));
+                        let _ = done.send(transform_chunk(chunk, header, delimiter, plan, &recycle));
                     });
                     pending.push_back(result);
                 }
@@ -529,16 +535,25 @@ struct Transformed {
     rejected: u64,
 }
 
-/// Parse a framed chunk with Polars and run the rules over it. The error is
-/// the chunk's first line: Polars could not parse it (its own message may
-/// quote the data, so it is not kept).
-fn transform_chunk(chunk: framer::Chunk, header: &[String], delimiter: u8, plan: &Plan) -> Result<Transformed, u64> {
+/// Parse a framed chunk with Polars and run the rules over it, then hand its
+/// buffer to `recycle`. The error is the chunk's first line: Polars could
+/// not parse it (its own message may quote the data, so it is not kept).
+fn transform_chunk(
+    chunk: framer::Chunk,
+    header: &[String],
+    delimiter: u8,
+    plan: &Plan,
+    recycle: &std::sync::mpsc::Sender<Vec<u8>>,
+) -> Result<Transformed, u64> {
     let framer::Chunk { data, lines, malformed, .. } = chunk;
     let mut problems: Vec<(u64, String, String)> =
         malformed.into_iter().map(|m| (m.line, String::new(), m.reason)).collect();
     let mut t = Transformed { batches: Vec::new(), rows: 0, rejected: problems.len() as u64, problems: Vec::new() };
     if !lines.is_empty() {
-        let parsed = match parse::parse_chunk(data, header, delimiter, &plan.inputs()) {
+        let parsed = parse::parse_chunk(&data, header, delimiter, &plan.inputs());
+        // The framer may have stopped: then the buffer is simply freed.
+        let _ = recycle.send(data);
+        let parsed = match parsed {
             Ok(p) if p.rows() == lines.len() => p,
             _ => return Err(lines[0]),
         };

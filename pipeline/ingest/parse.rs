@@ -33,7 +33,7 @@ impl Fields for ParsedChunk {
 /// skipped (dropped columns cost Polars no copies).
 /// The error is Polars' own; callers must not show it to users verbatim, as
 /// it may quote the data.
-pub fn parse_chunk(data: Vec<u8>, header: &[String], delimiter: u8, projection: &[usize]) -> PolarsResult<ParsedChunk> {
+pub fn parse_chunk(data: &[u8], header: &[String], delimiter: u8, projection: &[usize]) -> PolarsResult<ParsedChunk> {
     let schema: Schema = header.iter().map(|h| Field::new(h.as_str().into(), DataType::String)).collect();
     let df = CsvReadOptions::default()
         .with_has_header(false)
@@ -66,12 +66,12 @@ mod tests {
     fn strings_stay_strings() {
         let data = b"1;\"a;\"\"b\"\"\nc\";007\n2;;x\n".to_vec();
         let header = vec!["n".to_owned(), "t".to_owned(), "z".to_owned()];
-        let p = parse_chunk(data.clone(), &header, b';', &[0, 1, 2]).unwrap();
+        let p = parse_chunk(&data, &header, b';', &[0, 1, 2]).unwrap();
         assert_eq!(p.rows(), 2);
         assert_eq!(p.field(1, 0), Some("a;\"b\"\nc"));
         assert_eq!(p.field(2, 0), Some("007"));
         assert_eq!(p.field(1, 1), None);
-        let p = parse_chunk(data, &header, b';', &[0, 2]).unwrap();
+        let p = parse_chunk(&data, &header, b';', &[0, 2]).unwrap();
         assert_eq!(p.field(0, 1), Some("2"));
         assert_eq!(p.field(2, 1), Some("x"));
         assert!(p.columns[1].is_none());
