@@ -287,10 +287,10 @@ fn write_row_group(
 }
 
 /// The rows of `batches` as (batch, row), ordered by the columns
-/// `sort_columns`; equal rows keep their arrival order, so a rerun writes
-/// the same files.
+/// `sort_columns`. The order depends only on the rows (equal pseudonyms keep
+/// their arrival order), so a rerun writes the same files.
 fn sort_order(batches: &[RecordBatch], sort_columns: &[usize]) -> Vec<(usize, usize)> {
-    let mut all: Vec<(usize, usize)> =
+    let all: Vec<(usize, usize)> =
         batches.iter().enumerate().flat_map(|(b, batch)| (0..batch.num_rows()).map(move |r| (b, r))).collect();
     let Some(&first) = sort_columns.first() else { return all };
     let column = |c: usize| -> ArrayRef {
@@ -316,9 +316,7 @@ fn sort_order(batches: &[RecordBatch], sort_columns: &[usize]) -> Vec<(usize, us
     }
     let cols: Vec<SortColumn> = sort_columns.iter().map(|&c| SortColumn { values: column(c), options: None }).collect();
     let indices = lexsort_to_indices(&cols, None).expect("sort columns are sortable");
-    let sorted = indices.values().iter().map(|&i| all[i as usize]).collect();
-    all.clear();
-    sorted
+    indices.values().iter().map(|&i| all[i as usize]).collect()
 }
 
 /// Bytes a batch's rows occupy (not the capacity reserved behind them,
