@@ -2,6 +2,7 @@
 # End-to-end ingest bench: ladu (release) vs DuckDB on the same generated treatment_invoices.
 #
 # usage: bash benches/ingest_e2e.sh [ROWS...]     (default: 1000000 10000000)
+#        LADU_BENCH_REPEAT=3 bash benches/ingest_e2e.sh 10000000   (rounds of all three; medians)
 # For each size: generates the extract, ingests it with the release build into a fresh
 # warehouse, and has DuckDB do the equivalent job (read the CSV, keyed SHA-256 of the
 # personal code and the record key, write the same Hive-partitioned zstd Parquet).
@@ -20,7 +21,6 @@ bin=$root/target/release/ladu
 mkdir -p "$work"
 for rows in "${sizes[@]}"; do
   dir=$work/$rows
-  rm -rf "$dir/warehouse" "$dir/outbox" "$dir/audit" "$dir/duckdb" "$dir/polars"
   mkdir -p "$dir/config"
   cp -r config/sources "$dir/config/"
   cat > "$dir/config/ladu.toml" <<TOML
@@ -35,7 +35,11 @@ TOML
   [ -f "$dir/ladu.key" ] || "$bin" keygen --out "$dir/ladu.key" 2>/dev/null
   csv=$dir/inbox/treatment_invoices/treatment_invoices_20240331.csv
   [ -f "$csv" ] || "$bin" sample-data --out "$dir/inbox" --rows "$rows" --only treatment_invoices --invalid 0 >/dev/null
-  "$python" benches/measure.py ladu "$rows" -- "$bin" --config "$dir/config/ladu.toml" -q ingest
-  "$python" benches/measure.py duckdb "$rows" -- "$python" benches/duckdb_ingest.py "$csv" "$dir/duckdb" "$(cat "$dir/ladu.key")"
-  "$python" benches/measure.py polars "$rows" -- "$python" benches/polars_ingest.py "$csv" "$dir/polars"
+  # Rounds of all three, so that a slower spell of the machine hits each alike.
+  for _ in $(seq "${LADU_BENCH_REPEAT:-1}"); do
+    rm -rf "$dir/warehouse" "$dir/outbox" "$dir/audit" "$dir/duckdb" "$dir/polars"
+    "$python" benches/measure.py ladu "$rows" -- "$bin" --config "$dir/config/ladu.toml" -q ingest
+    "$python" benches/measure.py duckdb "$rows" -- "$python" benches/duckdb_ingest.py "$csv" "$dir/duckdb" "$(cat "$dir/ladu.key")"
+    "$python" benches/measure.py polars "$rows" -- "$python" benches/polars_ingest.py "$csv" "$dir/polars"
+  done
 done | "$python" benches/measure.py --report

@@ -1,10 +1,12 @@
 """Runs a command, measuring wall time and peak resident memory of it and its children.
 
 usage: measure.py NAME ROWS -- COMMAND...   prints one JSON line
-       measure.py --report                  reads those lines on stdin, prints a table with ratios
+       measure.py --report                  reads those lines on stdin, prints every run, then the
+                                            median of repeated runs and the ratios of the medians
 """
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -13,13 +15,19 @@ if sys.argv[1] == "--report":
     runs = [json.loads(l) for l in sys.stdin if l.startswith("{")]
     by = {}
     for r in runs:
-        by.setdefault(r["rows"], {})[r["name"]] = r
+        by.setdefault(r["rows"], {}).setdefault(r["name"], []).append(r)
         print(f"{r['name']:8} {r['rows']:>10} rows  {r['seconds']:8.2f} s  {r['rows_per_s']/1e6:6.2f} M rows/s  peak {r['peak_mib']:7.0f} MiB")
-    for rows, r in by.items():
+    print("median of each:")
+    for rows, tools in by.items():
+        med = {}
+        for name, rs in tools.items():
+            med[name] = {"rows_per_s": statistics.median(r["rows_per_s"] for r in rs),
+                         "peak_mib": statistics.median(r["peak_mib"] for r in rs)}
+            print(f"{name:8} {rows:>10} rows  {med[name]['rows_per_s']/1e6:6.2f} M rows/s  peak {med[name]['peak_mib']:7.0f} MiB  ({len(rs)} runs)")
         for other in ("duckdb", "polars"):
-            if "ladu" in r and other in r:
-                print(f"{rows:>10} rows: ladu/{other} throughput ratio {r['ladu']['rows_per_s'] / r[other]['rows_per_s']:.2f}x, "
-                      f"memory ratio {r['ladu']['peak_mib'] / r[other]['peak_mib']:.2f}x")
+            if "ladu" in med and other in med:
+                print(f"{rows:>10} rows: ladu/{other} throughput ratio {med['ladu']['rows_per_s'] / med[other]['rows_per_s']:.2f}x, "
+                      f"memory ratio {med['ladu']['peak_mib'] / med[other]['peak_mib']:.2f}x")
     sys.exit(0)
 
 name, rows = sys.argv[1], int(sys.argv[2])
