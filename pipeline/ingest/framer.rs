@@ -8,6 +8,7 @@
 //! strips a UTF-8 BOM, and sets aside any record that is malformed, so that
 //! Polars only ever sees well-formed records.
 
+use std::cell::Cell;
 use std::io::Read;
 
 use encoding_rs::{Decoder, DecoderResult, WINDOWS_1257};
@@ -75,7 +76,17 @@ pub struct Framer<R: Read> {
     hasher: Sha256,
     /// Chunk buffers handed back for reuse.
     spare: Vec<Vec<u8>>,
+    /// `buf[..utf8_ok_until]` is known to be valid UTF-8 (checked per block,
+    /// so that records need no check of their own).
+    utf8_ok_until: usize,
+    /// Position of the next quote in `buf` at or after where it was last
+    /// looked for (`buf.len()` then if there was none), or `UNKNOWN`: a
+    /// record before it has no quote and takes the fast path.
+    next_quote: Cell<usize>,
 }
+
+/// `next_quote` before any search.
+const UNKNOWN: usize = usize::MAX;
 
 /// One framed record, as positions into `buf`.
 struct Record {
@@ -118,6 +129,8 @@ impl<R: Read> Framer<R> {
             scratch: Vec::new(),
             hasher: Sha256::new(),
             spare: Vec::new(),
+            utf8_ok_until: 0,
+            next_quote: Cell::new(UNKNOWN),
         };
         let header = loop {
             match f.next_record()? {
@@ -209,6 +222,7 @@ impl<R: Read> Framer<R> {
     fn fill(&mut self) -> Result<(), FrameError> {
         if self.pos > 0 {
             self.buf.drain(..self.pos);
+            self.utf8_ok_until = self.utf8_ok_until.saturating_sub(self.pos);
             self.pos = 0;
         }
         self.scratch.resize(READ_BLOCK, 0);
@@ -248,6 +262,15 @@ impl<R: Read> Framer<R> {
         if last {
             self.eof = true;
         }
+        self.next_quote.set(UNKNOWN);
+        if self.decoder.is_none() && self.bom_checked {
+            // Records start after a line feed, so on a character boundary.
+            let start = self.utf8_ok_until.max(self.pos);
+            self.utf8_ok_until = match simdutf8::compat::from_utf8(&self.buf[start..]) {
+                Ok(_) => self.buf.len(),
+                Err(e) => start + e.valid_up_to(),
+            };
+        }
         Ok(())
     }
 
@@ -265,7 +288,15 @@ impl<R: Read> Framer<R> {
             return None;
         }
         let line = &buf[..line_end];
-        if memchr::memchr(b'"', line).is_none() {
+        let quote = match self.next_quote.get() {
+            q if q != UNKNOWN && q >= self.pos => q,
+            _ => {
+                let q = memchr::memchr(b'"', buf).map_or(self.buf.len(), |i| self.pos + i);
+                self.next_quote.set(q);
+                q
+            }
+        };
+        if quote >= self.pos + line_end {
             let content = line.strip_suffix(b"\r").unwrap_or(line);
             let fields = 1 + memchr::memchr_iter(d, content).count();
             return Some(self.record(content.len(), line_end + usize::from(nl.is_some()), 1, fields, content));
@@ -318,7 +349,7 @@ impl<R: Read> Framer<R> {
                     next: self.pos + i + 1,
                     lines,
                     fields,
-                    problem: problem.or(self.utf8_problem(&buf[..content_end])),
+                    problem: problem.or(self.utf8_problem(self.pos, &buf[..content_end])),
                 });
             } else {
                 if c == b'"' {
@@ -338,7 +369,7 @@ impl<R: Read> Framer<R> {
             next: self.pos + buf.len(),
             lines,
             fields,
-            problem: problem.or(self.utf8_problem(&buf[..content_end])),
+            problem: problem.or(self.utf8_problem(self.pos, &buf[..content_end])),
         })
     }
 
@@ -349,13 +380,17 @@ impl<R: Read> Framer<R> {
             next: self.pos + next,
             lines,
             fields,
-            problem: self.utf8_problem(content),
+            problem: self.utf8_problem(self.pos, content),
         }
     }
 
-    fn utf8_problem(&self, content: &[u8]) -> Option<&'static str> {
+    /// Why `content`, found at `start` in `buf`, is not valid UTF-8, if it is not.
+    fn utf8_problem(&self, start: usize, content: &[u8]) -> Option<&'static str> {
         // Transcoded input is valid UTF-8 by construction.
-        if self.decoder.is_none() && simdutf8::basic::from_utf8(content).is_err() {
+        if self.decoder.is_none()
+            && start + content.len() > self.utf8_ok_until
+            && simdutf8::basic::from_utf8(content).is_err()
+        {
             Some("bytes that are not valid UTF-8")
         } else {
             None
@@ -444,6 +479,33 @@ mod tests {
         let lines: Vec<u64> = bad.iter().map(|m| m.line).collect();
         assert_eq!(lines, [2, 3, 4, 5, 6]);
         assert!(bad[0].reason.contains("expected 2 fields, found 1"));
+    }
+
+    /// UTF-8 is checked a read block at a time: a character split across
+    /// blocks is fine, and a bad byte in a later block still sets aside only
+    /// its own record.
+    #[test]
+    fn utf8_checked_across_read_blocks() {
+        let mut input = b"a;b\n".to_vec();
+        let mut line = 2u64;
+        // Fill up to just before the first block's end with 9-byte records.
+        while input.len() + 9 < READ_BLOCK - 1 {
+            input.extend_from_slice(b"1234;678\n");
+            line += 1;
+        }
+        while input.len() < READ_BLOCK - 1 {
+            input.push(b'x');
+        }
+        // 'õ' straddles the block boundary, in a record of its own.
+        input.extend_from_slice("õ;1\n".as_bytes());
+        let split_line = line;
+        input.extend_from_slice(b"2;\xff\n3;ok\n");
+        let (_, recs, bad) = frame(&input, Encoding::Utf8, 1 << 20);
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert_eq!(bad[0].line, split_line + 1);
+        assert!(bad[0].reason.contains("UTF-8"));
+        assert!(recs.iter().any(|(l, r)| *l == split_line && r.ends_with("õ;1")));
+        assert_eq!(recs.last().map(|(l, r)| (*l, r.as_str())), Some((split_line + 2, "3;ok")));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Criterion benches of the hot kernels: one pseudonym, one isikukood check.
+//! Criterion benches of the hot kernels: one pseudonym, one isikukood check,
+//! framing a delivery.
 
 use std::hint::black_box;
 
@@ -6,6 +7,8 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use ladu::config::source::Encoding;
+use ladu::ingest::framer::Framer;
 use ladu::pseudonym::{Key, Pseudonymiser, isikukood};
 
 fn codes(n: usize) -> Vec<String> {
@@ -53,5 +56,37 @@ fn check_digit(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, pseudonymise, check_digit);
+/// An invoices delivery of `rows` rows, as providers send it.
+fn invoices(rows: usize) -> Vec<u8> {
+    let mut out = b"invoice_id;isikukood;provider_regcode;provider_name;main_diagnosis;care_type;amount;start_date;end_date;submitted_date\n".to_vec();
+    for (i, code) in codes(rows).iter().enumerate() {
+        let line = format!(
+            "INV{i:09};{code};90001478;P\u{f5}hja-Eesti Regionaalhaigla SA;J20.9;AMB;{},{:02};2024-01-{:02};2024-01-{:02};2024-02-01\n",
+            i % 5000,
+            i % 100,
+            1 + i % 28,
+            1 + i % 28
+        );
+        out.extend_from_slice(line.as_bytes());
+    }
+    out
+}
+
+fn framing(c: &mut Criterion) {
+    let data = invoices(100_000);
+    let mut g = c.benchmark_group("framer");
+    g.throughput(Throughput::Bytes(data.len() as u64));
+    g.bench_function("invoices 100k rows", |b| {
+        b.iter(|| {
+            let (mut framer, _) = Framer::new(data.as_slice(), Encoding::Utf8, b';', 4 << 20).expect("a header");
+            while let Some(chunk) = framer.next_chunk().expect("well-formed") {
+                black_box(chunk.lines.len());
+                framer.recycle(chunk.data);
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, pseudonymise, check_digit, framing);
 criterion_main!(benches);
