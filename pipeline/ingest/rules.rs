@@ -569,6 +569,19 @@ mod tests {
     }
 
     #[test]
+    fn ascii_and_unicode_whitespace_around_values_is_trimmed() {
+        let mut row = GOOD;
+        row[5] = "\u{a0}AMB\u{a0}";
+        row[4] = " J06.9\t";
+        let (plan, p) = invoices(&[row]);
+        assert!(p.rejections.is_empty(), "{:?}", p.rejections);
+        let care = p.batches[0].1.column(plan.schema().index_of("care_type").unwrap()).clone();
+        assert_eq!(care.as_string::<i32>().value(0), "AMB");
+        assert_eq!(trim("\u{2003}x y "), "x y");
+        assert_eq!(trim("  "), "");
+    }
+
+    #[test]
     fn every_problem_of_a_bad_row_is_reported_without_its_value() {
         let mut bad = GOOD;
         bad[1] = "38001010008";
