@@ -8,7 +8,6 @@
 //! strips a UTF-8 BOM, and sets aside any record that is malformed, so that
 //! Polars only ever sees well-formed records.
 
-use std::cell::Cell;
 use std::io::Read;
 
 use encoding_rs::{Decoder, DecoderResult, WINDOWS_1257};
@@ -80,13 +79,10 @@ pub struct Framer<R: Read> {
     /// so that records need no check of their own).
     utf8_ok_until: usize,
     /// Position of the next quote in `buf` at or after where it was last
-    /// looked for (`buf.len()` then if there was none), or `UNKNOWN`: a
-    /// record before it has no quote and takes the fast path.
-    next_quote: Cell<usize>,
+    /// looked for (`buf.len()` then if there was none); `None` after a fill.
+    /// A record before it has no quote and takes the fast path.
+    next_quote: Option<usize>,
 }
-
-/// `next_quote` before any search.
-const UNKNOWN: usize = usize::MAX;
 
 /// One framed record, as positions into `buf`.
 struct Record {
@@ -130,7 +126,7 @@ impl<R: Read> Framer<R> {
             hasher: Sha256::new(),
             spare: Vec::new(),
             utf8_ok_until: 0,
-            next_quote: Cell::new(UNKNOWN),
+            next_quote: None,
         };
         let header = loop {
             match f.next_record()? {
@@ -262,7 +258,7 @@ impl<R: Read> Framer<R> {
         if last {
             self.eof = true;
         }
-        self.next_quote.set(UNKNOWN);
+        self.next_quote = None;
         if self.decoder.is_none() && self.bom_checked {
             // Records start after a line feed, so on a character boundary.
             let start = self.utf8_ok_until.max(self.pos);
@@ -275,11 +271,12 @@ impl<R: Read> Framer<R> {
     }
 
     /// Frame one record starting at `pos` if the buffer holds all of it.
-    fn scan(&self, eof: bool) -> Option<Record> {
-        let buf = &self.buf[self.pos..];
-        if buf.is_empty() {
+    fn scan(&mut self, eof: bool) -> Option<Record> {
+        if self.pos >= self.buf.len() {
             return None;
         }
+        let quote = self.next_quote();
+        let buf = &self.buf[self.pos..];
         let d = self.delimiter;
         // Fast path: a line with no quote is a record of its own.
         let nl = memchr::memchr(b'\n', buf);
@@ -288,14 +285,6 @@ impl<R: Read> Framer<R> {
             return None;
         }
         let line = &buf[..line_end];
-        let quote = match self.next_quote.get() {
-            q if q != UNKNOWN && q >= self.pos => q,
-            _ => {
-                let q = memchr::memchr(b'"', buf).map_or(self.buf.len(), |i| self.pos + i);
-                self.next_quote.set(q);
-                q
-            }
-        };
         if quote >= self.pos + line_end {
             let content = line.strip_suffix(b"\r").unwrap_or(line);
             let fields = 1 + memchr::memchr_iter(d, content).count();
@@ -371,6 +360,19 @@ impl<R: Read> Framer<R> {
             fields,
             problem: problem.or(self.utf8_problem(self.pos, &buf[..content_end])),
         })
+    }
+
+    /// Position of the first quote at or after `pos` (`buf.len()` if none),
+    /// searched for only when the last one found lies behind.
+    fn next_quote(&mut self) -> usize {
+        match self.next_quote {
+            Some(q) if q >= self.pos => q,
+            _ => {
+                let q = memchr::memchr(b'"', &self.buf[self.pos..]).map_or(self.buf.len(), |i| self.pos + i);
+                self.next_quote = Some(q);
+                q
+            }
+        }
     }
 
     fn record(&self, len: usize, next: usize, lines: u64, fields: usize, content: &[u8]) -> Record {

@@ -550,7 +550,7 @@ fn transform_chunk(
         malformed.into_iter().map(|m| (m.line, String::new(), m.reason)).collect();
     let mut t = Transformed { batches: Vec::new(), rows: 0, rejected: problems.len() as u64, problems: Vec::new() };
     if !lines.is_empty() {
-        let parsed = parse::parse_chunk(&data, header, delimiter, &plan.inputs());
+        let parsed = parse::parse_chunk(&data, header, delimiter, plan.inputs());
         // The framer may have stopped: then the buffer is simply freed.
         let _ = recycle.send(data);
         let parsed = match parsed {

@@ -107,6 +107,8 @@ enum Val<'a> {
 #[derive(Clone)]
 pub struct Plan {
     steps: Vec<Step>,
+    /// Header indices the steps read, ascending.
+    inputs: Vec<usize>,
     /// Step producing `record_id` when the key column's own output is not `record_id`.
     /// When the record key's own output is not `record_id` (population: it is
     /// `person_id`), its pseudonym is copied: (from output, to output).
@@ -200,8 +202,12 @@ impl Plan {
             (step, p.parts.clone())
         });
         let sort_columns = source.sort_by.iter().filter_map(|c| schema.index_of(c).ok()).collect();
+        let mut inputs: Vec<usize> = steps.iter().map(|s| s.input).collect();
+        inputs.sort_unstable();
+        inputs.dedup();
         Plan {
             steps,
+            inputs,
             record_id_copy,
             partition,
             date_format: source.date_format,
@@ -246,11 +252,8 @@ impl Plan {
     }
 
     /// Header indices of the delivered columns the rules read, ascending.
-    pub fn inputs(&self) -> Vec<usize> {
-        let mut inputs: Vec<usize> = self.steps.iter().map(|s| s.input).collect();
-        inputs.sort_unstable();
-        inputs.dedup();
-        inputs
+    pub fn inputs(&self) -> &[usize] {
+        &self.inputs
     }
 
     /// Check and transform rows `rows` of a chunk whose rows start on `lines`.
