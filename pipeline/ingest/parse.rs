@@ -23,8 +23,9 @@ impl ParsedChunk {
 }
 
 impl Fields for ParsedChunk {
-    fn field(&self, column: usize, row: usize) -> Option<&str> {
-        self.columns[column].as_ref().expect("the rules read only projected columns").get(row)
+    fn column(&self, column: usize, rows: std::ops::Range<usize>) -> Vec<Option<&str>> {
+        let array = self.columns[column].as_ref().expect("the rules read only projected columns");
+        rows.map(|r| array.get(r)).collect()
     }
 }
 
@@ -68,12 +69,11 @@ mod tests {
         let header = vec!["n".to_owned(), "t".to_owned(), "z".to_owned()];
         let p = parse_chunk(&data, &header, b';', &[0, 1, 2]).unwrap();
         assert_eq!(p.rows(), 2);
-        assert_eq!(p.field(1, 0), Some("a;\"b\"\nc"));
-        assert_eq!(p.field(2, 0), Some("007"));
-        assert_eq!(p.field(1, 1), None);
+        assert_eq!(p.column(1, 0..2), [Some("a;\"b\"\nc"), None]);
+        assert_eq!(p.column(2, 0..1), [Some("007")]);
         let p = parse_chunk(&data, &header, b';', &[0, 2]).unwrap();
-        assert_eq!(p.field(0, 1), Some("2"));
-        assert_eq!(p.field(2, 1), Some("x"));
+        assert_eq!(p.column(0, 1..2), [Some("2")]);
+        assert_eq!(p.column(2, 0..2), [Some("007"), Some("x")]);
         assert!(p.columns[1].is_none());
     }
 }

@@ -1,14 +1,19 @@
 //! The rule engine: turns delivered string fields into checked, pseudonymised,
 //! generalised Arrow record batches, one per partition. Pure: no I/O.
 //!
-//! A row is checked whole before anything of it is appended, so a rejected
-//! row leaves nothing behind; every problem in it is reported, never its value.
+//! The rules run a column at a time: each one checks and converts all rows
+//! of a chunk in one tight loop. Only rows that passed every rule are then
+//! gathered into the partitions' batches, so a rejected row leaves nothing
+//! behind; every problem in it is reported, never its value.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, Date32Builder, Decimal128Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
+    ArrayRef, Date32Array, Decimal128Array, FixedSizeBinaryArray, Int32Array, Int64Array, StringBuilder,
+    TimestampMillisecondArray,
 };
+use arrow::buffer::{BooleanBuffer, NullBuffer};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 
@@ -17,7 +22,7 @@ use crate::config::source::{
     META_LINE, PartitionPart, RECORD_ID, SourceConfig, ValueType,
 };
 use crate::ingest::values;
-use crate::pseudonym::{Key, Pseudonym, Pseudonymiser, isikukood};
+use crate::pseudonym::{Key, PSEUDONYM_LEN, Pseudonymiser, isikukood};
 use crate::warehouse::writer::ColumnLayout;
 
 /// Precision and scale of money columns (euros and cents).
@@ -26,10 +31,15 @@ pub const MONEY_SCALE: i8 = 2;
 /// Time zone of timestamp columns as stored.
 pub const STORED_TZ: &str = "UTC";
 
-/// Access to the string fields of a parsed chunk; `None` for an empty field.
+/// The string fields of a parsed chunk, a column at a time.
 pub trait Fields: Sync {
-    fn field(&self, column: usize, row: usize) -> Option<&str>;
+    /// The fields of `column` in rows `rows`, in order; `None` for an empty field.
+    fn column(&self, column: usize, rows: Range<usize>) -> Vec<Option<&str>>;
 }
+
+/// Bytes of a pseudonym as the ingest carries it: the HMAC's first 16
+/// bytes, hex-encoded only by the warehouse writer (see `Plan::batch_schema`).
+pub const PSEUDONYM_BYTES: i32 = (PSEUDONYM_LEN / 2) as i32;
 
 /// A problem with one value of one row, reported to the provider.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,9 +49,6 @@ pub struct Rejection {
     pub column: String,
     pub reason: String,
 }
-
-/// Initial row capacity of a partition's builders.
-const INITIAL_ROWS: usize = 1024;
 
 /// Partition of a row: `year * 100 + month` (month 0 when not partitioned by month), or 0.
 pub type PartitionKey = u32;
@@ -85,23 +92,48 @@ struct Step {
     name: String,
     op: Op,
     optional: bool,
-    /// Output column, or `None` when only the partition uses it.
+    /// Output column.
     output: usize,
 }
 
-#[derive(Clone, Copy)]
-enum Val<'a> {
-    Null,
-    Str(&'a str),
-    Static(&'static str),
-    Pseudo(Pseudonym),
-    Date(i32),
-    Ts(i64),
-    Money(i128),
-    Int(i32),
-    Long(i64),
-    YearMonth(i32, u32),
+/// One rule's results over a chunk: a value per row (the default where the
+/// row was rejected or the field empty), and which rows hold a value.
+struct Typed<T> {
+    values: Vec<T>,
+    /// `None` when every row holds a value.
+    valid: Option<Vec<bool>>,
 }
+
+impl<T: Copy> Typed<T> {
+    fn is_valid(&self, row: usize) -> bool {
+        self.valid.as_ref().is_none_or(|v| v[row])
+    }
+
+    fn take(&self, rows: &[u32]) -> Vec<T> {
+        rows.iter().map(|&r| self.values[r as usize]).collect()
+    }
+
+    fn nulls(&self, rows: &[u32]) -> Option<NullBuffer> {
+        let valid = self.valid.as_ref()?;
+        let nulls = NullBuffer::new(rows.iter().map(|&r| valid[r as usize]).collect::<BooleanBuffer>());
+        (nulls.null_count() > 0).then_some(nulls)
+    }
+}
+
+/// What one rule made of a chunk's column.
+enum Out<'a> {
+    /// Kept text (a slice of the parsed field) or a generalisation's label.
+    Str(Typed<&'a str>),
+    Pseudo(Typed<[u8; PSEUDONYM_LEN / 2]>),
+    Date(Typed<i32>),
+    Ts(Typed<i64>),
+    Money(Typed<i128>),
+    Int(Typed<i32>),
+    YearMonth(Typed<(i32, u32)>),
+}
+
+/// Problems found in a chunk: (row within the chunk, step, reason).
+type Problems = Vec<(usize, usize, &'static str)>;
 
 /// A source's rules compiled against one delivery's header.
 #[derive(Clone)]
@@ -109,18 +141,24 @@ pub struct Plan {
     steps: Vec<Step>,
     /// Header indices the steps read, ascending.
     inputs: Vec<usize>,
-    /// Step producing `record_id` when the key column's own output is not `record_id`.
-    /// When the record key's own output is not `record_id` (population: it is
-    /// `person_id`), its pseudonym is copied: (from output, to output).
-    record_id_copy: Option<(usize, usize)>,
+    /// For each output column before the row metadata, the step whose
+    /// results fill it. When the record key's own output is not `record_id`
+    /// (population: it is `person_id`), its step fills both.
+    feeds: Vec<usize>,
     partition: Option<(usize, Vec<PartitionPart>)>,
     date_format: DateFormat,
     decimal: DecimalSeparator,
     schema: SchemaRef,
+    /// `schema` with pseudonyms as their 16 bytes (`FixedSizeBinary`).
+    batch_schema: SchemaRef,
     meta: RowMeta,
     /// Output columns to sort each row group by.
     sort_columns: Vec<usize>,
 }
+
+/// Row metadata columns at the end of every table: extract date and
+/// sequence, commit, line.
+const META_COLUMNS: usize = 4;
 
 /// Output schema of a source: record_id, the rules' columns in config order, row metadata.
 pub fn output_schema(source: &SourceConfig) -> SchemaRef {
@@ -167,7 +205,7 @@ impl Plan {
         let index_of = |name: &str| header.iter().position(|h| h == name).expect("header checked against config");
         let out_index = |name: &str| schema.index_of(name).expect("schema built from config");
         let mut steps = Vec::new();
-        let mut record_id_copy = None;
+        let mut feeds = vec![usize::MAX; schema.fields().len() - META_COLUMNS];
         for (col, rule) in &source.columns {
             let op = match rule {
                 ColumnRule::Drop { .. } => continue,
@@ -192,8 +230,9 @@ impl Plan {
                 optional: rule.optional(),
                 output: out_index(name),
             };
+            feeds[step.output] = steps.len();
             if *col == source.record_key && name != RECORD_ID {
-                record_id_copy = Some((step.output, out_index(RECORD_ID)));
+                feeds[out_index(RECORD_ID)] = steps.len();
             }
             steps.push(step);
         }
@@ -205,14 +244,29 @@ impl Plan {
         let mut inputs: Vec<usize> = steps.iter().map(|s| s.input).collect();
         inputs.sort_unstable();
         inputs.dedup();
+        assert!(feeds.iter().all(|&s| s < steps.len()), "every output column has a rule");
+        let batch_schema = Arc::new(Schema::new(
+            schema
+                .fields()
+                .iter()
+                .enumerate()
+                .map(|(o, f)| match feeds.get(o).map(|&s| &steps[s].op) {
+                    Some(Op::Pseudonymise { .. }) => {
+                        Field::new(f.name(), DataType::FixedSizeBinary(PSEUDONYM_BYTES), f.is_nullable())
+                    }
+                    _ => f.as_ref().clone(),
+                })
+                .collect::<Vec<_>>(),
+        ));
         Plan {
             steps,
             inputs,
-            record_id_copy,
+            feeds,
             partition,
             date_format: source.date_format,
             decimal: source.decimal_separator,
             schema,
+            batch_schema,
             meta,
             sort_columns,
         }
@@ -224,6 +278,14 @@ impl Plan {
             sort: self.sort_columns.clone(),
             unique: self.unique_columns(),
             constant: [META_EXTRACT_DATE, META_EXTRACT_SEQ, META_COMMIT].map(str::to_owned).to_vec(),
+            pseudonyms: self
+                .batch_schema
+                .fields()
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| matches!(f.data_type(), DataType::FixedSizeBinary(_)))
+                .map(|(o, _)| o)
+                .collect(),
         }
     }
 
@@ -247,8 +309,16 @@ impl Plan {
         cols
     }
 
+    /// The table's schema, as written to the warehouse.
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
+    }
+
+    /// The schema of the batches `process` makes: the table's, except that
+    /// pseudonyms are their 16 bytes, which sort as their hex does and take
+    /// half the memory while rows wait for their row group.
+    pub fn batch_schema(&self) -> &SchemaRef {
+        &self.batch_schema
     }
 
     /// Header indices of the delivered columns the rules read, ascending.
@@ -257,102 +327,102 @@ impl Plan {
     }
 
     /// Check and transform rows `rows` of a chunk whose rows start on `lines`.
-    pub fn process(&self, fields: &dyn Fields, lines: &[u64], rows: std::ops::Range<usize>) -> Processed {
-        let mut out = Processed::default();
-        let mut parts: Vec<(PartitionKey, Builders)> = Vec::new();
-        let mut vals: Vec<Val> = vec![Val::Null; self.schema.fields().len()];
-        for row in rows.clone() {
-            let line = lines[row];
-            let mut ok = true;
-            let mut key: PartitionKey = 0;
-            for (i, step) in self.steps.iter().enumerate() {
-                let raw = fields.field(step.input, row).map(trim).filter(|s| !s.is_empty());
-                let v = match raw {
-                    None if step.optional => Ok(Val::Null),
-                    None => Err("missing value"),
-                    Some(s) => self.apply(&step.op, s),
-                };
-                match v {
-                    Ok(v) => {
-                        vals[step.output] = v;
-                        if let Some((p, parts)) = &self.partition
-                            && *p == i
-                        {
-                            match partition_key(v, parts) {
-                                Some(k) => key = k,
-                                None => {
-                                    ok = false;
-                                    out.rejections.push(Rejection {
-                                        line,
-                                        column: step.name.clone(),
-                                        reason: "no partition date".into(),
-                                    });
-                                }
-                            }
-                        }
-                    }
-                    Err(reason) => {
-                        out.rejections.push(Rejection { line, column: step.name.clone(), reason: reason.into() });
-                        ok = false;
-                    }
+    pub fn process(&self, fields: &dyn Fields, lines: &[u64], rows: Range<usize>) -> Processed {
+        let n = rows.len();
+        let mut problems: Problems = Vec::new();
+        let outs: Vec<Out> = self
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, step)| self.run(i, &fields.column(step.input, rows.clone()), &mut problems))
+            .collect();
+        let mut keys: Vec<PartitionKey> = vec![0; n];
+        if let Some((p, parts)) = &self.partition {
+            for (row, key) in keys.iter_mut().enumerate() {
+                match partition_key(&outs[*p], row, parts) {
+                    Some(k) => *key = k,
+                    None => problems.push((row, *p, "no partition date")),
                 }
             }
-            if !ok {
-                out.rows_rejected += 1;
-                continue;
-            }
-            if let Some((from, to)) = self.record_id_copy {
-                vals[to] = vals[from];
-            }
-            let n = vals.len();
-            vals[n - 4] = Val::Date(self.meta.extract_date);
-            vals[n - 3] = Val::Int(self.meta.extract_seq);
-            vals[n - 2] = Val::Long(self.meta.commit);
-            vals[n - 1] = Val::Long(line as i64);
-            let b = match parts.iter().position(|(k, _)| *k == key) {
-                Some(i) => &mut parts[i].1,
-                None => {
-                    // Rows spread over partitions: start small and let builders grow, so
-                    // that no batch carries capacity for rows it never got.
-                    parts.push((key, Builders::new(&self.schema, (rows.len() / 16).max(INITIAL_ROWS).min(rows.len()))));
-                    &mut parts.last_mut().expect("just pushed").1
-                }
-            };
-            b.append(&vals);
         }
-        out.batches = parts.into_iter().map(|(k, b)| (k, b.finish(&self.schema))).collect();
+        // Reported in line order, a row's problems in the order of its rules.
+        problems.sort_unstable();
+        let mut bad = vec![false; n];
+        for &(row, _, _) in &problems {
+            bad[row] = true;
+        }
+        let lines = &lines[rows];
+        let mut out = Processed {
+            rows_rejected: bad.iter().filter(|&&b| b).count() as u64,
+            rejections: problems
+                .into_iter()
+                .map(|(row, step, reason)| Rejection {
+                    line: lines[row],
+                    column: self.steps[step].name.clone(),
+                    reason: reason.into(),
+                })
+                .collect(),
+            batches: Vec::new(),
+        };
+        // The good rows of each partition, in order; rows of a delivery tend
+        // to come in runs of one partition.
+        let mut parts: Vec<(PartitionKey, Vec<u32>)> = Vec::new();
+        let mut last = 0;
+        for row in (0..n).filter(|&r| !bad[r]) {
+            if parts.get(last).is_none_or(|(k, _)| *k != keys[row]) {
+                last = match parts.iter().position(|(k, _)| *k == keys[row]) {
+                    Some(i) => i,
+                    None => {
+                        parts.push((keys[row], Vec::new()));
+                        parts.len() - 1
+                    }
+                };
+            }
+            parts[last].1.push(row as u32);
+        }
+        out.batches = parts.into_iter().map(|(k, rows)| (k, self.batch(&outs, &rows, lines))).collect();
         out
     }
 
-    fn apply<'a>(&self, op: &Op, s: &'a str) -> Result<Val<'a>, &'static str> {
-        match op {
-            Op::Pseudonymise { ps, check } => {
-                let id = match check {
-                    IdCheck::Isikukood => {
-                        let id = isikukood::normalise(s);
-                        if !isikukood::is_valid(id) {
-                            return Err("invalid isikukood (length, birth date or check digit)");
-                        }
-                        id
+    /// The batch of rows `rows` (within the chunk) of the rules' results.
+    fn batch(&self, outs: &[Out], rows: &[u32], lines: &[u64]) -> RecordBatch {
+        let n = rows.len();
+        let mut columns: Vec<ArrayRef> = self.feeds.iter().map(|&s| outs[s].gather(rows)).collect();
+        columns.push(Arc::new(Date32Array::from(vec![self.meta.extract_date; n])));
+        columns.push(Arc::new(Int32Array::from(vec![self.meta.extract_seq; n])));
+        columns.push(Arc::new(Int64Array::from(vec![self.meta.commit; n])));
+        columns.push(Arc::new(Int64Array::from_iter_values(rows.iter().map(|&r| lines[r as usize] as i64))));
+        RecordBatch::try_new(self.batch_schema.clone(), columns).expect("columns follow the schema")
+    }
+
+    /// Step `i` over a chunk's fields `raw`.
+    fn run<'a>(&self, i: usize, raw: &[Option<&'a str>], problems: &mut Problems) -> Out<'a> {
+        let step = &self.steps[i];
+        let opt = step.optional;
+        match &step.op {
+            Op::Pseudonymise { ps, check } => Out::Pseudo(match check {
+                IdCheck::Isikukood => typed(raw, opt, i, problems, |s| {
+                    let id = isikukood::normalise(s);
+                    if !isikukood::is_valid(id) {
+                        return Err("invalid isikukood (length, birth date or check digit)");
                     }
-                    IdCheck::WorkerCode => {
-                        let id = s;
-                        if !values::is_worker_code(id) {
-                            return Err("invalid worker code (expected D and five digits)");
-                        }
-                        id
+                    Ok(ps.digest(id.as_bytes()))
+                }),
+                IdCheck::WorkerCode => typed(raw, opt, i, problems, |s| {
+                    if !values::is_worker_code(s) {
+                        return Err("invalid worker code (expected D and five digits)");
                     }
-                    IdCheck::Any => s,
-                };
-                Ok(Val::Pseudo(ps.pseudonym(id.as_bytes())))
-            }
-            Op::Keep { ty, values } => self.keep(*ty, values, s),
+                    Ok(ps.digest(s.as_bytes()))
+                }),
+                IdCheck::Any => typed(raw, opt, i, problems, |s| Ok(ps.digest(s.as_bytes()))),
+            }),
+            Op::Keep { ty, values } => self.keep(*ty, values, i, raw, problems),
             Op::Generalise(g) => match g {
-                Generalisation::Year => {
+                Generalisation::Year => Out::Int(typed(raw, opt, i, problems, |s| {
                     let d = values::parse_date(s, self.date_format).ok_or(self.date_error())?;
-                    Ok(Val::Int(values::year_month_of_days(d).0))
-                }
-                Generalisation::YearMonth => {
+                    Ok(values::year_month_of_days(d).0)
+                })),
+                Generalisation::YearMonth => Out::YearMonth(typed(raw, opt, i, problems, |s| {
                     let date = match values::parse_date(s, self.date_format) {
                         Some(d) => values::date_of_days(d),
                         None => values::parse_timestamp(s)
@@ -361,16 +431,19 @@ impl Plan {
                             .ok_or(self.date_error())?,
                     }
                     .ok_or(self.date_error())?;
-                    Ok(Val::YearMonth(chrono::Datelike::year(&date), chrono::Datelike::month(&date)))
-                }
-                Generalisation::AgeBand => values::parse_integer(s)
-                    .and_then(values::age_band)
-                    .map(Val::Static)
-                    .ok_or("invalid age (expected whole years 0-130)"),
-                Generalisation::County => values::county_of_ehak(s).map(Val::Static).ok_or("unknown EHAK county code"),
-                Generalisation::CountyFromAddress => {
-                    values::county_of_address(s).map(Val::Static).ok_or("the address names no county")
-                }
+                    Ok((chrono::Datelike::year(&date), chrono::Datelike::month(&date)))
+                })),
+                Generalisation::AgeBand => Out::Str(typed(raw, opt, i, problems, |s| {
+                    values::parse_integer(s)
+                        .and_then(values::age_band)
+                        .ok_or("invalid age (expected whole years 0-130)")
+                })),
+                Generalisation::County => Out::Str(typed(raw, opt, i, problems, |s| {
+                    values::county_of_ehak(s).ok_or("unknown EHAK county code")
+                })),
+                Generalisation::CountyFromAddress => Out::Str(typed(raw, opt, i, problems, |s| {
+                    values::county_of_address(s).ok_or("the address names no county")
+                })),
             },
         }
     }
@@ -382,27 +455,93 @@ impl Plan {
         }
     }
 
-    fn keep<'a>(&self, ty: ValueType, allowed: &[String], s: &'a str) -> Result<Val<'a>, &'static str> {
-        let check = |ok: bool, reason: &'static str| if ok { Ok(Val::Str(s)) } else { Err(reason) };
+    fn keep<'a>(
+        &self,
+        ty: ValueType,
+        allowed: &[String],
+        i: usize,
+        raw: &[Option<&'a str>],
+        problems: &mut Problems,
+    ) -> Out<'a> {
+        let opt = self.steps[i].optional;
+        let check =
+            |test: fn(&str) -> bool, reason: &'static str| move |s: &'a str| if test(s) { Ok(s) } else { Err(reason) };
         match ty {
-            ValueType::String => Ok(Val::Str(s)),
-            ValueType::Enum => check(allowed.iter().any(|v| v == s), "not one of the allowed values"),
-            ValueType::Date => values::parse_date(s, self.date_format).map(Val::Date).ok_or(self.date_error()),
-            ValueType::Timestamp => values::parse_timestamp(s)
-                .map(Val::Ts)
-                .ok_or("invalid timestamp (expected YYYY-MM-DDTHH:MM:SS with optional +HH:MM)"),
-            ValueType::Money => values::parse_money(s, self.decimal.byte()).map(Val::Money).ok_or(match self.decimal {
-                DecimalSeparator::Comma => "invalid amount (expected euros with a decimal comma)",
-                DecimalSeparator::Point => "invalid amount (expected euros with a decimal point)",
-            }),
-            ValueType::Integer => values::parse_integer(s).map(Val::Int).ok_or("invalid whole number"),
-            ValueType::Regcode => check(values::is_regcode(s), "invalid register code (expected 8 digits)"),
-            ValueType::Icd10 => check(values::is_icd10(s), "invalid ICD-10 code"),
-            ValueType::Atc => check(values::is_atc(s), "invalid ATC code"),
-            ValueType::Ehak => check(values::county_of_ehak(s).is_some(), "unknown EHAK county code"),
-            ValueType::Country => check(values::is_country(s), "invalid country code (expected ISO 3166 alpha-3)"),
+            ValueType::String => Out::Str(typed(raw, opt, i, problems, Ok)),
+            ValueType::Enum => Out::Str(typed(raw, opt, i, problems, |s| {
+                if allowed.iter().any(|v| v == s) { Ok(s) } else { Err("not one of the allowed values") }
+            })),
+            ValueType::Date => Out::Date(typed(raw, opt, i, problems, |s| {
+                values::parse_date(s, self.date_format).ok_or(self.date_error())
+            })),
+            ValueType::Timestamp => Out::Ts(typed(raw, opt, i, problems, |s| {
+                values::parse_timestamp(s)
+                    .ok_or("invalid timestamp (expected YYYY-MM-DDTHH:MM:SS with optional +HH:MM)")
+            })),
+            ValueType::Money => {
+                let reason = match self.decimal {
+                    DecimalSeparator::Comma => "invalid amount (expected euros with a decimal comma)",
+                    DecimalSeparator::Point => "invalid amount (expected euros with a decimal point)",
+                };
+                let sep = self.decimal.byte();
+                Out::Money(typed(raw, opt, i, problems, |s| values::parse_money(s, sep).ok_or(reason)))
+            }
+            ValueType::Integer => {
+                Out::Int(typed(raw, opt, i, problems, |s| values::parse_integer(s).ok_or("invalid whole number")))
+            }
+            ValueType::Regcode => Out::Str(typed(
+                raw,
+                opt,
+                i,
+                problems,
+                check(values::is_regcode, "invalid register code (expected 8 digits)"),
+            )),
+            ValueType::Icd10 => Out::Str(typed(raw, opt, i, problems, check(values::is_icd10, "invalid ICD-10 code"))),
+            ValueType::Atc => Out::Str(typed(raw, opt, i, problems, check(values::is_atc, "invalid ATC code"))),
+            ValueType::Ehak => Out::Str(typed(
+                raw,
+                opt,
+                i,
+                problems,
+                check(|s| values::county_of_ehak(s).is_some(), "unknown EHAK county code"),
+            )),
+            ValueType::Country => Out::Str(typed(
+                raw,
+                opt,
+                i,
+                problems,
+                check(values::is_country, "invalid country code (expected ISO 3166 alpha-3)"),
+            )),
         }
     }
+}
+
+/// Apply `f` to every trimmed, non-empty field of `raw` (the fields of step
+/// `step`); an empty field is a null where the rule allows it.
+fn typed<'a, T: Copy + Default>(
+    raw: &[Option<&'a str>],
+    optional: bool,
+    step: usize,
+    problems: &mut Problems,
+    f: impl Fn(&'a str) -> Result<T, &'static str>,
+) -> Typed<T> {
+    let mut values = Vec::with_capacity(raw.len());
+    let mut valid: Option<Vec<bool>> = None;
+    for (row, field) in raw.iter().enumerate() {
+        let value = match field.map(trim).filter(|s| !s.is_empty()) {
+            Some(s) => f(s),
+            None if optional => {
+                valid.get_or_insert_with(|| vec![true; raw.len()])[row] = false;
+                Ok(T::default())
+            }
+            None => Err("missing value"),
+        };
+        values.push(value.unwrap_or_else(|reason| {
+            problems.push((row, step, reason));
+            T::default()
+        }));
+    }
+    Typed { values, valid }
 }
 
 /// `s` without surrounding whitespace; Unicode whitespace (a no-break space
@@ -415,11 +554,11 @@ fn trim(s: &str) -> &str {
     }
 }
 
-fn partition_key(v: Val, parts: &[PartitionPart]) -> Option<PartitionKey> {
+fn partition_key(out: &Out, row: usize, parts: &[PartitionPart]) -> Option<PartitionKey> {
     use chrono::Datelike;
-    let (year, month) = match v {
-        Val::Date(d) => values::year_month_of_days(d),
-        Val::Ts(ms) => values::tallinn_date(ms).map(|d| (d.year(), d.month()))?,
+    let (year, month) = match out {
+        Out::Date(t) if t.is_valid(row) => values::year_month_of_days(t.values[row]),
+        Out::Ts(t) if t.is_valid(row) => values::tallinn_date(t.values[row]).map(|d| (d.year(), d.month()))?,
         _ => return None,
     };
     let year = u32::try_from(year).ok()?;
@@ -427,78 +566,50 @@ fn partition_key(v: Val, parts: &[PartitionPart]) -> Option<PartitionKey> {
     Some(year * 100 + month)
 }
 
-enum ColBuilder {
-    Str(StringBuilder),
-    Date(Date32Builder),
-    Ts(TimestampMillisecondBuilder),
-    Money(Decimal128Builder),
-    I32(Int32Builder),
-    I64(Int64Builder),
-}
-
-struct Builders(Vec<ColBuilder>);
-
-impl Builders {
-    fn new(schema: &Schema, capacity: usize) -> Self {
-        Builders(
-            schema
-                .fields()
-                .iter()
-                .map(|f| match f.data_type() {
-                    DataType::Date32 => ColBuilder::Date(Date32Builder::with_capacity(capacity)),
-                    DataType::Timestamp(_, tz) => ColBuilder::Ts(
-                        TimestampMillisecondBuilder::with_capacity(capacity).with_timezone_opt(tz.clone()),
-                    ),
-                    DataType::Decimal128(p, s) => ColBuilder::Money(
-                        Decimal128Builder::with_capacity(capacity)
-                            .with_precision_and_scale(*p, *s)
-                            .expect("valid money precision"),
-                    ),
-                    DataType::Int32 => ColBuilder::I32(Int32Builder::with_capacity(capacity)),
-                    DataType::Int64 => ColBuilder::I64(Int64Builder::with_capacity(capacity)),
-                    _ => ColBuilder::Str(StringBuilder::with_capacity(capacity, capacity * 16)),
-                })
-                .collect(),
-        )
-    }
-
-    fn append(&mut self, vals: &[Val]) {
-        for (b, v) in self.0.iter_mut().zip(vals) {
-            match (b, *v) {
-                (ColBuilder::Str(b), Val::Null) => b.append_null(),
-                (ColBuilder::Str(b), Val::Str(s)) => b.append_value(s),
-                (ColBuilder::Str(b), Val::Static(s)) => b.append_value(s),
-                (ColBuilder::Str(b), Val::Pseudo(p)) => b.append_value(p.as_str()),
-                (ColBuilder::Str(b), Val::YearMonth(y, m)) => b.append_value(format!("{y:04}-{m:02}")),
-                (ColBuilder::Date(b), Val::Date(d)) => b.append_value(d),
-                (ColBuilder::Ts(b), Val::Ts(t)) => b.append_value(t),
-                (ColBuilder::Money(b), Val::Money(m)) => b.append_value(m),
-                (ColBuilder::I32(b), Val::Int(i)) => b.append_value(i),
-                (ColBuilder::I64(b), Val::Long(i)) => b.append_value(i),
-                (ColBuilder::Date(b), _) => b.append_null(),
-                (ColBuilder::Ts(b), _) => b.append_null(),
-                (ColBuilder::Money(b), _) => b.append_null(),
-                (ColBuilder::I32(b), _) => b.append_null(),
-                (ColBuilder::I64(b), _) => b.append_null(),
-                (ColBuilder::Str(b), _) => b.append_null(),
+impl Out<'_> {
+    /// The results of rows `rows` as an Arrow array of the batch schema's type.
+    fn gather(&self, rows: &[u32]) -> ArrayRef {
+        match self {
+            Out::Str(t) => {
+                let len = rows.iter().map(|&r| t.values[r as usize].len()).sum();
+                let mut b = StringBuilder::with_capacity(rows.len(), len);
+                for &r in rows {
+                    match t.is_valid(r as usize) {
+                        true => b.append_value(t.values[r as usize]),
+                        false => b.append_null(),
+                    }
+                }
+                Arc::new(b.finish())
             }
+            Out::YearMonth(t) => {
+                let mut b = StringBuilder::with_capacity(rows.len(), rows.len() * 7);
+                for &r in rows {
+                    let (y, m) = t.values[r as usize];
+                    match t.is_valid(r as usize) {
+                        true => b.append_value(format!("{y:04}-{m:02}")),
+                        false => b.append_null(),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            Out::Pseudo(t) => {
+                let mut bytes = Vec::with_capacity(rows.len() * PSEUDONYM_LEN / 2);
+                for &r in rows {
+                    bytes.extend_from_slice(&t.values[r as usize]);
+                }
+                Arc::new(FixedSizeBinaryArray::new(PSEUDONYM_BYTES, bytes.into(), t.nulls(rows)))
+            }
+            Out::Date(t) => Arc::new(Date32Array::new(t.take(rows).into(), t.nulls(rows))),
+            Out::Ts(t) => {
+                Arc::new(TimestampMillisecondArray::new(t.take(rows).into(), t.nulls(rows)).with_timezone(STORED_TZ))
+            }
+            Out::Money(t) => Arc::new(
+                Decimal128Array::new(t.take(rows).into(), t.nulls(rows))
+                    .with_precision_and_scale(MONEY_PRECISION, MONEY_SCALE)
+                    .expect("valid money precision"),
+            ),
+            Out::Int(t) => Arc::new(Int32Array::new(t.take(rows).into(), t.nulls(rows))),
         }
-    }
-
-    fn finish(self, schema: &SchemaRef) -> RecordBatch {
-        let columns: Vec<ArrayRef> = self
-            .0
-            .into_iter()
-            .map(|b| match b {
-                ColBuilder::Str(mut b) => Arc::new(b.finish()) as ArrayRef,
-                ColBuilder::Date(mut b) => Arc::new(b.finish()),
-                ColBuilder::Ts(mut b) => Arc::new(b.finish()),
-                ColBuilder::Money(mut b) => Arc::new(b.finish()),
-                ColBuilder::I32(mut b) => Arc::new(b.finish()),
-                ColBuilder::I64(mut b) => Arc::new(b.finish()),
-            })
-            .collect();
-        RecordBatch::try_new(schema.clone(), columns).expect("builders follow the schema")
     }
 }
 
@@ -510,9 +621,14 @@ mod tests {
 
     struct Rows(Vec<Vec<Option<String>>>);
     impl Fields for Rows {
-        fn field(&self, column: usize, row: usize) -> Option<&str> {
-            self.0[row][column].as_deref()
+        fn column(&self, column: usize, rows: Range<usize>) -> Vec<Option<&str>> {
+            rows.map(|r| self.0[r][column].as_deref()).collect()
         }
+    }
+
+    /// The pseudonym in row `row` of a batch's column `column`, as hex.
+    fn hex_at(batch: &RecordBatch, column: usize, row: usize) -> String {
+        batch.column(column).as_fixed_size_binary().value(row).iter().map(|b| format!("{b:02x}")).collect()
     }
 
     fn source(name: &str) -> SourceConfig {
@@ -558,11 +674,13 @@ mod tests {
         assert_eq!(p.batches.len(), 1);
         let (k, batch) = &p.batches[0];
         assert_eq!(*k, 202403);
-        let person = batch.column(plan.schema().index_of("person_id").unwrap()).as_string::<i32>();
+        let person = hex_at(batch, plan.schema().index_of("person_id").unwrap(), 0);
         let expected = Pseudonymiser::new(&key(), "isikukood").pseudonym(b"38001010009");
-        assert_eq!(person.value(0), expected.as_str());
-        let rid = batch.column(0).as_string::<i32>();
-        assert_eq!(rid.value(0), Pseudonymiser::new(&key(), "invoice_id").pseudonym(b"INV1").as_str());
+        assert_eq!(person, expected.as_str());
+        let rid = hex_at(batch, 0, 0);
+        assert_eq!(rid, Pseudonymiser::new(&key(), "invoice_id").pseudonym(b"INV1").as_str());
+        assert_eq!(batch.schema(), *plan.batch_schema());
+        assert_eq!(plan.column_layout().pseudonyms, [0, plan.schema().index_of("person_id").unwrap()]);
         let amount = batch.column(plan.schema().index_of("amount").unwrap());
         assert_eq!(amount.as_primitive::<arrow::datatypes::Decimal128Type>().value(0), 12345);
         assert_eq!(
@@ -630,7 +748,8 @@ mod tests {
         assert_eq!(col("birth_year").as_primitive::<arrow::datatypes::Int32Type>().value(0), 1980);
         assert_eq!(col("county").as_string::<i32>().value(0), "Tartu");
         assert_eq!(col("death_month").as_string::<i32>().value(0), "2023-11");
-        assert_eq!(col("record_id").as_string::<i32>().value(0), col("person_id").as_string::<i32>().value(0));
+        let person = plan.schema().index_of("person_id").unwrap();
+        assert_eq!(hex_at(b, 0, 0), hex_at(b, person, 0));
         assert!(plan.schema().index_of("first_name").is_err());
         assert!(col("death_record_id").is_valid(0));
     }

@@ -88,6 +88,15 @@ impl Pseudonymiser {
 
     /// The pseudonym of an already normalised identifier.
     pub fn pseudonym(&self, id: &[u8]) -> Pseudonym {
+        let mut out = [0u8; PSEUDONYM_LEN];
+        hex_into(&self.digest(id), &mut out);
+        Pseudonym(out)
+    }
+
+    /// The pseudonym's 16 bytes before hex encoding. Byte order and the
+    /// order of the hex text agree, so these sort as the pseudonyms do; the
+    /// ingest carries them raw and the warehouse writer encodes them.
+    pub fn digest(&self, id: &[u8]) -> [u8; PSEUDONYM_LEN / 2] {
         let mut state = self.inner;
         let mut block = self.rest;
         let mut fill = self.rest_len;
@@ -112,9 +121,7 @@ impl Pseudonymiser {
         for (i, w) in outer[..PSEUDONYM_LEN / 8].iter().enumerate() {
             digest[4 * i..4 * i + 4].copy_from_slice(&w.to_be_bytes());
         }
-        let mut out = [0u8; PSEUDONYM_LEN];
-        hex_into(&digest, &mut out);
-        Pseudonym(out)
+        digest
     }
 }
 
@@ -156,7 +163,7 @@ pub fn release_pseudonym(key: &Key, recipient: &str, p: &str) -> Pseudonym {
 }
 
 /// Lowercase hex of `bytes` into `out` (which must be twice as long).
-fn hex_into(bytes: &[u8], out: &mut [u8]) {
+pub fn hex_into(bytes: &[u8], out: &mut [u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for (i, b) in bytes.iter().enumerate() {
         out[2 * i] = DIGITS[usize::from(b >> 4)];

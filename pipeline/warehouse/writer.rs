@@ -12,7 +12,8 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
-use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::array::{Array, ArrayRef, AsArray, FixedSizeBinaryArray, StringArray};
+use arrow::buffer::OffsetBuffer;
 use arrow::compute::{SortColumn, concat, interleave, interleave_record_batch, lexsort_to_indices};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
@@ -77,6 +78,9 @@ pub struct ColumnLayout {
     pub unique: Vec<String>,
     /// Columns with one value per delivery (row metadata).
     pub constant: Vec<String>,
+    /// Columns whose batches hold the 16 bytes of a pseudonym
+    /// (`FixedSizeBinary(16)`), written as its 32 lowercase hex characters.
+    pub pseudonyms: Vec<usize>,
 }
 
 /// Writer of one table's partitions within a transaction.
@@ -85,6 +89,8 @@ pub struct TableWriter {
     schema: SchemaRef,
     partition_parts: Vec<crate::config::source::PartitionPart>,
     sort_columns: Vec<usize>,
+    /// Per column: the batches carry a pseudonym's bytes, the file its hex.
+    hex: Vec<bool>,
     props: WriterProperties,
     row_group_rows: usize,
     memory_budget: usize,
@@ -134,11 +140,13 @@ impl TableWriter {
                 .set_column_encoding(ColumnPath::from(c), Encoding::DELTA_BINARY_PACKED);
         }
         let props = props.build();
+        let hex = (0..schema.fields().len()).map(|c| layout.pseudonyms.contains(&c)).collect();
         TableWriter {
             table: table.to_owned(),
             schema,
             partition_parts,
             sort_columns,
+            hex,
             props,
             row_group_rows,
             memory_budget: DEFAULT_MEMORY_BUDGET,
@@ -195,7 +203,8 @@ impl TableWriter {
             }
             work.insert(key, p);
         }
-        let (schema, sort_columns, row_group_rows) = (&self.schema, &self.sort_columns, self.row_group_rows);
+        let (schema, sort_columns, row_group_rows, hex) =
+            (&self.schema, &self.sort_columns, self.row_group_rows, &self.hex);
         let jobs: Vec<(u32, &mut Open, Pending)> =
             self.open.iter_mut().filter_map(|(k, open)| work.remove(k).map(|p| (*k, open, p))).collect();
         let rests = jobs
@@ -205,7 +214,7 @@ impl TableWriter {
                 let n = order.len();
                 let full = if whole { n } else { n - n % row_group_rows };
                 for rows in order[..full].chunks(row_group_rows) {
-                    write_row_group(open, schema, &p.batches, rows)
+                    write_row_group(open, schema, hex, &p.batches, rows)
                         .map_err(|source| Error::Parquet { path: open.staged.clone(), source })?;
                 }
                 open.rows += full as u64;
@@ -260,6 +269,7 @@ impl TableWriter {
 fn write_row_group(
     open: &mut Open,
     schema: &SchemaRef,
+    hex: &[bool],
     batches: &[RecordBatch],
     rows: &[(usize, usize)],
 ) -> Result<(), ParquetError> {
@@ -268,8 +278,14 @@ fn write_row_group(
         .into_par_iter()
         .enumerate()
         .map(|(c, mut writer)| -> Result<ArrowColumnChunk, ParquetError> {
-            let sources: Vec<&dyn Array> = batches.iter().map(|b| b.column(c).as_ref()).collect();
-            let column = interleave(&sources, rows)?;
+            let column: ArrayRef = if hex[c] {
+                let sources: Vec<&FixedSizeBinaryArray> =
+                    batches.iter().map(|b| b.column(c).as_fixed_size_binary()).collect();
+                std::sync::Arc::new(gather_hex(&sources, rows)?)
+            } else {
+                let sources: Vec<&dyn Array> = batches.iter().map(|b| b.column(c).as_ref()).collect();
+                interleave(&sources, rows)?
+            };
             // Flat schema: one leaf per column.
             for leaf in compute_leaves(schema.field(c), &column)? {
                 writer.write(&leaf)?;
@@ -293,6 +309,21 @@ fn sort_order(batches: &[RecordBatch], sort_columns: &[usize]) -> Vec<(usize, us
     let all: Vec<(usize, usize)> =
         batches.iter().enumerate().flat_map(|(b, batch)| (0..batch.num_rows()).map(move |r| (b, r))).collect();
     let Some(&first) = sort_columns.first() else { return all };
+    let pseudonyms = || batches.iter().map(|b| b.column(first).as_fixed_size_binary_opt());
+    if sort_columns.len() == 1 && pseudonyms().all(|p| p.is_some_and(|p| p.value_length() == 16 && p.null_count() == 0))
+    {
+        // Fast path for one pseudonym column: its 16 bytes as one number
+        // (byte order is the order of the hex text), then arrival order.
+        let mut order: Vec<(u128, u32)> = Vec::with_capacity(all.len());
+        for p in pseudonyms().flatten() {
+            for r in 0..p.len() {
+                let key = u128::from_be_bytes(p.value(r).try_into().expect("checked: 16-byte values"));
+                order.push((key, order.len() as u32));
+            }
+        }
+        order.sort_unstable();
+        return order.into_iter().map(|(_, i)| all[i as usize]).collect();
+    }
     let column = |c: usize| -> ArrayRef {
         let parts: Vec<&dyn Array> = batches.iter().map(|b| b.column(c).as_ref()).collect();
         concat(&parts).expect("batches share the schema")
@@ -338,6 +369,32 @@ pub fn partition_dirs(key: u32, parts: &[crate::config::source::PartitionPart]) 
             crate::config::source::PartitionPart::Month => format!("month={}", key % 100),
         })
         .collect()
+}
+
+/// The 16-byte pseudonyms `rows` of `sources` as their lowercase hex text.
+fn gather_hex(sources: &[&FixedSizeBinaryArray], rows: &[(usize, usize)]) -> Result<StringArray, ParquetError> {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = Vec::with_capacity(rows.len() * 32);
+    let mut lengths = Vec::with_capacity(rows.len());
+    let nulls = sources.iter().any(|s| s.null_count() > 0);
+    for &(b, r) in rows {
+        let source = sources[b];
+        if nulls && source.is_null(r) {
+            lengths.push(0);
+            continue;
+        }
+        let bytes: &[u8; 16] =
+            source.value(r).try_into().map_err(|_| ParquetError::General("a pseudonym is 16 bytes".into()))?;
+        let mut hex = [0u8; 32];
+        for (i, b) in bytes.iter().enumerate() {
+            hex[2 * i] = DIGITS[usize::from(b >> 4)];
+            hex[2 * i + 1] = DIGITS[usize::from(b & 0x0f)];
+        }
+        text.extend_from_slice(&hex);
+        lengths.push(32);
+    }
+    let validity = nulls.then(|| rows.iter().map(|&(b, r)| sources[b].is_valid(r)).collect());
+    Ok(StringArray::try_new(OffsetBuffer::from_lengths(lengths), text.into(), validity)?)
 }
 
 /// Lowercase hex of bytes.
