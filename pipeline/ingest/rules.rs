@@ -13,7 +13,7 @@ use arrow::array::{
     ArrayRef, Date32Array, Decimal128Array, FixedSizeBinaryArray, Int32Array, Int64Array, StringBuilder,
     TimestampMillisecondArray,
 };
-use arrow::buffer::{BooleanBuffer, NullBuffer};
+use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 
@@ -107,16 +107,6 @@ struct Typed<T> {
 impl<T: Copy> Typed<T> {
     fn is_valid(&self, row: usize) -> bool {
         self.valid.as_ref().is_none_or(|v| v[row])
-    }
-
-    fn take(&self, rows: &[u32]) -> Vec<T> {
-        rows.iter().map(|&r| self.values[r as usize]).collect()
-    }
-
-    fn nulls(&self, rows: &[u32]) -> Option<NullBuffer> {
-        let valid = self.valid.as_ref()?;
-        let nulls = NullBuffer::new(rows.iter().map(|&r| valid[r as usize]).collect::<BooleanBuffer>());
-        (nulls.null_count() > 0).then_some(nulls)
     }
 }
 
@@ -364,35 +354,47 @@ impl Plan {
                 .collect(),
             batches: Vec::new(),
         };
-        // The good rows of each partition, in order; rows of a delivery tend
-        // to come in runs of one partition.
-        let mut parts: Vec<(PartitionKey, Vec<u32>)> = Vec::new();
+        // Each good row's partition (as an index into `parts`); rows of a
+        // delivery tend to come in runs of one partition.
+        let mut parts: Vec<(PartitionKey, usize)> = Vec::new();
+        let mut part_of = vec![NO_PART; n];
         let mut last = 0;
         for row in (0..n).filter(|&r| !bad[r]) {
             if parts.get(last).is_none_or(|(k, _)| *k != keys[row]) {
                 last = match parts.iter().position(|(k, _)| *k == keys[row]) {
                     Some(i) => i,
                     None => {
-                        parts.push((keys[row], Vec::new()));
+                        parts.push((keys[row], 0));
                         parts.len() - 1
                     }
                 };
             }
-            parts[last].1.push(row as u32);
+            parts[last].1 += 1;
+            part_of[row] = last as u32;
         }
-        out.batches = parts.into_iter().map(|(k, rows)| (k, self.batch(&outs, &rows, lines))).collect();
+        let sizes: Vec<usize> = parts.iter().map(|p| p.1).collect();
+        // Each column is split in one pass that reads it in order.
+        let mut columns: Vec<std::vec::IntoIter<ArrayRef>> =
+            self.feeds.iter().map(|&s| outs[s].split(&part_of, &sizes).into_iter()).collect();
+        let lines: Vec<ArrayRef> = split(lines, &part_of, &sizes)
+            .into_iter()
+            .map(|l| Arc::new(Int64Array::from_iter_values(l.into_iter().map(|l| l as i64))) as ArrayRef)
+            .collect();
+        out.batches = parts
+            .iter()
+            .zip(lines)
+            .map(|(&(key, n), lines)| {
+                let mut batch: Vec<ArrayRef> =
+                    columns.iter_mut().map(|c| c.next().expect("an array per partition")).collect();
+                batch.push(Arc::new(Date32Array::from(vec![self.meta.extract_date; n])));
+                batch.push(Arc::new(Int32Array::from(vec![self.meta.extract_seq; n])));
+                batch.push(Arc::new(Int64Array::from(vec![self.meta.commit; n])));
+                batch.push(lines);
+                let batch = RecordBatch::try_new(self.batch_schema.clone(), batch).expect("columns follow the schema");
+                (key, batch)
+            })
+            .collect();
         out
-    }
-
-    /// The batch of rows `rows` (within the chunk) of the rules' results.
-    fn batch(&self, outs: &[Out], rows: &[u32], lines: &[u64]) -> RecordBatch {
-        let n = rows.len();
-        let mut columns: Vec<ArrayRef> = self.feeds.iter().map(|&s| outs[s].gather(rows)).collect();
-        columns.push(Arc::new(Date32Array::from(vec![self.meta.extract_date; n])));
-        columns.push(Arc::new(Int32Array::from(vec![self.meta.extract_seq; n])));
-        columns.push(Arc::new(Int64Array::from(vec![self.meta.commit; n])));
-        columns.push(Arc::new(Int64Array::from_iter_values(rows.iter().map(|&r| lines[r as usize] as i64))));
-        RecordBatch::try_new(self.batch_schema.clone(), columns).expect("columns follow the schema")
     }
 
     /// Step `i` over a chunk's fields `raw`.
@@ -566,51 +568,101 @@ fn partition_key(out: &Out, row: usize, parts: &[PartitionPart]) -> Option<Parti
     Some(year * 100 + month)
 }
 
-impl Out<'_> {
-    /// The results of rows `rows` as an Arrow array of the batch schema's type.
-    fn gather(&self, rows: &[u32]) -> ArrayRef {
-        match self {
-            Out::Str(t) => {
-                let len = rows.iter().map(|&r| t.values[r as usize].len()).sum();
-                let mut b = StringBuilder::with_capacity(rows.len(), len);
-                for &r in rows {
-                    match t.is_valid(r as usize) {
-                        true => b.append_value(t.values[r as usize]),
-                        false => b.append_null(),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            Out::YearMonth(t) => {
-                let mut b = StringBuilder::with_capacity(rows.len(), rows.len() * 7);
-                for &r in rows {
-                    let (y, m) = t.values[r as usize];
-                    match t.is_valid(r as usize) {
-                        true => b.append_value(format!("{y:04}-{m:02}")),
-                        false => b.append_null(),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            Out::Pseudo(t) => {
-                let mut bytes = Vec::with_capacity(rows.len() * PSEUDONYM_LEN / 2);
-                for &r in rows {
-                    bytes.extend_from_slice(&t.values[r as usize]);
-                }
-                Arc::new(FixedSizeBinaryArray::new(PSEUDONYM_BYTES, bytes.into(), t.nulls(rows)))
-            }
-            Out::Date(t) => Arc::new(Date32Array::new(t.take(rows).into(), t.nulls(rows))),
-            Out::Ts(t) => {
-                Arc::new(TimestampMillisecondArray::new(t.take(rows).into(), t.nulls(rows)).with_timezone(STORED_TZ))
-            }
-            Out::Money(t) => Arc::new(
-                Decimal128Array::new(t.take(rows).into(), t.nulls(rows))
-                    .with_precision_and_scale(MONEY_PRECISION, MONEY_SCALE)
-                    .expect("valid money precision"),
-            ),
-            Out::Int(t) => Arc::new(Int32Array::new(t.take(rows).into(), t.nulls(rows))),
+/// `part_of` of a row that is in no partition (rejected).
+const NO_PART: u32 = u32::MAX;
+
+/// `values` split by partition: row `r` goes to partition `part_of[r]`,
+/// which holds `sizes[p]` rows; rows in no partition are left out.
+fn split<T: Copy>(values: &[T], part_of: &[u32], sizes: &[usize]) -> Vec<Vec<T>> {
+    let mut out: Vec<Vec<T>> = sizes.iter().map(|&n| Vec::with_capacity(n)).collect();
+    for (&v, &p) in values.iter().zip(part_of) {
+        if let Some(o) = out.get_mut(p as usize) {
+            o.push(v);
         }
     }
+    out
+}
+
+impl<T: Copy> Typed<T> {
+    /// Values and nulls per partition (see `split`).
+    fn split(&self, part_of: &[u32], sizes: &[usize]) -> Vec<(Vec<T>, Option<NullBuffer>)> {
+        let values = split(&self.values, part_of, sizes);
+        let nulls: Vec<Option<NullBuffer>> = match &self.valid {
+            None => vec![None; sizes.len()],
+            Some(valid) => split(valid, part_of, sizes)
+                .into_iter()
+                .map(|v| Some(NullBuffer::from(v)).filter(|n| n.null_count() > 0))
+                .collect(),
+        };
+        values.into_iter().zip(nulls).collect()
+    }
+}
+
+impl Out<'_> {
+    /// This column's array for each partition (see `split`), of the batch
+    /// schema's type.
+    fn split(&self, part_of: &[u32], sizes: &[usize]) -> Vec<ArrayRef> {
+        fn arrays<T: Copy>(
+            t: &Typed<T>,
+            part_of: &[u32],
+            sizes: &[usize],
+            f: impl Fn(Vec<T>, Option<NullBuffer>) -> ArrayRef,
+        ) -> Vec<ArrayRef> {
+            t.split(part_of, sizes).into_iter().map(|(v, n)| f(v, n)).collect()
+        }
+        match self {
+            Out::Str(t) => {
+                let mut bytes = vec![0; sizes.len()];
+                for (v, &p) in t.values.iter().zip(part_of) {
+                    if let Some(b) = bytes.get_mut(p as usize) {
+                        *b += v.len();
+                    }
+                }
+                strings(t, part_of, sizes, &bytes, |v, b| b.append_value(v))
+            }
+            Out::YearMonth(t) => {
+                let bytes: Vec<usize> = sizes.iter().map(|n| n * 7).collect();
+                strings(t, part_of, sizes, &bytes, |(y, m), b| b.append_value(format!("{y:04}-{m:02}")))
+            }
+            Out::Pseudo(t) => arrays(t, part_of, sizes, |v, n| {
+                Arc::new(FixedSizeBinaryArray::new(PSEUDONYM_BYTES, v.as_flattened().to_vec().into(), n))
+            }),
+            Out::Date(t) => arrays(t, part_of, sizes, |v, n| Arc::new(Date32Array::new(v.into(), n))),
+            Out::Ts(t) => arrays(t, part_of, sizes, |v, n| {
+                Arc::new(TimestampMillisecondArray::new(v.into(), n).with_timezone(STORED_TZ))
+            }),
+            Out::Money(t) => arrays(t, part_of, sizes, |v, n| {
+                Arc::new(
+                    Decimal128Array::new(v.into(), n)
+                        .with_precision_and_scale(MONEY_PRECISION, MONEY_SCALE)
+                        .expect("valid money precision"),
+                )
+            }),
+            Out::Int(t) => arrays(t, part_of, sizes, |v, n| Arc::new(Int32Array::new(v.into(), n))),
+        }
+    }
+}
+
+/// String arrays per partition (see `split`), `bytes[p]` bytes of text in
+/// partition `p`, each value appended by `append`. One pass in row order,
+/// so that the parsed text is read sequentially.
+fn strings<T: Copy>(
+    t: &Typed<T>,
+    part_of: &[u32],
+    sizes: &[usize],
+    bytes: &[usize],
+    append: impl Fn(T, &mut StringBuilder),
+) -> Vec<ArrayRef> {
+    let mut builders: Vec<StringBuilder> =
+        sizes.iter().zip(bytes).map(|(&n, &b)| StringBuilder::with_capacity(n, b)).collect();
+    for (row, (&v, &p)) in t.values.iter().zip(part_of).enumerate() {
+        let Some(b) = builders.get_mut(p as usize) else { continue };
+        match t.is_valid(row) {
+            true => append(v, b),
+            false => b.append_null(),
+        }
+    }
+    builders.into_iter().map(|mut b| Arc::new(b.finish()) as ArrayRef).collect()
 }
 
 #[cfg(test)]
