@@ -36,6 +36,9 @@ pub struct Chunk {
     pub malformed: Vec<Malformed>,
     /// Bytes of the delivered file consumed so far (for progress).
     pub bytes_read: u64,
+    /// Whether any record in `data` holds a quote. Most chunks hold none,
+    /// and Polars parses those faster when told it need not look for quotes.
+    pub quoted: bool,
 }
 
 /// Why a file cannot be framed at all.
@@ -96,6 +99,8 @@ struct Record {
     fields: usize,
     /// Why the record is malformed, if it is.
     problem: Option<&'static str>,
+    /// Whether it holds a quote.
+    quoted: bool,
 }
 
 impl<R: Read> Framer<R> {
@@ -186,6 +191,7 @@ impl<R: Read> Framer<R> {
                 chunk.data.extend_from_slice(&self.buf[r.start..r.end]);
                 chunk.data.push(b'\n');
                 chunk.lines.push(line);
+                chunk.quoted |= r.quoted;
             }
             self.advance(&r);
         }
@@ -339,6 +345,7 @@ impl<R: Read> Framer<R> {
                     lines,
                     fields,
                     problem: problem.or(self.utf8_problem(self.pos, &buf[..content_end])),
+                    quoted: true,
                 });
             } else {
                 if c == b'"' {
@@ -359,6 +366,7 @@ impl<R: Read> Framer<R> {
             lines,
             fields,
             problem: problem.or(self.utf8_problem(self.pos, &buf[..content_end])),
+            quoted: true,
         })
     }
 
@@ -383,6 +391,7 @@ impl<R: Read> Framer<R> {
             lines,
             fields,
             problem: self.utf8_problem(self.pos, content),
+            quoted: false,
         }
     }
 
@@ -443,6 +452,7 @@ mod tests {
         let (mut records, mut bad) = (Vec::new(), Vec::new());
         while let Some(c) = f.next_chunk().unwrap() {
             let text = String::from_utf8(c.data.clone()).unwrap();
+            assert_eq!(c.quoted, text.contains('"'), "a chunk says whether it holds quotes");
             // As ingest does: every later chunk is framed into a used buffer.
             f.recycle(c.data);
             let mut lines = c.lines.iter();

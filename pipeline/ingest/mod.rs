@@ -545,12 +545,12 @@ fn transform_chunk(
     plan: &Plan,
     recycle: &std::sync::mpsc::Sender<Vec<u8>>,
 ) -> Result<Transformed, u64> {
-    let framer::Chunk { data, lines, malformed, .. } = chunk;
+    let framer::Chunk { data, lines, malformed, quoted, .. } = chunk;
     let mut problems: Vec<(u64, String, String)> =
         malformed.into_iter().map(|m| (m.line, String::new(), m.reason)).collect();
     let mut t = Transformed { batches: Vec::new(), rows: 0, rejected: problems.len() as u64, problems: Vec::new() };
     if !lines.is_empty() {
-        let parsed = parse::parse_chunk(&data, header, delimiter, plan.inputs());
+        let parsed = parse::parse_chunk(&data, header, delimiter, plan.inputs(), quoted);
         // The framer may have stopped: then the buffer is simply freed.
         let _ = recycle.send(data);
         let parsed = match parsed {
