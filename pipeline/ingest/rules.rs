@@ -402,22 +402,26 @@ impl Plan {
         let step = &self.steps[i];
         let opt = step.optional;
         match &step.op {
-            Op::Pseudonymise { ps, check } => Out::Pseudo(match check {
-                IdCheck::Isikukood => typed(raw, opt, i, problems, |s| {
-                    let id = isikukood::normalise(s);
-                    if !isikukood::is_valid(id) {
-                        return Err("invalid isikukood (length, birth date or check digit)");
-                    }
-                    Ok(ps.digest(id.as_bytes()))
-                }),
-                IdCheck::WorkerCode => typed(raw, opt, i, problems, |s| {
-                    if !values::is_worker_code(s) {
-                        return Err("invalid worker code (expected D and five digits)");
-                    }
-                    Ok(ps.digest(s.as_bytes()))
-                }),
-                IdCheck::Any => typed(raw, opt, i, problems, |s| Ok(ps.digest(s.as_bytes()))),
-            }),
+            Op::Pseudonymise { ps, check } => {
+                // Checked and normalised first, then hashed in one batch.
+                let ids = match check {
+                    IdCheck::Isikukood => typed(raw, opt, i, problems, |s| {
+                        let id = isikukood::normalise(s);
+                        if !isikukood::is_valid(id) {
+                            return Err("invalid isikukood (length, birth date or check digit)");
+                        }
+                        Ok(id)
+                    }),
+                    IdCheck::WorkerCode => typed(raw, opt, i, problems, |s| {
+                        if !values::is_worker_code(s) {
+                            return Err("invalid worker code (expected D and five digits)");
+                        }
+                        Ok(s)
+                    }),
+                    IdCheck::Any => typed(raw, opt, i, problems, Ok),
+                };
+                Out::Pseudo(Typed { values: ps.digests(&ids.values), valid: ids.valid })
+            }
             Op::Keep { ty, values } => self.keep(*ty, values, i, raw, problems),
             Op::Generalise(g) => match g {
                 Generalisation::Year => Out::Int(typed(raw, opt, i, problems, |s| {

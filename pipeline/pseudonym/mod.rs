@@ -9,6 +9,7 @@
 
 pub mod isikukood;
 pub mod key;
+pub mod sha_ni;
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
@@ -112,17 +113,70 @@ impl Pseudonymiser {
         block[fill..fill + id.len()].copy_from_slice(id);
         finish(&mut state, &mut block, fill + id.len(), total);
         let mut outer = self.outer;
-        let mut block = [0u8; 64];
-        for (i, w) in state.iter().enumerate() {
-            block[4 * i..4 * i + 4].copy_from_slice(&w.to_be_bytes());
-        }
-        finish(&mut outer, &mut block, 32, 64 + 32);
-        let mut digest = [0u8; PSEUDONYM_LEN / 2];
-        for (i, w) in outer[..PSEUDONYM_LEN / 8].iter().enumerate() {
-            digest[4 * i..4 * i + 4].copy_from_slice(&w.to_be_bytes());
-        }
-        digest
+        compress256(&mut outer, &[outer_block(&state)]);
+        truncated(&outer)
     }
+
+    /// The digests of `ids`, in order: two at a time on the processor's SHA
+    /// extensions (see [`sha_ni`]), which nearly halves the cost of each.
+    pub fn digests(&self, ids: &[&str]) -> Vec<[u8; PSEUDONYM_LEN / 2]> {
+        let mut out = Vec::with_capacity(ids.len());
+        let mut rest = ids;
+        if sha_ni::available() {
+            let mut pairs = ids.chunks_exact(2);
+            for pair in &mut pairs {
+                let (a, b) = (pair[0].as_bytes(), pair[1].as_bytes());
+                match (self.inner_block(a), self.inner_block(b)) {
+                    (Some(x), Some(y)) => {
+                        let (mut sx, mut sy) = (self.inner, self.inner);
+                        sha_ni::compress2([&mut sx, &mut sy], [&x, &y]);
+                        let (mut ox, mut oy) = (self.outer, self.outer);
+                        sha_ni::compress2([&mut ox, &mut oy], [&outer_block(&sx), &outer_block(&sy)]);
+                        out.extend([truncated(&ox), truncated(&oy)]);
+                    }
+                    _ => out.extend([self.digest(a), self.digest(b)]),
+                }
+            }
+            rest = pairs.remainder();
+        }
+        out.extend(rest.iter().map(|id| self.digest(id.as_bytes())));
+        out
+    }
+
+    /// The inner HMAC's last block for `id`, when prefix rest, identifier
+    /// and padding fit in one.
+    fn inner_block(&self, id: &[u8]) -> Option<[u8; 64]> {
+        let fill = self.rest_len + id.len();
+        if fill > 55 {
+            return None;
+        }
+        // `rest` is zero past the prefix, as padding needs.
+        let mut block = self.rest;
+        block[self.rest_len..fill].copy_from_slice(id);
+        block[fill] = 0x80;
+        block[56..].copy_from_slice(&((self.absorbed + fill as u64) * 8).to_be_bytes());
+        Some(block)
+    }
+}
+
+/// The outer HMAC's one block: the inner digest of `state`, padded.
+fn outer_block(state: &[u32; 8]) -> [u8; 64] {
+    let mut block = [0u8; 64];
+    for (i, w) in state.iter().enumerate() {
+        block[4 * i..4 * i + 4].copy_from_slice(&w.to_be_bytes());
+    }
+    block[32] = 0x80;
+    block[56..].copy_from_slice(&((64u64 + 32) * 8).to_be_bytes());
+    block
+}
+
+/// The first 16 bytes of the digest in `state`.
+fn truncated(state: &[u32; 8]) -> [u8; PSEUDONYM_LEN / 2] {
+    let mut digest = [0u8; PSEUDONYM_LEN / 2];
+    for (i, w) in state[..PSEUDONYM_LEN / 8].iter().enumerate() {
+        digest[4 * i..4 * i + 4].copy_from_slice(&w.to_be_bytes());
+    }
+    digest
 }
 
 /// SHA-256 padding of the last `fill` bytes of a message of `total` bytes
@@ -281,6 +335,22 @@ mod tests {
             let ps = Pseudonymiser::new(&k, &kind);
             let p = ps.pseudonym(&id);
             prop_assert_eq!(p.as_str(), reference(&k, &kind, &id));
+        }
+
+        /// In batches, two at a time: odd and even counts, identifiers that
+        /// fit one block next to ones that do not, any kind and key.
+        #[test]
+        fn batches_agree_with_the_hmac_crate(
+            key_bytes in proptest::collection::vec(any::<u8>(), 32..100),
+            kind in "[a-z_]{1,70}",
+            ids in proptest::collection::vec("[0-9A-Za-zõ' ]{0,60}", 0..9),
+        ) {
+            let k = key(&key_bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
+            let ps = Pseudonymiser::new(&k, &kind);
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let got: Vec<String> = ps.digests(&ids).iter().map(|d| d.iter().map(|b| format!("{b:02x}")).collect()).collect();
+            let expected: Vec<String> = ids.iter().map(|id| reference(&k, &kind, id.as_bytes())).collect();
+            prop_assert_eq!(got, expected);
         }
 
         #[test]
