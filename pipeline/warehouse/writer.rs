@@ -12,9 +12,9 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
-use arrow::array::{Array, ArrayRef, AsArray, FixedSizeBinaryArray, StringArray};
+use arrow::array::{Array, ArrayRef, AsArray, FixedSizeBinaryArray, StringArray, UInt32Array};
 use arrow::buffer::OffsetBuffer;
-use arrow::compute::{SortColumn, concat, interleave, interleave_record_batch, lexsort_to_indices};
+use arrow::compute::{SortColumn, concat, interleave, interleave_record_batch, lexsort_to_indices, take};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
@@ -83,14 +83,26 @@ pub struct ColumnLayout {
     pub pseudonyms: Vec<usize>,
 }
 
+/// How a column's values are gathered into a row group, fastest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gather {
+    /// One value per delivery: the first row's, repeated.
+    Constant,
+    /// A pseudonym's 16 bytes, written as its hex.
+    Hex,
+    Strings,
+    /// Anything else, by Arrow's `interleave`.
+    Other,
+}
+
 /// Writer of one table's partitions within a transaction.
 pub struct TableWriter {
     table: String,
     schema: SchemaRef,
     partition_parts: Vec<crate::config::source::PartitionPart>,
     sort_columns: Vec<usize>,
-    /// Per column: the batches carry a pseudonym's bytes, the file its hex.
-    hex: Vec<bool>,
+    /// How each column's values are gathered into row groups.
+    gathers: Vec<Gather>,
     props: WriterProperties,
     row_group_rows: usize,
     memory_budget: usize,
@@ -117,6 +129,9 @@ impl TableWriter {
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(zstd_level).unwrap_or_default()))
             .set_max_row_group_row_count(Some(row_group_rows))
             .set_statistics_enabled(EnabledStatistics::Page)
+            // Fewer, larger steps through the encoders; pages are still cut
+            // at the default size.
+            .set_write_batch_size(8192)
             .set_sorting_columns(Some(sorting))
             .set_created_by(format!("ladu {}", env!("CARGO_PKG_VERSION")));
         let first_sort = sort_columns.first().map(|&c| schema.field(c).name().clone());
@@ -132,6 +147,7 @@ impl TableWriter {
                 props = props.set_column_encoding(path, encoding);
             }
         }
+        let constant = layout.constant.clone();
         for c in layout.constant {
             // Delta encoding stores a run of one value in a few bytes, without
             // the dictionary's hashing of every row.
@@ -140,13 +156,23 @@ impl TableWriter {
                 .set_column_encoding(ColumnPath::from(c), Encoding::DELTA_BINARY_PACKED);
         }
         let props = props.build();
-        let hex = (0..schema.fields().len()).map(|c| layout.pseudonyms.contains(&c)).collect();
+        let gathers = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(c, f)| match f.data_type() {
+                _ if layout.pseudonyms.contains(&c) => Gather::Hex,
+                _ if constant.contains(f.name()) => Gather::Constant,
+                DataType::Utf8 => Gather::Strings,
+                _ => Gather::Other,
+            })
+            .collect();
         TableWriter {
             table: table.to_owned(),
             schema,
             partition_parts,
             sort_columns,
-            hex,
+            gathers,
             props,
             row_group_rows,
             memory_budget: DEFAULT_MEMORY_BUDGET,
@@ -203,8 +229,8 @@ impl TableWriter {
             }
             work.insert(key, p);
         }
-        let (schema, sort_columns, row_group_rows, hex) =
-            (&self.schema, &self.sort_columns, self.row_group_rows, &self.hex);
+        let (schema, sort_columns, row_group_rows, gathers) =
+            (&self.schema, &self.sort_columns, self.row_group_rows, &self.gathers);
         let jobs: Vec<(u32, &mut Open, Pending)> =
             self.open.iter_mut().filter_map(|(k, open)| work.remove(k).map(|p| (*k, open, p))).collect();
         let rests = jobs
@@ -214,7 +240,7 @@ impl TableWriter {
                 let n = order.len();
                 let full = if whole { n } else { n - n % row_group_rows };
                 for rows in order[..full].chunks(row_group_rows) {
-                    write_row_group(open, schema, hex, &p.batches, rows)
+                    write_row_group(open, schema, gathers, &p.batches, rows)
                         .map_err(|source| Error::Parquet { path: open.staged.clone(), source })?;
                 }
                 open.rows += full as u64;
@@ -281,7 +307,7 @@ impl TableWriter {
 fn write_row_group(
     open: &mut Open,
     schema: &SchemaRef,
-    hex: &[bool],
+    gathers: &[Gather],
     batches: &[RecordBatch],
     rows: &[(usize, usize)],
 ) -> Result<(), ParquetError> {
@@ -290,16 +316,24 @@ fn write_row_group(
         .into_par_iter()
         .enumerate()
         .map(|(c, mut writer)| -> Result<ArrowColumnChunk, ParquetError> {
-            let column: ArrayRef = if hex[c] {
-                let sources: Vec<&FixedSizeBinaryArray> =
-                    batches.iter().map(|b| b.column(c).as_fixed_size_binary()).collect();
-                std::sync::Arc::new(gather_hex(&sources, rows)?)
-            } else if schema.field(c).data_type() == &DataType::Utf8 {
-                let sources: Vec<&StringArray> = batches.iter().map(|b| b.column(c).as_string()).collect();
-                std::sync::Arc::new(gather_strings(&sources, rows))
-            } else {
-                let sources: Vec<&dyn Array> = batches.iter().map(|b| b.column(c).as_ref()).collect();
-                interleave(&sources, rows)?
+            let column: ArrayRef = match gathers[c] {
+                Gather::Hex => {
+                    let sources: Vec<&FixedSizeBinaryArray> =
+                        batches.iter().map(|b| b.column(c).as_fixed_size_binary()).collect();
+                    std::sync::Arc::new(gather_hex(&sources, rows)?)
+                }
+                Gather::Strings => {
+                    let sources: Vec<&StringArray> = batches.iter().map(|b| b.column(c).as_string()).collect();
+                    std::sync::Arc::new(gather_strings(&sources, rows))
+                }
+                Gather::Constant => {
+                    let first = batches[rows[0].0].column(c).slice(rows[0].1, 1);
+                    take(&first, &UInt32Array::from(vec![0; rows.len()]), None)?
+                }
+                Gather::Other => {
+                    let sources: Vec<&dyn Array> = batches.iter().map(|b| b.column(c).as_ref()).collect();
+                    interleave(&sources, rows)?
+                }
             };
             // Flat schema: one leaf per column.
             for leaf in compute_leaves(schema.field(c), &column)? {

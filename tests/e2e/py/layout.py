@@ -3,7 +3,9 @@
 usage: layout.py TABLE_DIR MAX_ROW_GROUP_ROWS SORT_COLUMN
 Every file: zstd on every column, column and offset indexes (the page index),
 row groups of at most MAX rows, each sorted by SORT_COLUMN and declaring it,
-and no Hive partition column inside the file. Prints a JSON summary.
+no Hive partition column inside the file, and the per-delivery columns with
+one value and distinct line numbers (a file holds one delivery). Prints a
+JSON summary.
 """
 import json
 import pathlib
@@ -32,4 +34,10 @@ for f in files:
             assert col.has_column_index and col.has_offset_index, f"{f}: {col.path_in_schema} has no page index"
         values = pf.read_row_group(g, columns=[sort_col]).column(0).to_pylist()
         assert values == sorted(values), f"{f}: row group {g} is not sorted by {sort_col}"
+    meta = pf.read(columns=["_extract_date", "_extract_seq", "_commit"])
+    for name in meta.column_names:
+        distinct = set(meta.column(name).to_pylist())
+        assert len(distinct) == 1 and None not in distinct, f"{f}: {name} holds {sorted(map(str, distinct))[:5]}"
+    lines = pf.read(columns=["_line"]).column(0).to_pylist()
+    assert len(set(lines)) == len(lines) and min(lines) >= 2, f"{f}: line numbers repeat or include the header"
 print(json.dumps({"files": len(files), "row_groups": groups}))
