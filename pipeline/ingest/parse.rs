@@ -12,7 +12,7 @@ use super::rules::Fields;
 
 /// A chunk's columns, by their index in the header; `None` where not read.
 pub struct ParsedChunk {
-    columns: Vec<Option<<StringType as PolarsDataType>::Array>>,
+    columns: Vec<Option<StringChunked>>,
     rows: usize,
 }
 
@@ -24,8 +24,8 @@ impl ParsedChunk {
 
 impl Fields for ParsedChunk {
     fn column(&self, column: usize, rows: std::ops::Range<usize>) -> Vec<Option<&str>> {
-        let array = self.columns[column].as_ref().expect("the rules read only projected columns");
-        rows.map(|r| array.get(r)).collect()
+        let strings = self.columns[column].as_ref().expect("the rules read only projected columns");
+        strings.iter().skip(rows.start).take(rows.len()).collect()
     }
 }
 
@@ -47,7 +47,9 @@ pub fn parse_chunk(
         .with_has_header(false)
         .with_schema(Some(Arc::new(schema)))
         .with_projection(Some(Arc::new(projection.to_vec())))
-        .with_rechunk(true)
+        // Polars parses a chunk in parts; they are read in order as they are,
+        // not copied into one array first.
+        .with_rechunk(false)
         .with_parse_options(
             CsvParseOptions::default()
                 .with_separator(delimiter)
@@ -60,8 +62,7 @@ pub fn parse_chunk(
     let rows = df.height();
     let mut columns = vec![None; header.len()];
     for (&i, col) in projection.iter().zip(df.columns()) {
-        // One chunk per column, so that a field is one array lookup.
-        columns[i] = Some(col.str()?.rechunk().downcast_as_array().clone());
+        columns[i] = Some(col.str()?.clone());
     }
     Ok(ParsedChunk { columns, rows })
 }
