@@ -177,6 +177,10 @@ impl<R: Read> Framer<R> {
         let data = self.spare.pop().unwrap_or_else(|| Vec::with_capacity(self.chunk_bytes + 4096));
         let mut chunk = Chunk { data, ..Chunk::default() };
         while chunk.data.len() < self.chunk_bytes {
+            self.take_plain_run(&mut chunk);
+            if chunk.data.len() >= self.chunk_bytes {
+                break;
+            }
             let Some(r) = self.next_record()? else { break };
             let line = self.line;
             if r.end == r.start {
@@ -200,6 +204,39 @@ impl<R: Read> Framer<R> {
             return Ok(None);
         }
         Ok(Some(chunk))
+    }
+
+    /// Append to `chunk` the run of plain records at `pos` in one copy: whole
+    /// lines of text known to be UTF-8, with no quote, no carriage return
+    /// and the header's number of fields. It stops before anything else (and
+    /// at the end of the buffer), which `next_record` then frames.
+    fn take_plain_run(&mut self, chunk: &mut Chunk) {
+        if self.pos >= self.buf.len() {
+            return;
+        }
+        let valid = if self.decoder.is_some() { self.buf.len() } else { self.utf8_ok_until };
+        let room = self.chunk_bytes.saturating_sub(chunk.data.len());
+        let end = self.next_quote().min(valid).min(self.pos + room);
+        let Some(region) = self.buf.get(self.pos..end) else { return };
+        let (mut taken, mut lines) = (0, 0u64);
+        for nl in memchr::memchr_iter(b'\n', region) {
+            let line = &region[taken..nl];
+            let plain = !line.is_empty()
+                && line.last() != Some(&b'\r')
+                && memchr::memchr_iter(self.delimiter, line).count() + 1 == self.fields;
+            if !plain {
+                break;
+            }
+            lines += 1;
+            taken = nl + 1;
+        }
+        if lines == 0 {
+            return;
+        }
+        chunk.data.extend_from_slice(&region[..taken]);
+        chunk.lines.extend((0..lines).map(|k| self.line + k));
+        self.pos += taken;
+        self.line += lines;
     }
 
     /// Frame the record at `pos`, reading more input as needed.
@@ -481,6 +518,19 @@ mod tests {
         assert_eq!(h, ["a", "b"]);
         assert_eq!(recs, [(2, "1;\"x\r\ny\"".into()), (4, "2;\"q;\"\"r\"\"\"".into()), (6, "3;z".into())]);
         assert!(bad.is_empty());
+    }
+
+    /// Runs of plain lines are copied whole; a blank line in one is still
+    /// skipped, even where a record has a single field, and a CRLF line ends
+    /// without its carriage return (one inside a field stays).
+    #[test]
+    fn plain_runs_skip_blank_lines_and_carriage_returns() {
+        let (h, recs, bad) = frame(b"a\n1\n\n2\n3\n\n", Encoding::Utf8, 4096);
+        assert_eq!(h, ["a"]);
+        assert_eq!(recs, [(2, "1".into()), (4, "2".into()), (5, "3".into())]);
+        assert!(bad.is_empty());
+        let (_, recs, _) = frame(b"a;b\n1;2\n3;4\r\n5;6\n7;x\ry\n", Encoding::Utf8, 4096);
+        assert_eq!(recs, [(2, "1;2".into()), (3, "3;4".into()), (4, "5;6".into()), (5, "7;x\ry".into())]);
     }
 
     #[test]
