@@ -4,8 +4,9 @@
 //! The key's inner and outer HMAC states and the `ladu:v1:<kind>:` prefix
 //! are absorbed once per kind; each identifier then costs two SHA-256
 //! compressions (three if prefix and identifier pass 55 bytes) on stack
-//! buffers, with no heap allocation. The `hmac` crate stays the reference:
-//! tests check this against it and against Python's `hmac`.
+//! buffers, with no heap allocation, and the ingest has a column's
+//! identifiers hashed two at a time ([`sha_ni`]). The `hmac` crate stays the
+//! reference: tests check this against it and against Python's `hmac`.
 
 pub mod isikukood;
 pub mod key;
@@ -97,7 +98,7 @@ impl Pseudonymiser {
     /// The pseudonym's 16 bytes before hex encoding. Byte order and the
     /// order of the hex text agree, so these sort as the pseudonyms do; the
     /// ingest carries them raw and the warehouse writer encodes them.
-    pub fn digest(&self, id: &[u8]) -> [u8; PSEUDONYM_LEN / 2] {
+    fn digest(&self, id: &[u8]) -> [u8; PSEUDONYM_LEN / 2] {
         let mut state = self.inner;
         let mut block = self.rest;
         let mut fill = self.rest_len;
@@ -117,8 +118,9 @@ impl Pseudonymiser {
         truncated(&outer)
     }
 
-    /// The digests of `ids`, in order: two at a time on the processor's SHA
-    /// extensions (see [`sha_ni`]), which nearly halves the cost of each.
+    /// The digests (see `digest`) of `ids`, in order: two at a time on the
+    /// processor's SHA extensions ([`sha_ni`]), which nearly halves the cost
+    /// of each.
     pub fn digests(&self, ids: &[&str]) -> Vec<[u8; PSEUDONYM_LEN / 2]> {
         let mut out = Vec::with_capacity(ids.len());
         let mut rest = ids;
@@ -217,7 +219,7 @@ pub fn release_pseudonym(key: &Key, recipient: &str, p: &str) -> Pseudonym {
 }
 
 /// Lowercase hex of `bytes` into `out` (which must be twice as long).
-pub fn hex_into(bytes: &[u8], out: &mut [u8]) {
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for (i, b) in bytes.iter().enumerate() {
         out[2 * i] = DIGITS[usize::from(b >> 4)];
