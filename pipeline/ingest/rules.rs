@@ -629,7 +629,7 @@ impl Out<'_> {
                 strings(t, part_of, sizes, &bytes, |(y, m), b| b.append_value(format!("{y:04}-{m:02}")))
             }
             Out::Pseudo(t) => arrays(t, part_of, sizes, |v, n| {
-                Arc::new(FixedSizeBinaryArray::new(PSEUDONYM_BYTES, v.as_flattened().to_vec().into(), n))
+                Arc::new(FixedSizeBinaryArray::new(PSEUDONYM_BYTES, v.into_flattened().into(), n))
             }),
             Out::Date(t) => arrays(t, part_of, sizes, |v, n| Arc::new(Date32Array::new(v.into(), n))),
             Out::Ts(t) => arrays(t, part_of, sizes, |v, n| {

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use arrow::array::{Array, ArrayRef, AsArray, FixedSizeBinaryArray, StringArray, UInt32Array};
 use arrow::buffer::OffsetBuffer;
-use arrow::compute::{SortColumn, concat, interleave, interleave_record_batch, lexsort_to_indices, take};
+use arrow::compute::{LexicographicalComparator, SortColumn, concat, interleave, interleave_record_batch, take};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
@@ -147,13 +147,12 @@ impl TableWriter {
                 props = props.set_column_encoding(path, encoding);
             }
         }
-        let constant = layout.constant.clone();
-        for c in layout.constant {
+        for c in &layout.constant {
             // Delta encoding stores a run of one value in a few bytes, without
             // the dictionary's hashing of every row.
             props = props
-                .set_column_dictionary_enabled(ColumnPath::from(c.clone()), false)
-                .set_column_encoding(ColumnPath::from(c), Encoding::DELTA_BINARY_PACKED);
+                .set_column_dictionary_enabled(ColumnPath::from(c.as_str()), false)
+                .set_column_encoding(ColumnPath::from(c.as_str()), Encoding::DELTA_BINARY_PACKED);
         }
         let props = props.build();
         let gathers = schema
@@ -162,7 +161,7 @@ impl TableWriter {
             .enumerate()
             .map(|(c, f)| match f.data_type() {
                 _ if layout.pseudonyms.contains(&c) => Gather::Hex,
-                _ if constant.contains(f.name()) => Gather::Constant,
+                _ if layout.constant.contains(f.name()) => Gather::Constant,
                 DataType::Utf8 => Gather::Strings,
                 _ => Gather::Other,
             })
@@ -352,8 +351,8 @@ fn write_row_group(
 }
 
 /// The rows of `batches` as (batch, row), ordered by the columns
-/// `sort_columns`. The order depends only on the rows (equal pseudonyms keep
-/// their arrival order), so a rerun writes the same files.
+/// `sort_columns`, nulls first. The order depends only on the rows (equal
+/// values keep their arrival order), so a rerun writes the same files.
 fn sort_order(batches: &[RecordBatch], sort_columns: &[usize]) -> Vec<(usize, usize)> {
     let all: Vec<(usize, usize)> =
         batches.iter().enumerate().flat_map(|(b, batch)| (0..batch.num_rows()).map(move |r| (b, r))).collect();
@@ -373,30 +372,18 @@ fn sort_order(batches: &[RecordBatch], sort_columns: &[usize]) -> Vec<(usize, us
         order.sort_unstable();
         return order.into_iter().map(|(_, i)| all[i as usize]).collect();
     }
-    let column = |c: usize| -> ArrayRef {
-        let parts: Vec<&dyn Array> = batches.iter().map(|b| b.column(c).as_ref()).collect();
-        concat(&parts).expect("batches share the schema")
-    };
-    let keys = column(first);
-    if sort_columns.len() == 1 && keys.data_type() == &DataType::Utf8 && keys.null_count() == 0 {
-        // Fast path for one string column (a pseudonym): compare the first
-        // eight bytes as a number, then the rest.
-        let strings = keys.as_string::<i32>();
-        let prefix = |s: &str| {
-            let mut b = [0u8; 8];
-            let n = s.len().min(8);
-            b[..n].copy_from_slice(&s.as_bytes()[..n]);
-            u64::from_be_bytes(b)
-        };
-        let mut order: Vec<(u64, u32)> = (0..strings.len()).map(|i| (prefix(strings.value(i)), i as u32)).collect();
-        order.sort_unstable_by(|a, b| {
-            a.0.cmp(&b.0).then_with(|| strings.value(a.1 as usize).cmp(strings.value(b.1 as usize))).then(a.1.cmp(&b.1))
-        });
-        return order.into_iter().map(|(_, i)| all[i as usize]).collect();
-    }
-    let cols: Vec<SortColumn> = sort_columns.iter().map(|&c| SortColumn { values: column(c), options: None }).collect();
-    let indices = lexsort_to_indices(&cols, None).expect("sort columns are sortable");
-    indices.values().iter().map(|&i| all[i as usize]).collect()
+    // Any other sort columns: Arrow's comparator, arrival order breaking ties.
+    let cols: Vec<SortColumn> = sort_columns
+        .iter()
+        .map(|&c| {
+            let parts: Vec<&dyn Array> = batches.iter().map(|b| b.column(c).as_ref()).collect();
+            SortColumn { values: concat(&parts).expect("batches share the schema"), options: None }
+        })
+        .collect();
+    let cmp = LexicographicalComparator::try_new(&cols).expect("sort columns are sortable");
+    let mut order: Vec<u32> = (0..all.len() as u32).collect();
+    order.sort_unstable_by(|&a, &b| cmp.compare(a as usize, b as usize).then(a.cmp(&b)));
+    order.into_iter().map(|i| all[i as usize]).collect()
 }
 
 /// Bytes a batch's rows occupy (not the capacity reserved behind them,
@@ -530,6 +517,36 @@ mod tests {
     }
 
     proptest! {
+        /// Whatever the sort column (nullable pseudonyms, plain text), rows
+        /// come out by value, nulls first, and equal values in arrival order.
+        #[test]
+        fn sort_order_keeps_arrival_order_among_equals(
+            (sources, _) in picks(0u8..4),
+            text in any::<bool>(),
+        ) {
+            let batches: Vec<RecordBatch> = sources
+                .iter()
+                .map(|s| {
+                    let column: ArrayRef = if text {
+                        std::sync::Arc::new(s.iter().map(|v| v.map(|v| format!("v{v}"))).collect::<StringArray>())
+                    } else {
+                        let bytes: Vec<Option<[u8; 16]>> = s.iter().map(|v| v.map(|v| [v; 16])).collect();
+                        std::sync::Arc::new(
+                            FixedSizeBinaryArray::try_from_sparse_iter_with_size(bytes.iter().map(|v| v.as_ref()), 16)
+                                .unwrap(),
+                        )
+                    };
+                    RecordBatch::try_from_iter([("k", column)]).unwrap()
+                })
+                .collect();
+            let order = sort_order(&batches, &[0]);
+            let mut expected: Vec<(usize, usize)> =
+                sources.iter().enumerate().flat_map(|(b, s)| (0..s.len()).map(move |r| (b, r))).collect();
+            // A stable sort of arrival order by value, None first.
+            expected.sort_by_key(|&(b, r)| sources[b][r]);
+            prop_assert_eq!(order, expected);
+        }
+
         /// Short, long (past the 32-byte block) and empty strings, nulls, and
         /// values at the very end of a buffer gather as `interleave` does.
         #[test]
