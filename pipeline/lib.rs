@@ -6,6 +6,7 @@
 //! - [`pseudonym`]: the key, keyed HMAC pseudonyms and personal-code checks (no I/O).
 //! - [`ingest`]: deliveries → checked, pseudonymised Arrow batches → the warehouse.
 //! - [`warehouse`]: the Parquet layout, the manifest and atomic commits.
+//! - [`sql`]: read-only SQL over the committed warehouse, as a role, every statement audited.
 //! - [`audit`]: the hash-chained log of every processing step; used by every stage.
 //! - [`sample_data`]: synthetic deliveries in the providers' exact formats.
 //!
@@ -17,4 +18,5 @@ pub mod config;
 pub mod ingest;
 pub mod pseudonym;
 pub mod sample_data;
+pub mod sql;
 pub mod warehouse;

@@ -11,6 +11,7 @@ use ladu::config::Settings;
 use ladu::ingest::{self, Outcome};
 use ladu::pseudonym::{self, Key, KeyError};
 use ladu::sample_data;
+use ladu::sql;
 
 /// Exit codes, documented in the README.
 #[derive(Debug, Clone, Copy)]
@@ -19,8 +20,7 @@ enum Exit {
     Ok = 0,
     /// A failure stopped the command; the warehouse is as it was before it.
     Failure = 1,
-    /// Bad command-line usage (clap's own code).
-    #[allow(dead_code)]
+    /// Bad command-line usage (clap's own code, and an unreadable `-f` file).
     Usage = 2,
     /// Configuration or key error: nothing was done.
     Config = 3,
@@ -77,6 +77,26 @@ enum Command {
         /// Extract date of the deliveries (YYYY-MM-DD).
         #[arg(long, default_value = "2024-03-31")]
         date: chrono::NaiveDate,
+    },
+    /// Query the warehouse with SQL as a role: read-only, every statement audited.
+    ///
+    /// SQL comes from -c, -f, or standard input; on a terminal, an interactive shell starts.
+    Sql {
+        /// Statements to run, separated by `;`.
+        #[arg(short = 'c', long = "command", value_name = "SQL", conflicts_with = "file")]
+        command: Option<String>,
+        /// A file of statements separated by `;`.
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// The role to query as (default: `default_role` of the roles file).
+        #[arg(long)]
+        role: Option<String>,
+        /// How results are written.
+        #[arg(long, value_enum, default_value_t = sql::Format::Table)]
+        format: sql::Format,
+        /// Write results to this file instead of standard output.
+        #[arg(long, value_name = "PATH")]
+        output: Option<PathBuf>,
     },
     /// The audit log.
     Audit {
@@ -189,6 +209,31 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
             })?;
             print_summary(&summary);
             Ok(if summary.refused() > 0 { Exit::Refused } else { Exit::Ok })
+        }
+        Command::Sql { command, file, role, format, output } => {
+            let settings = load_settings(cli.config.as_deref())?;
+            let mut out = sql::Output::new(format, output.as_deref()).map_err(|e| (Exit::Usage, e))?;
+            let session = sql::Session::open(&settings, AuditLog::new(&settings.paths.audit), role.as_deref())
+                .map_err(|e| {
+                    let code = match e {
+                        sql::Error::Roles(_) | sql::Error::View { .. } => Exit::Config,
+                        _ => Exit::Failure,
+                    };
+                    (code, e)
+                })?;
+            let failed = |e: sql::Error| (Exit::Failure, e);
+            if let Some(text) = command {
+                sql::shell::run_text(&session, &text, &mut out).map_err(failed)?;
+            } else if let Some(path) = file {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| (Exit::Usage, format!("cannot read SQL file {}: {e}", path.display())))?;
+                sql::shell::run_text(&session, &text, &mut out).map_err(failed)?;
+            } else if std::io::stdin().is_terminal() {
+                sql::shell::interactive(&session, &mut out).map_err(failed)?;
+            } else {
+                sql::shell::run_lines(&session, std::io::stdin().lock(), &mut out).map_err(failed)?;
+            }
+            Ok(Exit::Ok)
         }
         Command::Audit { action } => {
             let settings = load_settings(cli.config.as_deref())?;

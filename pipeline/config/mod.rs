@@ -18,6 +18,12 @@ pub const DEFAULT_SOURCES_DIR: &str = "sources";
 pub const DEFAULT_ROW_GROUP_ROWS: usize = 128 * 1024;
 /// Bytes of decoded CSV handed to Polars at a time.
 pub const DEFAULT_CHUNK_BYTES: usize = 16 * 1024 * 1024;
+/// Curated SQL, relative to the config file's folder.
+pub const DEFAULT_QUERIES_DIR: &str = "../queries";
+/// Roles file, relative to the config file's folder.
+pub const DEFAULT_ROLES_FILE: &str = "roles.toml";
+/// Share of the machine's memory a SQL session may use before it spills.
+pub const DEFAULT_SQL_MEMORY_SHARE: f64 = 0.5;
 /// zstd level of the warehouse's Parquet files.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 
@@ -59,6 +65,9 @@ struct RawSettings {
     /// Tuning of the ingest.
     #[serde(default)]
     ingest: IngestSettings,
+    /// The SQL engine.
+    #[serde(default)]
+    sql: RawSqlSettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,6 +83,19 @@ struct RawPaths {
     audit: PathBuf,
     /// The open-data website directory.
     site: PathBuf,
+    /// Curated SQL: `views/`, and later statistics and open data.
+    #[serde(default)]
+    queries: Option<PathBuf>,
+}
+
+/// `[sql]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSqlSettings {
+    roles_file: Option<PathBuf>,
+    memory_limit: Option<String>,
+    spill_dir: Option<PathBuf>,
+    target_partitions: Option<usize>,
 }
 
 /// Ingest tuning, all optional.
@@ -106,6 +128,20 @@ pub struct Paths {
     pub outbox: PathBuf,
     pub audit: PathBuf,
     pub site: PathBuf,
+    pub queries: PathBuf,
+}
+
+/// Settings of the SQL engine (`[sql]`), resolved.
+#[derive(Debug, Clone)]
+pub struct SqlSettings {
+    /// Roles and what each may see.
+    pub roles_file: PathBuf,
+    /// Bytes DataFusion may hold before it spills to disk or fails a query.
+    pub memory_limit: u64,
+    /// Where spill files go (the system's temporary folder when `None`).
+    pub spill_dir: Option<PathBuf>,
+    /// Parallel partitions of a query (the number of cores by default).
+    pub target_partitions: usize,
 }
 
 /// The loaded configuration.
@@ -117,6 +153,7 @@ pub struct Settings {
     pub create_key_if_missing: bool,
     pub paths: Paths,
     pub ingest: IngestSettings,
+    pub sql: SqlSettings,
     /// Every source, sorted by name.
     pub sources: Vec<SourceConfig>,
 }
@@ -139,6 +176,17 @@ impl Settings {
         if !(1..=22).contains(&raw.ingest.zstd_level) {
             problems.push("ingest.zstd_level: must be between 1 and 22".to_owned());
         }
+        let memory_limit = match raw.sql.memory_limit.as_deref() {
+            None => Ok(share_of_memory(DEFAULT_SQL_MEMORY_SHARE)),
+            Some(text) => parse_memory_limit(text),
+        }
+        .unwrap_or_else(|problem| {
+            problems.push(format!("sql.memory_limit: {problem}"));
+            0
+        });
+        if raw.sql.target_partitions == Some(0) {
+            problems.push("sql.target_partitions: must be at least 1".to_owned());
+        }
         if !problems.is_empty() {
             return Err(Error::Invalid { path: path.to_owned(), problems });
         }
@@ -154,8 +202,18 @@ impl Settings {
                 outbox: resolve(&raw.paths.outbox),
                 audit: resolve(&raw.paths.audit),
                 site: resolve(&raw.paths.site),
+                queries: resolve(raw.paths.queries.as_deref().unwrap_or(Path::new(DEFAULT_QUERIES_DIR))),
             },
             ingest: raw.ingest,
+            sql: SqlSettings {
+                roles_file: resolve(raw.sql.roles_file.as_deref().unwrap_or(Path::new(DEFAULT_ROLES_FILE))),
+                memory_limit,
+                spill_dir: raw.sql.spill_dir.as_deref().map(resolve),
+                target_partitions: raw
+                    .sql
+                    .target_partitions
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            },
             sources,
         })
     }
@@ -177,6 +235,44 @@ impl Settings {
             known: self.sources.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "),
         })
     }
+}
+
+/// `"60%"` (of the machine's memory) or a size such as `"4GiB"`, `"512MiB"`, `"1000000"` bytes.
+fn parse_memory_limit(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    if let Some(pct) = t.strip_suffix('%') {
+        return match pct.trim().parse::<f64>() {
+            Ok(p) if p > 0.0 && p <= 100.0 => Ok(share_of_memory(p / 100.0)),
+            _ => Err(format!("`{text}` is not a share between 0% and 100%")),
+        };
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let unit_bytes: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        other => return Err(format!("unknown unit `{other}`: use B, KiB, MiB, GiB, TiB or a share such as 50%")),
+    };
+    match number.parse::<u64>().ok().and_then(|n| n.checked_mul(unit_bytes)) {
+        Some(bytes) if bytes >= 16 << 20 => Ok(bytes),
+        Some(_) => Err(format!("`{text}` is below the minimum of 16MiB")),
+        None => Err(format!("`{text}` is not a size such as 4GiB or 50%")),
+    }
+}
+
+/// `share` of the machine's physical memory (of 4 GiB where it cannot be read).
+fn share_of_memory(share: f64) -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(4 << 30, |kib| kib * 1024);
+    (total as f64 * share) as u64
 }
 
 /// Remove `.` and `dir/..` pairs without touching the file system.
@@ -223,6 +319,18 @@ mod tests {
             ]
         );
         assert!(s.paths.warehouse.starts_with(env!("CARGO_MANIFEST_DIR")));
+    }
+
+    #[test]
+    fn memory_limits_parse_as_sizes_or_shares() {
+        assert_eq!(parse_memory_limit("4GiB"), Ok(4 << 30));
+        assert_eq!(parse_memory_limit(" 512MiB "), Ok(512 << 20));
+        assert_eq!(parse_memory_limit("20000000"), Ok(20_000_000));
+        assert_eq!(parse_memory_limit("50%"), Ok(share_of_memory(0.5)));
+        assert!(share_of_memory(0.5) > 0);
+        for bad in ["0%", "150%", "4GB", "1KiB", "lots", "99999999999999999999TiB"] {
+            assert!(parse_memory_limit(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

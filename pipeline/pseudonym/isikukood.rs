@@ -48,6 +48,38 @@ pub fn is_valid(code: &str) -> bool {
     check_digit(&first_ten) == d[10]
 }
 
+/// What [`redact`] writes in place of a code.
+pub const REDACTED: &str = "[isikukood]";
+
+/// `text` with every stand-alone run of exactly 11 digits (anything that
+/// could be a personal code, valid or not) replaced by [`REDACTED`]: for text
+/// a person typed, such as a SQL statement, before ladu writes it anywhere.
+pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
+    let b = text.as_bytes();
+    let mut out = String::new();
+    let (mut copied, mut i) = (0, 0);
+    while i < b.len() {
+        if !b[i].is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i - start == 11 {
+            out.push_str(&text[copied..start]);
+            out.push_str(REDACTED);
+            copied = i;
+        }
+    }
+    if copied == 0 {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    out.push_str(&text[copied..]);
+    std::borrow::Cow::Owned(out)
+}
+
 /// Build a valid code from its parts (sample data and tests).
 /// `century_digit` is 1–6, `serial` 0–999.
 pub fn make(century_digit: u8, yy: u8, mm: u8, dd: u8, serial: u16) -> String {
@@ -121,5 +153,20 @@ mod tests {
         fn never_panics(s in "\\PC{0,20}") {
             let _ = is_valid(normalise(&s));
         }
+
+        #[test]
+        fn redaction_leaves_no_eleven_digit_run(prefix in "[a-z '=]{0,8}", code in "[0-9]{11}", suffix in "[a-z ;)]{0,8}") {
+            let text = format!("{prefix}{code}{suffix} and {code}");
+            let r = redact(&text);
+            prop_assert!(!r.contains(&code));
+            prop_assert_eq!(r.matches(REDACTED).count(), 2);
+        }
+    }
+
+    #[test]
+    fn redaction_keeps_other_numbers() {
+        assert_eq!(redact("WHERE x = 38001010009;"), "WHERE x = [isikukood];");
+        assert_eq!(redact("'38001010009' or 380010100091 or 3800101000 or 2024"), "'[isikukood]' or 380010100091 or 3800101000 or 2024");
+        assert!(matches!(redact("SELECT 1"), std::borrow::Cow::Borrowed(_)));
     }
 }

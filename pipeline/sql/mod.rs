@@ -1,0 +1,323 @@
+//! SQL for analysts: a read-only DataFusion session over the committed warehouse, as one role sees it.
+//!
+//! [`Session::open`] registers, for each committed table `t`, `t_history`
+//! (every version of every record) and `t` (the newest version of each
+//! record), each wrapped in the role's [`restrict::Restricted`] view of it,
+//! then the curated views of `queries/views/`, planned against those
+//! restricted tables. [`Session::run`] refuses anything but queries
+//! ([`sandbox`]), streams the result to an [`output::Output`], and appends
+//! one audit entry per statement, refused and failed ones included.
+
+pub mod output;
+pub mod restrict;
+pub mod roles;
+pub mod sandbox;
+pub mod script;
+pub mod shell;
+pub mod tables;
+mod views;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::datatypes::SchemaRef;
+use datafusion::catalog::TableProvider;
+use datafusion::catalog::view::ViewTable;
+use datafusion::common::DFSchema;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::datasource::provider_as_source;
+use datafusion::error::DataFusionError;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, col, lit};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::StreamExt;
+use serde_json::{Map, Value};
+
+use crate::audit::AuditLog;
+use crate::config::Settings;
+use crate::pseudonym::isikukood::redact;
+use crate::warehouse::manifest;
+use roles::{Access, Condition, Role};
+
+/// Rows per batch: larger than DataFusion's 8192, measured faster on every query (DESIGN.md).
+const BATCH_SIZE: usize = 32 * 1024;
+/// Audit entry kind of a statement.
+pub const AUDIT_KIND: &str = "sql";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Warehouse(#[from] crate::warehouse::Error),
+    #[error("cannot read the warehouse's table {table}: {message}")]
+    Table { table: String, message: String },
+    #[error(transparent)]
+    Roles(#[from] roles::Error),
+    #[error("view {file}: {message}")]
+    View { file: PathBuf, message: String },
+    #[error("refused: {reason} (`ladu sql` is read-only and reads warehouse tables and views only)\n  in: {statement}")]
+    Refused { statement: String, reason: String },
+    #[error("{message}\n  in: {statement}")]
+    Query { statement: String, message: String },
+    #[error(transparent)]
+    Output(#[from] output::Error),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::Error),
+    #[error("cannot start the SQL engine: {0}")]
+    Engine(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What a table is, for `\d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The newest version of each record.
+    Table,
+    /// Every version of every record.
+    History,
+    /// A curated view from `queries/views/`.
+    View,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Table => "table",
+            Kind::History => "history",
+            Kind::View => "view",
+        }
+    }
+}
+
+/// A SQL session as one role.
+pub struct Session {
+    ctx: SessionContext,
+    runtime: tokio::runtime::Runtime,
+    role: Role,
+    audit: AuditLog,
+    /// Manifest version the session reads.
+    version: u64,
+    /// Every name a query can read, with its kind and description.
+    catalog: BTreeMap<String, (Kind, String)>,
+}
+
+impl Session {
+    /// Open the committed warehouse as `role` (the roles file's default when `None`).
+    pub fn open(settings: &Settings, audit: AuditLog, role: Option<&str>) -> Result<Session> {
+        let root = &settings.paths.warehouse;
+        let manifest = manifest::load_latest(root)?;
+        let table_names: Vec<String> = {
+            let mut t: Vec<String> = settings.sources.iter().map(|s| s.table.clone()).collect();
+            t.extend(manifest.tables.keys().cloned());
+            t.sort();
+            t.dedup();
+            t
+        };
+        let roles = roles::Roles::load(&settings.sql.roles_file, &table_names)?;
+        let role = roles.role(role)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(settings.sql.target_partitions)
+            .thread_name("ladu-sql")
+            .build()
+            .map_err(|e| Error::Engine(e.to_string()))?;
+        let committed = tables::committed_tables(root, &manifest)
+            .map_err(|message| Error::Table { table: root.display().to_string(), message })?;
+        let committed: BTreeMap<String, Arc<tables::CommittedTable>> =
+            committed.into_iter().map(|(n, t)| (n, Arc::new(t))).collect();
+        let ctx = new_context(settings)?;
+        let mut catalog = register_tables(&ctx, settings, &committed, &role)?;
+        // Views are checked against every table when the role sees less.
+        let full = if role.sees_everything() {
+            None
+        } else {
+            let full = new_context(settings)?;
+            register_tables(&full, settings, &committed, &Role::everything())?;
+            Some(full)
+        };
+        let dir = settings.paths.queries.join(views::DIR);
+        for (name, description) in views::load(&runtime, &ctx, full.as_ref(), &dir)? {
+            catalog.insert(name, (Kind::View, description));
+        }
+        Ok(Session { ctx, runtime, role, audit, version: manifest.version, catalog })
+    }
+
+    pub fn role(&self) -> &Role {
+        &self.role
+    }
+
+    /// Manifest version this session reads.
+    pub fn warehouse_version(&self) -> u64 {
+        self.version
+    }
+
+    /// Every table and view this role can read: name, kind, description.
+    pub fn catalog(&self) -> impl Iterator<Item = (&str, Kind, &str)> {
+        self.catalog.iter().map(|(n, (k, d))| (n.as_str(), *k, d.as_str()))
+    }
+
+    /// Columns of a table or view this role can read.
+    pub fn columns(&self, name: &str) -> Option<SchemaRef> {
+        if !self.catalog.contains_key(name) {
+            return None;
+        }
+        let provider = self.runtime.block_on(self.ctx.table_provider(name)).ok()?;
+        Some(provider.schema())
+    }
+
+    /// Run one statement, write its result to `out`, and audit it; returns the rows returned.
+    pub fn run(&self, statement: &str, out: &mut Output) -> Result<u64> {
+        let started = Instant::now();
+        let mut read = BTreeSet::new();
+        let result = self.runtime.block_on(self.execute(statement, out, &mut read));
+        let (outcome, rows, problem) = match &result {
+            Ok(rows) => ("ok", *rows, None),
+            Err(Error::Refused { reason, .. }) => ("refused", 0, Some(reason.clone())),
+            Err(e) => ("error", 0, Some(e.to_string())),
+        };
+        let mut fields = Map::new();
+        fields.insert("role".into(), Value::from(self.role.name.clone()));
+        fields.insert("statement".into(), Value::from(redact(statement).into_owned()));
+        fields.insert("tables".into(), Value::from(read.into_iter().collect::<Vec<_>>()));
+        fields.insert("rows".into(), Value::from(rows));
+        fields.insert("duration_ms".into(), Value::from(started.elapsed().as_millis() as u64));
+        fields.insert("outcome".into(), Value::from(outcome));
+        if let Some(p) = problem {
+            fields.insert("error".into(), Value::from(redact(&p).into_owned()));
+        }
+        fields.insert("warehouse_version".into(), Value::from(self.version));
+        fields.insert("format".into(), Value::from(format!("{:?}", out.format()).to_lowercase()));
+        if let Some(p) = out.path() {
+            fields.insert("output".into(), Value::from(p.display().to_string()));
+        }
+        self.audit.append(AUDIT_KIND, fields)?;
+        result
+    }
+
+    async fn execute(&self, statement: &str, out: &mut Output, read: &mut BTreeSet<String>) -> Result<u64> {
+        let shown = || redact(statement).into_owned();
+        let failed = |e: DataFusionError| Error::Query { statement: shown(), message: redact(&e.to_string()).into() };
+        let refused = |reason: String| Error::Refused { statement: shown(), reason };
+        let state = self.ctx.state();
+        let parsed = state.sql_to_statement(statement, &state.config().options().sql_parser.dialect).map_err(failed)?;
+        if let Some(reason) = sandbox::refusal(&parsed) {
+            return Err(refused(reason));
+        }
+        for reference in state.resolve_table_references(&parsed).map_err(failed)? {
+            if sandbox::names_a_file(&reference) && !self.catalog.contains_key(reference.table()) {
+                return Err(refused(format!("`{reference}` is a file or URL, not a table")));
+            }
+        }
+        let plan = state.statement_to_plan(parsed).await.map_err(failed)?;
+        sandbox::sql_options().verify_plan(&plan).map_err(|e| refused(e.strip_backtrace().to_string()))?;
+        tables_read(&plan, read);
+        let frame = self.ctx.execute_logical_plan(plan).await.map_err(failed)?;
+        let mut stream = frame.execute_stream().await.map_err(failed)?;
+        let mut writer = out.begin(stream.schema())?;
+        while let Some(batch) = stream.next().await {
+            writer.write(&batch.map_err(failed)?)?;
+        }
+        Ok(writer.finish()?)
+    }
+}
+
+pub use output::{Format, Output};
+
+/// Register each committed table the role may read, as `<table>_history` and
+/// `<table>`, wrapped in the role's restriction; returns the catalog entries.
+fn register_tables(
+    ctx: &SessionContext,
+    settings: &Settings,
+    committed: &BTreeMap<String, Arc<tables::CommittedTable>>,
+    role: &Role,
+) -> Result<BTreeMap<String, (Kind, String)>> {
+    let descriptions: HashMap<&str, &str> =
+        settings.sources.iter().map(|s| (s.table.as_str(), s.description.as_str())).collect();
+    let mut catalog = BTreeMap::new();
+    for (name, table) in committed {
+        let schema = table.schema();
+        let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        let Access::Visible { hidden_columns, condition } = role.access(name, &columns) else { continue };
+        let table_error = |e: DataFusionError| Error::Table { table: name.clone(), message: e.to_string() };
+        let condition = match condition {
+            None => None,
+            Some(c) => Some(condition_expr(ctx, schema.clone(), &c).map_err(|e| {
+                Error::Roles(roles::Error::Invalid {
+                    path: settings.sql.roles_file.clone(),
+                    problems: vec![format!("row_filter for {name}: {}", e.strip_backtrace())],
+                })
+            })?),
+        };
+        let restricted = |inner: Arc<dyn TableProvider>| {
+            restrict::Restricted::new(inner, &hidden_columns, condition.clone(), &role.name).map_err(table_error)
+        };
+        let description = descriptions.get(name.as_str()).copied().unwrap_or("").to_owned();
+        let history_name = format!("{name}{}", tables::HISTORY_SUFFIX);
+        let history: Arc<dyn TableProvider> = table.clone();
+        ctx.register_table(history_name.as_str(), Arc::new(restricted(history.clone())?)).map_err(table_error)?;
+        catalog.insert(history_name.clone(), (Kind::History, format!("{description} (every version)")));
+        if tables::has_versions(&schema) {
+            let newest = LogicalPlanBuilder::scan(history_name.as_str(), provider_as_source(history), None)
+                .and_then(LogicalPlanBuilder::build)
+                .and_then(tables::newest_versions)
+                .map_err(table_error)?;
+            let newest: Arc<dyn TableProvider> = Arc::new(ViewTable::new(newest, None));
+            ctx.register_table(name.as_str(), Arc::new(restricted(newest)?)).map_err(table_error)?;
+            catalog.insert(name.clone(), (Kind::Table, description));
+        }
+    }
+    Ok(catalog)
+}
+
+/// A DataFusion context with ladu's limits: bounded memory that spills, no
+/// URL tables, no table functions, no table factories.
+fn new_context(settings: &Settings) -> Result<SessionContext> {
+    let engine = |e: DataFusionError| Error::Engine(e.to_string());
+    let disk = match &settings.sql.spill_dir {
+        Some(dir) => DiskManagerMode::Directories(vec![dir.clone()]),
+        None => DiskManagerMode::OsTmpDirectory,
+    };
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(settings.sql.memory_limit as usize)))
+        .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(disk))
+        .build_arc()
+        .map_err(engine)?;
+    let config = SessionConfig::new()
+        .with_information_schema(true)
+        .with_target_partitions(settings.sql.target_partitions)
+        .with_batch_size(BATCH_SIZE);
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .with_table_functions(HashMap::new())
+        .with_table_factories(HashMap::new())
+        .build();
+    Ok(SessionContext::new_with_state(state))
+}
+
+/// A role's row condition as an expression over the table's columns.
+fn condition_expr(ctx: &SessionContext, schema: SchemaRef, c: &Condition) -> Result<Expr, DataFusionError> {
+    match c {
+        Condition::Sql(text) => ctx.parse_sql_expr(text, &DFSchema::try_from(schema)?),
+        Condition::CodeIn { columns, code } => Ok(columns
+            .iter()
+            .map(|c| col(c.as_str()).eq(lit(code.as_str())))
+            .reduce(Expr::or)
+            .expect("a condition names at least one column")),
+    }
+}
+
+/// Names of the tables and views a plan reads, subqueries included.
+fn tables_read(plan: &LogicalPlan, into: &mut BTreeSet<String>) {
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            into.insert(scan.table_name.to_string());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+}

@@ -1,0 +1,274 @@
+//! A role's view of a table, enforced in the plan: hidden columns do not exist, foreign rows never leave the scan.
+//!
+//! [`Restricted`] wraps a table provider. Its schema lacks the hidden
+//! columns, so no query can name them. Its scan ends in [`RoleFilterExec`],
+//! which applies the role's row condition before any row reaches the rest of
+//! the plan; the node passes no filter of the query down through itself.
+//! Filters of the query go beneath it only when they cannot fail (plain
+//! comparisons of columns and literals): a filter that raised an error on a
+//! hidden row would tell the user that such a row exists.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{BooleanArray, RecordBatch, RecordBatchOptions};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::DFSchema;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::datasource::TableType;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{Expr, Operator, TableProviderFilterPushDown};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
+use futures::StreamExt;
+
+/// A table as one role sees it.
+#[derive(Debug)]
+pub struct Restricted {
+    inner: Arc<dyn TableProvider>,
+    /// The visible columns.
+    schema: SchemaRef,
+    /// Index in `inner`'s schema of each visible column.
+    visible: Vec<usize>,
+    /// The row condition, over `inner`'s columns, and the columns it reads.
+    condition: Option<(Expr, Vec<usize>)>,
+    role: String,
+}
+
+impl Restricted {
+    /// `inner` without `hidden` columns, and only rows passing `condition`.
+    pub fn new(
+        inner: Arc<dyn TableProvider>,
+        hidden: &[String],
+        condition: Option<Expr>,
+        role: &str,
+    ) -> DfResult<Restricted> {
+        let full = inner.schema();
+        let visible: Vec<usize> =
+            (0..full.fields().len()).filter(|&i| !hidden.iter().any(|h| h == full.field(i).name())).collect();
+        let schema = Arc::new(full.project(&visible)?);
+        let condition = match condition {
+            None => None,
+            Some(expr) => {
+                let mut reads = Vec::new();
+                for c in expr.column_refs() {
+                    reads.push(full.index_of(&c.name)?);
+                }
+                reads.sort_unstable();
+                reads.dedup();
+                Some((expr, reads))
+            }
+        };
+        Ok(Restricted { inner, schema, visible, condition, role: role.to_owned() })
+    }
+}
+
+/// Can evaluating `e` never fail, whatever the row? (Comparisons, boolean logic, columns, literals.)
+fn cannot_fail(e: &Expr) -> bool {
+    use Operator::*;
+    match e {
+        Expr::Column(_) | Expr::Literal(..) => true,
+        Expr::BinaryExpr(b) => {
+            matches!(b.op, Eq | NotEq | Lt | LtEq | Gt | GtEq | And | Or | IsDistinctFrom | IsNotDistinctFrom)
+                && cannot_fail(&b.left)
+                && cannot_fail(&b.right)
+        }
+        Expr::Not(x)
+        | Expr::IsNull(x)
+        | Expr::IsNotNull(x)
+        | Expr::IsTrue(x)
+        | Expr::IsFalse(x)
+        | Expr::IsNotTrue(x)
+        | Expr::IsNotFalse(x) => cannot_fail(x),
+        Expr::Between(b) => cannot_fail(&b.expr) && cannot_fail(&b.low) && cannot_fail(&b.high),
+        Expr::InList(l) => cannot_fail(&l.expr) && l.list.iter().all(cannot_fail),
+        _ => false,
+    }
+}
+
+#[async_trait]
+impl TableProvider for Restricted {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.inner.table_type()
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        // Inexact: the query keeps its own filter above this table whatever the inner table did.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let wanted: Vec<usize> = match projection {
+            Some(p) => p.iter().map(|&i| self.visible[i]).collect(),
+            None => self.visible.clone(),
+        };
+        let mut read = wanted.clone();
+        if let Some((_, cols)) = &self.condition {
+            read.extend(cols);
+        }
+        read.sort_unstable();
+        read.dedup();
+        let (pushed, limit): (Vec<Expr>, _) = match &self.condition {
+            None => (filters.to_vec(), limit),
+            // The limit would count rows before the role's condition.
+            Some(_) => (filters.iter().filter(|f| cannot_fail(f)).cloned().collect(), None),
+        };
+        let input = self.inner.scan(state, Some(&read), &pushed, limit).await?;
+        let input_schema = input.schema();
+        let predicate = match &self.condition {
+            None => None,
+            Some((expr, _)) => {
+                let df_schema = DFSchema::try_from(input_schema.clone())?;
+                Some(state.create_physical_expr(expr.clone(), &df_schema)?)
+            }
+        };
+        let positions: Vec<usize> = wanted.iter().map(|i| read.binary_search(i).expect("read holds wanted")).collect();
+        let schema = Arc::new(input_schema.project(&positions)?);
+        Ok(Arc::new(RoleFilterExec::new(input, predicate, positions, schema, &self.role)))
+    }
+}
+
+/// Keeps the rows a role may see and the columns the query asked for.
+#[derive(Debug)]
+pub struct RoleFilterExec {
+    input: Arc<dyn ExecutionPlan>,
+    predicate: Option<Arc<dyn PhysicalExpr>>,
+    /// Columns of the input to output, in order.
+    positions: Vec<usize>,
+    schema: SchemaRef,
+    role: String,
+    properties: Arc<PlanProperties>,
+}
+
+impl RoleFilterExec {
+    fn new(
+        input: Arc<dyn ExecutionPlan>,
+        predicate: Option<Arc<dyn PhysicalExpr>>,
+        positions: Vec<usize>,
+        schema: SchemaRef,
+        role: &str,
+    ) -> RoleFilterExec {
+        let partitions = input.properties().output_partitioning().partition_count();
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(partitions),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        RoleFilterExec { input, predicate, positions, schema, role: role.to_owned(), properties }
+    }
+}
+
+impl DisplayAs for RoleFilterExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "RoleFilterExec: role={}", self.role)?;
+        if let Some(p) = &self.predicate {
+            write!(f, ", rows={p}")?;
+        }
+        let names: Vec<&str> = self.schema.fields().iter().map(|f| f.name().as_str()).collect();
+        write!(f, ", columns=[{}]", names.join(", "))
+    }
+}
+
+impl ExecutionPlan for RoleFilterExec {
+    fn name(&self) -> &str {
+        "RoleFilterExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        match &self.predicate {
+            Some(p) => f(p),
+            None => Ok(TreeNodeRecursion::Continue),
+        }
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if children.len() != 1 {
+            return Err(DataFusionError::Internal("RoleFilterExec has one input".into()));
+        }
+        Ok(Arc::new(RoleFilterExec::new(
+            children.swap_remove(0),
+            self.predicate.clone(),
+            self.positions.clone(),
+            self.schema.clone(),
+            &self.role,
+        )))
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        let predicate = self.predicate.clone();
+        let positions = self.positions.clone();
+        let schema = self.schema.clone();
+        let out_schema = schema.clone();
+        let stream = input.map(move |batch| {
+            let batch = batch?;
+            let batch = match &predicate {
+                None => batch,
+                Some(p) => {
+                    let keep = p.evaluate(&batch)?.into_array(batch.num_rows())?;
+                    let keep = keep
+                        .as_any()
+                        .downcast_ref::<BooleanArray>()
+                        .ok_or_else(|| DataFusionError::Internal("a role's row condition is not boolean".into()))?;
+                    filter_record_batch(&batch, keep)?
+                }
+            };
+            let columns = positions.iter().map(|&i| batch.column(i).clone()).collect();
+            // With no columns (as for `count(*)`), the row count says how many rows there are.
+            let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+            Ok(RecordBatch::try_new_with_options(out_schema.clone(), columns, &options)?)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+}
+
+/// The schema `inner` shows a role that hides `hidden` (for `\d` and tests).
+pub fn visible_schema(inner: &Schema, hidden: &[String]) -> Schema {
+    let fields: Vec<_> = inner.fields().iter().filter(|f| !hidden.contains(f.name())).cloned().collect();
+    Schema::new(fields)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::logical_expr::{col, lit};
+
+    #[test]
+    fn only_plain_comparisons_go_beneath_a_row_condition() {
+        assert!(cannot_fail(&col("year").eq(lit(2024)).and(col("month").in_list(vec![lit(1), lit(2)], false))));
+        assert!(cannot_fail(&col("a").lt(col("b")).or(col("c").is_null())));
+        assert!(!cannot_fail(&(col("amount") / lit(0)).eq(lit(1))), "division can fail");
+        assert!(!cannot_fail(&datafusion::logical_expr::cast(col("x"), arrow::datatypes::DataType::Int32).eq(lit(1))));
+    }
+}

@@ -1,0 +1,266 @@
+//! Warehouse tables for DataFusion: the committed files of a table, and the newest version of each record.
+//!
+//! A table is read from the files its manifest names, never by listing
+//! folders, so a run's files are invisible until its commit. Partition
+//! folders (`year=2024/month=3`) become Int32 columns; filters on them alone
+//! choose which files are opened at all.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, Int32Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::stats::Precision;
+use datafusion::common::{DFSchema, ScalarValue, Statistics};
+use datafusion::datasource::TableType;
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::functions_window::expr_fn::row_number;
+use datafusion::logical_expr::{Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBuilder, TableProviderFilterPushDown, col, lit};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+
+use crate::warehouse::{CommittedFile, manifest};
+
+/// Suffix of the table that keeps every version of every record.
+pub const HISTORY_SUFFIX: &str = "_history";
+/// Column naming a record across deliveries (the record key's pseudonym).
+pub const RECORD_ID: &str = "record_id";
+/// Newest first: later extract, later sequence number, later commit, later line.
+const VERSION_ORDER: [&str; 4] = ["_extract_date", "_extract_seq", "_commit", "_line"];
+
+/// The committed files of one warehouse table, every version of every record.
+#[derive(Debug)]
+pub struct CommittedTable {
+    root: PathBuf,
+    /// File columns, then the partition columns.
+    schema: SchemaRef,
+    file_schema: SchemaRef,
+    partition_fields: Vec<FieldRef>,
+    files: Vec<CommittedFile>,
+}
+
+impl CommittedTable {
+    /// The table as committed: its schema is the merge of its files' schemas
+    /// (string columns as views, as DataFusion reads them fastest).
+    pub fn open(root: &Path, name: &str, table: &manifest::Table) -> Result<CommittedTable, String> {
+        let mut schemas = Vec::with_capacity(table.files.len());
+        for f in &table.files {
+            let path = root.join(&f.path);
+            let file = std::fs::File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                .map_err(|e| format!("cannot read the footer of {}: {e}", path.display()))?;
+            let fields: Vec<Field> = builder
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| Field::new(f.name(), view_type(f.data_type()), f.is_nullable()))
+                .collect();
+            schemas.push(Schema::new(fields));
+        }
+        let file_schema = Arc::new(
+            Schema::try_merge(schemas).map_err(|e| format!("the files of table {name} disagree on a column: {e}"))?,
+        );
+        let partition_fields: Vec<FieldRef> =
+            table.partition_columns.iter().map(|c| Arc::new(Field::new(c, DataType::Int32, false))).collect();
+        if let Some(clash) = partition_fields.iter().find(|p| file_schema.field_with_name(p.name()).is_ok()) {
+            return Err(format!("table {name} has a file column named like its partition column {}", clash.name()));
+        }
+        let mut fields: Vec<FieldRef> = file_schema.fields().iter().cloned().collect();
+        fields.extend(partition_fields.iter().cloned());
+        // DataFusion's object store names files by absolute path.
+        let root = std::path::absolute(root).map_err(|e| format!("cannot resolve {}: {e}", root.display()))?;
+        Ok(CommittedTable {
+            root,
+            schema: Arc::new(Schema::new(fields)),
+            file_schema,
+            partition_fields,
+            files: table.files.clone(),
+        })
+    }
+
+    fn partition_names(&self) -> Vec<&str> {
+        self.partition_fields.iter().map(|f| f.name().as_str()).collect()
+    }
+
+    /// Does `expr` read partition columns only (so it can choose files)?
+    fn is_partition_filter(&self, expr: &Expr) -> bool {
+        let names = self.partition_names();
+        let columns = expr.column_refs();
+        !columns.is_empty()
+            && columns.iter().all(|c| names.contains(&c.name.as_str()))
+            && !expr.is_volatile()
+    }
+
+    /// Partition values of each file, in the partition columns' order.
+    fn partition_values(&self, file: &CommittedFile) -> DfResult<Vec<i32>> {
+        self.partition_names()
+            .iter()
+            .map(|name| {
+                file.partition.get(*name).and_then(|v| v.parse::<i32>().ok()).ok_or_else(|| {
+                    DataFusionError::Execution(format!(
+                        "manifest entry {} has no numeric value for partition column {name}",
+                        file.path
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// The files whose partition values pass every partition filter.
+    fn chosen_files(&self, state: &dyn Session, filters: &[&Expr]) -> DfResult<Vec<(&CommittedFile, Vec<i32>)>> {
+        let mut files = Vec::with_capacity(self.files.len());
+        for f in &self.files {
+            files.push((f, self.partition_values(f)?));
+        }
+        if filters.is_empty() || files.is_empty() {
+            return Ok(files);
+        }
+        // One row per file, one column per partition level: filters evaluate as on data.
+        let schema = Arc::new(Schema::new(self.partition_fields.clone()));
+        let columns: Vec<ArrayRef> = (0..self.partition_fields.len())
+            .map(|i| Arc::new(Int32Array::from_iter_values(files.iter().map(|(_, v)| v[i]))) as ArrayRef)
+            .collect();
+        let batch = RecordBatch::try_new(schema.clone(), columns)?;
+        let df_schema = DFSchema::try_from(schema)?;
+        let mut keep = vec![true; files.len()];
+        for filter in filters {
+            let predicate = state.create_physical_expr((*filter).clone(), &df_schema)?;
+            let result = predicate.evaluate(&batch)?.into_array(files.len())?;
+            let result = result
+                .as_any()
+                .downcast_ref::<BooleanArray>()
+                .ok_or_else(|| DataFusionError::Internal("a partition filter is not boolean".into()))?;
+            for (i, k) in keep.iter_mut().enumerate() {
+                *k &= result.is_valid(i) && result.value(i);
+            }
+        }
+        Ok(files.into_iter().zip(keep).filter_map(|(f, k)| k.then_some(f)).collect())
+    }
+}
+
+/// Utf8 and Binary as their view types, as `schema_force_view_types` does for listing tables.
+fn view_type(t: &DataType) -> DataType {
+    match t {
+        DataType::Utf8 | DataType::LargeUtf8 => DataType::Utf8View,
+        DataType::Binary | DataType::LargeBinary => DataType::BinaryView,
+        other => other.clone(),
+    }
+}
+
+#[async_trait]
+impl TableProvider for CommittedTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        // Filters on partition columns alone are applied exactly, by choosing files.
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if self.is_partition_filter(f) {
+                    TableProviderFilterPushDown::Exact
+                } else {
+                    TableProviderFilterPushDown::Inexact
+                }
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let partition_filters: Vec<&Expr> = filters.iter().filter(|f| self.is_partition_filter(f)).collect();
+        let chosen = self.chosen_files(state, &partition_filters)?;
+        if chosen.is_empty() {
+            let schema = match projection {
+                Some(p) => Arc::new(self.schema.project(p)?),
+                None => self.schema.clone(),
+            };
+            return Ok(Arc::new(EmptyExec::new(schema)));
+        }
+        let rows: u64 = chosen.iter().map(|(f, _)| f.rows).sum();
+        let bytes: u64 = chosen.iter().map(|(f, _)| f.bytes).sum();
+        // Spread the files over the target partitions, largest first onto the lightest group.
+        let groups_wanted = state.config().target_partitions().max(1).min(chosen.len());
+        let mut order: Vec<usize> = (0..chosen.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(chosen[i].0.bytes));
+        let mut groups: Vec<(u64, Vec<PartitionedFile>)> = (0..groups_wanted).map(|_| (0, Vec::new())).collect();
+        for i in order {
+            let (f, values) = &chosen[i];
+            let path = self.root.join(&f.path);
+            let location = path.to_str().ok_or_else(|| {
+                DataFusionError::Execution(format!("warehouse path {} is not UTF-8", path.display()))
+            })?;
+            let mut file_stats = Statistics::new_unknown(&self.file_schema);
+            file_stats.num_rows = Precision::Exact(f.rows as usize);
+            let file = PartitionedFile::new(location.trim_start_matches('/'), f.bytes)
+                .with_partition_values(values.iter().map(|v| ScalarValue::Int32(Some(*v))).collect())
+                .with_statistics(Arc::new(file_stats));
+            let lightest = groups.iter_mut().min_by_key(|g| g.0).expect("at least one group");
+            lightest.0 += f.bytes;
+            lightest.1.push(file);
+        }
+        let mut stats = Statistics::new_unknown(&self.schema);
+        stats.num_rows = Precision::Exact(rows as usize);
+        stats.total_byte_size = Precision::Inexact(bytes as usize);
+        let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
+        let table_schema = TableSchema::builder(self.file_schema.clone())
+            .with_table_partition_cols(self.partition_fields.clone())
+            .build();
+        let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), format.file_source(table_schema))
+            .with_file_groups(groups.into_iter().map(|(_, files)| FileGroup::new(files)).collect())
+            .with_statistics(stats)
+            .with_projection_indices(projection.cloned())?
+            .with_limit(limit)
+            .build();
+        format.create_physical_plan(state, config).await
+    }
+}
+
+/// The newest version of each record of `history`: one row per `record_id`.
+pub fn newest_versions(history: LogicalPlan) -> DfResult<LogicalPlan> {
+    const RANK: &str = "__ladu_version_rank";
+    let columns: Vec<Expr> = history.schema().columns().into_iter().map(Expr::Column).collect();
+    let rank = row_number()
+        .partition_by(vec![col(RECORD_ID)])
+        .order_by(VERSION_ORDER.iter().map(|c| col(*c).sort(false, false)).collect())
+        .build()?
+        .alias(RANK);
+    LogicalPlanBuilder::from(history)
+        .window(vec![rank])?
+        .filter(col(RANK).eq(lit(1u64)))?
+        .project(columns)?
+        .build()
+}
+
+/// Is `schema` one whose versions [`newest_versions`] can order?
+pub fn has_versions(schema: &Schema) -> bool {
+    schema.field_with_name(RECORD_ID).is_ok() && VERSION_ORDER.iter().all(|c| schema.field_with_name(c).is_ok())
+}
+
+/// Tables of the manifest, by name.
+pub fn committed_tables(root: &Path, m: &manifest::Manifest) -> Result<BTreeMap<String, CommittedTable>, String> {
+    m.tables
+        .iter()
+        .filter(|(_, t)| !t.files.is_empty())
+        .map(|(name, t)| Ok((name.clone(), CommittedTable::open(root, name, t)?)))
+        .collect()
+}

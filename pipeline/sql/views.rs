@@ -1,0 +1,105 @@
+//! Curated views: `queries/views/<name>.sql`, one query each, opening with a comment saying what it answers.
+//!
+//! Views load in file-name order, so a view may read the views before it.
+//! Each is planned twice: against every table, where an error is the view's
+//! own and is reported with its file name, and against the role's tables,
+//! where an error means the view reads something the role may not see, and
+//! the view is left out for that role.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::catalog::view::ViewTable;
+use datafusion::prelude::SessionContext;
+
+use super::{Error, Result, sandbox};
+
+/// Folder of the views under the queries folder.
+pub const DIR: &str = "views";
+
+/// One view file, read and checked.
+struct ViewFile {
+    path: PathBuf,
+    name: String,
+    sql: String,
+    description: String,
+}
+
+/// Register every view in `dir` in `ctx`; `full` (when the role sees less
+/// than everything) is a context with every table, where views are checked.
+/// Returns the registered views' names and descriptions.
+pub fn load(
+    runtime: &tokio::runtime::Runtime,
+    ctx: &SessionContext,
+    full: Option<&SessionContext>,
+    dir: &Path,
+) -> Result<Vec<(String, String)>> {
+    let mut loaded = Vec::new();
+    for view in read_dir(dir)? {
+        let bad = |message: String| Error::View { file: view.path.clone(), message };
+        if let Some(full) = full {
+            runtime.block_on(register(full, &view)).map_err(bad)?;
+        }
+        match runtime.block_on(register(ctx, &view)) {
+            Ok(()) => loaded.push((view.name, view.description)),
+            Err(message) if full.is_some() => {
+                tracing::debug!("view {} is not available to this role: {message}", view.name);
+            }
+            Err(message) => return Err(bad(message)),
+        }
+    }
+    Ok(loaded)
+}
+
+async fn register(ctx: &SessionContext, view: &ViewFile) -> Result<(), String> {
+    let state = ctx.state();
+    let statement = state
+        .sql_to_statement(&view.sql, &state.config().options().sql_parser.dialect)
+        .map_err(|e| e.strip_backtrace().to_string())?;
+    if let Some(reason) = sandbox::refusal(&statement) {
+        return Err(format!("a view is one SELECT query: {reason}"));
+    }
+    let plan = state.statement_to_plan(statement).await.map_err(|e| e.strip_backtrace().to_string())?;
+    sandbox::sql_options().verify_plan(&plan).map_err(|e| e.strip_backtrace().to_string())?;
+    ctx.register_table(view.name.as_str(), Arc::new(ViewTable::new(plan, Some(view.sql.clone()))))
+        .map_err(|e| e.strip_backtrace().to_string())?;
+    Ok(())
+}
+
+/// The `.sql` files of `dir`, by name (no folder: no views).
+fn read_dir(dir: &Path) -> Result<Vec<ViewFile>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::View { file: dir.to_owned(), message: e.to_string() }),
+    };
+    let mut paths = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| Error::View { file: dir.to_owned(), message: e.to_string() })?.path();
+        if path.extension().is_some_and(|e| e == "sql") {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    paths.into_iter().map(|p| read_view(&p)).collect()
+}
+
+fn read_view(path: &Path) -> Result<ViewFile> {
+    let bad = |message: String| Error::View { file: path.to_owned(), message };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+        return Err(bad("a view's file name is its name: lower-case letters, digits and `_`".into()));
+    }
+    let description: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| l.starts_with("--"))
+        .map(|l| l.trim_start_matches('-').trim())
+        .collect();
+    if description.is_empty() {
+        return Err(bad("start the file with a `--` comment saying what the view answers".into()));
+    }
+    let sql = text.trim().trim_end_matches(';').trim().to_owned();
+    Ok(ViewFile { path: path.to_owned(), name, sql, description: description.join(" ") })
+}
