@@ -59,14 +59,7 @@ impl AuditLog {
         }
         let mut file = OpenOptions::new().read(true).append(true).create(true).open(&self.path).map_err(io)?;
         file.lock().map_err(io)?;
-        let (seq, prev) = last_entry(&mut file).map_err(|e| match e {
-            TailError::Io(source) => Error::Io { path: self.path.clone(), source },
-            TailError::Partial => Error::Damaged {
-                path: self.path.clone(),
-                line: 0,
-                problem: "the last entry is incomplete (a crash while writing it?)".into(),
-            },
-        })?;
+        let (seq, prev) = last_entry(&mut file).map_err(|e| self.tail_error(e))?;
         let mut entry = Map::new();
         entry.insert("seq".into(), Value::from(seq + 1));
         entry.insert(
@@ -86,6 +79,28 @@ impl AuditLog {
         file.write_all(&line).map_err(io)?;
         file.sync_all().map_err(io)?;
         Ok(())
+    }
+
+    /// Fail unless an entry can be appended (the log's last line is whole), so
+    /// that a command can refuse to work before doing something it cannot log.
+    pub fn check_appendable(&self) -> Result<()> {
+        let mut file = match File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => return Err(Error::Io { path: self.path.clone(), source }),
+        };
+        last_entry(&mut file).map(drop).map_err(|e| self.tail_error(e))
+    }
+
+    fn tail_error(&self, e: TailError) -> Error {
+        match e {
+            TailError::Io(source) => Error::Io { path: self.path.clone(), source },
+            TailError::Partial => Error::Damaged {
+                path: self.path.clone(),
+                line: 0,
+                problem: "the last entry is incomplete (a crash while writing it?)".into(),
+            },
+        }
     }
 
     /// Is there an `ingest` entry for warehouse version `commit`?

@@ -166,7 +166,10 @@ mod tests {
     #[test]
     fn redaction_keeps_other_numbers() {
         assert_eq!(redact("WHERE x = 38001010009;"), "WHERE x = [isikukood];");
-        assert_eq!(redact("'38001010009' or 380010100091 or 3800101000 or 2024"), "'[isikukood]' or 380010100091 or 3800101000 or 2024");
+        assert_eq!(
+            redact("'38001010009' or 380010100091 or 3800101000 or 2024"),
+            "'[isikukood]' or 380010100091 or 3800101000 or 2024"
+        );
         assert!(matches!(redact("SELECT 1"), std::borrow::Cow::Borrowed(_)));
     }
 }

@@ -104,11 +104,15 @@ pub struct Session {
     version: u64,
     /// Every name a query can read, with its kind and description.
     catalog: BTreeMap<String, (Kind, String)>,
+    /// Every table and view of the warehouse, readable by this role or not.
+    everything: BTreeSet<String>,
 }
 
 impl Session {
     /// Open the committed warehouse as `role` (the roles file's default when `None`).
     pub fn open(settings: &Settings, audit: AuditLog, role: Option<&str>) -> Result<Session> {
+        // Nothing is shown that cannot be logged.
+        audit.check_appendable()?;
         let root = &settings.paths.warehouse;
         let manifest = manifest::load_latest(root)?;
         let table_names: Vec<String> = {
@@ -140,10 +144,15 @@ impl Session {
             Some(full)
         };
         let dir = settings.paths.queries.join(views::DIR);
-        for (name, description) in views::load(&runtime, &ctx, full.as_ref(), &dir)? {
-            catalog.insert(name, (Kind::View, description));
+        let mut everything: BTreeSet<String> =
+            committed.keys().flat_map(|t| [t.clone(), format!("{t}{}", tables::HISTORY_SUFFIX)]).collect();
+        for (name, description, readable) in views::load(&runtime, &ctx, full.as_ref(), &dir)? {
+            if readable {
+                catalog.insert(name.clone(), (Kind::View, description));
+            }
+            everything.insert(name);
         }
-        Ok(Session { ctx, runtime, role, audit, version: manifest.version, catalog })
+        Ok(Session { ctx, runtime, role, audit, version: manifest.version, catalog, everything })
     }
 
     pub fn role(&self) -> &Role {
@@ -208,7 +217,14 @@ impl Session {
             return Err(refused(reason));
         }
         for reference in state.resolve_table_references(&parsed).map_err(failed)? {
-            if sandbox::names_a_file(&reference) && !self.catalog.contains_key(reference.table()) {
+            let name = reference.table();
+            if reference.schema().is_some_and(|s| s == "information_schema") || self.catalog.contains_key(name) {
+                continue;
+            }
+            if self.everything.contains(name) {
+                return Err(refused(format!("role {} may not read `{name}`", self.role.name)));
+            }
+            if sandbox::names_a_file(&reference) {
                 return Err(refused(format!("`{reference}` is a file or URL, not a table")));
             }
         }

@@ -144,9 +144,7 @@ impl ResultWriter<'_> {
             }
             Kind::Csv(w) => w.write(batch).map_err(arrow),
             Kind::Json(w) => w.write(batch).map_err(arrow),
-            Kind::Parquet(w) => {
-                w.write(batch).map_err(|source| Error::Parquet { target: self.target.clone(), source })
-            }
+            Kind::Parquet(w) => w.write(batch).map_err(|source| Error::Parquet { target: self.target.clone(), source }),
         }
     }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use arrow::array::{BooleanArray, RecordBatch, RecordBatchOptions};
 use arrow::compute::filter_record_batch;
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::DFSchema;
@@ -98,8 +98,9 @@ impl TableProvider for Restricted {
         self.schema.clone()
     }
 
+    /// A base table to queries and `information_schema`, even where the inner provider is a view.
     fn table_type(&self) -> TableType {
-        self.inner.table_type()
+        TableType::Base
     }
 
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
@@ -251,12 +252,6 @@ impl ExecutionPlan for RoleFilterExec {
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
-}
-
-/// The schema `inner` shows a role that hides `hidden` (for `\d` and tests).
-pub fn visible_schema(inner: &Schema, hidden: &[String]) -> Schema {
-    let fields: Vec<_> = inner.fields().iter().filter(|f| !hidden.contains(f.name())).cloned().collect();
-    Schema::new(fields)
 }
 
 #[cfg(test)]

@@ -328,10 +328,11 @@ row_filter = { invoices = "care_type = 'AMB'" }
 
     #[test]
     fn mistakes_in_the_file_are_named() {
-        let e = roles(&FILE.replace("tables = [\"invoices\"]", "tables = [\"invoice\"]").replace(
-            "default_role = \"analyst\"",
-            "default_role = \"boss\"",
-        ))
+        let e = roles(
+            &FILE
+                .replace("tables = [\"invoices\"]", "tables = [\"invoice\"]")
+                .replace("default_role = \"analyst\"", "default_role = \"boss\""),
+        )
         .unwrap_err()
         .to_string();
         assert!(e.contains("unknown table `invoice`") && e.contains("default_role: `boss`"), "{e}");

@@ -6,8 +6,8 @@
 //! The session itself has no URL tables, no table functions and no table
 //! factories, so a query can only name the tables ladu registered.
 
-use datafusion::execution::context::SQLOptions;
 use datafusion::common::TableReference;
+use datafusion::execution::context::SQLOptions;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::Statement;
 

@@ -114,7 +114,10 @@ fn list_tables(session: &Session, out: &mut Output) -> Result<()> {
         kinds.push(kind.as_str());
         descriptions.push(description.to_owned());
     }
-    write(out, &[("name", names), ("kind", kinds.into_iter().map(str::to_owned).collect()), ("description", descriptions)])
+    write(
+        out,
+        &[("name", names), ("kind", kinds.into_iter().map(str::to_owned).collect()), ("description", descriptions)],
+    )
 }
 
 fn list_columns(session: &Session, name: &str, out: &mut Output) -> Result<()> {
@@ -134,9 +137,8 @@ fn list_columns(session: &Session, name: &str, out: &mut Output) -> Result<()> {
 }
 
 fn write(out: &mut Output, columns: &[(&str, Vec<String>)]) -> Result<()> {
-    let schema = Arc::new(Schema::new(
-        columns.iter().map(|(n, _)| Field::new(*n, DataType::Utf8, false)).collect::<Vec<_>>(),
-    ));
+    let schema =
+        Arc::new(Schema::new(columns.iter().map(|(n, _)| Field::new(*n, DataType::Utf8, false)).collect::<Vec<_>>()));
     let arrays = columns.iter().map(|(_, v)| Arc::new(StringArray::from(v.clone())) as _).collect();
     let batch = RecordBatch::try_new(schema.clone(), arrays).expect("columns of equal length");
     let mut w = out.begin(schema)?;

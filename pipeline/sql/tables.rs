@@ -24,7 +24,9 @@ use datafusion::datasource::table_schema::TableSchema;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::functions_window::expr_fn::row_number;
-use datafusion::logical_expr::{Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBuilder, TableProviderFilterPushDown, col, lit};
+use datafusion::logical_expr::{
+    Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBuilder, TableProviderFilterPushDown, col, lit,
+};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 
@@ -95,9 +97,7 @@ impl CommittedTable {
     fn is_partition_filter(&self, expr: &Expr) -> bool {
         let names = self.partition_names();
         let columns = expr.column_refs();
-        !columns.is_empty()
-            && columns.iter().all(|c| names.contains(&c.name.as_str()))
-            && !expr.is_volatile()
+        !columns.is_empty() && columns.iter().all(|c| names.contains(&c.name.as_str())) && !expr.is_volatile()
     }
 
     /// Partition values of each file, in the partition columns' order.
@@ -206,9 +206,9 @@ impl TableProvider for CommittedTable {
         for i in order {
             let (f, values) = &chosen[i];
             let path = self.root.join(&f.path);
-            let location = path.to_str().ok_or_else(|| {
-                DataFusionError::Execution(format!("warehouse path {} is not UTF-8", path.display()))
-            })?;
+            let location = path
+                .to_str()
+                .ok_or_else(|| DataFusionError::Execution(format!("warehouse path {} is not UTF-8", path.display())))?;
             let mut file_stats = Statistics::new_unknown(&self.file_schema);
             file_stats.num_rows = Precision::Exact(f.rows as usize);
             let file = PartitionedFile::new(location.trim_start_matches('/'), f.bytes)
@@ -244,11 +244,7 @@ pub fn newest_versions(history: LogicalPlan) -> DfResult<LogicalPlan> {
         .order_by(VERSION_ORDER.iter().map(|c| col(*c).sort(false, false)).collect())
         .build()?
         .alias(RANK);
-    LogicalPlanBuilder::from(history)
-        .window(vec![rank])?
-        .filter(col(RANK).eq(lit(1u64)))?
-        .project(columns)?
-        .build()
+    LogicalPlanBuilder::from(history).window(vec![rank])?.filter(col(RANK).eq(lit(1u64)))?.project(columns)?.build()
 }
 
 /// Is `schema` one whose versions [`newest_versions`] can order?

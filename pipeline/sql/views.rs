@@ -27,13 +27,13 @@ struct ViewFile {
 
 /// Register every view in `dir` in `ctx`; `full` (when the role sees less
 /// than everything) is a context with every table, where views are checked.
-/// Returns the registered views' names and descriptions.
+/// Returns every view's name and description, and whether the role can read it.
 pub fn load(
     runtime: &tokio::runtime::Runtime,
     ctx: &SessionContext,
     full: Option<&SessionContext>,
     dir: &Path,
-) -> Result<Vec<(String, String)>> {
+) -> Result<Vec<(String, String, bool)>> {
     let mut loaded = Vec::new();
     for view in read_dir(dir)? {
         let bad = |message: String| Error::View { file: view.path.clone(), message };
@@ -41,9 +41,10 @@ pub fn load(
             runtime.block_on(register(full, &view)).map_err(bad)?;
         }
         match runtime.block_on(register(ctx, &view)) {
-            Ok(()) => loaded.push((view.name, view.description)),
+            Ok(()) => loaded.push((view.name, view.description, true)),
             Err(message) if full.is_some() => {
                 tracing::debug!("view {} is not available to this role: {message}", view.name);
+                loaded.push((view.name, view.description, false));
             }
             Err(message) => return Err(bad(message)),
         }

@@ -9,3 +9,4 @@ mod ingest;
 mod keys;
 mod privacy;
 mod pseudonym;
+mod sql;

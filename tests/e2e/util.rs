@@ -26,6 +26,8 @@ impl Workspace {
             let p = entry.unwrap().path();
             std::fs::copy(&p, cfg.join("sources").join(p.file_name().unwrap())).unwrap();
         }
+        std::fs::copy(Path::new(REPO).join("config/roles.toml"), cfg.join("roles.toml")).unwrap();
+        copy_dir(&Path::new(REPO).join("queries"), &ws.root().join("queries"));
         std::fs::write(
             cfg.join("ladu.toml"),
             "key_file = \"../key/ladu.key\"\n[paths]\ninbox = \"../inbox\"\nwarehouse = \"../warehouse\"\n\
@@ -97,6 +99,23 @@ impl Workspace {
         self.expect(args, 0)
     }
 
+    /// `ladu sql --format csv [--role ROLE] -c SQL`, which must succeed; the CSV rows after the header.
+    pub fn sql_rows(&self, role: Option<&str>, sql: &str) -> Vec<Vec<String>> {
+        let mut args = vec!["sql", "--format", "csv", "-c", sql];
+        if let Some(r) = role {
+            args.extend(["--role", r]);
+        }
+        let out = self.ok(&args);
+        let text = stdout(&out);
+        text.lines().skip(1).map(|l| l.split(',').map(str::to_owned).collect()).collect()
+    }
+
+    /// The entries of the audit log.
+    pub fn audit_entries(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.root().join("audit/audit.jsonl")).unwrap_or_default();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
     /// Every file under the workspace, for failure messages.
     pub fn listing(&self) -> String {
         files_under(self.root()).iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join("\n")
@@ -130,6 +149,20 @@ impl Workspace {
             .unwrap_or_default();
         v.sort();
         v
+    }
+}
+
+/// Copy a folder tree.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let target = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &target);
+        } else {
+            std::fs::copy(&p, &target).unwrap();
+        }
     }
 }
 
