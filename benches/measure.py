@@ -3,6 +3,8 @@
 usage: measure.py NAME ROWS -- COMMAND...   prints one JSON line
        measure.py --report                  reads those lines on stdin, prints every run, then the
                                             median of repeated runs and the ratios of the medians
+NAME is a tool (ladu, duckdb, polars), or TOOL:QUERY for the SQL bench, whose report
+compares ladu with DuckDB query by query.
 """
 import json
 import resource
@@ -11,8 +13,28 @@ import subprocess
 import sys
 import time
 
+def report_queries(runs):
+    """Per query: median seconds and peak of ladu and DuckDB, and ladu's ratios."""
+    by = {}
+    for r in runs:
+        tool, query = r["name"].split(":", 1)
+        by.setdefault(query, {}).setdefault(tool, []).append(r)
+        print(f"{tool:8} {query:5} {r['seconds']:8.2f} s  peak {r['peak_mib']:7.0f} MiB")
+    print(f"median of each ({runs[0]['rows']} rows):")
+    print("query   ladu s  duckdb s  time ratio   ladu MiB  duckdb MiB  memory ratio")
+    for query, tools in by.items():
+        med = {t: (statistics.median(r["seconds"] for r in rs), statistics.median(r["peak_mib"] for r in rs))
+               for t, rs in tools.items()}
+        if "ladu" in med and "duckdb" in med:
+            (ls, lm), (ds, dm) = med["ladu"], med["duckdb"]
+            print(f"{query:5} {ls:8.2f} {ds:9.2f} {ls / ds:9.2f}x {lm:10.0f} {dm:11.0f} {lm / dm:11.2f}x")
+
+
 if sys.argv[1] == "--report":
     runs = [json.loads(l) for l in sys.stdin if l.startswith("{")]
+    if runs and ":" in runs[0]["name"]:
+        report_queries(runs)
+        sys.exit(0)
     by = {}
     for r in runs:
         by.setdefault(r["rows"], {}).setdefault(r["name"], []).append(r)

@@ -15,6 +15,7 @@ pub mod sandbox;
 pub mod script;
 pub mod shell;
 pub mod tables;
+pub mod versions;
 mod views;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -134,13 +135,23 @@ impl Session {
         let committed: BTreeMap<String, Arc<tables::CommittedTable>> =
             committed.into_iter().map(|(n, t)| (n, Arc::new(t))).collect();
         let ctx = new_context(settings)?;
-        let mut catalog = register_tables(&ctx, settings, &committed, &role)?;
+        let mut superseded = BTreeMap::new();
+        for (name, table) in &committed {
+            if tables::has_versions(&table.schema()) {
+                let found = versions::load_or_compute(&ctx, root, manifest.version, name, table.clone());
+                let found = runtime
+                    .block_on(found)
+                    .map_err(|e| Error::Table { table: name.clone(), message: e.strip_backtrace().to_string() })?;
+                superseded.insert(name.clone(), found);
+            }
+        }
+        let mut catalog = register_tables(&ctx, settings, &committed, &superseded, &role)?;
         // Views are checked against every table when the role sees less.
         let full = if role.sees_everything() {
             None
         } else {
             let full = new_context(settings)?;
-            register_tables(&full, settings, &committed, &Role::everything())?;
+            register_tables(&full, settings, &committed, &superseded, &Role::everything())?;
             Some(full)
         };
         let dir = settings.paths.queries.join(views::DIR);
@@ -249,6 +260,7 @@ fn register_tables(
     ctx: &SessionContext,
     settings: &Settings,
     committed: &BTreeMap<String, Arc<tables::CommittedTable>>,
+    superseded: &BTreeMap<String, versions::Superseded>,
     role: &Role,
 ) -> Result<BTreeMap<String, (Kind, String)>> {
     let descriptions: HashMap<&str, &str> =
@@ -276,10 +288,10 @@ fn register_tables(
         let history: Arc<dyn TableProvider> = table.clone();
         ctx.register_table(history_name.as_str(), Arc::new(restricted(history.clone())?)).map_err(table_error)?;
         catalog.insert(history_name.clone(), (Kind::History, format!("{description} (every version)")));
-        if tables::has_versions(&schema) {
+        if let Some(superseded) = superseded.get(name) {
             let newest = LogicalPlanBuilder::scan(history_name.as_str(), provider_as_source(history), None)
                 .and_then(LogicalPlanBuilder::build)
-                .and_then(tables::newest_versions)
+                .and_then(|history| superseded.remove_from(history))
                 .map_err(table_error)?;
             let newest: Arc<dyn TableProvider> = Arc::new(ViewTable::new(newest, None));
             ctx.register_table(name.as_str(), Arc::new(restricted(newest)?)).map_err(table_error)?;

@@ -24,9 +24,7 @@ use datafusion::datasource::table_schema::TableSchema;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::functions_window::expr_fn::row_number;
-use datafusion::logical_expr::{
-    Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBuilder, TableProviderFilterPushDown, col, lit,
-};
+use datafusion::logical_expr::{Expr, ExprFunctionExt, TableProviderFilterPushDown, col};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 
@@ -235,16 +233,16 @@ impl TableProvider for CommittedTable {
     }
 }
 
-/// The newest version of each record of `history`: one row per `record_id`.
-pub fn newest_versions(history: LogicalPlan) -> DfResult<LogicalPlan> {
-    const RANK: &str = "__ladu_version_rank";
-    let columns: Vec<Expr> = history.schema().columns().into_iter().map(Expr::Column).collect();
-    let rank = row_number()
+/// Name of [`version_rank`]'s column.
+pub const VERSION_RANK: &str = "__ladu_version_rank";
+
+/// 1 for the newest version of each record, 2 for the one before, and so on.
+pub fn version_rank() -> DfResult<Expr> {
+    Ok(row_number()
         .partition_by(vec![col(RECORD_ID)])
         .order_by(VERSION_ORDER.iter().map(|c| col(*c).sort(false, false)).collect())
         .build()?
-        .alias(RANK);
-    LogicalPlanBuilder::from(history).window(vec![rank])?.filter(col(RANK).eq(lit(1u64)))?.project(columns)?.build()
+        .alias(VERSION_RANK))
 }
 
 /// Is `schema` one whose versions [`newest_versions`] can order?

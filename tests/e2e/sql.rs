@@ -88,6 +88,27 @@ fn tables_show_newest_versions_and_history_keeps_every_version() {
         .map(|r| (r[0].clone(), r[1].clone()))
         .collect();
     assert_eq!(ours, duck);
+
+    // A weekly full snapshot of the population supersedes the previous one as a whole.
+    let snapshot = std::fs::read_to_string(ws.inbox("population").join("population_20240331.csv")).unwrap();
+    let mut lines: Vec<String> = snapshot.lines().map(str::to_owned).collect();
+    let moved = lines.iter().position(|l| l.contains(";0078;")).expect("someone lives in Tartu county");
+    lines[moved] = lines[moved].replace(";0078;", ";0037;");
+    ws.deliver("population", "population_20240407.csv", lines.join("\n") + "\n");
+    ws.ok(&["ingest"]);
+    assert_eq!(count(&ws, None, "SELECT count(*) FROM population"), 196);
+    assert_eq!(count(&ws, None, "SELECT count(*) FROM population_history"), 392);
+    assert_eq!(
+        count(&ws, None, "SELECT count(*) FROM population WHERE _extract_date = DATE '2024-04-07'"),
+        196,
+        "every person's newest version is in the newest snapshot"
+    );
+    let kept = ws.warehouse().join("_ladu/superseded/0000000003/population.parquet");
+    let v: Value = serde_json::from_str(&py("read_parquet.py", &[kept.to_str().unwrap()])).unwrap();
+    assert_eq!(v["rows"], 1, "the old snapshot is kept as one superseded delivery, not row by row: {v}");
+    let kept = ws.warehouse().join("_ladu/superseded/0000000003/treatment_invoices.parquet");
+    let v: Value = serde_json::from_str(&py("read_parquet.py", &[kept.to_str().unwrap()])).unwrap();
+    assert_eq!(v["rows"], 2, "the two invoices delivered again: {v}");
 }
 
 #[test]

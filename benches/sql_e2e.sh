@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# SQL bench: the analyst queries of benches/sql_queries.sql, in ladu (release) and in DuckDB,
+# on the same warehouse built from generated treatment_invoices and population extracts.
+#
+# usage: bash benches/sql_e2e.sh [INVOICE_ROWS]        (default 10000000; population 1M people)
+#        LADU_BENCH_REPEAT=3 bash benches/sql_e2e.sh   (rounds; medians)
+# Both read the same committed Parquet files with the same meaning: `<table>` is the newest
+# version of each record, computed by each engine at query time. Both get the machine's cores.
+# Prints wall time and peak resident memory of each query in each, and the ratios.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+rows=${1:-10000000}
+people=1000000
+work=${LADU_BENCH_DIR:-$root/target/bench-sql}/$rows
+python=$(bash tests/python-env.sh bench)
+cargo build --release --quiet
+bin=$root/target/release/ladu
+mkdir -p "$work/config" "$work/queries"
+cp -r config/sources "$work/config/"
+cp config/roles.toml "$work/config/"
+cat > "$work/config/ladu.toml" <<TOML
+key_file = "../ladu.key"
+[paths]
+inbox = "../inbox"
+warehouse = "../warehouse"
+outbox = "../outbox"
+audit = "../audit"
+site = "../site"
+queries = "$root/queries"
+TOML
+if [ ! -d "$work/warehouse" ]; then
+  [ -f "$work/ladu.key" ] || "$bin" keygen --out "$work/ladu.key" 2>/dev/null
+  # The invoices draw their patients from the same million people the population lists (same seed).
+  "$bin" sample-data --out "$work/inbox" --rows "$rows" --only treatment_invoices --invalid 0 >/dev/null
+  "$bin" sample-data --out "$work/inbox" --rows "$people" --only population --invalid 0 >/dev/null
+  "$bin" --config "$work/config/ladu.toml" -q ingest >/dev/null
+  rm -rf "$work/inbox"
+fi
+threads=$(nproc)
+# Split the statements into one file each.
+"$python" - "$work/queries" <<'PY'
+import pathlib, re, sys
+text = pathlib.Path("benches/sql_queries.sql").read_text()
+for block in text.split(";"):
+    m = re.search(r"--\s*(q\d+)", block)
+    if m:
+        pathlib.Path(sys.argv[1], m.group(1) + ".sql").write_text(block.strip() + "\n")
+PY
+for _ in $(seq "${LADU_BENCH_REPEAT:-1}"); do
+  for q in $(ls "$work/queries" | sort -V); do
+    name=${q%.sql}
+    "$python" benches/measure.py "ladu:$name" "$rows" -- "$bin" --config "$work/config/ladu.toml" -q sql \
+      --format csv --output /dev/null -f "$work/queries/$q"
+    "$python" benches/measure.py "duckdb:$name" "$rows" -- "$python" benches/duckdb_sql.py "$work/warehouse" \
+      "$work/queries/$q" "$threads"
+  done
+done | "$python" benches/measure.py --report
