@@ -257,8 +257,8 @@ fn parse_memory_limit(text: &str) -> Result<u64, String> {
         other => return Err(format!("unknown unit `{other}`: use B, KiB, MiB, GiB, TiB or a share such as 50%")),
     };
     match number.parse::<u64>().ok().and_then(|n| n.checked_mul(unit_bytes)) {
-        Some(bytes) if bytes >= 16 << 20 => Ok(bytes),
-        Some(_) => Err(format!("`{text}` is below the minimum of 16MiB")),
+        Some(bytes) if bytes >= 4 << 20 => Ok(bytes),
+        Some(_) => Err(format!("`{text}` is below the minimum of 4MiB")),
         None => Err(format!("`{text}` is not a size such as 4GiB or 50%")),
     }
 }

@@ -157,7 +157,8 @@ impl Session {
         let dir = settings.paths.queries.join(views::DIR);
         let mut everything: BTreeSet<String> =
             committed.keys().flat_map(|t| [t.clone(), format!("{t}{}", tables::HISTORY_SUFFIX)]).collect();
-        for (name, description, readable) in views::load(&runtime, &ctx, full.as_ref(), &dir)? {
+        let empty: BTreeSet<String> = table_names.iter().filter(|t| !committed.contains_key(*t)).cloned().collect();
+        for (name, description, readable) in views::load(&runtime, &ctx, full.as_ref(), &dir, &empty)? {
             if readable {
                 catalog.insert(name.clone(), (Kind::View, description));
             }
@@ -220,7 +221,15 @@ impl Session {
 
     async fn execute(&self, statement: &str, out: &mut Output, read: &mut BTreeSet<String>) -> Result<u64> {
         let shown = || redact(statement).into_owned();
-        let failed = |e: DataFusionError| Error::Query { statement: shown(), message: redact(&e.to_string()).into() };
+        let failed = |e: DataFusionError| {
+            let mut message = redact(&e.strip_backtrace().to_string()).into_owned();
+            if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)) {
+                message.push_str(
+                    "\n  (the query needs more memory than `sql.memory_limit` allows; raise it in the config)",
+                );
+            }
+            Error::Query { statement: shown(), message }
+        };
         let refused = |reason: String| Error::Refused { statement: shown(), reason };
         let state = self.ctx.state();
         let parsed = state.sql_to_statement(statement, &state.config().options().sql_parser.dialect).map_err(failed)?;
@@ -314,10 +323,14 @@ fn new_context(settings: &Settings) -> Result<SessionContext> {
         .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(disk))
         .build_arc()
         .map_err(engine)?;
-    let config = SessionConfig::new()
+    let mut config = SessionConfig::new()
         .with_information_schema(true)
         .with_target_partitions(settings.sql.target_partitions)
         .with_batch_size(BATCH_SIZE);
+    // Memory a sort keeps back for merging what it spilled: DataFusion's 10 MiB, but at most
+    // a sixteenth of the limit, so that small limits spill rather than fail.
+    let reservation = (settings.sql.memory_limit / 16).min(10 << 20) as usize;
+    config.options_mut().execution.sort_spill_reservation_bytes = reservation;
     let state = SessionStateBuilder::new()
         .with_config(config)
         .with_runtime_env(runtime)

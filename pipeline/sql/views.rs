@@ -6,6 +6,7 @@
 //! where an error means the view reads something the role may not see, and
 //! the view is left out for that role.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -27,39 +28,72 @@ struct ViewFile {
 
 /// Register every view in `dir` in `ctx`; `full` (when the role sees less
 /// than everything) is a context with every table, where views are checked.
-/// Returns every view's name and description, and whether the role can read it.
+/// A view reading a table in `empty` (configured, nothing committed yet) is
+/// left out until there is data. Returns every view's name and description,
+/// and whether the role can read it.
 pub fn load(
     runtime: &tokio::runtime::Runtime,
     ctx: &SessionContext,
     full: Option<&SessionContext>,
     dir: &Path,
+    empty: &BTreeSet<String>,
 ) -> Result<Vec<(String, String, bool)>> {
     let mut loaded = Vec::new();
     for view in read_dir(dir)? {
         let bad = |message: String| Error::View { file: view.path.clone(), message };
-        if let Some(full) = full {
-            runtime.block_on(register(full, &view)).map_err(bad)?;
+        match runtime.block_on(register(full.unwrap_or(ctx), &view, empty)) {
+            Err(Problem::NoData(table)) => {
+                tracing::debug!("view {} is left out: table {table} has no data yet", view.name);
+                continue;
+            }
+            Err(Problem::Bad(message)) => return Err(bad(message)),
+            Ok(()) if full.is_none() => {
+                loaded.push((view.name, view.description, true));
+                continue;
+            }
+            Ok(()) => {}
         }
-        match runtime.block_on(register(ctx, &view)) {
+        match runtime.block_on(register(ctx, &view, empty)) {
             Ok(()) => loaded.push((view.name, view.description, true)),
-            Err(message) if full.is_some() => {
+            Err(Problem::Bad(message) | Problem::NoData(message)) => {
                 tracing::debug!("view {} is not available to this role: {message}", view.name);
                 loaded.push((view.name, view.description, false));
             }
-            Err(message) => return Err(bad(message)),
         }
     }
     Ok(loaded)
 }
 
-async fn register(ctx: &SessionContext, view: &ViewFile) -> Result<(), String> {
+/// Why a view could not be registered.
+enum Problem {
+    /// It reads a table with nothing committed yet.
+    NoData(String),
+    Bad(String),
+}
+
+async fn register(ctx: &SessionContext, view: &ViewFile, empty: &BTreeSet<String>) -> Result<(), Problem> {
     let state = ctx.state();
-    let statement = state
-        .sql_to_statement(&view.sql, &state.config().options().sql_parser.dialect)
-        .map_err(|e| e.strip_backtrace().to_string())?;
+    let bad = |e: datafusion::error::DataFusionError| Problem::Bad(e.strip_backtrace().to_string());
+    let statement = state.sql_to_statement(&view.sql, &state.config().options().sql_parser.dialect).map_err(bad)?;
     if let Some(reason) = sandbox::refusal(&statement) {
-        return Err(format!("a view is one SELECT query: {reason}"));
+        return Err(Problem::Bad(format!("a view is one SELECT query: {reason}")));
     }
+    for reference in state.resolve_table_references(&statement).map_err(bad)? {
+        let table = reference.table();
+        let base = table.strip_suffix(super::tables::HISTORY_SUFFIX).unwrap_or(table);
+        if empty.contains(base) {
+            return Err(Problem::NoData(base.to_owned()));
+        }
+    }
+    register_planned(ctx, view, statement).await.map_err(Problem::Bad)
+}
+
+async fn register_planned(
+    ctx: &SessionContext,
+    view: &ViewFile,
+    statement: datafusion::sql::parser::Statement,
+) -> Result<(), String> {
+    let state = ctx.state();
     let plan = state.statement_to_plan(statement).await.map_err(|e| e.strip_backtrace().to_string())?;
     sandbox::sql_options().verify_plan(&plan).map_err(|e| e.strip_backtrace().to_string())?;
     ctx.register_table(view.name.as_str(), Arc::new(ViewTable::new(plan, Some(view.sql.clone()))))

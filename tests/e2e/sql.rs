@@ -618,3 +618,36 @@ fn analyst_queries_agree_with_duckdb() {
             .unwrap();
     assert_eq!(v["mismatches"], serde_json::json!([]), "{v:#}");
 }
+
+/// A sort larger than `sql.memory_limit` spills to disk instead of taking more memory.
+#[test]
+fn a_query_larger_than_the_memory_limit_spills() {
+    let ws = Workspace::new();
+    ws.sample(60_000, 2, &["--only", "treatment_invoices"]);
+    ws.ok(&["ingest"]);
+    let config = std::fs::read_to_string(ws.config()).unwrap();
+    let spill = ws.root().join("spill");
+    std::fs::write(
+        ws.config(),
+        format!(
+            "{config}[sql]\nmemory_limit = \"10MiB\"\nspill_dir = \"{}\"\ntarget_partitions = 1\n",
+            spill.display()
+        ),
+    )
+    .unwrap();
+    let q = "EXPLAIN ANALYZE SELECT * FROM treatment_invoices_history ORDER BY provider_name, record_id";
+    let plan = stdout(&ws.ok(&["sql", "--format", "csv", "-c", q]));
+    let sort = plan.lines().find(|l| l.contains("SortExec")).unwrap_or_else(|| panic!("{plan}"));
+    let spills: u64 = sort
+        .split("spill_count=")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no spill count: {sort}"));
+    assert!(spills > 0, "{sort}");
+    // The same sort without the limit's pressure does not spill, and the rows are all there.
+    std::fs::write(ws.config(), format!("{config}[sql]\nmemory_limit = \"4GiB\"\n")).unwrap();
+    let plan = stdout(&ws.ok(&["sql", "--format", "csv", "-c", q]));
+    let sort = plan.lines().find(|l| l.contains("SortExec")).unwrap();
+    assert!(sort.contains("spill_count=0") && sort.contains("output_rows=60.00 K"), "{sort}");
+}
