@@ -21,13 +21,15 @@ def report_queries(runs):
         by.setdefault(query, {}).setdefault(tool, []).append(r)
         print(f"{tool:8} {query:5} {r['seconds']:8.2f} s  peak {r['peak_mib']:7.0f} MiB")
     print(f"median of each ({runs[0]['rows']} rows):")
-    print("query   ladu s  duckdb s  time ratio   ladu MiB  duckdb MiB  memory ratio")
-    for query, tools in by.items():
-        med = {t: (statistics.median(r["seconds"] for r in rs), statistics.median(r["peak_mib"] for r in rs))
-               for t, rs in tools.items()}
-        if "ladu" in med and "duckdb" in med:
-            (ls, lm), (ds, dm) = med["ladu"], med["duckdb"]
-            print(f"{query:5} {ls:8.2f} {ds:9.2f} {ls / ds:9.2f}x {lm:10.0f} {dm:11.0f} {lm / dm:11.2f}x")
+    for other in sorted({t for ts in by.values() for t in ts} - {"ladu"}):
+        print(f"ladu vs {other}:")
+        print("query          ladu s   other s  time ratio   ladu MiB  other MiB  memory ratio")
+        for query, tools in by.items():
+            med = {t: (statistics.median(r["seconds"] for r in rs), statistics.median(r["peak_mib"] for r in rs))
+                   for t, rs in tools.items()}
+            if "ladu" in med and other in med:
+                (ls, lm), (ds, dm) = med["ladu"], med[other]
+                print(f"{query:12} {ls:8.2f} {ds:9.2f} {ls / ds:10.2f}x {lm:10.0f} {dm:10.0f} {lm / dm:12.2f}x")
 
 
 if sys.argv[1] == "--report":

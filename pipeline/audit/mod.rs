@@ -182,17 +182,23 @@ fn entry_hash(entry: &Map<String, Value>) -> String {
     crate::warehouse::writer::hex(&Sha256::digest(&bytes))
 }
 
-/// Name of the operating-system user running ladu.
+/// Name of the operating-system user running ladu: the real user id's name
+/// in `/etc/passwd` (not `$USER`, which anyone can set), else `uid:<n>`.
 pub fn os_user() -> String {
-    for var in ["USER", "LOGNAME"] {
-        if let Ok(u) = std::env::var(var)
-            && !u.is_empty()
-        {
-            return u;
-        }
-    }
     // SAFETY: getuid has no preconditions and cannot fail.
-    format!("uid:{}", unsafe { getuid() })
+    let uid = unsafe { getuid() };
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    user_name(&passwd, uid).unwrap_or_else(|| format!("uid:{uid}"))
+}
+
+/// The name of `uid` in a passwd file's text.
+fn user_name(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let id = fields.nth(1)?.parse::<u32>().ok()?;
+        (id == uid && !name.is_empty()).then(|| name.to_owned())
+    })
 }
 
 unsafe extern "C" {
@@ -316,6 +322,15 @@ mod tests {
 
         write(&log, &orig[..3]);
         assert_eq!(verify(&log).unwrap().entries, 3, "losing the tail is only visible against a copy");
+    }
+
+    #[test]
+    fn the_user_is_the_real_uid_by_name() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\nanalyst:x:1000:1000::/home/a:/bin/sh\nbroken\n";
+        assert_eq!(user_name(passwd, 1000).as_deref(), Some("analyst"));
+        assert_eq!(user_name(passwd, 0).as_deref(), Some("root"));
+        assert_eq!(user_name(passwd, 7), None);
+        assert!(!os_user().is_empty());
     }
 
     #[test]

@@ -116,13 +116,11 @@ impl Session {
         audit.check_appendable()?;
         let root = &settings.paths.warehouse;
         let manifest = manifest::load_latest(root)?;
-        let table_names: Vec<String> = {
-            let mut t: Vec<String> = settings.sources.iter().map(|s| s.table.clone()).collect();
-            t.extend(manifest.tables.keys().cloned());
-            t.sort();
-            t.dedup();
-            t
-        };
+        // Configured tables and committed ones (a source may have been retired).
+        let mut table_names: Vec<String> = settings.sources.iter().map(|s| s.table.clone()).collect();
+        table_names.extend(manifest.tables.keys().cloned());
+        table_names.sort();
+        table_names.dedup();
         let roles = roles::Roles::load(&settings.sql.roles_file, &table_names)?;
         let role = roles.role(role)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -135,16 +133,7 @@ impl Session {
         let committed: BTreeMap<String, Arc<tables::CommittedTable>> =
             committed.into_iter().map(|(n, t)| (n, Arc::new(t))).collect();
         let ctx = new_context(settings)?;
-        let mut superseded = BTreeMap::new();
-        for (name, table) in &committed {
-            if tables::has_versions(&table.schema()) {
-                let found = versions::load_or_compute(&ctx, root, manifest.version, name, table.clone());
-                let found = runtime
-                    .block_on(found)
-                    .map_err(|e| Error::Table { table: name.clone(), message: e.strip_backtrace().to_string() })?;
-                superseded.insert(name.clone(), found);
-            }
-        }
+        let superseded = runtime.block_on(find_superseded(&ctx, root, manifest.version, &committed))?;
         let mut catalog = register_tables(&ctx, settings, &committed, &superseded, &role)?;
         // Views are checked against every table when the role sees less.
         let full = if role.sees_everything() {
@@ -236,6 +225,12 @@ impl Session {
         if let Some(reason) = sandbox::refusal(&parsed) {
             return Err(refused(reason));
         }
+        if sandbox::analyzes(&parsed) && !self.role.sees_everything() {
+            return Err(refused(format!(
+                "`EXPLAIN ANALYZE` counts rows beneath the role's restrictions, so role {} may not run it (`EXPLAIN` may)",
+                self.role.name
+            )));
+        }
         for reference in state.resolve_table_references(&parsed).map_err(failed)? {
             let name = reference.table();
             if reference.schema().is_some_and(|s| s == "information_schema") || self.catalog.contains_key(name) {
@@ -262,6 +257,25 @@ impl Session {
 }
 
 pub use output::{Format, Output};
+
+/// The superseded rows of each table whose records have versions.
+async fn find_superseded(
+    ctx: &SessionContext,
+    root: &std::path::Path,
+    version: u64,
+    committed: &BTreeMap<String, Arc<tables::CommittedTable>>,
+) -> Result<BTreeMap<String, versions::Superseded>> {
+    let mut found = BTreeMap::new();
+    for (name, table) in committed {
+        if tables::has_versions(&table.schema()) {
+            let s = versions::load_or_compute(ctx, root, version, name, table.clone())
+                .await
+                .map_err(|e| Error::Table { table: name.clone(), message: e.strip_backtrace().to_string() })?;
+            found.insert(name.clone(), s);
+        }
+    }
+    Ok(found)
+}
 
 /// Register each committed table the role may read, as `<table>_history` and
 /// `<table>`, wrapped in the role's restriction; returns the catalog entries.

@@ -46,6 +46,16 @@ pub fn refusal(statement: &DfStatement) -> Option<String> {
     Some(format!("`{what}` statements are refused"))
 }
 
+/// Is `statement` an `EXPLAIN ANALYZE`, which runs the query and reports how
+/// many rows each step saw, including the scan beneath a role's restriction?
+pub fn analyzes(statement: &DfStatement) -> bool {
+    match statement {
+        DfStatement::Explain(e) => e.options.analyze || analyzes(&e.statement),
+        DfStatement::Statement(s) => matches!(s.as_ref(), Statement::Explain { analyze: true, .. }),
+        _ => false,
+    }
+}
+
 /// The first two words of a statement, upper-cased, naming its kind.
 fn first_words(text: &str) -> String {
     text.split_whitespace().take(2).collect::<Vec<_>>().join(" ").to_uppercase()
@@ -99,6 +109,15 @@ mod tests {
             let why = check(bad).unwrap_or_else(|| panic!("{bad} was allowed"));
             assert!(why.contains(kind), "{bad}: {why}");
         }
+    }
+
+    #[test]
+    fn explain_analyze_is_told_from_explain() {
+        let parse = |sql| DFParser::parse_sql(sql).unwrap().pop_front().unwrap();
+        assert!(analyzes(&parse("EXPLAIN ANALYZE SELECT 1")));
+        assert!(analyzes(&parse("EXPLAIN ANALYZE VERBOSE SELECT 1")));
+        assert!(!analyzes(&parse("EXPLAIN SELECT 1")));
+        assert!(!analyzes(&parse("SELECT 1")));
     }
 
     #[test]

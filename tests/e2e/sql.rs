@@ -323,6 +323,11 @@ fn a_provider_sees_only_its_own_rows_whatever_the_query() {
         let out = ws.expect(&["sql", "--role", &name, "-c", q], 1);
         assert!(stderr(&out).contains("may not read"), "{q}: {}", stderr(&out));
     }
+    // EXPLAIN ANALYZE would count the rows the scan read before the role's condition.
+    let out = ws.expect(&["sql", "--role", &name, "-c", "EXPLAIN ANALYZE SELECT count(*) FROM treatment_invoices"], 1);
+    assert!(stderr(&out).contains("refused") && stderr(&out).contains("EXPLAIN ANALYZE"), "{}", stderr(&out));
+    let plan = stdout(&ws.ok(&["sql", "--role", &name, "-c", "EXPLAIN SELECT count(*) FROM treatment_invoices"]));
+    assert!(plan.contains("RoleFilterExec"), "{plan}");
     let listed = first(&ws.sql_rows(role, "SELECT DISTINCT table_name FROM information_schema.columns"));
     for hidden in ["population", "population_history", "ambulance_calls", "invoices_with_patient", "ambulance_response"]
     {
@@ -461,6 +466,12 @@ fn every_statement_is_audited_without_personal_codes() {
     assert!(!log.contains(code), "a personal code typed into a query reached the audit log");
     let out = ws.ok(&["audit", "verify"]);
     assert!(stdout(&out).contains(&format!("{} entries", ws.audit_entries().len())), "{}", stdout(&out));
+    // The user is who runs ladu, not who the environment claims.
+    let out = ws.command(&["sql", "-c", "SELECT 1"]).env("USER", "mallory").env("LOGNAME", "mallory").output().unwrap();
+    assert!(out.status.success());
+    let last = ws.audit_entries().pop().unwrap();
+    assert_ne!(last["user"], "mallory", "{last}");
+    assert_eq!(last["user"], sql[0]["user"]);
 }
 
 #[test]
