@@ -40,7 +40,9 @@ if [ ! -d "$work/warehouse" ]; then
   "$bin" --config "$work/config/ladu.toml" -q ingest >/dev/null
   rm -rf "$work/inbox"
 fi
-# The first session after a commit finds the superseded rows once and keeps the answer (as the nightly run would).
+# The first session after a commit finds the superseded rows once and keeps the answer (as the nightly run would);
+# the kept answer is removed first, so that this is timed on every run.
+rm -rf "$work/warehouse/_ladu/superseded"
 "$python" benches/measure.py "ladu:first-session" "$rows" -- "$bin" --config "$work/config/ladu.toml" -q sql \
   -c "SELECT 1" --output /dev/null --format csv
 threads=$(nproc)
