@@ -1,4 +1,4 @@
-//! No raw identifier reaches any byte ladu writes: warehouse, outbox, audit, stdout, stderr.
+//! No raw identifier reaches any byte ladu writes: warehouse, outbox, audit, SQL results, stdout, stderr.
 
 use crate::util::*;
 
@@ -13,8 +13,30 @@ fn no_raw_identifier_in_anything_ladu_writes() {
     std::fs::write(inbox.join("cancer_screening_20240401.csv"), body).unwrap();
     let logs = tempfile::tempdir().unwrap();
     let mut outputs = Vec::new();
-    for args in [&["ingest"][..], &["-v", "ingest"], &["audit", "show"], &["audit", "verify"]] {
-        let out = ws.run(args);
+    let population = std::fs::read_to_string(ws.inbox("population").join("population_20240331.csv")).unwrap();
+    let code = population.lines().nth(1).unwrap().split(';').next().unwrap().to_owned();
+    let typed = format!("SELECT * FROM population WHERE person_id = '{code}'");
+    let failing = format!("SELECT * FROM population WHERE person_id = {code} + nope");
+    let exports = ws.root().join("exports");
+    std::fs::create_dir_all(&exports).unwrap();
+    let mut commands: Vec<Vec<String>> = vec![
+        vec!["ingest".into()],
+        vec!["-v".into(), "ingest".into()],
+        vec!["sql".into(), "-c".into(), typed],
+        vec!["sql".into(), "-c".into(), failing],
+        vec!["sql".into(), "--role".into(), "provider:90006399".into(), "-c".into(), "\\d".into()],
+    ];
+    // Every table, every version, as a user could export it.
+    for t in ladu::sample_data::SOURCES {
+        let out = exports.join(format!("{t}.parquet")).display().to_string();
+        let q = format!("SELECT * FROM {t}_history");
+        commands.push(["sql", "--format", "parquet", "--output", &out, "-c", &q].map(String::from).to_vec());
+    }
+    commands.push(vec!["audit".into(), "show".into()]);
+    commands.push(vec!["audit".into(), "verify".into()]);
+    for args in &commands {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = ws.run(&args);
         let n = outputs.len();
         for (what, bytes) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
             let p = logs.path().join(format!("{n}-{what}.txt"));
@@ -24,7 +46,7 @@ fn no_raw_identifier_in_anything_ladu_writes() {
     }
     let inbox = ws.root().join("inbox");
     let mut args: Vec<String> = vec![inbox.display().to_string()];
-    for dir in ["warehouse", "outbox", "audit"] {
+    for dir in ["warehouse", "outbox", "audit", "exports"] {
         args.push(ws.root().join(dir).display().to_string());
     }
     args.push(logs.path().display().to_string());
@@ -37,6 +59,7 @@ fn no_raw_identifier_in_anything_ladu_writes() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!ws.data_files().is_empty());
+    assert_eq!(std::fs::read_dir(&exports).unwrap().count(), 7, "every table was exported and scanned");
     // The scanner can fail: pointed at the deliveries themselves, it must find them.
     let control = py_output("scan.py", &[inbox.to_str().unwrap(), inbox.to_str().unwrap()]);
     assert_eq!(control.status.code(), Some(1), "{}", String::from_utf8_lossy(&control.stderr));
