@@ -297,6 +297,14 @@ impl SourceConfig {
         })
     }
 
+    /// Output names of the columns that hold pseudonyms.
+    pub fn pseudonym_columns(&self) -> impl Iterator<Item = &str> {
+        self.columns.values().filter_map(|r| match r {
+            ColumnRule::Pseudonymise { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+    }
+
     /// Does a delivery file name match this source's pattern?
     pub fn matches_file(&self, file_name: &str) -> bool {
         glob_match(self.file_pattern.as_bytes(), file_name.as_bytes())

@@ -128,7 +128,9 @@ impl Session {
             .thread_name("ladu-sql")
             .build()
             .map_err(|e| Error::Engine(e.to_string()))?;
-        let committed = tables::committed_tables(root, &manifest)
+        let pseudonyms: HashMap<&str, Vec<&str>> =
+            settings.sources.iter().map(|s| (s.table.as_str(), s.pseudonym_columns().collect())).collect();
+        let committed = tables::committed_tables(root, &manifest, &pseudonyms)
             .map_err(|message| Error::Table { table: root.display().to_string(), message })?;
         let committed: BTreeMap<String, Arc<tables::CommittedTable>> =
             committed.into_iter().map(|(n, t)| (n, Arc::new(t))).collect();

@@ -40,26 +40,21 @@ pub fn load(
 ) -> Result<Vec<(String, String, bool)>> {
     let mut loaded = Vec::new();
     for view in read_dir(dir)? {
-        let bad = |message: String| Error::View { file: view.path.clone(), message };
+        // Against every table: an error here is the view's own.
         match runtime.block_on(register(full.unwrap_or(ctx), &view, empty)) {
             Err(Problem::NoData(table)) => {
                 tracing::debug!("view {} is left out: table {table} has no data yet", view.name);
                 continue;
             }
-            Err(Problem::Bad(message)) => return Err(bad(message)),
-            Ok(()) if full.is_none() => {
-                loaded.push((view.name, view.description, true));
-                continue;
-            }
+            Err(Problem::Bad(message)) => return Err(Error::View { file: view.path, message }),
             Ok(()) => {}
         }
-        match runtime.block_on(register(ctx, &view, empty)) {
-            Ok(()) => loaded.push((view.name, view.description, true)),
-            Err(Problem::Bad(message) | Problem::NoData(message)) => {
-                tracing::debug!("view {} is not available to this role: {message}", view.name);
-                loaded.push((view.name, view.description, false));
-            }
+        // Against the role's tables: an error means the view reads something hidden from the role.
+        let readable = full.is_none() || runtime.block_on(register(ctx, &view, empty)).is_ok();
+        if !readable {
+            tracing::debug!("view {} reads a table or column hidden from this role", view.name);
         }
+        loaded.push((view.name, view.description, readable));
     }
     Ok(loaded)
 }
@@ -85,19 +80,9 @@ async fn register(ctx: &SessionContext, view: &ViewFile, empty: &BTreeSet<String
             return Err(Problem::NoData(base.to_owned()));
         }
     }
-    register_planned(ctx, view, statement).await.map_err(Problem::Bad)
-}
-
-async fn register_planned(
-    ctx: &SessionContext,
-    view: &ViewFile,
-    statement: datafusion::sql::parser::Statement,
-) -> Result<(), String> {
-    let state = ctx.state();
-    let plan = state.statement_to_plan(statement).await.map_err(|e| e.strip_backtrace().to_string())?;
-    sandbox::sql_options().verify_plan(&plan).map_err(|e| e.strip_backtrace().to_string())?;
-    ctx.register_table(view.name.as_str(), Arc::new(ViewTable::new(plan, Some(view.sql.clone()))))
-        .map_err(|e| e.strip_backtrace().to_string())?;
+    let plan = state.statement_to_plan(statement).await.map_err(bad)?;
+    sandbox::sql_options().verify_plan(&plan).map_err(bad)?;
+    ctx.register_table(view.name.as_str(), Arc::new(ViewTable::new(plan, Some(view.sql.clone())))).map_err(bad)?;
     Ok(())
 }
 
