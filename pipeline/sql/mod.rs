@@ -107,6 +107,8 @@ pub struct Session {
     catalog: BTreeMap<String, (Kind, String)>,
     /// Every table and view of the warehouse, readable by this role or not.
     everything: BTreeSet<String>,
+    /// Configured tables with nothing committed yet.
+    empty: BTreeSet<String>,
 }
 
 impl Session {
@@ -155,7 +157,7 @@ impl Session {
             }
             everything.insert(name);
         }
-        Ok(Session { ctx, runtime, role, audit, version: manifest.version, catalog, everything })
+        Ok(Session { ctx, runtime, role, audit, version: manifest.version, catalog, everything, empty })
     }
 
     pub fn role(&self) -> &Role {
@@ -240,6 +242,10 @@ impl Session {
             }
             if self.everything.contains(name) {
                 return Err(refused(format!("role {} may not read `{name}`", self.role.name)));
+            }
+            if self.empty.contains(name.strip_suffix(tables::HISTORY_SUFFIX).unwrap_or(name)) {
+                let message = format!("table `{name}` has no committed data yet: ingest a delivery of it first");
+                return Err(Error::Query { statement: shown(), message });
             }
             if sandbox::names_a_file(&reference) {
                 return Err(refused(format!("`{reference}` is a file or URL, not a table")));

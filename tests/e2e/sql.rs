@@ -646,6 +646,9 @@ fn a_query_larger_than_the_memory_limit_spills() {
         ),
     )
     .unwrap();
+    // Only invoices are committed: the other tables say so.
+    let out = ws.expect(&["sql", "-c", "SELECT count(*) FROM population_history"], 1);
+    assert!(stderr(&out).contains("`population_history` has no committed data yet"), "{}", stderr(&out));
     let q = "EXPLAIN ANALYZE SELECT * FROM treatment_invoices_history ORDER BY provider_name, record_id";
     let plan = stdout(&ws.ok(&["sql", "--format", "csv", "-c", q]));
     let sort = plan.lines().find(|l| l.contains("SortExec")).unwrap_or_else(|| panic!("{plan}"));
