@@ -18,21 +18,11 @@ work=${LADU_BENCH_DIR:-$root/target/bench-e2e}
 python=$(bash tests/python-env.sh bench)
 cargo build --release --quiet
 bin=$root/target/release/ladu
+. benches/workspace.sh
 mkdir -p "$work"
 for rows in "${sizes[@]}"; do
   dir=$work/$rows
-  mkdir -p "$dir/config"
-  cp -r config/sources "$dir/config/"
-  cat > "$dir/config/ladu.toml" <<TOML
-key_file = "../ladu.key"
-[paths]
-inbox = "../inbox"
-warehouse = "../warehouse"
-outbox = "../outbox"
-audit = "../audit"
-site = "../site"
-TOML
-  [ -f "$dir/ladu.key" ] || "$bin" keygen --out "$dir/ladu.key" 2>/dev/null
+  bench_workspace "$dir" "$bin"
   csv=$dir/inbox/treatment_invoices/treatment_invoices_20240331.csv
   [ -f "$csv" ] || "$bin" sample-data --out "$dir/inbox" --rows "$rows" --only treatment_invoices --invalid 0 >/dev/null
   # Rounds of all three, so that a slower spell of the machine hits each alike.

@@ -19,21 +19,10 @@ work=${LADU_BENCH_DIR:-$root/target/bench-sql}/$rows
 python=$(bash tests/python-env.sh bench)
 cargo build --release --quiet
 bin=$root/target/release/ladu
-mkdir -p "$work/config" "$work/queries"
-cp -r config/sources "$work/config/"
-cp config/roles.toml "$work/config/"
-cat > "$work/config/ladu.toml" <<TOML
-key_file = "../ladu.key"
-[paths]
-inbox = "../inbox"
-warehouse = "../warehouse"
-outbox = "../outbox"
-audit = "../audit"
-site = "../site"
-queries = "$root/queries"
-TOML
+. benches/workspace.sh
+bench_workspace "$work" "$bin"
+mkdir -p "$work/queries"
 if [ ! -d "$work/warehouse" ]; then
-  [ -f "$work/ladu.key" ] || "$bin" keygen --out "$work/ladu.key" 2>/dev/null
   # The invoices draw their patients from the same million people the population lists (same seed).
   "$bin" sample-data --out "$work/inbox" --rows "$rows" --only treatment_invoices --invalid 0 >/dev/null
   "$bin" sample-data --out "$work/inbox" --rows "$people" --only population --invalid 0 >/dev/null

@@ -136,7 +136,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code as u8),
         Err(Failed(code, message)) => {
-            eprintln!("error: {message}");
+            // Messages may quote what the user typed (a statement, a path): never a personal code.
+            eprintln!("error: {}", ladu::pseudonym::isikukood::redact(&message));
             ExitCode::from(code as u8)
         }
     }

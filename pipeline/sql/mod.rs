@@ -7,6 +7,10 @@
 //! restricted tables. [`Session::run`] refuses anything but queries
 //! ([`sandbox`]), streams the result to an [`output::Output`], and appends
 //! one audit entry per statement, refused and failed ones included.
+//!
+//! What a user typed (statements, names, paths) may hold a personal code:
+//! the audit entry redacts it with [`redact`], and so must whoever prints an
+//! [`Error`] (the binary and the shell do).
 
 pub mod output;
 pub mod restrict;
@@ -206,16 +210,17 @@ impl Session {
         fields.insert("warehouse_version".into(), Value::from(self.version));
         fields.insert("format".into(), Value::from(format!("{:?}", out.format()).to_lowercase()));
         if let Some(p) = out.path() {
-            fields.insert("output".into(), Value::from(p.display().to_string()));
+            fields.insert("output".into(), Value::from(redact(&p.display().to_string()).into_owned()));
         }
         self.audit.append(AUDIT_KIND, fields)?;
         result
     }
 
     async fn execute(&self, statement: &str, out: &mut Output, read: &mut BTreeSet<String>) -> Result<u64> {
-        let shown = || redact(statement).into_owned();
+        // Errors quote the statement as typed: the audit entry, and whoever prints them, redact it.
+        let shown = || statement.to_owned();
         let failed = |e: DataFusionError| {
-            let mut message = redact(&e.strip_backtrace().to_string()).into_owned();
+            let mut message = e.strip_backtrace().to_string();
             if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)) {
                 message.push_str(
                     "\n  (the query needs more memory than `sql.memory_limit` allows; raise it in the config)",

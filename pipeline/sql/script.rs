@@ -51,11 +51,6 @@ impl Script {
         items
     }
 
-    /// Feed a whole text, line by line.
-    pub fn text(&mut self, text: &str) -> Vec<Item> {
-        text.lines().flat_map(|l| self.line(l)).collect()
-    }
-
     /// The last statement, if the input ended without its `;`.
     pub fn finish(self) -> Option<Item> {
         has_code(&self.pending).then(|| Item::Statement(self.pending.trim().to_owned()))
@@ -133,9 +128,9 @@ mod tests {
 
     fn statements(text: &str) -> Vec<String> {
         let mut s = Script::new();
-        let mut out: Vec<String> = s
-            .text(text)
-            .into_iter()
+        let mut out: Vec<String> = text
+            .lines()
+            .flat_map(|l| s.line(l))
             .map(|i| match i {
                 Item::Statement(s) => s,
                 Item::Command(c) => format!("CMD {c}"),

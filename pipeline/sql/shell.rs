@@ -8,6 +8,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 
 use super::script::{Item, Script};
 use super::{Error, Output, Result, Session};
+use crate::pseudonym::isikukood::redact;
 
 /// What the shell says to `\?`.
 pub const HELP: &str = "\
@@ -19,19 +20,10 @@ pub const HELP: &str = "\
 
 /// Run a whole script; the first failing statement stops it.
 pub fn run_text(session: &Session, text: &str, out: &mut Output) -> Result<()> {
-    let mut script = Script::new();
-    for item in script.text(text) {
-        if !run_item(session, &item, out)? {
-            return Ok(());
-        }
-    }
-    match script.finish() {
-        Some(item) => run_item(session, &item, out).map(drop),
-        None => Ok(()),
-    }
+    run_lines(session, text.as_bytes(), out)
 }
 
-/// Run statements as they arrive on `input` (stdin that is not a terminal).
+/// Run statements as they arrive on `input` (a script, or stdin that is not a terminal).
 pub fn run_lines(session: &Session, input: impl BufRead, out: &mut Output) -> Result<()> {
     let mut script = Script::new();
     for line in input.lines() {
@@ -77,7 +69,7 @@ pub fn interactive(session: &Session, out: &mut Output) -> Result<()> {
             match run_item(session, &item, out) {
                 Ok(true) => {}
                 Ok(false) => return Ok(()),
-                Err(e) => eprintln!("error: {e}"),
+                Err(e) => eprintln!("error: {}", redact(&e.to_string())),
             }
         }
     }

@@ -45,7 +45,8 @@ pub struct CommittedTable {
     schema: SchemaRef,
     file_schema: SchemaRef,
     partition_fields: Vec<FieldRef>,
-    files: Vec<CommittedFile>,
+    /// Each file with its partition values, in the partition columns' order.
+    files: Vec<(CommittedFile, Vec<i32>)>,
 }
 
 impl CommittedTable {
@@ -91,15 +92,22 @@ impl CommittedTable {
         }
         let mut fields: Vec<FieldRef> = file_schema.fields().iter().cloned().collect();
         fields.extend(partition_fields.iter().cloned());
+        let mut files = Vec::with_capacity(table.files.len());
+        for f in &table.files {
+            let values = table
+                .partition_columns
+                .iter()
+                .map(|c| {
+                    f.partition.get(c).and_then(|v| v.parse::<i32>().ok()).ok_or_else(|| {
+                        format!("manifest entry {} has no numeric value for partition column {c}", f.path)
+                    })
+                })
+                .collect::<Result<Vec<i32>, String>>()?;
+            files.push((f.clone(), values));
+        }
         // DataFusion's object store names files by absolute path.
         let root = std::path::absolute(root).map_err(|e| format!("cannot resolve {}: {e}", root.display()))?;
-        Ok(CommittedTable {
-            root,
-            schema: Arc::new(Schema::new(fields)),
-            file_schema,
-            partition_fields,
-            files: table.files.clone(),
-        })
+        Ok(CommittedTable { root, schema: Arc::new(Schema::new(fields)), file_schema, partition_fields, files })
     }
 
     fn partition_names(&self) -> Vec<&str> {
@@ -113,27 +121,9 @@ impl CommittedTable {
         !columns.is_empty() && columns.iter().all(|c| names.contains(&c.name.as_str())) && !expr.is_volatile()
     }
 
-    /// Partition values of each file, in the partition columns' order.
-    fn partition_values(&self, file: &CommittedFile) -> DfResult<Vec<i32>> {
-        self.partition_names()
-            .iter()
-            .map(|name| {
-                file.partition.get(*name).and_then(|v| v.parse::<i32>().ok()).ok_or_else(|| {
-                    DataFusionError::Execution(format!(
-                        "manifest entry {} has no numeric value for partition column {name}",
-                        file.path
-                    ))
-                })
-            })
-            .collect()
-    }
-
     /// The files whose partition values pass every partition filter.
-    fn chosen_files(&self, state: &dyn Session, filters: &[&Expr]) -> DfResult<Vec<(&CommittedFile, Vec<i32>)>> {
-        let mut files = Vec::with_capacity(self.files.len());
-        for f in &self.files {
-            files.push((f, self.partition_values(f)?));
-        }
+    fn chosen_files(&self, state: &dyn Session, filters: &[&Expr]) -> DfResult<Vec<&(CommittedFile, Vec<i32>)>> {
+        let files: Vec<_> = self.files.iter().collect();
         if filters.is_empty() || files.is_empty() {
             return Ok(files);
         }

@@ -50,16 +50,3 @@ fn kill_9_at_any_moment_then_rerun_equals_an_uninterrupted_run() {
     // The kills really interrupted runs at different stages.
     assert!(outcomes.iter().any(|(_, fin, v)| !fin && *v == 0), "{outcomes:?}");
 }
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let p = e.unwrap().path();
-        let target = to.join(p.file_name().unwrap());
-        if p.is_dir() {
-            copy_dir(&p, &target);
-        } else {
-            std::fs::copy(&p, &target).unwrap();
-        }
-    }
-}

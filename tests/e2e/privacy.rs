@@ -24,6 +24,17 @@ fn no_raw_identifier_in_anything_ladu_writes() {
         vec!["-v".into(), "ingest".into()],
         vec!["sql".into(), "-c".into(), typed],
         vec!["sql".into(), "-c".into(), failing],
+        // A code in a refused file name and in an output path is echoed in errors and the audit.
+        vec!["sql".into(), "-c".into(), format!("SELECT * FROM '{code}.csv'")],
+        vec![
+            "sql".into(),
+            "--format".into(),
+            "csv".into(),
+            "--output".into(),
+            format!("/nonexistent/{code}.csv"),
+            "-c".into(),
+            "SELECT 1".into(),
+        ],
         vec!["sql".into(), "--role".into(), "provider:90006399".into(), "-c".into(), "\\d".into()],
     ];
     // Every table, every version, as a user could export it.
