@@ -19,4 +19,5 @@ pub mod ingest;
 pub mod pseudonym;
 pub mod sample_data;
 pub mod sql;
+pub mod stats;
 pub mod warehouse;

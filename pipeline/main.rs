@@ -98,6 +98,12 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         output: Option<PathBuf>,
     },
+    /// Compute the statistics of queries/statistics/ into the warehouse (tables `stats_<name>`).
+    Stats {
+        /// Only these statistics (repeatable); by default all.
+        #[arg(long = "only", value_name = "NAME")]
+        only: Vec<String>,
+    },
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -233,6 +239,31 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
                 sql::shell::interactive(&session, &mut out).map_err(failed)?;
             } else {
                 sql::shell::run_lines(&session, std::io::stdin().lock(), &mut out).map_err(failed)?;
+            }
+            Ok(Exit::Ok)
+        }
+        Command::Stats { only } => {
+            let settings = load_settings(cli.config.as_deref())?;
+            let audit = AuditLog::new(&settings.paths.audit);
+            let summary = ladu::stats::run(&settings, &audit, &only).map_err(|e| {
+                let code = match e {
+                    ladu::stats::Error::File(_) | ladu::stats::Error::Unknown { .. } => Exit::Config,
+                    ladu::stats::Error::Sql(sql::Error::Roles(_) | sql::Error::View { .. }) => Exit::Config,
+                    _ => Exit::Failure,
+                };
+                (code, e)
+            })?;
+            for (table, outcome) in &summary.statistics {
+                match outcome {
+                    ladu::stats::Outcome::Computed { rows } => println!("{table:<40} {rows:>9} rows"),
+                    ladu::stats::Outcome::NoData { table: missing } => {
+                        println!("{table:<40} skipped: table {missing} has no committed data yet")
+                    }
+                }
+            }
+            match summary.commit {
+                Some(v) => println!("committed warehouse version {v}"),
+                None => println!("nothing to commit"),
             }
             Ok(Exit::Ok)
         }

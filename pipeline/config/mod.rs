@@ -26,6 +26,8 @@ pub const DEFAULT_ROLES_FILE: &str = "roles.toml";
 pub const DEFAULT_SQL_MEMORY_SHARE: f64 = 0.5;
 /// zstd level of the warehouse's Parquet files.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
+/// Open data: a cell based on fewer distinct persons than this is suppressed.
+pub const DEFAULT_DISCLOSURE_THRESHOLD: u64 = 5;
 
 /// Errors in configuration files. Each names the file and the key.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +70,9 @@ struct RawSettings {
     /// The SQL engine.
     #[serde(default)]
     sql: RawSqlSettings,
+    /// Open data.
+    #[serde(default)]
+    publish: PublishSettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +101,33 @@ struct RawSqlSettings {
     memory_limit: Option<String>,
     spill_dir: Option<PathBuf>,
     target_partitions: Option<usize>,
+}
+
+/// `[publish]`: how open data is published.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishSettings {
+    /// Cells based on fewer distinct persons than this are suppressed.
+    pub threshold: u64,
+    /// Public address of the site folder, ending in `/`: the catalogue's download links start with it.
+    pub base_url: String,
+    /// Who publishes, as the catalogue names them.
+    pub publisher: String,
+    /// Title of the site, in Estonian and English.
+    pub title_et: String,
+    pub title_en: String,
+}
+
+impl Default for PublishSettings {
+    fn default() -> Self {
+        Self {
+            threshold: DEFAULT_DISCLOSURE_THRESHOLD,
+            base_url: "http://localhost/".into(),
+            publisher: "ladu".into(),
+            title_et: "Tervise infosüsteemi andmeaida avaandmed".into(),
+            title_en: "Open data of the health information system's data warehouse".into(),
+        }
+    }
 }
 
 /// Ingest tuning, all optional.
@@ -154,6 +186,7 @@ pub struct Settings {
     pub paths: Paths,
     pub ingest: IngestSettings,
     pub sql: SqlSettings,
+    pub publish: PublishSettings,
     /// Every source, sorted by name.
     pub sources: Vec<SourceConfig>,
 }
@@ -187,6 +220,12 @@ impl Settings {
         if raw.sql.target_partitions == Some(0) {
             problems.push("sql.target_partitions: must be at least 1".to_owned());
         }
+        if raw.publish.threshold < 2 {
+            problems.push("publish.threshold: must be at least 2 (a count of 1 is a person)".to_owned());
+        }
+        if !raw.publish.base_url.ends_with('/') || !raw.publish.base_url.contains("://") {
+            problems.push("publish.base_url: must be an absolute URL ending in `/`".to_owned());
+        }
         if !problems.is_empty() {
             return Err(Error::Invalid { path: path.to_owned(), problems });
         }
@@ -214,6 +253,7 @@ impl Settings {
                     .target_partitions
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             },
+            publish: raw.publish,
             sources,
         })
     }

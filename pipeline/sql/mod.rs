@@ -13,6 +13,7 @@
 //! [`Error`] (the binary and the shell do).
 
 pub mod output;
+pub mod query_files;
 pub mod restrict;
 pub mod roles;
 pub mod sandbox;
@@ -23,10 +24,11 @@ pub mod versions;
 mod views;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::catalog::TableProvider;
 use datafusion::catalog::view::ViewTable;
@@ -34,13 +36,14 @@ use datafusion::common::DFSchema;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::provider_as_source;
 use datafusion::error::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, col, lit};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde_json::{Map, Value};
 
 use crate::audit::AuditLog;
@@ -68,6 +71,8 @@ pub enum Error {
     Refused { statement: String, reason: String },
     #[error("{message}\n  in: {statement}")]
     Query { statement: String, message: String },
+    #[error("table `{table}` has no committed data yet: ingest a delivery of it first\n  in: {statement}")]
+    NoData { table: String, statement: String },
     #[error(transparent)]
     Output(#[from] output::Error),
     #[error(transparent)]
@@ -87,6 +92,8 @@ pub enum Kind {
     History,
     /// A curated view from `queries/views/`.
     View,
+    /// A statistic materialised by `ladu stats`.
+    Statistic,
 }
 
 impl Kind {
@@ -95,6 +102,7 @@ impl Kind {
             Kind::Table => "table",
             Kind::History => "history",
             Kind::View => "view",
+            Kind::Statistic => "statistic",
         }
     }
 }
@@ -118,17 +126,30 @@ pub struct Session {
 impl Session {
     /// Open the committed warehouse as `role` (the roles file's default when `None`).
     pub fn open(settings: &Settings, audit: AuditLog, role: Option<&str>) -> Result<Session> {
+        let manifest = manifest::load_latest(&settings.paths.warehouse)?;
+        let roles = roles::Roles::load(&settings.sql.roles_file, &table_names(settings, &manifest))?;
+        let role = roles.role(role)?;
+        Self::open_as(settings, audit, manifest, role)
+    }
+
+    /// Open `manifest`'s warehouse with every table, for ladu's own commands
+    /// (`ladu stats`, `ladu publish`); `purpose` names them in the audit log.
+    pub fn open_for(
+        settings: &Settings,
+        audit: AuditLog,
+        manifest: manifest::Manifest,
+        purpose: &str,
+    ) -> Result<Session> {
+        let mut role = Role::everything();
+        role.name = purpose.to_owned();
+        Self::open_as(settings, audit, manifest, role)
+    }
+
+    fn open_as(settings: &Settings, audit: AuditLog, manifest: manifest::Manifest, role: Role) -> Result<Session> {
         // Nothing is shown that cannot be logged.
         audit.check_appendable()?;
         let root = &settings.paths.warehouse;
-        let manifest = manifest::load_latest(root)?;
-        // Configured tables and committed ones (a source may have been retired).
-        let mut table_names: Vec<String> = settings.sources.iter().map(|s| s.table.clone()).collect();
-        table_names.extend(manifest.tables.keys().cloned());
-        table_names.sort();
-        table_names.dedup();
-        let roles = roles::Roles::load(&settings.sql.roles_file, &table_names)?;
-        let role = roles.role(role)?;
+        let table_names = table_names(settings, &manifest);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(settings.sql.target_partitions)
             .thread_name("ladu-sql")
@@ -142,19 +163,20 @@ impl Session {
             committed.into_iter().map(|(n, t)| (n, Arc::new(t))).collect();
         let ctx = new_context(settings)?;
         let superseded = runtime.block_on(find_superseded(&ctx, root, manifest.version, &committed))?;
-        let mut catalog = register_tables(&ctx, settings, &committed, &superseded, &role)?;
+        let mut catalog = register_tables(&ctx, settings, &manifest, &committed, &superseded, &role)?;
         // Views are checked against every table when the role sees less.
         let full = if role.sees_everything() {
             None
         } else {
             let full = new_context(settings)?;
-            register_tables(&full, settings, &committed, &superseded, &Role::everything())?;
+            register_tables(&full, settings, &manifest, &committed, &superseded, &Role::everything())?;
             Some(full)
         };
         let dir = settings.paths.queries.join(views::DIR);
         let mut everything: BTreeSet<String> =
             committed.keys().flat_map(|t| [t.clone(), format!("{t}{}", tables::HISTORY_SUFFIX)]).collect();
         let empty: BTreeSet<String> = table_names.iter().filter(|t| !committed.contains_key(*t)).cloned().collect();
+        everything.retain(|t| !statistic_history(&manifest, t));
         for (name, description, readable) in views::load(&runtime, &ctx, full.as_ref(), &dir, &empty)? {
             if readable {
                 catalog.insert(name.clone(), (Kind::View, description));
@@ -189,11 +211,47 @@ impl Session {
 
     /// Run one statement, write its result to `out`, and audit it; returns the rows returned.
     pub fn run(&self, statement: &str, out: &mut Output) -> Result<u64> {
+        let format = format!("{:?}", out.format()).to_lowercase();
+        let path = out.path().map(Path::to_owned);
+        self.audited(statement, &format, path.as_deref(), async |stream: SendableRecordBatchStream| {
+            let mut stream = stream;
+            let mut writer = out.begin(stream.schema())?;
+            while let Some(batch) = stream.next().await {
+                writer.write(&batch.map_err(|e| query_error(statement, e))?)?;
+            }
+            let rows = writer.finish()?;
+            Ok((rows, rows))
+        })
+    }
+
+    /// Run one query and return its whole result, audited like [`Session::run`]:
+    /// for ladu's own aggregate queries, whose results are small.
+    pub fn collect(&self, statement: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        self.audited(statement, "arrow", None, async |stream: SendableRecordBatchStream| {
+            let schema = stream.schema();
+            let batches: Vec<RecordBatch> =
+                stream.try_collect().await.map_err(|e: DataFusionError| query_error(statement, e))?;
+            let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+            Ok(((schema, batches), rows))
+        })
+    }
+
+    /// Plan `statement`, hand its result stream to `consume`, and append the audit entry.
+    fn audited<T>(
+        &self,
+        statement: &str,
+        format: &str,
+        output: Option<&Path>,
+        consume: impl AsyncFnOnce(SendableRecordBatchStream) -> Result<(T, u64)>,
+    ) -> Result<T> {
         let started = Instant::now();
         let mut read = BTreeSet::new();
-        let result = self.runtime.block_on(self.execute(statement, out, &mut read));
+        let result = self.runtime.block_on(async {
+            let stream = self.execute(statement, &mut read).await?;
+            consume(stream).await
+        });
         let (outcome, rows, problem) = match &result {
-            Ok(rows) => ("ok", *rows, None),
+            Ok((_, rows)) => ("ok", *rows, None),
             Err(Error::Refused { reason, .. }) => ("refused", 0, Some(reason.clone())),
             Err(e) => ("error", 0, Some(e.to_string())),
         };
@@ -208,26 +266,19 @@ impl Session {
             fields.insert("error".into(), Value::from(redact(&p).into_owned()));
         }
         fields.insert("warehouse_version".into(), Value::from(self.version));
-        fields.insert("format".into(), Value::from(format!("{:?}", out.format()).to_lowercase()));
-        if let Some(p) = out.path() {
+        fields.insert("format".into(), Value::from(format));
+        if let Some(p) = output {
             fields.insert("output".into(), Value::from(redact(&p.display().to_string()).into_owned()));
         }
         self.audit.append(AUDIT_KIND, fields)?;
-        result
+        result.map(|(value, _)| value)
     }
 
-    async fn execute(&self, statement: &str, out: &mut Output, read: &mut BTreeSet<String>) -> Result<u64> {
+    /// Check and plan one statement; returns its result stream.
+    async fn execute(&self, statement: &str, read: &mut BTreeSet<String>) -> Result<SendableRecordBatchStream> {
         // Errors quote the statement as typed: the audit entry, and whoever prints them, redact it.
         let shown = || statement.to_owned();
-        let failed = |e: DataFusionError| {
-            let mut message = e.strip_backtrace().to_string();
-            if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)) {
-                message.push_str(
-                    "\n  (the query needs more memory than `sql.memory_limit` allows; raise it in the config)",
-                );
-            }
-            Error::Query { statement: shown(), message }
-        };
+        let failed = |e: DataFusionError| query_error(statement, e);
         let refused = |reason: String| Error::Refused { statement: shown(), reason };
         let state = self.ctx.state();
         let parsed = state.sql_to_statement(statement, &state.config().options().sql_parser.dialect).map_err(failed)?;
@@ -249,8 +300,7 @@ impl Session {
                 return Err(refused(format!("role {} may not read `{name}`", self.role.name)));
             }
             if self.empty.contains(name.strip_suffix(tables::HISTORY_SUFFIX).unwrap_or(name)) {
-                let message = format!("table `{name}` has no committed data yet: ingest a delivery of it first");
-                return Err(Error::Query { statement: shown(), message });
+                return Err(Error::NoData { table: name.to_owned(), statement: shown() });
             }
             if sandbox::names_a_file(&reference) {
                 return Err(refused(format!("`{reference}` is a file or URL, not a table")));
@@ -260,13 +310,33 @@ impl Session {
         sandbox::sql_options().verify_plan(&plan).map_err(|e| refused(e.strip_backtrace().to_string()))?;
         tables_read(&plan, read);
         let frame = self.ctx.execute_logical_plan(plan).await.map_err(failed)?;
-        let mut stream = frame.execute_stream().await.map_err(failed)?;
-        let mut writer = out.begin(stream.schema())?;
-        while let Some(batch) = stream.next().await {
-            writer.write(&batch.map_err(failed)?)?;
-        }
-        Ok(writer.finish()?)
+        frame.execute_stream().await.map_err(failed)
     }
+}
+
+/// A failed statement: DataFusion's message, with advice where there is some.
+fn query_error(statement: &str, e: DataFusionError) -> Error {
+    let mut message = e.strip_backtrace().to_string();
+    if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)) {
+        message.push_str("\n  (the query needs more memory than `sql.memory_limit` allows; raise it in the config)");
+    }
+    Error::Query { statement: statement.to_owned(), message }
+}
+
+/// Configured tables and committed ones (a source may have been retired).
+fn table_names(settings: &Settings, manifest: &manifest::Manifest) -> Vec<String> {
+    let mut names: Vec<String> = settings.sources.iter().map(|s| s.table.clone()).collect();
+    names.extend(manifest.tables.keys().cloned());
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Is `name` the `_history` name of a statistic (which has none)?
+fn statistic_history(manifest: &manifest::Manifest, name: &str) -> bool {
+    name.strip_suffix(tables::HISTORY_SUFFIX)
+        .and_then(|base| manifest.tables.get(base))
+        .is_some_and(|t| t.statistic.is_some())
 }
 
 pub use output::{Format, Output};
@@ -295,6 +365,7 @@ async fn find_superseded(
 fn register_tables(
     ctx: &SessionContext,
     settings: &Settings,
+    manifest: &manifest::Manifest,
     committed: &BTreeMap<String, Arc<tables::CommittedTable>>,
     superseded: &BTreeMap<String, versions::Superseded>,
     role: &Role,
@@ -319,6 +390,13 @@ fn register_tables(
         let restricted = |inner: Arc<dyn TableProvider>| {
             restrict::Restricted::new(inner, &hidden_columns, condition.clone(), &role.name).map_err(table_error)
         };
+        if let Some(statistic) = manifest.tables.get(name).and_then(|t| t.statistic.as_ref()) {
+            // A snapshot replaced whole at each `ladu stats`: no versions, no history.
+            let table: Arc<dyn TableProvider> = table.clone();
+            ctx.register_table(name.as_str(), Arc::new(restricted(table)?)).map_err(table_error)?;
+            catalog.insert(name.clone(), (Kind::Statistic, statistic.description.clone()));
+            continue;
+        }
         let description = descriptions.get(name.as_str()).copied().unwrap_or("").to_owned();
         let history_name = format!("{name}{}", tables::HISTORY_SUFFIX);
         let history: Arc<dyn TableProvider> = table.clone();

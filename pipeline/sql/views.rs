@@ -7,24 +7,17 @@
 //! the view is left out for that role.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::catalog::view::ViewTable;
 use datafusion::prelude::SessionContext;
 
+use super::query_files::{self, QueryFile};
 use super::{Error, Result, sandbox};
 
 /// Folder of the views under the queries folder.
 pub const DIR: &str = "views";
-
-/// One view file, read and checked.
-struct ViewFile {
-    path: PathBuf,
-    name: String,
-    sql: String,
-    description: String,
-}
 
 /// Register every view in `dir` in `ctx`; `full` (when the role sees less
 /// than everything) is a context with every table, where views are checked.
@@ -39,7 +32,7 @@ pub fn load(
     empty: &BTreeSet<String>,
 ) -> Result<Vec<(String, String, bool)>> {
     let mut loaded = Vec::new();
-    for view in read_dir(dir)? {
+    for view in query_files::read_dir(dir).map_err(|e| Error::View { file: e.file, message: e.message })? {
         // Against every table: an error here is the view's own.
         match runtime.block_on(register(full.unwrap_or(ctx), &view, empty)) {
             Err(Problem::NoData(table)) => {
@@ -66,7 +59,7 @@ enum Problem {
     Bad(String),
 }
 
-async fn register(ctx: &SessionContext, view: &ViewFile, empty: &BTreeSet<String>) -> Result<(), Problem> {
+async fn register(ctx: &SessionContext, view: &QueryFile, empty: &BTreeSet<String>) -> Result<(), Problem> {
     let state = ctx.state();
     let bad = |e: datafusion::error::DataFusionError| Problem::Bad(e.strip_backtrace().to_string());
     let statement = state.sql_to_statement(&view.sql, &state.config().options().sql_parser.dialect).map_err(bad)?;
@@ -84,42 +77,4 @@ async fn register(ctx: &SessionContext, view: &ViewFile, empty: &BTreeSet<String
     sandbox::sql_options().verify_plan(&plan).map_err(bad)?;
     ctx.register_table(view.name.as_str(), Arc::new(ViewTable::new(plan, Some(view.sql.clone())))).map_err(bad)?;
     Ok(())
-}
-
-/// The `.sql` files of `dir`, by name (no folder: no views).
-fn read_dir(dir: &Path) -> Result<Vec<ViewFile>> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::View { file: dir.to_owned(), message: e.to_string() }),
-    };
-    let mut paths = Vec::new();
-    for entry in entries {
-        let path = entry.map_err(|e| Error::View { file: dir.to_owned(), message: e.to_string() })?.path();
-        if path.extension().is_some_and(|e| e == "sql") {
-            paths.push(path);
-        }
-    }
-    paths.sort();
-    paths.into_iter().map(|p| read_view(&p)).collect()
-}
-
-fn read_view(path: &Path) -> Result<ViewFile> {
-    let bad = |message: String| Error::View { file: path.to_owned(), message };
-    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
-    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
-        return Err(bad("a view's file name is its name: lower-case letters, digits and `_`".into()));
-    }
-    let description: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .take_while(|l| l.starts_with("--"))
-        .map(|l| l.trim_start_matches('-').trim())
-        .collect();
-    if description.is_empty() {
-        return Err(bad("start the file with a `--` comment saying what the view answers".into()));
-    }
-    let sql = text.trim().trim_end_matches(';').trim().to_owned();
-    Ok(ViewFile { path: path.to_owned(), name, sql, description: description.join(" ") })
 }

@@ -56,6 +56,21 @@ pub struct Table {
     /// Partition folder levels, outermost first.
     pub partition_columns: Vec<String>,
     pub files: Vec<CommittedFile>,
+    /// Set for a statistic materialised by `ladu stats`: a snapshot replaced
+    /// whole at each run, not a table of deliveries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statistic: Option<Statistic>,
+}
+
+/// How a statistic table was computed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Statistic {
+    /// What it answers: the comment its query opens with.
+    pub description: String,
+    /// SHA-256 of the query's text, hex.
+    pub query_sha256: String,
+    /// Manifest version of the data it was computed from.
+    pub from_version: u64,
 }
 
 /// The whole committed state of the warehouse.

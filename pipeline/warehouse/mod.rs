@@ -13,7 +13,14 @@ pub mod writer;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-pub use manifest::{CommittedFile, Delivery, Manifest};
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use sha2::{Digest, Sha256};
+
+pub use manifest::{CommittedFile, Delivery, Manifest, Statistic};
 
 /// Folder of warehouse metadata under the root.
 pub const META_DIR: &str = "_ladu";
@@ -70,6 +77,16 @@ impl Warehouse {
     /// Take the writer lock, load the manifest, refuse a key with another
     /// fingerprint, then recover from any crashed run.
     pub fn open_for_write(root: &Path, fingerprint: &str) -> Result<Warehouse> {
+        Self::open(root, Some(fingerprint))
+    }
+
+    /// As [`Warehouse::open_for_write`], for commits of tables computed from
+    /// committed ones (statistics): they pseudonymise nothing, so need no key.
+    pub fn open_for_derived_write(root: &Path) -> Result<Warehouse> {
+        Self::open(root, None)
+    }
+
+    fn open(root: &Path, fingerprint: Option<&str>) -> Result<Warehouse> {
         let meta = root.join(META_DIR);
         std::fs::create_dir_all(&meta).map_err(io(&meta))?;
         let lock_path = meta.join("lock");
@@ -81,7 +98,9 @@ impl Warehouse {
         }
         let manifest = manifest::load_latest(root)?;
         let wh = Warehouse { root: root.to_owned(), manifest, _lock: lock };
-        wh.check_fingerprint(fingerprint)?;
+        if let Some(fingerprint) = fingerprint {
+            wh.check_fingerprint(fingerprint)?;
+        }
         wh.recover()?;
         Ok(wh)
     }
@@ -250,6 +269,34 @@ impl Transaction {
 
     pub fn files(&self) -> impl Iterator<Item = &CommittedFile> {
         self.files.iter().map(|(_, f)| f)
+    }
+
+    /// Stage one unpartitioned file of `batches` under `folder` (a small
+    /// table such as a statistic) and record it; returns what it commits as.
+    pub fn write_file(&mut self, folder: &str, schema: SchemaRef, batches: &[RecordBatch]) -> Result<CommittedFile> {
+        let (staged, rel) = self.new_file(folder, &[]);
+        let err = |source| Error::Parquet { path: staged.clone(), source };
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .set_statistics_enabled(EnabledStatistics::Page)
+            .build();
+        let file = File::create(&staged).map_err(io(&staged))?;
+        let mut writer = ArrowWriter::try_new(file, schema, Some(props)).map_err(err)?;
+        for batch in batches {
+            writer.write(batch).map_err(err)?;
+        }
+        writer.into_inner().map_err(err)?.sync_all().map_err(io(&staged))?;
+        let bytes = std::fs::read(&staged).map_err(io(&staged))?;
+        let file = CommittedFile {
+            path: rel,
+            rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
+            bytes: bytes.len() as u64,
+            sha256: writer::hex(&Sha256::digest(&bytes)),
+            partition: Default::default(),
+            commit: self.version,
+        };
+        self.add(staged, file.clone());
+        Ok(file)
     }
 }
 

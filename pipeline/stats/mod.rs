@@ -1,0 +1,131 @@
+//! Statistics: the queries of `queries/statistics/`, materialised as warehouse tables `stats_<name>`.
+//!
+//! `ladu stats` runs each query over the committed warehouse and commits its
+//! result as one Parquet file under `stats/<name>/`, replacing the previous
+//! result in the same manifest commit. A statistic is a snapshot: it has no
+//! versions and no `_history`. Statistics read warehouse tables and views;
+//! one that reads another statistic sees that statistic's previous result.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::audit::AuditLog;
+use crate::config::Settings;
+use crate::sql::{self, Session, query_files};
+use crate::warehouse::{self, Statistic, Warehouse, manifest};
+
+/// Folder of the statistics' queries under the queries folder.
+pub const DIR: &str = "statistics";
+/// A statistic `name` is the table `stats_<name>`.
+pub const TABLE_PREFIX: &str = "stats_";
+/// Folder of the statistics under the warehouse root.
+pub const FOLDER: &str = "stats";
+/// Audit entry kind of a `ladu stats` commit.
+pub const AUDIT_KIND: &str = "stats";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("statistic {0}")]
+    File(#[from] query_files::Error),
+    #[error("unknown statistic `{name}`: the statistics are {known} (files in {dir})")]
+    Unknown { name: String, known: String, dir: String },
+    #[error("statistic {name} failed: {source}")]
+    Query {
+        name: String,
+        #[source]
+        source: sql::Error,
+    },
+    #[error(transparent)]
+    Sql(#[from] sql::Error),
+    #[error(transparent)]
+    Warehouse(#[from] warehouse::Error),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What became of one statistic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Computed and committed with this many rows.
+    Computed { rows: u64 },
+    /// Not computed: it reads a table with nothing committed yet.
+    NoData { table: String },
+}
+
+/// What `ladu stats` did.
+#[derive(Debug)]
+pub struct Summary {
+    /// Each statistic's table name and outcome.
+    pub statistics: Vec<(String, Outcome)>,
+    /// Manifest version committed, if anything was.
+    pub commit: Option<u64>,
+}
+
+/// Compute the statistics (all, or those named in `only`) and commit them together.
+pub fn run(settings: &Settings, audit: &AuditLog, only: &[String]) -> Result<Summary> {
+    let dir = settings.paths.queries.join(DIR);
+    let files = query_files::read_dir(&dir)?;
+    for name in only {
+        if !files.iter().any(|f| &f.name == name) {
+            let known = files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(", ");
+            return Err(Error::Unknown { name: name.clone(), known, dir: dir.display().to_string() });
+        }
+    }
+    let mut wh = Warehouse::open_for_derived_write(&settings.paths.warehouse)?;
+    let base = wh.manifest().clone();
+    let session = Session::open_for(settings, audit.clone(), base.clone(), "ladu stats")?;
+    let mut tx = wh.begin()?;
+    let mut next = base.clone();
+    next.committed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut statistics = Vec::new();
+    let mut entries = Vec::new();
+    for file in files.iter().filter(|f| only.is_empty() || only.contains(&f.name)) {
+        let table = format!("{TABLE_PREFIX}{}", file.name);
+        let (schema, batches) = match session.collect(&file.sql) {
+            Ok(result) => result,
+            Err(sql::Error::NoData { table: missing, .. }) => {
+                tracing::warn!(statistic = %file.name, "skipped: table {missing} has no committed data yet");
+                entries.push(serde_json::json!({ "table": table, "skipped": format!("no data in {missing}") }));
+                statistics.push((table, Outcome::NoData { table: missing }));
+                continue;
+            }
+            Err(source) => {
+                wh.abort(tx)?;
+                return Err(Error::Query { name: file.path.display().to_string(), source });
+            }
+        };
+        let committed = tx.write_file(&format!("{FOLDER}/{}", file.name), schema, &batches)?;
+        entries.push(serde_json::json!({ "table": table, "rows": committed.rows, "sha256": committed.sha256 }));
+        statistics.push((table.clone(), Outcome::Computed { rows: committed.rows }));
+        let statistic = Statistic {
+            description: file.description.clone(),
+            query_sha256: crate::warehouse::writer::hex(&Sha256::digest(file.sql.as_bytes())),
+            from_version: base.version,
+        };
+        next.tables.insert(
+            table,
+            manifest::Table { partition_columns: Vec::new(), files: vec![committed], statistic: Some(statistic) },
+        );
+    }
+    if only.is_empty() {
+        // A statistic whose query was removed goes with it.
+        let defined: BTreeSet<String> = files.iter().map(|f| format!("{TABLE_PREFIX}{}", f.name)).collect();
+        next.tables.retain(|name, t| t.statistic.is_none() || defined.contains(name));
+    }
+    if tx.mark() == 0 && next.tables == base.tables {
+        wh.abort(tx)?;
+        return Ok(Summary { statistics, commit: None });
+    }
+    let version = tx.version();
+    wh.commit(tx, next)?;
+    let mut fields = Map::new();
+    fields.insert("commit".into(), Value::from(version));
+    fields.insert("from_version".into(), Value::from(base.version));
+    fields.insert("statistics".into(), Value::from(entries));
+    audit.append(AUDIT_KIND, fields)?;
+    Ok(Summary { statistics, commit: Some(version) })
+}
