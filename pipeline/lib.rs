@@ -17,6 +17,7 @@ pub mod audit;
 pub mod config;
 pub mod ingest;
 pub mod pseudonym;
+pub mod publish;
 pub mod sample_data;
 pub mod sql;
 pub mod stats;

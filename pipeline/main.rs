@@ -104,6 +104,8 @@ enum Command {
         #[arg(long = "only", value_name = "NAME")]
         only: Vec<String>,
     },
+    /// Publish the open datasets of queries/open_data/ to the site folder, with disclosure control.
+    Publish,
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -265,6 +267,25 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
                 Some(v) => println!("committed warehouse version {v}"),
                 None => println!("nothing to commit"),
             }
+            Ok(Exit::Ok)
+        }
+        Command::Publish => {
+            let settings = load_settings(cli.config.as_deref())?;
+            let audit = AuditLog::new(&settings.paths.audit);
+            let summary = ladu::publish::run(&settings, &audit).map_err(|e| {
+                let code = match e {
+                    ladu::publish::Error::Dataset(_) | ladu::publish::Error::NoDatasets { .. } => Exit::Config,
+                    ladu::publish::Error::Sql(sql::Error::Roles(_) | sql::Error::View { .. }) => Exit::Config,
+                    _ => Exit::Failure,
+                };
+                (code, e)
+            })?;
+            for (name, rows, primary, secondary) in &summary.tables {
+                println!(
+                    "{name:<40} {rows:>7} rows, {primary} suppressed (fewer persons), {secondary} suppressed (totals)"
+                );
+            }
+            println!("published release {} at {}", summary.release, summary.path.display());
             Ok(Exit::Ok)
         }
         Command::Audit { action } => {

@@ -1,0 +1,162 @@
+//! The website directory: dated releases built aside, `latest` switched to a complete one in one step.
+//!
+//! ```text
+//! <site>/index.html               sends readers to latest/
+//! <site>/latest -> releases/<id>  symbolic link, replaced by rename(2)
+//! <site>/releases/<id>/           index.html, catalog.jsonld, SHA256SUMS, <dataset>/…
+//! ```
+//!
+//! A release is written to `releases/.<id>.partial/`, synced, renamed to
+//! `releases/<id>/` and only then linked as `latest`; a failed or killed
+//! publish leaves a `.partial` folder that the next one removes, and the
+//! previous release as it was. Releases are never changed or deleted.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use super::Table;
+use super::files::{self, Written};
+use crate::config::PublishSettings;
+use crate::warehouse::manifest::Manifest;
+
+pub const RELEASES: &str = "releases";
+pub const LATEST: &str = "latest";
+pub const CHECKSUMS: &str = "SHA256SUMS";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot write the site at {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another `ladu publish` is writing to {site} (lock {site}/.lock is held); wait for it to finish")]
+    Locked { site: PathBuf },
+    #[error("{path} exists and is not a symbolic link: move it away; ladu keeps `latest` as a link to a release")]
+    LatestNotALink { path: PathBuf },
+}
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io { path: path.to_owned(), source }
+}
+
+/// A release being built.
+pub struct Release {
+    site: PathBuf,
+    pub id: String,
+    staging: PathBuf,
+    _lock: File,
+}
+
+impl Release {
+    /// Take the site's lock, remove what failed publishes left, and start release `<today>` (or `<today>.N`).
+    pub fn begin(site: &Path) -> Result<Release> {
+        let releases = site.join(RELEASES);
+        std::fs::create_dir_all(&releases).map_err(io(&releases))?;
+        let lock_path = site.join(".lock");
+        let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Locked { site: site.to_owned() }),
+            Err(std::fs::TryLockError::Error(source)) => return Err(Error::Io { path: lock_path, source }),
+        }
+        for entry in std::fs::read_dir(&releases).map_err(io(&releases))? {
+            let entry = entry.map_err(io(&releases))?;
+            if entry.file_name().to_string_lossy().ends_with(".partial") {
+                tracing::warn!(folder = %entry.path().display(), "removing a release a failed publish left");
+                std::fs::remove_dir_all(entry.path()).map_err(io(&entry.path()))?;
+            }
+        }
+        let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+        let id = (1..)
+            .map(|n| if n == 1 { today.clone() } else { format!("{today}.{n}") })
+            .find(|id| !releases.join(id).exists())
+            .expect("some suffix is free");
+        let staging = releases.join(format!(".{id}.partial"));
+        std::fs::create_dir(&staging).map_err(io(&staging))?;
+        Ok(Release { site: site.to_owned(), id, staging, _lock: lock })
+    }
+
+    /// Write every file of the release; returns them, `SHA256SUMS` not included.
+    pub fn write(&self, tables: &[Table], publish: &PublishSettings, manifest: &Manifest) -> Result<Vec<Written>> {
+        let dir = &self.staging;
+        let mut written = Vec::new();
+        for t in tables {
+            written.extend(files::write(dir, t, publish, manifest, &self.id).map_err(io(&dir.join(&t.dataset.name)))?);
+        }
+        let catalog = super::catalog::catalog(tables, &written, publish, manifest, &self.id);
+        let text =
+            serde_json::to_vec_pretty(&catalog).map_err(|e| Error::Io { path: dir.clone(), source: e.into() })?;
+        written.push(write_file(dir, super::catalog::FILE, &text)?);
+        let page = super::page::render(tables, &written, publish, manifest, &self.id);
+        written.push(write_file(dir, "index.html", page.as_bytes())?);
+        let sums: String = written.iter().map(|w| format!("{}  {}\n", w.sha256, w.path)).collect();
+        write_file(dir, CHECKSUMS, sums.as_bytes())?;
+        Ok(written)
+    }
+
+    /// Move the release into place and make it `latest`; returns its id and folder.
+    pub fn publish(self) -> Result<(String, PathBuf)> {
+        let releases = self.site.join(RELEASES);
+        let target = releases.join(&self.id);
+        for dir in std::fs::read_dir(&self.staging).map_err(io(&self.staging))? {
+            let dir = dir.map_err(io(&self.staging))?.path();
+            if dir.is_dir() {
+                sync_dir(&dir)?;
+            }
+        }
+        sync_dir(&self.staging)?;
+        std::fs::rename(&self.staging, &target).map_err(io(&target))?;
+        sync_dir(&releases)?;
+        let latest = self.site.join(LATEST);
+        if latest.exists() && !latest.is_symlink() {
+            return Err(Error::LatestNotALink { path: latest });
+        }
+        let tmp = self.site.join(".latest.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        symlink(Path::new(RELEASES).join(&self.id), &tmp).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &latest).map_err(io(&latest))?;
+        write_file(&self.site, "index.html", ROOT_PAGE.as_bytes())?;
+        sync_dir(&self.site)?;
+        Ok((self.id.clone(), target))
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        // Published: the staging folder was renamed away. Otherwise: a failure; leave nothing half-made.
+        if self.staging.exists() {
+            let _ = std::fs::remove_dir_all(&self.staging);
+        }
+    }
+}
+
+/// The site's front page: the latest release's page is at a stable address.
+const ROOT_PAGE: &str = r#"<!DOCTYPE html>
+<html lang="et"><head><meta charset="utf-8"><meta http-equiv="refresh" content="0; url=latest/index.html">
+<title>Avaandmed / Open data</title></head>
+<body><p><a href="latest/index.html">Avaandmed / Open data</a></p></body></html>
+"#;
+
+/// Write `name` in `dir` aside, sync it and rename it into place.
+fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<Written> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    };
+    write().map_err(io(&path))?;
+    files::describe(dir, name).map_err(io(&path))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
