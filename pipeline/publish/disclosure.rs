@@ -13,13 +13,14 @@
 //!   care types in another).
 //!
 //! Each of those facts is a linear equation over the suppressed cells. A
-//! primary cell can be worked out exactly when its unit vector lies in the
+//! suppressed cell can be worked out exactly when its unit vector lies in the
 //! span of the equations, which [`exposed`] decides by Gaussian elimination
 //! over the prime field GF(2⁶¹−1): exact, and any combination that exposes a
 //! cell over the rationals exposes it there too. Suppression is greedy: first
-//! every equation whose only unknown is a primary cell gets a second unknown,
-//! its smallest published cell; then, while elimination still exposes a
-//! primary cell, the smallest published cell of an equation holding it goes.
+//! every equation with a single suppressed cell gets a second, its smallest
+//! published cell; then, while elimination still exposes a suppressed cell,
+//! the smallest published cell of an equation holding it goes. No suppressed
+//! cell, primary or secondary, can be recomputed.
 //! The pattern is per cell: a suppressed cell's every measure is hidden.
 
 use std::collections::{BTreeMap, HashMap};
@@ -150,17 +151,16 @@ fn equations(tables: &[Table]) -> Vec<Equation> {
     equations
 }
 
-/// Add secondary suppressions until no primary cell follows from the equations.
+/// Add secondary suppressions until no suppressed cell follows from the equations.
 fn protect(cells: &[&Cell], state: &mut [Suppression], equations: &[Equation], threshold: u64) -> Result<(), Error> {
     let unknown = |state: &[Suppression], e: &Equation| -> Vec<usize> {
         e.iter().map(|&(i, _)| i).filter(|&i| state[i] != Suppression::Published).collect()
     };
-    // Fast pass: no total may hold a primary cell as its only unknown.
+    // Fast pass: no total may hold a single suppressed cell.
     loop {
         let mut changed = false;
         for e in equations {
-            let u = unknown(state, e);
-            if u.len() == 1 && state[u[0]] == Suppression::Primary {
+            if unknown(state, e).len() == 1 {
                 let members: Vec<usize> = e.iter().map(|&(i, _)| i).collect();
                 if let Some(pick) = smallest_published(cells, state, &members) {
                     state[pick] = Suppression::Secondary;
@@ -172,12 +172,9 @@ fn protect(cells: &[&Cell], state: &mut [Suppression], equations: &[Equation], t
             break;
         }
     }
-    // Exact pass: no primary cell may follow from any combination of totals.
+    // Exact pass: no suppressed cell may follow from any combination of totals.
     loop {
-        // A secondary cell may follow from the totals: harmless in itself, and
-        // counted as known in the equations that might expose anything else.
-        let exposed: Vec<usize> =
-            exposed(state, equations).into_iter().filter(|&x| state[x] == Suppression::Primary).collect();
+        let exposed = exposed(state, equations);
         if exposed.is_empty() {
             return Ok(());
         }
@@ -227,7 +224,11 @@ fn exposed(state: &[Suppression], equations: &[Equation]) -> Vec<usize> {
 const P: u64 = (1 << 61) - 1;
 
 fn mul(a: u64, b: u64) -> u64 {
-    ((a as u128 * b as u128) % P as u128) as u64
+    // Reduction modulo a Mersenne prime: fold the high bits onto the low ones.
+    let x = a as u128 * b as u128;
+    let folded = (x & P as u128) as u64 + (x >> 61) as u64;
+    let folded = (folded & P) + (folded >> 61);
+    if folded >= P { folded - P } else { folded }
 }
 
 fn inverse(a: u64) -> u64 {
@@ -262,7 +263,8 @@ fn reduce(rows: &mut [Vec<u64>], columns: usize) -> Vec<(usize, usize)> {
             let factor = row[col];
             for (v, p) in row.iter_mut().zip(&pivot) {
                 if *p != 0 {
-                    *v = (*v + P - mul(factor, *p)) % P;
+                    let sub = mul(factor, *p);
+                    *v = if *v >= sub { *v - sub } else { *v + P - sub };
                 }
             }
         }
@@ -314,9 +316,16 @@ mod tests {
         // 0-4 in A: 2 + 20 = B's 22; hiding only (0-4, J06) would give it away.
         assert!(s[0][1] != Published || s[1][0] != Published);
         let tables = [a, b];
-        let cells: Vec<&Cell> = tables.iter().flat_map(|t| &t.cells).collect();
         let flat: Vec<Suppression> = s.concat();
-        assert!(exposed(&flat, &equations(&tables)).iter().all(|&x| cells[x].persons >= 5));
+        assert!(exposed(&flat, &equations(&tables)).is_empty());
+    }
+
+    #[test]
+    fn field_arithmetic_is_exact() {
+        for (a, b) in [(P - 1, P - 1), (P - 1, 2), (1 << 60, 1 << 60), (123_456_789, 987_654_321)] {
+            assert_eq!(mul(a, b), ((a as u128 * b as u128) % P as u128) as u64);
+        }
+        assert_eq!(mul(inverse(12345), 12345), 1);
     }
 
     #[test]
@@ -363,7 +372,7 @@ mod tests {
     proptest! {
         /// Records with three attributes; A counts them by (d0, d1), B by (d0, d2).
         #[test]
-        fn no_primary_cell_can_be_worked_out(
+        fn no_suppressed_cell_can_be_worked_out(
             records in prop::collection::vec((0u8..3, 0u8..4, 0u8..3, 0u16..400), 1..120),
         ) {
             let count = |dims: [usize; 2]| {
@@ -382,9 +391,8 @@ mod tests {
                     let flat = s.concat();
                     let cells: Vec<&Cell> = tables.iter().flat_map(|t| &t.cells).collect();
                     let eqs = equations(&tables);
-                    for x in exposed(&flat, &eqs).into_iter().chain(peel(&flat, &eqs)) {
-                        prop_assert!(cells[x].persons >= 5, "cell {x} of {} persons can be worked out", cells[x].persons);
-                    }
+                    let found: Vec<usize> = exposed(&flat, &eqs).into_iter().chain(peel(&flat, &eqs)).collect();
+                    prop_assert!(found.is_empty(), "suppressed cells {found:?} can be worked out");
                     for (c, s) in cells.iter().zip(&flat) {
                         prop_assert_eq!(*s == Primary, c.persons < 5);
                     }

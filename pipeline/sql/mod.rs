@@ -121,6 +121,8 @@ pub struct Session {
     everything: BTreeSet<String>,
     /// Configured tables with nothing committed yet.
     empty: BTreeSet<String>,
+    /// Views left out until a table they read has data: view → table.
+    waiting: BTreeMap<String, String>,
 }
 
 impl Session {
@@ -177,13 +179,20 @@ impl Session {
             committed.keys().flat_map(|t| [t.clone(), format!("{t}{}", tables::HISTORY_SUFFIX)]).collect();
         let empty: BTreeSet<String> = table_names.iter().filter(|t| !committed.contains_key(*t)).cloned().collect();
         everything.retain(|t| !statistic_history(&manifest, t));
+        let mut waiting = BTreeMap::new();
         for (name, description, readable) in views::load(&runtime, &ctx, full.as_ref(), &dir, &empty)? {
-            if readable {
-                catalog.insert(name.clone(), (Kind::View, description));
+            match readable {
+                Ok(true) => {
+                    catalog.insert(name.clone(), (Kind::View, description));
+                }
+                Ok(false) => {}
+                Err(table) => {
+                    waiting.insert(name.clone(), table);
+                }
             }
             everything.insert(name);
         }
-        Ok(Session { ctx, runtime, role, audit, version: manifest.version, catalog, everything, empty })
+        Ok(Session { ctx, runtime, role, audit, version: manifest.version, catalog, everything, empty, waiting })
     }
 
     pub fn role(&self) -> &Role {
@@ -295,6 +304,9 @@ impl Session {
             let name = reference.table();
             if reference.schema().is_some_and(|s| s == "information_schema") || self.catalog.contains_key(name) {
                 continue;
+            }
+            if let Some(table) = self.waiting.get(name) {
+                return Err(Error::NoData { table: table.clone(), statement: shown() });
             }
             if self.everything.contains(name) {
                 return Err(refused(format!("role {} may not read `{name}`", self.role.name)));

@@ -23,20 +23,21 @@ pub const DIR: &str = "views";
 /// than everything) is a context with every table, where views are checked.
 /// A view reading a table in `empty` (configured, nothing committed yet) is
 /// left out until there is data. Returns every view's name and description,
-/// and whether the role can read it.
+/// and whether the role can read it (`Err(table)`: left out, waiting for `table`).
 pub fn load(
     runtime: &tokio::runtime::Runtime,
     ctx: &SessionContext,
     full: Option<&SessionContext>,
     dir: &Path,
     empty: &BTreeSet<String>,
-) -> Result<Vec<(String, String, bool)>> {
+) -> Result<Vec<(String, String, Result<bool, String>)>> {
     let mut loaded = Vec::new();
     for view in query_files::read_dir(dir).map_err(|e| Error::View { file: e.file, message: e.message })? {
         // Against every table: an error here is the view's own.
         match runtime.block_on(register(full.unwrap_or(ctx), &view, empty)) {
             Err(Problem::NoData(table)) => {
                 tracing::debug!("view {} is left out: table {table} has no data yet", view.name);
+                loaded.push((view.name, view.description, Err(table)));
                 continue;
             }
             Err(Problem::Bad(message)) => return Err(Error::View { file: view.path, message }),
@@ -47,7 +48,7 @@ pub fn load(
         if !readable {
             tracing::debug!("view {} reads a table or column hidden from this role", view.name);
         }
-        loaded.push((view.name, view.description, readable));
+        loaded.push((view.name, view.description, Ok(readable)));
     }
     Ok(loaded)
 }

@@ -7,6 +7,7 @@ mod util;
 mod crash;
 mod ingest;
 mod keys;
+mod open_data;
 mod privacy;
 mod pseudonym;
 mod sql;

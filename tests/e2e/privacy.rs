@@ -1,4 +1,4 @@
-//! No raw identifier reaches any byte ladu writes: warehouse, outbox, audit, SQL results, stdout, stderr.
+//! No raw identifier reaches any byte ladu writes: warehouse, outbox, audit, SQL results, statistics, the open-data site, stdout, stderr.
 
 use crate::util::*;
 
@@ -43,6 +43,8 @@ fn no_raw_identifier_in_anything_ladu_writes() {
         let q = format!("SELECT * FROM {t}_history");
         commands.push(["sql", "--format", "parquet", "--output", &out, "-c", &q].map(String::from).to_vec());
     }
+    commands.push(vec!["stats".into()]);
+    commands.push(vec!["publish".into()]);
     commands.push(vec!["audit".into(), "show".into()]);
     commands.push(vec!["audit".into(), "verify".into()]);
     for args in &commands {
@@ -57,7 +59,7 @@ fn no_raw_identifier_in_anything_ladu_writes() {
     }
     let inbox = ws.root().join("inbox");
     let mut args: Vec<String> = vec![inbox.display().to_string()];
-    for dir in ["warehouse", "outbox", "audit", "exports"] {
+    for dir in ["warehouse", "outbox", "audit", "exports", "site"] {
         args.push(ws.root().join(dir).display().to_string());
     }
     args.push(logs.path().display().to_string());
@@ -71,6 +73,7 @@ fn no_raw_identifier_in_anything_ladu_writes() {
     );
     assert!(!ws.data_files().is_empty());
     assert_eq!(std::fs::read_dir(&exports).unwrap().count(), 7, "every table was exported and scanned");
+    assert!(ws.root().join("site/latest/index.html").is_file(), "the site was published and scanned");
     // The scanner can fail: pointed at the deliveries themselves, it must find them.
     let control = py_output("scan.py", &[inbox.to_str().unwrap(), inbox.to_str().unwrap()]);
     assert_eq!(control.status.code(), Some(1), "{}", String::from_utf8_lossy(&control.stderr));
