@@ -1,5 +1,5 @@
 //! Criterion benches of the hot kernels: one pseudonym, a column's digests,
-//! one isikukood check, framing a delivery.
+//! one isikukood check, framing a delivery, disclosure control of a release.
 
 use std::hint::black_box;
 
@@ -9,6 +9,7 @@ use rand_chacha::ChaCha8Rng;
 
 use ladu::config::source::Encoding;
 use ladu::ingest::framer::Framer;
+use ladu::publish::disclosure::{self, Cell, Table};
 use ladu::pseudonym::{Key, Pseudonymiser, isikukood};
 
 fn codes(n: usize) -> Vec<String> {
@@ -95,5 +96,46 @@ fn framing(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, pseudonymise, check_digit, framing);
+/// Two datasets of one universe, as the shipped invoice datasets: `records`
+/// invoices of 40k persons by (diagnosis chapter, age band, sex) and by
+/// (care type, age band, sex), with chapters as skewed as diagnoses are.
+fn universe(records: usize) -> Vec<Table<'static>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let mut a: std::collections::BTreeMap<[String; 3], std::collections::BTreeSet<u32>> = Default::default();
+    let mut b: std::collections::BTreeMap<[String; 3], std::collections::BTreeSet<u32>> = Default::default();
+    for _ in 0..records {
+        let person: u32 = rng.random_range(0..40_000);
+        let chapter = (rng.random_range(0.0f64..1.0).powi(3) * 120.0) as u32;
+        let (age, sex) = ((person % 19).to_string(), (person % 2).to_string());
+        let care = rng.random_range(0..3u32).to_string();
+        a.entry([chapter.to_string(), age.clone(), sex.clone()]).or_default().insert(person);
+        b.entry([care, age, sex]).or_default().insert(person);
+    }
+    let cells = |m: std::collections::BTreeMap<[String; 3], std::collections::BTreeSet<u32>>| {
+        m.into_iter()
+            .map(|(k, p)| Cell { key: k.into_iter().map(Some).collect(), persons: p.len() as u64 })
+            .collect()
+    };
+    vec![
+        Table { dimensions: vec!["chapter", "age", "sex"], cells: cells(a) },
+        Table { dimensions: vec!["care", "age", "sex"], cells: cells(b) },
+    ]
+}
+
+fn disclosure_control(c: &mut Criterion) {
+    let mut g = c.benchmark_group("disclosure");
+    g.sample_size(10);
+    for records in [20_000, 100_000] {
+        let tables = universe(records);
+        let cells: usize = tables.iter().map(|t| t.cells.len()).sum();
+        let primary: usize = tables.iter().flat_map(|t| &t.cells).filter(|c| c.persons < 5).count();
+        g.throughput(Throughput::Elements(cells as u64));
+        g.bench_function(format!("{cells} cells, {primary} primary"), |b| {
+            b.iter(|| black_box(disclosure::suppress(black_box(&tables), 5).expect("protectable")))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, pseudonymise, check_digit, framing, disclosure_control);
 criterion_main!(benches);

@@ -19,18 +19,21 @@ use super::{Error, Result, sandbox};
 /// Folder of the views under the queries folder.
 pub const DIR: &str = "views";
 
+/// A view's name, description, and whether the role can read it (`Err(table)`:
+/// left out until `table` has data).
+pub type Loaded = (String, String, Result<bool, String>);
+
 /// Register every view in `dir` in `ctx`; `full` (when the role sees less
 /// than everything) is a context with every table, where views are checked.
 /// A view reading a table in `empty` (configured, nothing committed yet) is
-/// left out until there is data. Returns every view's name and description,
-/// and whether the role can read it (`Err(table)`: left out, waiting for `table`).
+/// left out until there is data.
 pub fn load(
     runtime: &tokio::runtime::Runtime,
     ctx: &SessionContext,
     full: Option<&SessionContext>,
     dir: &Path,
     empty: &BTreeSet<String>,
-) -> Result<Vec<(String, String, Result<bool, String>)>> {
+) -> Result<Vec<Loaded>> {
     let mut loaded = Vec::new();
     for view in query_files::read_dir(dir).map_err(|e| Error::View { file: e.file, message: e.message })? {
         // Against every table: an error here is the view's own.
