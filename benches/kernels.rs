@@ -9,8 +9,8 @@ use rand_chacha::ChaCha8Rng;
 
 use ladu::config::source::Encoding;
 use ladu::ingest::framer::Framer;
-use ladu::publish::disclosure::{self, Cell, Table};
 use ladu::pseudonym::{Key, Pseudonymiser, isikukood};
+use ladu::publish::disclosure::{self, Cell, Table};
 
 fn codes(n: usize) -> Vec<String> {
     let mut rng = ChaCha8Rng::seed_from_u64(42);
@@ -112,9 +112,7 @@ fn universe(records: usize) -> Vec<Table<'static>> {
         b.entry([care, age, sex]).or_default().insert(person);
     }
     let cells = |m: std::collections::BTreeMap<[String; 3], std::collections::BTreeSet<u32>>| {
-        m.into_iter()
-            .map(|(k, p)| Cell { key: k.into_iter().map(Some).collect(), persons: p.len() as u64 })
-            .collect()
+        m.into_iter().map(|(k, p)| Cell { key: k.into_iter().map(Some).collect(), persons: p.len() as u64 }).collect()
     };
     vec![
         Table { dimensions: vec!["chapter", "age", "sex"], cells: cells(a) },

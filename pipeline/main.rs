@@ -285,6 +285,9 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
                     "{name:<40} {rows:>7} rows, {primary} suppressed (fewer persons), {secondary} suppressed (totals)"
                 );
             }
+            for (name, table) in &summary.waiting {
+                println!("{name:<40} left out: table {table} has no committed data yet");
+            }
             println!("published release {} at {}", summary.release, summary.path.display());
             Ok(Exit::Ok)
         }

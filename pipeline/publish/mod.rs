@@ -38,7 +38,9 @@ pub const AUDIT_KIND: &str = "publish";
 pub enum Error {
     #[error(transparent)]
     Dataset(#[from] dataset::Error),
-    #[error("no open datasets in {dir}: add `<name>.sql` and `<name>.toml` there")]
+    #[error(
+        "no open dataset in {dir} has data to publish: add `<name>.sql` and `<name>.toml` there, and ingest what they read"
+    )]
     NoDatasets { dir: String },
     #[error("open dataset {name} failed: {source}")]
     Query {
@@ -86,6 +88,8 @@ impl Table {
 #[derive(Debug)]
 pub struct Summary {
     pub release: String,
+    /// Datasets left out because a table they read has no data yet: (dataset, table).
+    pub waiting: Vec<(String, String)>,
     pub tables: Vec<(String, usize, usize, usize)>,
     pub path: std::path::PathBuf,
 }
@@ -100,15 +104,29 @@ pub fn run(settings: &Settings, audit: &AuditLog) -> Result<Summary> {
     let manifest = manifest::load_latest(&settings.paths.warehouse)?;
     let session = Session::open_for(settings, audit.clone(), manifest.clone(), "ladu publish")?;
     let mut computed = Vec::with_capacity(datasets.len());
-    for d in &datasets {
-        let (schema, batches) =
-            session.collect(&d.query.sql).map_err(|source| Error::Query { name: d.name.clone(), source })?;
+    let mut waiting = Vec::new();
+    let mut ready = Vec::with_capacity(datasets.len());
+    for d in datasets {
+        let (schema, batches) = match session.collect(&d.query.sql) {
+            Ok(result) => result,
+            Err(sql::Error::NoData { table, .. }) => {
+                tracing::warn!(dataset = %d.name, "left out of the release: table {table} has no committed data yet");
+                waiting.push((d.name.clone(), table));
+                continue;
+            }
+            Err(source) => return Err(Error::Query { name: d.name.clone(), source }),
+        };
         d.check_schema(&schema)?;
         let batch =
             plain_types(&schema, &batches).map_err(|message| Error::Invalid { name: d.name.clone(), message })?;
-        refuse_pseudonyms(d, &batch)?;
+        refuse_pseudonyms(&d, &batch)?;
         computed.push(batch);
+        ready.push(d);
     }
+    if ready.is_empty() {
+        return Err(Error::NoDatasets { dir: dir.display().to_string() });
+    }
+    let datasets = ready;
     let tables = protect(&datasets, computed, settings.publish.threshold)?;
     let release = site::Release::begin(&settings.paths.site)?;
     let written = release.write(&tables, &settings.publish, &manifest)?;
@@ -131,8 +149,13 @@ pub fn run(settings: &Settings, audit: &AuditLog) -> Result<Summary> {
     fields.insert("datasets".into(), Value::from(datasets_field));
     let sums: Map<String, Value> = written.iter().map(|f| (f.path.clone(), Value::from(f.sha256.clone()))).collect();
     fields.insert("files".into(), Value::Object(sums));
+    if !waiting.is_empty() {
+        let left_out: Map<String, Value> = waiting.iter().map(|(d, t)| (d.clone(), Value::from(t.clone()))).collect();
+        fields.insert("waiting_for_data".into(), Value::Object(left_out));
+    }
     audit.append(AUDIT_KIND, fields)?;
     Ok(Summary {
+        waiting,
         release: id,
         tables: tables.iter().map(|t| (t.dataset.name.clone(), t.rows(), t.primary, t.secondary)).collect(),
         path,

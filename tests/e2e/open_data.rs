@@ -82,7 +82,7 @@ fn statistics_are_committed_tables_that_sql_reads() {
 }
 
 #[test]
-fn statistics_wait_for_their_data_and_a_broken_one_commits_nothing() {
+fn statistics_and_datasets_wait_for_their_data_and_a_broken_one_commits_nothing() {
     let ws = Workspace::new();
     ws.sample(200, 3, &["--only", "treatment_invoices", "--only", "population"]);
     ws.ok(&["ingest"]);
@@ -90,6 +90,11 @@ fn statistics_wait_for_their_data_and_a_broken_one_commits_nothing() {
     assert!(text.contains("stats_invoices"), "{text}");
     assert!(text.contains("stats_waiting_times                      skipped: table waiting_list"), "{text}");
     assert_eq!(ws.sql_rows(None, "SELECT count(*) > 0 FROM stats_invoices"), [["true"]]);
+    // Publishing likewise leaves out what waits for data.
+    let text = stdout(&ws.ok(&["publish"]));
+    assert!(text.contains("sick_leave_by_diagnosis                  left out: table sick_leave has no"), "{text}");
+    assert!(latest(&ws).join("invoices_by_care_type_age_sex").is_dir());
+    assert!(!latest(&ws).join("sick_leave_by_diagnosis").exists());
     let before = ws.manifest_versions();
     std::fs::write(ws.root().join("queries/statistics/zz_broken.sql"), "-- Broken.\nSELECT nope FROM population")
         .unwrap();
