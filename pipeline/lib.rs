@@ -7,6 +7,8 @@
 //! - [`ingest`]: deliveries → checked, pseudonymised Arrow batches → the warehouse.
 //! - [`warehouse`]: the Parquet layout, the manifest and atomic commits.
 //! - [`sql`]: read-only SQL over the committed warehouse, as a role, every statement audited.
+//! - [`stats`]: statistics computed through `sql`, committed through `warehouse`.
+//! - [`publish`]: open data computed through `sql`, disclosure-controlled, written to the site.
 //! - [`audit`]: the hash-chained log of every processing step; used by every stage.
 //! - [`sample_data`]: synthetic deliveries in the providers' exact formats.
 //!

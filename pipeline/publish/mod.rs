@@ -130,7 +130,8 @@ pub fn run(settings: &Settings, audit: &AuditLog) -> Result<Summary> {
     let tables = protect(&datasets, computed, settings.publish.threshold)?;
     let release = site::Release::begin(&settings.paths.site)?;
     let written = release.write(&tables, &settings.publish, &manifest)?;
-    let (id, path) = release.publish()?;
+    let id = release.id.clone();
+    // Logged before it goes live: a release the log does not know is never published.
     let mut fields = Map::new();
     fields.insert("release".into(), Value::from(id.clone()));
     fields.insert("warehouse_version".into(), Value::from(manifest.version));
@@ -154,6 +155,7 @@ pub fn run(settings: &Settings, audit: &AuditLog) -> Result<Summary> {
         fields.insert("waiting_for_data".into(), Value::Object(left_out));
     }
     audit.append(AUDIT_KIND, fields)?;
+    let path = release.publish()?;
     Ok(Summary {
         waiting,
         release: id,

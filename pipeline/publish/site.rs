@@ -100,8 +100,8 @@ impl Release {
         Ok(written)
     }
 
-    /// Move the release into place and make it `latest`; returns its id and folder.
-    pub fn publish(self) -> Result<(String, PathBuf)> {
+    /// Move the release into place and make it `latest`; returns its folder.
+    pub fn publish(self) -> Result<PathBuf> {
         let releases = self.site.join(RELEASES);
         let target = releases.join(&self.id);
         for dir in std::fs::read_dir(&self.staging).map_err(io(&self.staging))? {
@@ -123,7 +123,7 @@ impl Release {
         std::fs::rename(&tmp, &latest).map_err(io(&latest))?;
         write_file(&self.site, "index.html", ROOT_PAGE.as_bytes())?;
         sync_dir(&self.site)?;
-        Ok((self.id.clone(), target))
+        Ok(target)
     }
 }
 
