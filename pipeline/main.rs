@@ -258,6 +258,7 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
             for (table, outcome) in &summary.statistics {
                 match outcome {
                     ladu::stats::Outcome::Computed { rows } => println!("{table:<40} {rows:>9} rows"),
+                    ladu::stats::Outcome::Unchanged => println!("{table:<40} unchanged"),
                     ladu::stats::Outcome::NoData { table: missing } => {
                         println!("{table:<40} skipped: table {missing} has no committed data yet")
                     }
@@ -280,9 +281,10 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
                 };
                 (code, e)
             })?;
-            for (name, rows, primary, secondary) in &summary.tables {
+            for d in &summary.datasets {
                 println!(
-                    "{name:<40} {rows:>7} rows, {primary} suppressed (fewer persons), {secondary} suppressed (totals)"
+                    "{:<40} {:>7} rows, {} suppressed (fewer persons), {} suppressed (totals)",
+                    d.name, d.rows, d.primary, d.secondary
                 );
             }
             for (name, table) in &summary.waiting {

@@ -63,7 +63,9 @@ pub struct Table<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     #[error(
-        "rows {first} and {second} have the same dimension values: a dataset's dimensions must tell its rows apart"
+        "result rows {} and {} have the same dimension values: a dataset's dimensions must tell its rows apart",
+        first + 1,
+        second + 1
     )]
     DuplicateCell { table: usize, first: usize, second: usize },
     #[error(

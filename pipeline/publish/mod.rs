@@ -90,8 +90,19 @@ pub struct Summary {
     pub release: String,
     /// Datasets left out because a table they read has no data yet: (dataset, table).
     pub waiting: Vec<(String, String)>,
-    pub tables: Vec<(String, usize, usize, usize)>,
+    pub datasets: Vec<Published>,
     pub path: std::path::PathBuf,
+}
+
+/// One dataset of a release.
+#[derive(Debug)]
+pub struct Published {
+    pub name: String,
+    pub rows: usize,
+    /// Cells suppressed for having fewer persons than the threshold.
+    pub primary: usize,
+    /// Cells suppressed so that those cannot be worked out.
+    pub secondary: usize,
 }
 
 /// Compute, protect and publish every open dataset as one release.
@@ -136,14 +147,18 @@ pub fn run(settings: &Settings, audit: &AuditLog) -> Result<Summary> {
     fields.insert("release".into(), Value::from(id.clone()));
     fields.insert("warehouse_version".into(), Value::from(manifest.version));
     fields.insert("threshold".into(), Value::from(settings.publish.threshold));
-    let datasets_field: Vec<Value> = tables
+    let published: Vec<Published> = tables
         .iter()
-        .map(|t| {
+        .map(|t| Published { name: t.dataset.name.clone(), rows: t.rows(), primary: t.primary, secondary: t.secondary })
+        .collect();
+    let datasets_field: Vec<Value> = published
+        .iter()
+        .map(|p| {
             serde_json::json!({
-                "name": t.dataset.name,
-                "rows": t.rows(),
-                "suppressed_primary": t.primary,
-                "suppressed_secondary": t.secondary,
+                "name": p.name,
+                "rows": p.rows,
+                "suppressed_primary": p.primary,
+                "suppressed_secondary": p.secondary,
             })
         })
         .collect();
@@ -156,12 +171,7 @@ pub fn run(settings: &Settings, audit: &AuditLog) -> Result<Summary> {
     }
     audit.append(AUDIT_KIND, fields)?;
     let path = release.publish()?;
-    Ok(Summary {
-        waiting,
-        release: id,
-        tables: tables.iter().map(|t| (t.dataset.name.clone(), t.rows(), t.primary, t.secondary)).collect(),
-        path,
-    })
+    Ok(Summary { waiting, release: id, datasets: published, path })
 }
 
 /// One batch, with string views as plain strings (what every reader of CSV, JSON and Parquet expects).

@@ -21,7 +21,7 @@ pub mod script;
 pub mod shell;
 pub mod tables;
 pub mod versions;
-mod views;
+pub mod views;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};

@@ -52,6 +52,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Outcome {
     /// Computed and committed with this many rows.
     Computed { rows: u64 },
+    /// Neither its query, nor the views, nor the data changed since it was computed.
+    Unchanged,
     /// Not computed: it reads a table with nothing committed yet.
     NoData { table: String },
 }
@@ -65,7 +67,20 @@ pub struct Summary {
     pub commit: Option<u64>,
 }
 
-/// Compute the statistics (all, or those named in `only`) and commit them together.
+/// SHA-256 of what a statistic's result depends on besides the data: its query and the curated views.
+fn inputs_sha256(file: &query_files::QueryFile, views: &[query_files::QueryFile]) -> String {
+    let mut h = Sha256::new();
+    for q in std::iter::once(file).chain(views) {
+        h.update(q.name.as_bytes());
+        h.update([0]);
+        h.update(q.sql.as_bytes());
+        h.update([0]);
+    }
+    crate::warehouse::writer::hex(&h.finalize())
+}
+
+/// Compute the statistics (all, or those named in `only`) whose query, views
+/// or data changed since they were computed, and commit them together.
 pub fn run(settings: &Settings, audit: &AuditLog, only: &[String]) -> Result<Summary> {
     let dir = settings.paths.queries.join(DIR);
     let files = query_files::read_dir(&dir)?;
@@ -75,8 +90,11 @@ pub fn run(settings: &Settings, audit: &AuditLog, only: &[String]) -> Result<Sum
             return Err(Error::Unknown { name: name.clone(), known, dir: dir.display().to_string() });
         }
     }
+    let views = query_files::read_dir(&settings.paths.queries.join(sql::views::DIR))?;
     let mut wh = Warehouse::open_for_derived_write(&settings.paths.warehouse)?;
     let base = wh.manifest().clone();
+    // The version of the newest data: statistics computed from it are current.
+    let data_version = base.deliveries.iter().map(|d| d.commit).max().unwrap_or(0);
     let session = Session::open_for(settings, audit.clone(), base.clone(), "ladu stats")?;
     let mut tx = wh.begin()?;
     let mut next = base.clone();
@@ -85,6 +103,12 @@ pub fn run(settings: &Settings, audit: &AuditLog, only: &[String]) -> Result<Sum
     let mut entries = Vec::new();
     for file in files.iter().filter(|f| only.is_empty() || only.contains(&f.name)) {
         let table = format!("{TABLE_PREFIX}{}", file.name);
+        let inputs = inputs_sha256(file, &views);
+        let current = base.tables.get(&table).and_then(|t| t.statistic.as_ref());
+        if current.is_some_and(|s| s.inputs_sha256 == inputs && s.from_version == data_version) {
+            statistics.push((table, Outcome::Unchanged));
+            continue;
+        }
         let (schema, batches) = match session.collect(&file.sql) {
             Ok(result) => result,
             Err(sql::Error::NoData { table: missing, .. }) => {
@@ -101,11 +125,8 @@ pub fn run(settings: &Settings, audit: &AuditLog, only: &[String]) -> Result<Sum
         let committed = tx.write_file(&format!("{FOLDER}/{}", file.name), schema, &batches)?;
         entries.push(serde_json::json!({ "table": table, "rows": committed.rows, "sha256": committed.sha256 }));
         statistics.push((table.clone(), Outcome::Computed { rows: committed.rows }));
-        let statistic = Statistic {
-            description: file.description.clone(),
-            query_sha256: crate::warehouse::writer::hex(&Sha256::digest(file.sql.as_bytes())),
-            from_version: base.version,
-        };
+        let statistic =
+            Statistic { description: file.description.clone(), inputs_sha256: inputs, from_version: data_version };
         next.tables.insert(
             table,
             manifest::Table { partition_columns: Vec::new(), files: vec![committed], statistic: Some(statistic) },
@@ -124,7 +145,7 @@ pub fn run(settings: &Settings, audit: &AuditLog, only: &[String]) -> Result<Sum
     wh.commit(tx, next)?;
     let mut fields = Map::new();
     fields.insert("commit".into(), Value::from(version));
-    fields.insert("from_version".into(), Value::from(base.version));
+    fields.insert("from_version".into(), Value::from(data_version));
     fields.insert("statistics".into(), Value::from(entries));
     audit.append(AUDIT_KIND, fields)?;
     Ok(Summary { statistics, commit: Some(version) })

@@ -67,9 +67,9 @@ pub struct Table {
 pub struct Statistic {
     /// What it answers: the comment its query opens with.
     pub description: String,
-    /// SHA-256 of the query's text, hex.
-    pub query_sha256: String,
-    /// Manifest version of the data it was computed from.
+    /// SHA-256 of its query and the curated views, hex.
+    pub inputs_sha256: String,
+    /// Manifest version of the newest deliveries it was computed from.
     pub from_version: u64,
 }
 

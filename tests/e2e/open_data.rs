@@ -59,17 +59,25 @@ fn statistics_are_committed_tables_that_sql_reads() {
     let listing = stdout(&ws.ok(&["sql", "--format", "csv", "-c", "\\d"]));
     assert!(listing.lines().any(|l| l.starts_with("stats_invoices,statistic,")), "{listing}");
     assert!(!listing.contains("stats_invoices_history"));
-    // A statistic is replaced whole: one file, in the folder the issue names.
-    ws.ok(&["stats", "--only", "invoices"]);
+    // Nothing changed: nothing is recomputed or committed.
+    let before = ws.manifest_versions();
+    assert!(stdout(&ws.ok(&["stats"])).contains("stats_invoices                           unchanged"));
+    assert_eq!(ws.manifest_versions(), before);
+    // A changed query is recomputed, and replaces the statistic whole: one file, in the folder the issue names.
+    let query = ws.root().join("queries/statistics/invoices.sql");
+    std::fs::write(&query, std::fs::read_to_string(&query).unwrap() + "\n-- (changed)").unwrap();
+    assert!(stdout(&ws.ok(&["stats"])).contains("stats_screening                          unchanged"));
     let manifest: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(ws.warehouse().join("_ladu/manifest").join(ws.manifest_versions().last().unwrap()))
             .unwrap(),
     )
     .unwrap();
+    assert_eq!(manifest["version"], 3);
     let files = manifest["tables"]["stats_invoices"]["files"].as_array().unwrap();
     assert_eq!(files.len(), 1);
-    assert!(files[0]["path"].as_str().unwrap().starts_with("stats/invoices/part-"));
-    assert_eq!(manifest["tables"]["stats_invoices"]["statistic"]["from_version"], 2);
+    assert!(files[0]["path"].as_str().unwrap().starts_with("stats/invoices/part-0000000003-"), "{files:?}");
+    assert_eq!(manifest["tables"]["stats_invoices"]["statistic"]["from_version"], 1, "the ingest's version");
+    assert_eq!(manifest["tables"]["stats_screening"]["files"][0]["commit"], 2, "unchanged, not rewritten");
     let entries = ws.audit_entries();
     let stats: Vec<_> = entries.iter().filter(|e| e["kind"] == "stats").collect();
     assert_eq!(stats.len(), 2);
