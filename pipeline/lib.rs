@@ -9,6 +9,7 @@
 //! - [`sql`]: read-only SQL over the committed warehouse, as a role, every statement audited.
 //! - [`stats`]: statistics computed through `sql`, committed through `warehouse`.
 //! - [`publish`]: open data computed through `sql`, disclosure-controlled, written to the site.
+//! - [`run`]: the nightly job: ingest, statistics, publish, a run report.
 //! - [`audit`]: the hash-chained log of every processing step; used by every stage.
 //! - [`sample_data`]: synthetic deliveries in the providers' exact formats.
 //!
@@ -20,6 +21,7 @@ pub mod config;
 pub mod ingest;
 pub mod pseudonym;
 pub mod publish;
+pub mod run;
 pub mod sample_data;
 pub mod sql;
 pub mod stats;

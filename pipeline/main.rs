@@ -46,6 +46,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The nightly job: ingest every new delivery, refresh the statistics, publish the open data.
+    Run,
     /// Write a new random key (mode 0600); never overwrites.
     Keygen {
         #[arg(long)]
@@ -243,6 +245,41 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
                 sql::shell::run_lines(&session, std::io::stdin().lock(), &mut out).map_err(failed)?;
             }
             Ok(Exit::Ok)
+        }
+        Command::Run => {
+            let settings = load_settings(cli.config.as_deref())?;
+            let key = load_key(&settings)?;
+            let audit = AuditLog::new(&settings.paths.audit);
+            let progress = std::io::stderr().is_terminal() && !cli.quiet;
+            match ladu::run::run(&settings, &key, &audit, progress) {
+                Ok(report) => {
+                    print_summary(&report.ingest);
+                    if let Some(s) = &report.stats {
+                        let computed =
+                            s.statistics.iter().filter(|(_, o)| matches!(o, ladu::stats::Outcome::Computed { .. }));
+                        println!("statistics: {} computed of {}", computed.count(), s.statistics.len());
+                    }
+                    if let Some(p) = &report.publish {
+                        println!("published release {} ({} datasets)", p.release, p.datasets.len());
+                    }
+                    println!("run report: {}", report.path.display());
+                    Ok(if report.ingest.refused() > 0 { Exit::Refused } else { Exit::Ok })
+                }
+                Err(f) => {
+                    let ladu::run::Failed { error: e, report } = *f;
+                    let code = match &e {
+                        ladu::run::Error::Ingest(ingest::Error::Config(_) | ingest::Error::UnknownSource { .. })
+                        | ladu::run::Error::Ingest(ingest::Error::Warehouse(ladu::warehouse::Error::WrongKey {
+                            ..
+                        }))
+                        | ladu::run::Error::Stats(ladu::stats::Error::File(_))
+                        | ladu::run::Error::Publish(ladu::publish::Error::Dataset(_)) => Exit::Config,
+                        _ => Exit::Failure,
+                    };
+                    let report = report.map(|p| format!("\nrun report: {}", p.display())).unwrap_or_default();
+                    Err(Failed(code, format!("{e}{report}")))
+                }
+            }
         }
         Command::Stats { only } => {
             let settings = load_settings(cli.config.as_deref())?;

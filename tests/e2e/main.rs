@@ -10,4 +10,5 @@ mod keys;
 mod open_data;
 mod privacy;
 mod pseudonym;
+mod run;
 mod sql;

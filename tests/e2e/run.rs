@@ -1,0 +1,86 @@
+//! `ladu run`: the nightly job in one command, its report, its lock and its exit codes.
+
+use crate::util::*;
+
+fn report(ws: &Workspace, out: &std::process::Output) -> serde_json::Value {
+    let text = stdout(out);
+    let path = text.lines().find_map(|l| l.strip_prefix("run report: ")).expect("the run names its report");
+    serde_json::from_str(&std::fs::read_to_string(ws.root().join(path)).unwrap()).unwrap()
+}
+
+#[test]
+fn a_run_ingests_computes_publishes_and_reports() {
+    let ws = Workspace::new();
+    ws.sample(300, 2, &[]);
+    let out = ws.ok(&["run"]);
+    let r = report(&ws, &out);
+    assert_eq!(r["outcome"], "ok");
+    assert_eq!(r["ingest"]["commit"], 1);
+    assert_eq!(r["ingest"]["deliveries"].as_array().unwrap().len(), 7);
+    assert_eq!(r["statistics"].as_array().unwrap().len(), 6);
+    assert!(r["publish"]["release"].is_string());
+    for step in ["ingest_seconds", "stats_seconds", "publish_seconds"] {
+        assert!(r["steps"][step].is_number(), "{step}: {r}");
+    }
+    assert!(ws.root().join("site/latest/index.html").is_file());
+    let entries = ws.audit_entries();
+    let run = entries.iter().rfind(|e| e["kind"] == "run").unwrap();
+    assert_eq!(run["outcome"], "ok");
+    ws.ok(&["audit", "verify"]);
+    // Nothing new: nothing ingested, every statistic unchanged.
+    let r = report(&ws, &ws.ok(&["run"]));
+    assert_eq!(r["ingest"]["commit"], serde_json::Value::Null);
+    assert!(r["statistics"].as_array().unwrap().iter().all(|s| s["outcome"] == "Unchanged"), "{r}");
+}
+
+#[test]
+fn a_refused_delivery_does_not_stop_the_others() {
+    let ws = Workspace::new();
+    ws.sample(100, 3, &["--only", "treatment_invoices", "--only", "population"]);
+    let inbox = ws.inbox("treatment_invoices");
+    let good = std::fs::read_to_string(inbox.join("treatment_invoices_20240331.csv")).unwrap();
+    let header = good.lines().next().unwrap();
+    std::fs::write(inbox.join("treatment_invoices_20240401.csv"), format!("{header};email\n")).unwrap();
+    let out = ws.expect(&["run"], 4);
+    let r = report(&ws, &out);
+    assert_eq!(r["outcome"], "some deliveries refused");
+    let refused: Vec<_> =
+        r["ingest"]["deliveries"].as_array().unwrap().iter().filter(|d| d["outcome"] == "refused").collect();
+    assert_eq!(refused.len(), 1);
+    assert!(refused[0]["detail"]["reason"].as_str().unwrap().contains("`email`"));
+    assert_eq!(r["ingest"]["commit"], 1, "the good deliveries went through");
+    assert!(r["publish"]["release"].is_string());
+}
+
+#[test]
+fn one_run_at_a_time_and_a_dead_runs_lock_is_taken_over() {
+    let ws = Workspace::new();
+    ws.sample(50, 4, &["--only", "population"]);
+    let lock = ws.warehouse().join("_ladu/run.lock");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    let held = std::fs::File::options().create(true).truncate(false).write(true).open(&lock).unwrap();
+    held.try_lock().unwrap();
+    let out = ws.expect(&["run"], 1);
+    assert!(stderr(&out).contains("another `ladu run` is running"), "{}", stderr(&out));
+    assert!(!ws.warehouse().join("_ladu/manifest").exists(), "the refused run did nothing");
+    // The holder dies (its lock goes with it); what it wrote in the file does not matter.
+    drop(held);
+    std::fs::write(&lock, "process 1 since long ago").unwrap();
+    ws.ok(&["run"]);
+}
+
+#[test]
+fn a_failed_step_stops_the_run_and_is_reported() {
+    let ws = Workspace::new();
+    ws.sample(50, 5, &[]);
+    std::fs::write(ws.root().join("queries/statistics/zz_broken.sql"), "-- Broken.\nSELECT nope FROM population")
+        .unwrap();
+    let out = ws.expect(&["run"], 1);
+    assert!(stderr(&out).contains("zz_broken.sql"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("run report: "), "{}", stderr(&out));
+    assert!(!ws.root().join("site/latest").exists(), "nothing was published after the failure");
+    let entries = ws.audit_entries();
+    let run = entries.iter().rfind(|e| e["kind"] == "run").unwrap();
+    assert_eq!(run["outcome"], "failed");
+    assert_eq!(run["commits"][0], 1, "the ingest before the failure stands");
+}
