@@ -10,6 +10,7 @@
 //! - [`stats`]: statistics computed through `sql`, committed through `warehouse`.
 //! - [`publish`]: open data computed through `sql`, disclosure-controlled, written to the site.
 //! - [`run`]: the nightly job: ingest, statistics, publish, a run report.
+//! - [`check`]: verifies the warehouse, the audit chain and the site (reads only).
 //! - [`audit`]: the hash-chained log of every processing step; used by every stage.
 //! - [`sample_data`]: synthetic deliveries in the providers' exact formats.
 //!
@@ -17,6 +18,7 @@
 //! calls into these modules and maps their errors to exit codes.
 
 pub mod audit;
+pub mod check;
 pub mod config;
 pub mod ingest;
 pub mod pseudonym;

@@ -48,6 +48,8 @@ struct Cli {
 enum Command {
     /// The nightly job: ingest every new delivery, refresh the statistics, publish the open data.
     Run,
+    /// Verify the warehouse (files, checksums, key), the audit chain and the site's checksums.
+    Check,
     /// Write a new random key (mode 0600); never overwrites.
     Keygen {
         #[arg(long)]
@@ -279,6 +281,29 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
                     let report = report.map(|p| format!("\nrun report: {}", p.display())).unwrap_or_default();
                     Err(Failed(code, format!("{e}{report}")))
                 }
+            }
+        }
+        Command::Check => {
+            let settings = load_settings(cli.config.as_deref())?;
+            let key = match Key::load(&settings.key_file) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    println!("key not checked: {e}");
+                    None
+                }
+            };
+            let findings = ladu::check::run(&settings, key.as_ref(), &AuditLog::new(&settings.paths.audit));
+            for (what, n) in &findings.checked {
+                println!("checked {n} {what}");
+            }
+            for p in &findings.problems {
+                println!("PROBLEM: {p}");
+            }
+            if findings.problems.is_empty() {
+                println!("no problems found");
+                Ok(Exit::Ok)
+            } else {
+                Err(Failed(Exit::Failure, format!("{} problem(s) found", findings.problems.len())))
             }
         }
         Command::Stats { only } => {

@@ -1,0 +1,163 @@
+//! `ladu check`: verify the warehouse's files against the manifest, the key, the audit chain and the site's checksums.
+//!
+//! Reads only. Every problem found is named (file, and what is wrong with
+//! it), so that an operator knows what to restore from backup.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::audit::AuditLog;
+use crate::config::Settings;
+use crate::pseudonym::Key;
+use crate::warehouse::{manifest, writer::hex};
+
+/// What `ladu check` found.
+#[derive(Debug, Default)]
+pub struct Findings {
+    /// What was checked, for the summary: (what, how many).
+    pub checked: Vec<(String, u64)>,
+    pub problems: Vec<String>,
+}
+
+/// Check everything; `key` is checked against the warehouse when given.
+pub fn run(settings: &Settings, key: Option<&Key>, audit: &AuditLog) -> Findings {
+    let mut f = Findings::default();
+    warehouse(&settings.paths.warehouse, key, &mut f);
+    match crate::audit::verify(audit) {
+        Ok(v) => f.checked.push(("audit entries".into(), v.entries)),
+        Err(e) => f.problems.push(e.to_string()),
+    }
+    site(&settings.paths.site, &mut f);
+    f
+}
+
+fn sha256_of(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok((hex(&h.finalize()), bytes));
+        }
+        bytes += n as u64;
+        h.update(&buf[..n]);
+    }
+}
+
+fn warehouse(root: &Path, key: Option<&Key>, f: &mut Findings) {
+    let m = match manifest::load_latest(root) {
+        Ok(m) => m,
+        Err(e) => return f.problems.push(e.to_string()),
+    };
+    if let (Some(key), Some(expected)) = (key, &m.key_fingerprint) {
+        let given = crate::pseudonym::fingerprint(key);
+        if &given != expected {
+            f.problems.push(format!(
+                "the key's fingerprint {given} is not the warehouse's {expected}: this is not the key the warehouse was built with"
+            ));
+        }
+    }
+    let mut files = 0;
+    for file in m.tables.values().flat_map(|t| &t.files) {
+        files += 1;
+        let path = root.join(&file.path);
+        match sha256_of(&path) {
+            Err(e) => f.problems.push(format!("{}: committed file cannot be read: {e}", path.display())),
+            Ok((sha, bytes)) if sha != file.sha256 || bytes != file.bytes => f.problems.push(format!(
+                "{}: committed file differs from the manifest ({bytes} bytes, SHA-256 {sha}; the manifest says {} bytes, {})",
+                path.display(),
+                file.bytes,
+                file.sha256
+            )),
+            Ok(_) => {}
+        }
+    }
+    f.checked.push((format!("committed files (warehouse version {})", m.version), files));
+    let committed: HashSet<&str> = m.file_paths().collect();
+    let mut strays = Vec::new();
+    collect_strays(root, root, &committed, &mut strays);
+    for s in strays {
+        f.problems.push(format!(
+            "{}: a data file the manifest does not name (left by a run that did not commit; the next ingest removes it)",
+            s.display()
+        ));
+    }
+}
+
+fn collect_strays(root: &Path, dir: &Path, committed: &HashSet<&str>, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if dir == root && (name.starts_with('_') || name.starts_with('.')) {
+            continue;
+        }
+        if path.is_dir() {
+            collect_strays(root, &path, committed, out);
+        } else if name.ends_with(".parquet") {
+            let rel = path.strip_prefix(root).map(|p| p.to_string_lossy().replace('\\', "/")).unwrap_or_default();
+            if !committed.contains(rel.as_str()) {
+                out.push(path);
+            }
+        }
+    }
+}
+
+/// Every release's `SHA256SUMS`, and no file a release's sums do not list.
+fn site(site: &Path, f: &mut Findings) {
+    let releases = site.join(crate::publish::site::RELEASES);
+    let Ok(entries) = std::fs::read_dir(&releases) else { return };
+    let mut checked = 0;
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !dir.is_dir() || name.starts_with('.') {
+            continue;
+        }
+        checked += 1;
+        let sums_path = dir.join(crate::publish::site::CHECKSUMS);
+        let sums = match std::fs::read_to_string(&sums_path) {
+            Ok(s) => s,
+            Err(e) => {
+                f.problems.push(format!("{}: cannot be read: {e}", sums_path.display()));
+                continue;
+            }
+        };
+        let mut listed = HashSet::new();
+        for line in sums.lines() {
+            let Some((digest, rel)) = line.split_once("  ") else {
+                f.problems.push(format!("{}: a line is not `<sha256>  <file>`", sums_path.display()));
+                continue;
+            };
+            listed.insert(rel.to_owned());
+            let path = dir.join(rel);
+            match sha256_of(&path) {
+                Err(e) => f.problems.push(format!("{}: cannot be read: {e}", path.display())),
+                Ok((sha, _)) if sha != digest => {
+                    f.problems.push(format!("{}: differs from {}", path.display(), sums_path.display()))
+                }
+                Ok(_) => {}
+            }
+        }
+        let mut stack = vec![dir.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p != sums_path {
+                    let rel = p.strip_prefix(&dir).map(|r| r.to_string_lossy().into_owned()).unwrap_or_default();
+                    if !listed.contains(&rel) {
+                        f.problems.push(format!("{}: not listed in {}", p.display(), sums_path.display()));
+                    }
+                }
+            }
+        }
+    }
+    f.checked.push(("site releases".into(), checked));
+}
