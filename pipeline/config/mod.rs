@@ -91,6 +91,9 @@ struct RawPaths {
     /// Curated SQL: `views/`, and later statistics and open data.
     #[serde(default)]
     queries: Option<PathBuf>,
+    /// Where `ladu run` moves committed deliveries; unset: they stay in the inbox.
+    #[serde(default)]
+    processed: Option<PathBuf>,
 }
 
 /// `[sql]` as written.
@@ -116,6 +119,9 @@ pub struct PublishSettings {
     /// Title of the site, in Estonian and English.
     pub title_et: String,
     pub title_en: String,
+    /// Releases kept in the site folder, the newest included; older ones are
+    /// removed after a publication. 0 keeps every release.
+    pub keep_releases: usize,
 }
 
 impl Default for PublishSettings {
@@ -126,6 +132,7 @@ impl Default for PublishSettings {
             publisher: "ladu".into(),
             title_et: "Tervise infosüsteemi andmeaida avaandmed".into(),
             title_en: "Open data of the health information system's data warehouse".into(),
+            keep_releases: 0,
         }
     }
 }
@@ -161,6 +168,8 @@ pub struct Paths {
     pub audit: PathBuf,
     pub site: PathBuf,
     pub queries: PathBuf,
+    /// Where `ladu run` moves committed deliveries (`None`: left in the inbox).
+    pub processed: Option<PathBuf>,
 }
 
 /// Settings of the SQL engine (`[sql]`), resolved.
@@ -242,6 +251,7 @@ impl Settings {
                 audit: resolve(&raw.paths.audit),
                 site: resolve(&raw.paths.site),
                 queries: resolve(raw.paths.queries.as_deref().unwrap_or(Path::new(DEFAULT_QUERIES_DIR))),
+                processed: raw.paths.processed.as_deref().map(resolve),
             },
             ingest: raw.ingest,
             sql: SqlSettings {

@@ -170,7 +170,7 @@ pub fn run(settings: &Settings, audit: &AuditLog) -> Result<Summary> {
         fields.insert("waiting_for_data".into(), Value::Object(left_out));
     }
     audit.append(AUDIT_KIND, fields)?;
-    let path = release.publish()?;
+    let path = release.publish(settings.publish.keep_releases)?;
     Ok(Summary { waiting, release: id, datasets: published, path })
 }
 

@@ -72,11 +72,13 @@ impl Release {
                 std::fs::remove_dir_all(entry.path()).map_err(io(&entry.path()))?;
             }
         }
+        // After today's releases, even pruned ones: a release's name is never reused.
         let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
-        let id = (1..)
-            .map(|n| if n == 1 { today.clone() } else { format!("{today}.{n}") })
-            .find(|id| !releases.join(id).exists())
-            .expect("some suffix is free");
+        let last = release_names(&releases)?.into_iter().filter(|(d, _)| *d == today).map(|(_, n)| n).max();
+        let id = match last {
+            None => today,
+            Some(n) => format!("{today}.{}", n + 1),
+        };
         let staging = releases.join(format!(".{id}.partial"));
         std::fs::create_dir(&staging).map_err(io(&staging))?;
         Ok(Release { site: site.to_owned(), id, staging, _lock: lock })
@@ -100,8 +102,9 @@ impl Release {
         Ok(written)
     }
 
-    /// Move the release into place and make it `latest`; returns its folder.
-    pub fn publish(self) -> Result<PathBuf> {
+    /// Move the release into place and make it `latest`, then remove releases
+    /// beyond the newest `keep` (0: keep all); returns its folder.
+    pub fn publish(self, keep: usize) -> Result<PathBuf> {
         let releases = self.site.join(RELEASES);
         let target = releases.join(&self.id);
         for dir in std::fs::read_dir(&self.staging).map_err(io(&self.staging))? {
@@ -123,6 +126,9 @@ impl Release {
         std::fs::rename(&tmp, &latest).map_err(io(&latest))?;
         write_file(&self.site, "index.html", ROOT_PAGE.as_bytes())?;
         sync_dir(&self.site)?;
+        if keep > 0 {
+            prune(&releases, keep, &self.id)?;
+        }
         Ok(target)
     }
 }
@@ -134,6 +140,40 @@ impl Drop for Release {
             let _ = std::fs::remove_dir_all(&self.staging);
         }
     }
+}
+
+/// The releases in `releases`, as (date, number): `2026-11-23` is number 1, `2026-11-23.2` number 2.
+fn release_names(releases: &Path) -> Result<Vec<(String, u32)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(releases).map_err(io(releases))? {
+        let entry = entry.map_err(io(releases))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !entry.path().is_dir() {
+            continue;
+        }
+        found.push(match name.split_once('.') {
+            Some((date, n)) => (date.to_owned(), n.parse().unwrap_or(0)),
+            None => (name, 1),
+        });
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Remove all but the newest `keep` releases (by date, then number), never `current`.
+fn prune(releases: &Path, keep: usize, current: &str) -> Result<()> {
+    let found = release_names(releases)?;
+    let excess = found.len().saturating_sub(keep);
+    for (date, n) in found.into_iter().take(excess) {
+        let name = if n == 1 { date } else { format!("{date}.{n}") };
+        if name == current {
+            continue;
+        }
+        let path = releases.join(&name);
+        tracing::info!(release = %path.display(), "removing a release beyond publish.keep_releases");
+        std::fs::remove_dir_all(&path).map_err(io(&path))?;
+    }
+    sync_dir(releases)
 }
 
 /// The site's front page: the latest release's page is at a stable address.

@@ -70,8 +70,7 @@ fn failed(error: impl Into<Error>, report: Option<PathBuf>) -> Box<Failed> {
 
 /// Run the nightly job; a step's failure is in the report (and the returned error), never lost.
 pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, progress: bool) -> Result<Report, Box<Failed>> {
-    let meta = settings.paths.warehouse.join(META_DIR);
-    let lock = take_lock(&meta).map_err(|e| failed(e, None))?;
+    let lock = take_lock(&settings.paths.warehouse.join(META_DIR)).map_err(|e| failed(e, None))?;
     let started = chrono::Utc::now();
     let clock = Instant::now();
     let mut steps = Map::new();
@@ -86,8 +85,15 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, progress: bool) -> 
     let failure: Option<Error> = match ingested {
         Err(e) => Some(e.into()),
         Ok(summary) => {
+            let moved = match &settings.paths.processed {
+                Some(to) => move_processed(&summary, to),
+                None => Ok(()),
+            };
             outcome.0 = Some(summary);
             let t = Instant::now();
+            if let Err(e) = moved {
+                return finish(settings, audit, lock, (started, clock, steps), outcome, Some(e));
+            }
             match stats::run(settings, audit, &[]) {
                 Err(e) => Some(e.into()),
                 Ok(s) => {
@@ -110,7 +116,21 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, progress: bool) -> 
             }
         }
     };
-    let (ingested, stats, published) = outcome;
+    finish(settings, audit, lock, (started, clock, steps), outcome, failure)
+}
+
+type Outcomes = (Option<ingest::Summary>, Option<stats::Summary>, Option<publish::Summary>);
+
+/// Write the report and the audit entry, release the lock, and return the run's result.
+fn finish(
+    settings: &Settings,
+    audit: &AuditLog,
+    lock: File,
+    (started, clock, steps): (chrono::DateTime<chrono::Utc>, Instant, Map<String, Value>),
+    (ingested, stats, published): Outcomes,
+    failure: Option<Error>,
+) -> Result<Report, Box<Failed>> {
+    let meta = settings.paths.warehouse.join(META_DIR);
     let ingested = ingested.unwrap_or_default();
     let message = failure.as_ref().map(|e| crate::pseudonym::isikukood::redact(&e.to_string()).into_owned());
     let report = report_json(&started, clock, &ingested, stats.as_ref(), published.as_ref(), message.as_deref(), steps);
@@ -129,6 +149,34 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, progress: bool) -> 
         Some(e) => Err(failed(e, Some(path))),
         None => Ok(Report { ingest: ingested, stats, publish: published, path, failure: None }),
     }
+}
+
+/// Move the deliveries now in the warehouse (committed, or found to be
+/// already) from the inbox to `<to>/<source>/`; refused ones stay.
+fn move_processed(summary: &ingest::Summary, to: &Path) -> Result<(), Error> {
+    for d in &summary.deliveries {
+        if matches!(d.outcome, Outcome::Refused { .. }) {
+            continue;
+        }
+        let Some(name) = d.file.file_name() else { continue };
+        let dir = to.join(&d.source);
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
+        let name = name.to_string_lossy();
+        let target = (1..)
+            .map(|n| if n == 1 { dir.join(&*name) } else { dir.join(format!("{name}.{n}")) })
+            .find(|p| !p.exists())
+            .expect("some name is free");
+        let io = |source| Error::Io { path: target.clone(), source };
+        if std::fs::rename(&d.file, &target).is_err() {
+            // Another file system: copy, make it durable, then remove.
+            std::fs::copy(&d.file, &target).map_err(io)?;
+            File::open(&target).and_then(|f| f.sync_all()).map_err(io)?;
+            std::fs::remove_file(&d.file).map_err(|source| Error::Io { path: d.file.clone(), source })?;
+        }
+        crate::warehouse::sync_dir(&dir)
+            .map_err(|e| Error::Io { path: dir.clone(), source: std::io::Error::other(e) })?;
+    }
+    Ok(())
 }
 
 /// Take the run lock, naming the holder when it is busy.

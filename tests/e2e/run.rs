@@ -84,3 +84,60 @@ fn a_failed_step_stops_the_run_and_is_reported() {
     assert_eq!(run["outcome"], "failed");
     assert_eq!(run["commits"][0], 1, "the ingest before the failure stands");
 }
+
+#[test]
+fn the_systemd_units_are_valid() {
+    let analyze = std::path::Path::new("/usr/bin/systemd-analyze");
+    if !analyze.exists() {
+        eprintln!("systemd-analyze is not installed: the units were not verified");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for unit in ["ladu-nightly.service", "ladu-nightly.timer"] {
+        let text = std::fs::read_to_string(std::path::Path::new(REPO).join("config/systemd").join(unit)).unwrap();
+        // Verified against the binary under test, where the unit expects the installed one.
+        std::fs::write(dir.path().join(unit), text.replace("/usr/local/bin/ladu", BIN)).unwrap();
+    }
+    let out = std::process::Command::new(analyze)
+        .args(["verify", "--man=no"])
+        .arg(dir.path().join("ladu-nightly.service"))
+        .arg(dir.path().join("ladu-nightly.timer"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(stderr(&out).trim().is_empty(), "systemd-analyze complains: {}", stderr(&out));
+}
+
+#[test]
+fn committed_deliveries_move_to_processed_and_old_releases_go() {
+    let ws = Workspace::new();
+    let config = ws.config();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.trim_end().ends_with("site = \"../site\""), "[paths] is the last table: {text}");
+    text.push_str("processed = \"../processed\"\n[publish]\nkeep_releases = 2\n");
+    std::fs::write(&config, text).unwrap();
+    ws.sample(100, 7, &["--only", "treatment_invoices", "--only", "population"]);
+    let inbox = ws.inbox("treatment_invoices");
+    let header = std::fs::read_to_string(inbox.join("treatment_invoices_20240331.csv")).unwrap();
+    let refused = inbox.join("treatment_invoices_20240401.csv");
+    std::fs::write(&refused, format!("{};email\n", header.lines().next().unwrap())).unwrap();
+    ws.expect(&["run"], 4);
+    let processed = ws.root().join("processed");
+    assert!(processed.join("treatment_invoices/treatment_invoices_20240331.csv").is_file());
+    assert!(processed.join("population/population_20240331.csv").is_file());
+    assert!(!inbox.join("treatment_invoices_20240331.csv").exists(), "moved out of the inbox");
+    assert!(refused.is_file(), "a refused delivery stays for the operator");
+    // Three more publications: only the newest two releases remain, latest the newest.
+    for _ in 0..3 {
+        ws.ok(&["publish"]);
+    }
+    let releases = ws.root().join("site/releases");
+    let mut names: Vec<String> =
+        std::fs::read_dir(&releases).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    assert_eq!(names, [format!("{today}.3"), format!("{today}.4")]);
+    let latest = std::fs::read_link(ws.root().join("site/latest")).unwrap();
+    assert!(latest.ends_with(format!("{today}.4")), "{latest:?}");
+    ws.ok(&["check"]);
+}
