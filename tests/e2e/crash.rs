@@ -50,3 +50,49 @@ fn kill_9_at_any_moment_then_rerun_equals_an_uninterrupted_run() {
     // The kills really interrupted runs at different stages.
     assert!(outcomes.iter().any(|(_, fin, v)| !fin && *v == 0), "{outcomes:?}");
 }
+
+/// The open data of the latest release, as published (the files that depend on the data alone).
+fn site_data(ws: &Workspace) -> Vec<(String, Vec<u8>)> {
+    let latest = ws.root().join("site/latest");
+    let mut files: Vec<(String, Vec<u8>)> = files_under(&latest)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "csv" || e == "json") && !p.ends_with("datapackage.json"))
+        .map(|p| (p.strip_prefix(&latest).unwrap().display().to_string(), std::fs::read(&p).unwrap()))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn kill_9_during_a_nightly_run_then_rerun_equals_an_uninterrupted_run() {
+    let reference = Workspace::new();
+    reference.sample(20_000, 22, &[]);
+    let started = Instant::now();
+    reference.ok(&["-q", "run"]);
+    let full = started.elapsed();
+    let want = (digest(&reference), site_data(&reference));
+    assert!(want.0.contains("stats/invoices") && want.1.len() >= 12, "sanity: {want:?}");
+
+    let key = reference.root().join("key/ladu.key");
+    let mut outcomes = Vec::new();
+    for fraction in [0.1, 0.35, 0.6, 0.8, 0.92, 1.3] {
+        let ws = Workspace::new();
+        std::fs::copy(&key, ws.root().join("key/ladu.key")).unwrap();
+        copy_dir(&reference.root().join("inbox"), &ws.root().join("inbox"));
+        let mut child = ws.command(&["-q", "run"]).spawn().unwrap();
+        std::thread::sleep(full.mul_f64(fraction));
+        let finished = child.try_wait().unwrap().is_some();
+        child.kill().ok();
+        child.wait().unwrap();
+        outcomes.push((fraction, finished, ws.manifest_versions().len(), ws.root().join("site/latest").exists()));
+        ws.ok(&["-q", "run"]);
+        assert_eq!(digest(&ws), want.0, "killed at {fraction} of a run: the warehouse differs");
+        assert!(site_data(&ws) == want.1, "killed at {fraction} of a run: the published data differ");
+        ws.ok(&["check"]);
+        let partial = files_under(&ws.root().join("site")).iter().any(|p| p.to_string_lossy().contains(".partial"));
+        assert!(!partial, "{}", ws.listing());
+    }
+    // The kills interrupted runs in different steps: before the ingest's commit, between commits, before publishing.
+    assert!(outcomes.iter().any(|(_, fin, v, _)| !fin && *v == 0), "{outcomes:?}");
+    assert!(outcomes.iter().any(|(_, fin, v, site)| !fin && *v >= 1 && !site), "{outcomes:?}");
+}
