@@ -40,8 +40,17 @@ struct Cli {
     /// Only warnings and errors.
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// Log lines as text, or as JSON objects (one per line) for a log collector.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -144,12 +153,17 @@ impl<E: std::fmt::Display> From<(Exit, E)> for Failed {
 fn main() -> ExitCode {
     tune_malloc();
     let cli = Cli::parse();
-    init_logging(cli.verbose, cli.quiet);
+    let format = cli.log_format;
+    init_logging(cli.verbose, cli.quiet, format);
     match run(cli) {
         Ok(code) => ExitCode::from(code as u8),
         Err(Failed(code, message)) => {
             // Messages may quote what the user typed (a statement, a path): never a personal code.
-            eprintln!("error: {}", ladu::pseudonym::isikukood::redact(&message));
+            let message = ladu::pseudonym::isikukood::redact(&message);
+            match format {
+                LogFormat::Text => eprintln!("error: {message}"),
+                LogFormat::Json => tracing::error!(exit_code = code as u8, "{message}"),
+            }
             ExitCode::from(code as u8)
         }
     }
@@ -176,7 +190,7 @@ fn tune_malloc() {
     }
 }
 
-fn init_logging(verbose: u8, quiet: bool) {
+fn init_logging(verbose: u8, quiet: bool, format: LogFormat) {
     let level = match (quiet, verbose) {
         (true, _) => "warn",
         (false, 0) => "info",
@@ -184,12 +198,11 @@ fn init_logging(verbose: u8, quiet: bool) {
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::new(format!("ladu={level},warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
 }
 
 fn run(cli: Cli) -> Result<Exit, Failed> {

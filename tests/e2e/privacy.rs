@@ -22,6 +22,7 @@ fn no_raw_identifier_in_anything_ladu_writes() {
     let mut commands: Vec<Vec<String>> = vec![
         vec!["ingest".into()],
         vec!["-v".into(), "ingest".into()],
+        vec!["--log-format".into(), "json".into(), "-v".into(), "run".into()],
         vec!["sql".into(), "-c".into(), typed],
         vec!["sql".into(), "-c".into(), failing],
         // A code in a refused file name and in an output path is echoed in errors and the audit.

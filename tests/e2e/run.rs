@@ -141,3 +141,22 @@ fn committed_deliveries_move_to_processed_and_old_releases_go() {
     assert!(latest.ends_with(format!("{today}.4")), "{latest:?}");
     ws.ok(&["check"]);
 }
+
+#[test]
+fn logs_can_be_json_lines() {
+    let ws = Workspace::new();
+    ws.sample(50, 8, &["--only", "population"]);
+    let out = ws.ok(&["--log-format", "json", "run"]);
+    let lines: Vec<&str> = std::str::from_utf8(&out.stderr).unwrap().lines().collect();
+    assert!(lines.len() >= 2, "{lines:?}");
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["fields"]["message"].is_string(), "{line}");
+    }
+    // The error that ends a command is a log line too.
+    let out = ws.expect(&["--log-format", "json", "stats", "--only", "nope"], 3);
+    let last: serde_json::Value = serde_json::from_str(stderr(&out).lines().last().unwrap()).unwrap();
+    assert_eq!(last["level"], "ERROR");
+    assert_eq!(last["fields"]["exit_code"], 3);
+    assert!(last["fields"]["message"].as_str().unwrap().contains("unknown statistic `nope`"));
+}
