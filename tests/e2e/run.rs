@@ -160,3 +160,67 @@ fn logs_can_be_json_lines() {
     assert_eq!(last["fields"]["exit_code"], 3);
     assert!(last["fields"]["message"].as_str().unwrap().contains("unknown statistic `nope`"));
 }
+
+#[test]
+fn two_runs_started_together_one_runs_one_refuses() {
+    let ws = Workspace::new();
+    ws.sample(20_000, 9, &["--only", "treatment_invoices", "--only", "population"]);
+    let a = ws
+        .command(&["-q", "run"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let b = ws
+        .command(&["-q", "run"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let mut codes = [a.status.code(), b.status.code()];
+    codes.sort();
+    assert_eq!(codes, [Some(0), Some(1)], "{}\n{}", stderr(&a), stderr(&b));
+    let refused = if a.status.code() == Some(1) { &a } else { &b };
+    assert!(stderr(refused).contains("another `ladu run` is running"), "{}", stderr(refused));
+    assert_eq!(ws.manifest_versions().len(), 2, "one ingest commit and one statistics commit");
+}
+
+#[test]
+fn a_write_failure_fails_cleanly_and_the_next_run_succeeds() {
+    let ws = Workspace::new();
+    ws.sample(100, 10, &["--only", "treatment_invoices", "--only", "population"]);
+    ws.ok(&["run"]);
+    let site = ws.root().join("site");
+    // Every file of the site but its lock, with its bytes.
+    let contents = |site: &std::path::Path| -> Vec<_> {
+        files_under(site)
+            .into_iter()
+            .filter(|p| !p.ends_with(".lock"))
+            .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+            .collect()
+    };
+    let site_before = contents(&site);
+    let versions = ws.manifest_versions();
+    // New deliveries, and the warehouse cannot stage files (a file where its staging folder goes).
+    ws.sample(100, 11, &["--only", "treatment_invoices", "--date", "2024-04-30"]);
+    let staging = ws.warehouse().join("_ladu/staging");
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::write(&staging, b"in the way").unwrap();
+    let out = ws.expect(&["run"], 1);
+    assert!(stderr(&out).contains("ingest:"), "{}", stderr(&out));
+    assert_eq!(ws.manifest_versions(), versions, "the warehouse is as it was");
+    std::fs::remove_file(&staging).unwrap();
+    // Now the site cannot be written (a folder where its lock file goes).
+    let lock = site.join(".lock");
+    std::fs::remove_file(&lock).unwrap();
+    std::fs::create_dir(&lock).unwrap();
+    let out = ws.expect(&["run"], 1);
+    assert!(stderr(&out).contains("publish:"), "{}", stderr(&out));
+    assert!(contents(&site) == site_before, "the site is as it was");
+    std::fs::remove_dir(&lock).unwrap();
+    let r = report(&ws, &ws.ok(&["run"]));
+    assert_eq!(r["outcome"], "ok");
+    assert!(r["publish"]["release"].as_str().unwrap().ends_with(".2"), "{r}");
+    ws.ok(&["check"]);
+}
