@@ -277,6 +277,12 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
                     if let Some(p) = &report.publish {
                         println!("published release {} ({} datasets)", p.release, p.datasets.len());
                     }
+                    let took: Vec<String> = report
+                        .steps
+                        .iter()
+                        .map(|(step, s)| format!("{} {s} s", step.trim_end_matches("_seconds")))
+                        .collect();
+                    println!("took: {}", took.join(", "));
                     println!("run report: {}", report.path.display());
                     Ok(if report.ingest.refused() > 0 { Exit::Refused } else { Exit::Ok })
                 }

@@ -53,8 +53,8 @@ pub struct Report {
     pub publish: Option<publish::Summary>,
     /// The report's file.
     pub path: PathBuf,
-    /// The error that stopped the run, if one did.
-    pub failure: Option<String>,
+    /// Seconds each step took: `ingest_seconds`, `stats_seconds`, `publish_seconds`.
+    pub steps: Map<String, Value>,
 }
 
 /// A run that stopped: why, and its report if one was written.
@@ -133,7 +133,8 @@ fn finish(
     let meta = settings.paths.warehouse.join(META_DIR);
     let ingested = ingested.unwrap_or_default();
     let message = failure.as_ref().map(|e| crate::pseudonym::isikukood::redact(&e.to_string()).into_owned());
-    let report = report_json(&started, clock, &ingested, stats.as_ref(), published.as_ref(), message.as_deref(), steps);
+    let report =
+        report_json(&started, clock, &ingested, stats.as_ref(), published.as_ref(), message.as_deref(), steps.clone());
     let path = write_report(&meta, &started, &report).map_err(|e| failed(e, None))?;
     let mut fields = Map::new();
     fields.insert("report".into(), Value::from(path.display().to_string()));
@@ -147,7 +148,7 @@ fn finish(
     drop(lock);
     match failure {
         Some(e) => Err(failed(e, Some(path))),
-        None => Ok(Report { ingest: ingested, stats, publish: published, path, failure: None }),
+        None => Ok(Report { ingest: ingested, stats, publish: published, path, steps }),
     }
 }
 

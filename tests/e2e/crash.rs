@@ -95,4 +95,44 @@ fn kill_9_during_a_nightly_run_then_rerun_equals_an_uninterrupted_run() {
     // The kills interrupted runs in different steps: before the ingest's commit, between commits, before publishing.
     assert!(outcomes.iter().any(|(_, fin, v, _)| !fin && *v == 0), "{outcomes:?}");
     assert!(outcomes.iter().any(|(_, fin, v, site)| !fin && *v >= 1 && !site), "{outcomes:?}");
+
+    // And at moments chosen by what is on disk: while the ingest writes its
+    // staged files, and while a release is being written aside.
+    let staging = |ws: &Workspace| !files_under(&ws.warehouse().join("_ladu/staging")).is_empty();
+    let partial = |ws: &Workspace| {
+        std::fs::read_dir(ws.root().join("site/releases"))
+            .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".partial")))
+            .unwrap_or(false)
+    };
+    kill_when(&reference, &want, "staging", staging);
+    kill_when(&reference, &want, "partial release", partial);
+}
+
+/// Kill a run like `reference`'s as soon as `seen` holds, rerun, and compare with `want`.
+fn kill_when(
+    reference: &Workspace,
+    want: &(String, Vec<(String, Vec<u8>)>),
+    moment: &str,
+    seen: impl Fn(&Workspace) -> bool,
+) {
+    let ws = Workspace::new();
+    std::fs::copy(reference.root().join("key/ladu.key"), ws.root().join("key/ladu.key")).unwrap();
+    copy_dir(&reference.root().join("inbox"), &ws.root().join("inbox"));
+    let mut child = ws.command(&["-q", "run"]).spawn().unwrap();
+    let caught = loop {
+        if seen(&ws) {
+            child.kill().unwrap();
+            break true;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    child.wait().unwrap();
+    assert!(caught, "the run ended before any {moment} was seen");
+    ws.ok(&["-q", "run"]);
+    assert_eq!(digest(&ws), want.0, "killed at {moment}: the warehouse differs");
+    assert!(site_data(&ws) == want.1, "killed at {moment}: the published data differ");
+    ws.ok(&["check"]);
 }
