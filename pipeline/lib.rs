@@ -21,6 +21,7 @@ pub mod audit;
 pub mod check;
 pub mod config;
 pub mod ingest;
+pub mod progress;
 pub mod pseudonym;
 pub mod publish;
 pub mod run;

@@ -328,7 +328,8 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
         Command::Stats { only } => {
             let settings = load_settings(cli.config.as_deref())?;
             let audit = AuditLog::new(&settings.paths.audit);
-            let summary = ladu::stats::run(&settings, &audit, &only).map_err(|e| {
+            let progress = std::io::stderr().is_terminal() && !cli.quiet;
+            let summary = ladu::stats::run(&settings, &audit, &only, progress).map_err(|e| {
                 let code = match e {
                     ladu::stats::Error::File(_) | ladu::stats::Error::Unknown { .. } => Exit::Config,
                     ladu::stats::Error::Sql(sql::Error::Roles(_) | sql::Error::View { .. }) => Exit::Config,
@@ -354,7 +355,8 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
         Command::Publish => {
             let settings = load_settings(cli.config.as_deref())?;
             let audit = AuditLog::new(&settings.paths.audit);
-            let summary = ladu::publish::run(&settings, &audit).map_err(|e| {
+            let progress = std::io::stderr().is_terminal() && !cli.quiet;
+            let summary = ladu::publish::run(&settings, &audit, progress).map_err(|e| {
                 let code = match e {
                     ladu::publish::Error::Dataset(_) | ladu::publish::Error::NoDatasets { .. } => Exit::Config,
                     ladu::publish::Error::Sql(sql::Error::Roles(_) | sql::Error::View { .. }) => Exit::Config,

@@ -106,7 +106,7 @@ pub struct Published {
 }
 
 /// Compute, protect and publish every open dataset as one release.
-pub fn run(settings: &Settings, audit: &AuditLog) -> Result<Summary> {
+pub fn run(settings: &Settings, audit: &AuditLog, progress: bool) -> Result<Summary> {
     let dir = settings.paths.queries.join(dataset::DIR);
     let datasets = dataset::load_dir(&dir)?;
     if datasets.is_empty() {
@@ -118,7 +118,10 @@ pub fn run(settings: &Settings, audit: &AuditLog) -> Result<Summary> {
     let mut waiting = Vec::new();
     let mut ready = Vec::with_capacity(datasets.len());
     for d in datasets {
-        let (schema, batches) = match session.collect(&d.query.sql) {
+        let spinner = crate::progress::spinner(progress, &format!("open dataset {}", d.name));
+        let result = session.collect(&d.query.sql);
+        spinner.finish_and_clear();
+        let (schema, batches) = match result {
             Ok(result) => result,
             Err(sql::Error::NoData { table, .. }) => {
                 tracing::warn!(dataset = %d.name, "left out of the release: table {table} has no committed data yet");

@@ -94,13 +94,13 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, progress: bool) -> 
             if let Err(e) = moved {
                 return finish(settings, audit, lock, (started, clock, steps), outcome, Some(e));
             }
-            match stats::run(settings, audit, &[]) {
+            match stats::run(settings, audit, &[], progress) {
                 Err(e) => Some(e.into()),
                 Ok(s) => {
                     timed("stats", t);
                     outcome.1 = Some(s);
                     let t = Instant::now();
-                    match publish::run(settings, audit) {
+                    match publish::run(settings, audit, progress) {
                         Err(publish::Error::NoDatasets { dir }) => {
                             tracing::warn!("nothing published: no open dataset in {} has data yet", dir);
                             None

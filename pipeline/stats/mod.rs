@@ -81,7 +81,7 @@ fn inputs_sha256(file: &query_files::QueryFile, views: &[query_files::QueryFile]
 
 /// Compute the statistics (all, or those named in `only`) whose query, views
 /// or data changed since they were computed, and commit them together.
-pub fn run(settings: &Settings, audit: &AuditLog, only: &[String]) -> Result<Summary> {
+pub fn run(settings: &Settings, audit: &AuditLog, only: &[String], progress: bool) -> Result<Summary> {
     let dir = settings.paths.queries.join(DIR);
     let files = query_files::read_dir(&dir)?;
     for name in only {
@@ -109,7 +109,10 @@ pub fn run(settings: &Settings, audit: &AuditLog, only: &[String]) -> Result<Sum
             statistics.push((table, Outcome::Unchanged));
             continue;
         }
-        let (schema, batches) = match session.collect(&file.sql) {
+        let spinner = crate::progress::spinner(progress, &format!("statistic {}", file.name));
+        let result = session.collect(&file.sql);
+        spinner.finish_and_clear();
+        let (schema, batches) = match result {
             Ok(result) => result,
             Err(sql::Error::NoData { table: missing, .. }) => {
                 tracing::warn!(statistic = %file.name, "skipped: table {missing} has no committed data yet");
