@@ -206,6 +206,7 @@ fn init_logging(verbose: u8, quiet: bool, format: LogFormat) {
 }
 
 fn run(cli: Cli) -> Result<Exit, Failed> {
+    let progress = std::io::stderr().is_terminal() && !cli.quiet;
     match cli.command {
         Command::Keygen { out } => {
             pseudonym::key::generate(&out).map_err(|e| (Exit::Config, e))?;
@@ -224,15 +225,8 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
             let settings = load_settings(cli.config.as_deref())?;
             let key = load_key(&settings)?;
             let audit = AuditLog::new(&settings.paths.audit);
-            let opts = ingest::Options { source, files, progress: std::io::stderr().is_terminal() && !cli.quiet };
-            let summary = ingest::run(&settings, &key, &audit, &opts).map_err(|e| {
-                let code = match e {
-                    ingest::Error::Config(_) | ingest::Error::UnknownSource { .. } => Exit::Config,
-                    ingest::Error::Warehouse(ladu::warehouse::Error::WrongKey { .. }) => Exit::Config,
-                    _ => Exit::Failure,
-                };
-                (code, e)
-            })?;
+            let opts = ingest::Options { source, files, progress };
+            let summary = ingest::run(&settings, &key, &audit, &opts).map_err(|e| (ingest_exit(&e), e))?;
             print_summary(&summary);
             Ok(if summary.refused() > 0 { Exit::Refused } else { Exit::Ok })
         }
@@ -240,13 +234,7 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
             let settings = load_settings(cli.config.as_deref())?;
             let mut out = sql::Output::new(format, output.as_deref()).map_err(|e| (Exit::Usage, e))?;
             let session = sql::Session::open(&settings, AuditLog::new(&settings.paths.audit), role.as_deref())
-                .map_err(|e| {
-                    let code = match e {
-                        sql::Error::Roles(_) | sql::Error::View { .. } => Exit::Config,
-                        _ => Exit::Failure,
-                    };
-                    (code, e)
-                })?;
+                .map_err(|e| (sql_exit(&e), e))?;
             let failed = |e: sql::Error| (Exit::Failure, e);
             if let Some(text) = command {
                 sql::shell::run_text(&session, &text, &mut out).map_err(failed)?;
@@ -265,7 +253,6 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
             let settings = load_settings(cli.config.as_deref())?;
             let key = load_key(&settings)?;
             let audit = AuditLog::new(&settings.paths.audit);
-            let progress = std::io::stderr().is_terminal() && !cli.quiet;
             match ladu::run::run(&settings, &key, &audit, progress) {
                 Ok(report) => {
                     print_summary(&report.ingest);
@@ -289,12 +276,9 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
                 Err(f) => {
                     let ladu::run::Failed { error: e, report } = *f;
                     let code = match &e {
-                        ladu::run::Error::Ingest(ingest::Error::Config(_) | ingest::Error::UnknownSource { .. })
-                        | ladu::run::Error::Ingest(ingest::Error::Warehouse(ladu::warehouse::Error::WrongKey {
-                            ..
-                        }))
-                        | ladu::run::Error::Stats(ladu::stats::Error::File(_))
-                        | ladu::run::Error::Publish(ladu::publish::Error::Dataset(_)) => Exit::Config,
+                        ladu::run::Error::Ingest(e) => ingest_exit(e),
+                        ladu::run::Error::Stats(e) => stats_exit(e),
+                        ladu::run::Error::Publish(e) => publish_exit(e),
                         _ => Exit::Failure,
                     };
                     let report = report.map(|p| format!("\nrun report: {}", p.display())).unwrap_or_default();
@@ -328,15 +312,7 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
         Command::Stats { only } => {
             let settings = load_settings(cli.config.as_deref())?;
             let audit = AuditLog::new(&settings.paths.audit);
-            let progress = std::io::stderr().is_terminal() && !cli.quiet;
-            let summary = ladu::stats::run(&settings, &audit, &only, progress).map_err(|e| {
-                let code = match e {
-                    ladu::stats::Error::File(_) | ladu::stats::Error::Unknown { .. } => Exit::Config,
-                    ladu::stats::Error::Sql(sql::Error::Roles(_) | sql::Error::View { .. }) => Exit::Config,
-                    _ => Exit::Failure,
-                };
-                (code, e)
-            })?;
+            let summary = ladu::stats::run(&settings, &audit, &only, progress).map_err(|e| (stats_exit(&e), e))?;
             for (table, outcome) in &summary.statistics {
                 match outcome {
                     ladu::stats::Outcome::Computed { rows } => println!("{table:<40} {rows:>9} rows"),
@@ -355,15 +331,7 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
         Command::Publish => {
             let settings = load_settings(cli.config.as_deref())?;
             let audit = AuditLog::new(&settings.paths.audit);
-            let progress = std::io::stderr().is_terminal() && !cli.quiet;
-            let summary = ladu::publish::run(&settings, &audit, progress).map_err(|e| {
-                let code = match e {
-                    ladu::publish::Error::Dataset(_) | ladu::publish::Error::NoDatasets { .. } => Exit::Config,
-                    ladu::publish::Error::Sql(sql::Error::Roles(_) | sql::Error::View { .. }) => Exit::Config,
-                    _ => Exit::Failure,
-                };
-                (code, e)
-            })?;
+            let summary = ladu::publish::run(&settings, &audit, progress).map_err(|e| (publish_exit(&e), e))?;
             for d in &summary.datasets {
                 println!(
                     "{:<40} {:>7} rows, {} suppressed (fewer persons), {} suppressed (totals)",
@@ -398,6 +366,39 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
             }
             Ok(Exit::Ok)
         }
+    }
+}
+
+/// Configuration and key errors: nothing was done (exit 3); anything else stopped the command (exit 1).
+fn ingest_exit(e: &ingest::Error) -> Exit {
+    match e {
+        ingest::Error::Config(_)
+        | ingest::Error::UnknownSource { .. }
+        | ingest::Error::Warehouse(ladu::warehouse::Error::WrongKey { .. }) => Exit::Config,
+        _ => Exit::Failure,
+    }
+}
+
+fn sql_exit(e: &sql::Error) -> Exit {
+    match e {
+        sql::Error::Roles(_) | sql::Error::View { .. } => Exit::Config,
+        _ => Exit::Failure,
+    }
+}
+
+fn stats_exit(e: &ladu::stats::Error) -> Exit {
+    match e {
+        ladu::stats::Error::File(_) | ladu::stats::Error::Unknown { .. } => Exit::Config,
+        ladu::stats::Error::Sql(e) => sql_exit(e),
+        _ => Exit::Failure,
+    }
+}
+
+fn publish_exit(e: &ladu::publish::Error) -> Exit {
+    match e {
+        ladu::publish::Error::Dataset(_) | ladu::publish::Error::NoDatasets { .. } => Exit::Config,
+        ladu::publish::Error::Sql(e) => sql_exit(e),
+        _ => Exit::Failure,
     }
 }
 

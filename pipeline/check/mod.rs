@@ -4,15 +4,13 @@
 //! it), so that an operator knows what to restore from backup.
 
 use std::collections::HashSet;
-use std::io::Read;
-use std::path::{Path, PathBuf};
-
-use sha2::{Digest, Sha256};
+use std::path::Path;
 
 use crate::audit::AuditLog;
 use crate::config::Settings;
 use crate::pseudonym::Key;
-use crate::warehouse::{manifest, writer::hex};
+use crate::warehouse::manifest;
+use crate::warehouse::writer::hash_file;
 
 /// What `ladu check` found.
 #[derive(Debug, Default)]
@@ -34,21 +32,6 @@ pub fn run(settings: &Settings, key: Option<&Key>, audit: &AuditLog) -> Findings
     f
 }
 
-fn sha256_of(path: &Path) -> std::io::Result<(String, u64)> {
-    let mut file = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut bytes = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            return Ok((hex(&h.finalize()), bytes));
-        }
-        bytes += n as u64;
-        h.update(&buf[..n]);
-    }
-}
-
 fn warehouse(root: &Path, key: Option<&Key>, f: &mut Findings) {
     let m = match manifest::load_latest(root) {
         Ok(m) => m,
@@ -66,7 +49,7 @@ fn warehouse(root: &Path, key: Option<&Key>, f: &mut Findings) {
     for file in m.tables.values().flat_map(|t| &t.files) {
         files += 1;
         let path = root.join(&file.path);
-        match sha256_of(&path) {
+        match hash_file(&path) {
             Err(e) => f.problems.push(format!("{}: committed file cannot be read: {e}", path.display())),
             Ok((sha, bytes)) if sha != file.sha256 || bytes != file.bytes => f.problems.push(format!(
                 "{}: committed file differs from the manifest ({bytes} bytes, SHA-256 {sha}; the manifest says {} bytes, {})",
@@ -78,33 +61,14 @@ fn warehouse(root: &Path, key: Option<&Key>, f: &mut Findings) {
         }
     }
     f.checked.push((format!("committed files (warehouse version {})", m.version), files));
-    let committed: HashSet<&str> = m.file_paths().collect();
-    let mut strays = Vec::new();
-    collect_strays(root, root, &committed, &mut strays);
-    for s in strays {
-        f.problems.push(format!(
-            "{}: a data file the manifest does not name (left by a run that did not commit; the next ingest removes it)",
-            s.display()
-        ));
-    }
-}
-
-fn collect_strays(root: &Path, dir: &Path, committed: &HashSet<&str>, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if dir == root && (name.starts_with('_') || name.starts_with('.')) {
-            continue;
-        }
-        if path.is_dir() {
-            collect_strays(root, &path, committed, out);
-        } else if name.ends_with(".parquet") {
-            let rel = path.strip_prefix(root).map(|p| p.to_string_lossy().replace('\\', "/")).unwrap_or_default();
-            if !committed.contains(rel.as_str()) {
-                out.push(path);
-            }
-        }
+    match crate::warehouse::stray_files(root, &m) {
+        Err(e) => f.problems.push(e.to_string()),
+        Ok(strays) => f.problems.extend(strays.iter().map(|s| {
+            format!(
+                "{}: a data file the manifest does not name (left by a run that did not commit; the next ingest removes it)",
+                s.display()
+            )
+        })),
     }
 }
 
@@ -136,7 +100,7 @@ fn site(site: &Path, f: &mut Findings) {
             };
             listed.insert(rel.to_owned());
             let path = dir.join(rel);
-            match sha256_of(&path) {
+            match hash_file(&path) {
                 Err(e) => f.problems.push(format!("{}: cannot be read: {e}", path.display())),
                 Ok((sha, _)) if sha != digest => {
                     f.problems.push(format!("{}: differs from {}", path.display(), sums_path.display()))

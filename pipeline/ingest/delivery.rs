@@ -1,10 +1,8 @@
 //! Deliveries in the inbox: finding them, reading their names, hashing their bytes.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
-use sha2::{Digest, Sha256};
 
 use crate::config::SourceConfig;
 
@@ -87,21 +85,6 @@ pub fn discover(inbox: &Path, source: &SourceConfig) -> std::io::Result<Discover
 pub fn sort(deliveries: &mut [DeliveryFile]) {
     deliveries
         .sort_by(|a, b| (a.extract_date, a.seq, &a.source, &a.name).cmp(&(b.extract_date, b.seq, &b.source, &b.name)));
-}
-
-/// SHA-256 of a file's bytes, hex.
-pub fn hash_file(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(crate::warehouse::writer::hex(&hasher.finalize()))
 }
 
 #[cfg(test)]

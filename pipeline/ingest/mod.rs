@@ -25,7 +25,7 @@ use serde_json::{Map, Value, json};
 use crate::audit::AuditLog;
 use crate::config::{Settings, SourceConfig};
 use crate::pseudonym::{self, Key};
-use crate::warehouse::writer::TableWriter;
+use crate::warehouse::writer::{TableWriter, hash_file};
 use crate::warehouse::{self, Delivery, Manifest, Transaction, Warehouse};
 use delivery::DeliveryFile;
 use framer::{FrameError, Framer};
@@ -136,7 +136,7 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, opts: &Options) -> 
         // the bytes as it reads them, which saves a pass over the file.
         let likely_again =
             next.deliveries.iter().any(|x| x.source == d.source && (x.file == d.name || x.bytes == size));
-        let early_hash = if likely_again { Some(delivery::hash_file(&d.path).map_err(read_err)?) } else { None };
+        let early_hash = if likely_again { Some(hash_file(&d.path).map_err(read_err)?.0) } else { None };
         if early_hash.as_deref().is_some_and(|h| already(h, &hashes_this_run)) {
             skipped(&mut results);
             continue;
@@ -183,7 +183,7 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, opts: &Options) -> 
                 tx.rollback_to(mark);
                 let hash = match early_hash {
                     Some(h) => h,
-                    None => delivery::hash_file(&d.path).map_err(read_err)?,
+                    None => hash_file(&d.path).map_err(read_err)?.0,
                 };
                 if already(&hash, &hashes_this_run) {
                     report.discard();

@@ -6,7 +6,6 @@ use std::path::Path;
 
 use arrow::datatypes::DataType;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use super::Table;
 use super::dataset::Role;
@@ -103,12 +102,8 @@ fn finish(sink: BufWriter<File>) -> std::io::Result<()> {
 
 /// Size and SHA-256 of a written file.
 pub fn describe(release: &Path, rel: &str) -> std::io::Result<Written> {
-    let bytes = std::fs::read(release.join(rel))?;
-    Ok(Written {
-        path: rel.to_owned(),
-        bytes: bytes.len() as u64,
-        sha256: crate::warehouse::writer::hex(&Sha256::digest(&bytes)),
-    })
+    let (sha256, bytes) = crate::warehouse::writer::hash_file(&release.join(rel))?;
+    Ok(Written { path: rel.to_owned(), bytes, sha256 })
 }
 
 /// The Table Schema type of an Arrow type.

@@ -59,12 +59,9 @@ impl Release {
         let releases = site.join(RELEASES);
         std::fs::create_dir_all(&releases).map_err(io(&releases))?;
         let lock_path = site.join(".lock");
-        let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Locked { site: site.to_owned() }),
-            Err(std::fs::TryLockError::Error(source)) => return Err(Error::Io { path: lock_path, source }),
-        }
+        let Some(lock) = crate::warehouse::try_lock(&lock_path).map_err(io(&lock_path))? else {
+            return Err(Error::Locked { site: site.to_owned() });
+        };
         for entry in std::fs::read_dir(&releases).map_err(io(&releases))? {
             let entry = entry.map_err(io(&releases))?;
             if entry.file_name().to_string_lossy().ends_with(".partial") {

@@ -77,45 +77,31 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, progress: bool) -> 
     let mut timed = |name: &str, since: Instant| {
         steps.insert(format!("{name}_seconds"), json!((since.elapsed().as_secs_f64() * 100.0).round() / 100.0));
     };
-    let t = Instant::now();
-    let opts = ingest::Options { source: None, files: Vec::new(), progress };
-    let ingested = ingest::run(settings, key, audit, &opts);
-    timed("ingest", t);
-    let mut outcome = (None, None, None);
-    let failure: Option<Error> = match ingested {
-        Err(e) => Some(e.into()),
-        Ok(summary) => {
-            let moved = match &settings.paths.processed {
-                Some(to) => move_processed(&summary, to),
-                None => Ok(()),
-            };
-            outcome.0 = Some(summary);
-            let t = Instant::now();
-            if let Err(e) = moved {
-                return finish(settings, audit, lock, (started, clock, steps), outcome, Some(e));
-            }
-            match stats::run(settings, audit, &[], progress) {
-                Err(e) => Some(e.into()),
-                Ok(s) => {
-                    timed("stats", t);
-                    outcome.1 = Some(s);
-                    let t = Instant::now();
-                    match publish::run(settings, audit, progress) {
-                        Err(publish::Error::NoDatasets { dir }) => {
-                            tracing::warn!("nothing published: no open dataset in {} has data yet", dir);
-                            None
-                        }
-                        Err(e) => Some(e.into()),
-                        Ok(p) => {
-                            timed("publish", t);
-                            outcome.2 = Some(p);
-                            None
-                        }
-                    }
-                }
-            }
+    let mut outcome: Outcomes = (None, None, None);
+    // Each step in turn; the first failure stops the rest, and what was done stays in `outcome`.
+    let failure = (|| -> Result<(), Error> {
+        let t = Instant::now();
+        let opts = ingest::Options { source: None, files: Vec::new(), progress };
+        let ingested = ingest::run(settings, key, audit, &opts);
+        timed("ingest", t);
+        let ingested = outcome.0.insert(ingested?);
+        if let Some(to) = &settings.paths.processed {
+            move_processed(ingested, to)?;
         }
-    };
+        let t = Instant::now();
+        outcome.1 = Some(stats::run(settings, audit, &[], progress)?);
+        timed("stats", t);
+        let t = Instant::now();
+        match publish::run(settings, audit, progress) {
+            Err(publish::Error::NoDatasets { dir }) => {
+                tracing::warn!("nothing published: no open dataset in {} has data yet", dir);
+            }
+            published => outcome.2 = Some(published?),
+        }
+        timed("publish", t);
+        Ok(())
+    })()
+    .err();
     finish(settings, audit, lock, (started, clock, steps), outcome, failure)
 }
 
@@ -185,15 +171,10 @@ fn take_lock(meta: &Path) -> Result<File, Error> {
     std::fs::create_dir_all(meta).map_err(|source| Error::Io { path: meta.to_owned(), source })?;
     let path = meta.join("run.lock");
     let io = |source| Error::Io { path: path.clone(), source };
-    let mut file = File::options().create(true).truncate(false).read(true).write(true).open(&path).map_err(io)?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let holder = std::fs::read_to_string(&path).map(|s| format!(" by {}", s.trim())).unwrap_or_default();
-            return Err(Error::Running { path, holder });
-        }
-        Err(std::fs::TryLockError::Error(source)) => return Err(io(source)),
-    }
+    let Some(mut file) = crate::warehouse::try_lock(&path).map_err(io)? else {
+        let holder = std::fs::read_to_string(&path).map(|s| format!(" by {}", s.trim())).unwrap_or_default();
+        return Err(Error::Running { path, holder });
+    };
     file.set_len(0).map_err(io)?;
     write!(file, "process {} since {}", std::process::id(), chrono::Utc::now().to_rfc3339()).map_err(io)?;
     Ok(file)

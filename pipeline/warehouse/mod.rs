@@ -18,7 +18,6 @@ use arrow::datatypes::SchemaRef;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use sha2::{Digest, Sha256};
 
 pub use manifest::{CommittedFile, Delivery, Manifest, Statistic};
 
@@ -60,6 +59,18 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io { path: path.to_owned(), source }
 }
 
+/// Open (or create) `path` and take an exclusive advisory lock on it; `None`
+/// when another process holds it. The kernel releases the lock when its
+/// holder exits, however it exits.
+pub fn try_lock(path: &Path) -> std::io::Result<Option<File>> {
+    let file = File::options().create(true).truncate(false).read(true).write(true).open(path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
 /// fsync a directory, so that entries made in it survive a crash.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
@@ -90,12 +101,9 @@ impl Warehouse {
         let meta = root.join(META_DIR);
         std::fs::create_dir_all(&meta).map_err(io(&meta))?;
         let lock_path = meta.join("lock");
-        let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Locked { root: root.to_owned() }),
-            Err(std::fs::TryLockError::Error(source)) => return Err(Error::Io { path: lock_path, source }),
-        }
+        let Some(lock) = try_lock(&lock_path).map_err(io(&lock_path))? else {
+            return Err(Error::Locked { root: root.to_owned() });
+        };
         let manifest = manifest::load_latest(root)?;
         let wh = Warehouse { root: root.to_owned(), manifest, _lock: lock };
         if let Some(fingerprint) = fingerprint {
@@ -131,17 +139,7 @@ impl Warehouse {
                 std::fs::remove_file(entry.path()).map_err(io(&entry.path()))?;
             }
         }
-        let committed: std::collections::HashSet<&str> = self.manifest.file_paths().collect();
-        let mut strays = Vec::new();
-        for entry in std::fs::read_dir(&self.root).map_err(io(&self.root))? {
-            let entry = entry.map_err(io(&self.root))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('_') || name.starts_with('.') || !entry.path().is_dir() {
-                continue;
-            }
-            collect_parts(&entry.path(), &name, &mut strays, &committed)?;
-        }
-        for stray in &strays {
+        for stray in &stray_files(&self.root, &self.manifest)? {
             tracing::warn!(file = %stray.display(), "removing a file of an uncommitted run");
             std::fs::remove_file(stray).map_err(io(stray))?;
         }
@@ -200,6 +198,21 @@ impl Warehouse {
         self.manifest = next;
         Ok(())
     }
+}
+
+/// Data files under `root` that `manifest` does not name: left by runs that died before their commit.
+pub fn stray_files(root: &Path, manifest: &Manifest) -> Result<Vec<PathBuf>> {
+    let committed: std::collections::HashSet<&str> = manifest.file_paths().collect();
+    let mut strays = Vec::new();
+    for entry in std::fs::read_dir(root).map_err(io(root))? {
+        let entry = entry.map_err(io(root))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('_') || name.starts_with('.') || !entry.path().is_dir() {
+            continue;
+        }
+        collect_parts(&entry.path(), &name, &mut strays, &committed)?;
+    }
+    Ok(strays)
 }
 
 fn collect_parts(
@@ -286,12 +299,12 @@ impl Transaction {
             writer.write(batch).map_err(err)?;
         }
         writer.into_inner().map_err(err)?.sync_all().map_err(io(&staged))?;
-        let bytes = std::fs::read(&staged).map_err(io(&staged))?;
+        let (sha256, bytes) = writer::hash_file(&staged).map_err(io(&staged))?;
         let file = CommittedFile {
             path: rel,
             rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
-            bytes: bytes.len() as u64,
-            sha256: writer::hex(&Sha256::digest(&bytes)),
+            bytes,
+            sha256,
             partition: Default::default(),
             commit: self.version,
         };

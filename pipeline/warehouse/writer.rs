@@ -33,6 +33,23 @@ use super::{CommittedFile, Error, Result, Transaction};
 /// Buffered bytes across all partitions above which the largest is flushed.
 pub const DEFAULT_MEMORY_BUDGET: usize = 160 * 1024 * 1024;
 
+/// SHA-256 (hex) and size of a file, read in 1 MiB pieces.
+pub fn hash_file(path: &std::path::Path) -> std::io::Result<(String, u64)> {
+    use std::io::Read;
+    let mut f = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok((hex(&hasher.finalize()), bytes));
+        }
+        bytes += n as u64;
+        hasher.update(&buf[..n]);
+    }
+}
+
 /// Counts and hashes bytes on their way to the file.
 struct HashingWriter {
     inner: BufWriter<File>,
