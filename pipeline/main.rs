@@ -119,10 +119,79 @@ enum Command {
     },
     /// Publish the open datasets of queries/open_data/ to the site folder, with disclosure control.
     Publish,
+    /// Release a query's result to a registered recipient, under the recipient's own pseudonyms.
+    ///
+    /// The query runs as the `release` role; its result is checked for
+    /// re-identification risk, written as Parquet, CSV and release.json, and audited.
+    Release {
+        /// The recipient's id in the recipients file.
+        #[arg(long)]
+        recipient: String,
+        /// A file holding one SQL query.
+        #[arg(long, value_name = "FILE")]
+        query: PathBuf,
+        /// A new folder for the release's files.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The information request or contract reference.
+        #[arg(long, value_name = "ID")]
+        request_id: Option<String>,
+        /// Release although a group of persons is smaller than `release.min_group_size`; the reason is audited.
+        #[arg(long, value_name = "REASON")]
+        accept_risk: Option<String>,
+    },
+    /// List the releases to recipients (the account of disclosures, from the audit log).
+    Releases {
+        /// Only releases on or after this date (YYYY-MM-DD).
+        #[arg(long)]
+        since: Option<chrono::NaiveDate>,
+        /// Only releases to this recipient.
+        #[arg(long)]
+        recipient: Option<String>,
+    },
+    /// Everything held about one person (GDPR art. 15), found by their personal code.
+    ///
+    /// The code comes from --isikukood, --isikukood-file, or standard input
+    /// (typed without echo on a terminal); it is never printed or logged.
+    Subject {
+        /// The personal code (visible to other users in the process list: prefer a file or standard input).
+        #[arg(long, value_name = "CODE", conflicts_with = "isikukood_file")]
+        isikukood: Option<String>,
+        /// A file holding the personal code (`-`: standard input).
+        #[arg(long, value_name = "FILE")]
+        isikukood_file: Option<PathBuf>,
+        /// Write the whole answer as JSON to this new file (mode 0600).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// The request's reference.
+        #[arg(long, value_name = "ID")]
+        request_id: Option<String>,
+        /// When the request was received (YYYY-MM-DD), for the response time.
+        #[arg(long, value_name = "DATE")]
+        received: Option<chrono::NaiveDate>,
+    },
+    /// Reports for a supervisory authority.
+    Report {
+        #[command(subcommand)]
+        report: Report,
+    },
     /// The audit log.
     Audit {
         #[command(subcommand)]
         action: AuditAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum Report {
+    /// What is stored, for how long, who has access, whether use is logged, releases and subject-access requests (Markdown).
+    Processing {
+        /// First day of the period (default: a year before --to).
+        #[arg(long)]
+        from: Option<chrono::NaiveDate>,
+        /// Last day of the period (default: today).
+        #[arg(long)]
+        to: Option<chrono::NaiveDate>,
     },
 }
 
@@ -152,7 +221,20 @@ impl<E: std::fmt::Display> From<(Exit, E)> for Failed {
 
 fn main() -> ExitCode {
     tune_malloc();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap quotes what was typed, which may be a personal code.
+            let text = e.render().to_string();
+            let text = ladu::pseudonym::isikukood::redact(&text);
+            if e.use_stderr() {
+                eprint!("{text}");
+            } else {
+                print!("{text}");
+            }
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
     let format = cli.log_format;
     init_logging(cli.verbose, cli.quiet, format);
     match run(cli) {
@@ -344,6 +426,110 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
             println!("published release {} at {}", summary.release, summary.path.display());
             Ok(Exit::Ok)
         }
+        Command::Release { recipient, query, out, request_id, accept_risk } => {
+            let settings = load_settings(cli.config.as_deref())?;
+            let key = load_key(&settings)?;
+            let audit = AuditLog::new(&settings.paths.audit);
+            let request = ladu::release::Request {
+                recipient: &recipient,
+                query_file: &query,
+                out: &out,
+                request_id: request_id.as_deref(),
+                accept_risk: accept_risk.as_deref(),
+            };
+            let r = ladu::release::run(&settings, &key, &audit, &request).map_err(|e| (release_exit(&e), e))?;
+            let risk = &r.risk;
+            match risk.smallest_group {
+                Some(k) => println!(
+                    "re-identification risk over {}: smallest group {k} {} (minimum {}), {} of {} rows in smaller groups",
+                    risk.quasi_identifiers.join(", "),
+                    risk.counted,
+                    risk.min_group_size,
+                    risk.rows_in_small_groups,
+                    risk.rows
+                ),
+                None => println!("re-identification risk: the result returns no quasi-identifier"),
+            }
+            if risk.too_high() {
+                println!("the risk was accepted: {}", accept_risk.as_deref().unwrap_or_default());
+            }
+            println!(
+                "released {} to {recipient}: {} rows, release pseudonyms in {} -> {}",
+                r.id,
+                r.rows,
+                if r.pseudonym_columns.is_empty() { "no column".to_owned() } else { r.pseudonym_columns.join(", ") },
+                r.out.display()
+            );
+            Ok(Exit::Ok)
+        }
+        Command::Releases { since, recipient } => {
+            let settings = load_settings(cli.config.as_deref())?;
+            let audit = AuditLog::new(&settings.paths.audit);
+            let entries = ladu::release::record::account(&audit).map_err(|e| (Exit::Failure, e))?;
+            let since = since.map(|d| d.to_string());
+            println!(
+                "{:<24}  {:<12}  {:<16}  {:<16}  {:>9}  columns",
+                "time", "release", "recipient", "request", "rows"
+            );
+            for e in entries {
+                let s = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_owned();
+                if since.as_deref().is_some_and(|d| s("time").as_str() < d)
+                    || recipient.as_deref().is_some_and(|r| r != s("recipient"))
+                {
+                    continue;
+                }
+                let columns: Vec<&str> = e
+                    .get("columns")
+                    .and_then(|c| c.as_array())
+                    .map(|c| c.iter().filter_map(|c| c.get("name").and_then(|n| n.as_str())).collect())
+                    .unwrap_or_default();
+                println!(
+                    "{:<24}  {:<12}  {:<16}  {:<16}  {:>9}  {}",
+                    s("time"),
+                    s("release"),
+                    s("recipient"),
+                    s("request_id"),
+                    e.get("rows").and_then(|r| r.as_u64()).unwrap_or(0),
+                    columns.join(",")
+                );
+            }
+            Ok(Exit::Ok)
+        }
+        Command::Subject { isikukood, isikukood_file, out, request_id, received } => {
+            let settings = load_settings(cli.config.as_deref())?;
+            let code = read_code(isikukood, isikukood_file.as_deref())?;
+            let key = load_key(&settings)?;
+            let audit = AuditLog::new(&settings.paths.audit);
+            let request = ladu::subject::Request {
+                code: &code,
+                request_id: request_id.as_deref(),
+                received,
+                out: out.as_deref(),
+            };
+            let answer = ladu::subject::run(&settings, &key, &audit, &request).map_err(|e| (subject_exit(&e), e))?;
+            print!("{}", answer.summary());
+            if let Some(out) = &out {
+                println!("\nthe whole answer (every row, as JSON): {}", out.display());
+            }
+            Ok(Exit::Ok)
+        }
+        Command::Report { report: Report::Processing { from, to } } => {
+            let settings = load_settings(cli.config.as_deref())?;
+            let audit = AuditLog::new(&settings.paths.audit);
+            let to = to.unwrap_or_else(|| chrono::Utc::now().date_naive());
+            let from = from.unwrap_or_else(|| to - chrono::Days::new(365));
+            let md = ladu::report::processing(&settings, &audit, from, to).map_err(|e| {
+                let code = match &e {
+                    ladu::report::Error::Sql(e) => sql_exit(e),
+                    ladu::report::Error::Roles(_) => Exit::Config,
+                    ladu::report::Error::Period { .. } => Exit::Usage,
+                    ladu::report::Error::Audit(_) => Exit::Failure,
+                };
+                (code, e)
+            })?;
+            print!("{md}");
+            Ok(Exit::Ok)
+        }
         Command::Audit { action } => {
             let settings = load_settings(cli.config.as_deref())?;
             let log = AuditLog::new(&settings.paths.audit);
@@ -399,6 +585,52 @@ fn publish_exit(e: &ladu::publish::Error) -> Exit {
         ladu::publish::Error::Dataset(_) | ladu::publish::Error::NoDatasets { .. } => Exit::Config,
         ladu::publish::Error::Sql(e) => sql_exit(e),
         _ => Exit::Failure,
+    }
+}
+
+fn release_exit(e: &ladu::release::Error) -> Exit {
+    use ladu::release::Error as E;
+    match e {
+        E::Recipients(_) | E::WrongKey { .. } => Exit::Config,
+        E::QueryFile { .. } | E::NotOneQuery { .. } | E::OutExists { .. } => Exit::Usage,
+        E::TooRisky { .. } => Exit::Refused,
+        E::Sql(e) => sql_exit(e),
+        _ => Exit::Failure,
+    }
+}
+
+fn subject_exit(e: &ladu::subject::Error) -> Exit {
+    use ladu::subject::Error as E;
+    match e {
+        E::InvalidCode | E::OutExists { .. } => Exit::Usage,
+        E::WrongKey { .. } => Exit::Config,
+        E::Sql(e) => sql_exit(e),
+        _ => Exit::Failure,
+    }
+}
+
+/// The personal code for `ladu subject`: from the flag, a file, or standard
+/// input (on a terminal, typed without echo). Never printed.
+fn read_code(flag: Option<String>, file: Option<&Path>) -> Result<String, Failed> {
+    use std::io::Read;
+    let from_stdin = || {
+        let mut text = String::new();
+        if std::io::stdin().is_terminal() {
+            rpassword::prompt_password("personal code (not shown): ")
+                .map_err(|e| Failed(Exit::Usage, format!("cannot read the personal code: {e}")))
+        } else {
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map(|_| text)
+                .map_err(|e| Failed(Exit::Usage, format!("cannot read the personal code from standard input: {e}")))
+        }
+    };
+    match (flag, file) {
+        (Some(code), _) => Ok(code),
+        (None, Some(p)) if p == Path::new("-") => from_stdin(),
+        (None, Some(p)) => std::fs::read_to_string(p)
+            .map_err(|e| Failed(Exit::Usage, format!("cannot read the personal code from {}: {e}", p.display()))),
+        (None, None) => from_stdin(),
     }
 }
 

@@ -28,6 +28,22 @@ pub const DEFAULT_SQL_MEMORY_SHARE: f64 = 0.5;
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 /// Open data: a cell based on fewer distinct persons than this is suppressed.
 pub const DEFAULT_DISCLOSURE_THRESHOLD: u64 = 5;
+/// Recipients of releases, relative to the config file's folder.
+pub const DEFAULT_RECIPIENTS_FILE: &str = "recipients.toml";
+/// Releases: the smallest number of persons that may share one combination of quasi-identifiers.
+pub const DEFAULT_MIN_GROUP_SIZE: u64 = 5;
+/// Releases: result columns that, taken together, could single a person out.
+pub const DEFAULT_QUASI_IDENTIFIERS: [&str; 9] = [
+    "birth_year",
+    "age_band",
+    "patient_age_band",
+    "sex",
+    "patient_sex",
+    "county",
+    "citizenship",
+    "patient_citizenship",
+    "death_month",
+];
 
 /// Errors in configuration files. Each names the file and the key.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +89,30 @@ struct RawSettings {
     /// Open data.
     #[serde(default)]
     publish: PublishSettings,
+    /// Releases to named recipients.
+    #[serde(default)]
+    release: RawReleaseSettings,
+}
+
+/// `[release]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReleaseSettings {
+    recipients_file: Option<PathBuf>,
+    quasi_identifiers: Option<Vec<String>>,
+    min_group_size: Option<u64>,
+}
+
+/// `[release]`: how data are released to named recipients (`ladu release`), resolved.
+#[derive(Debug, Clone)]
+pub struct ReleaseSettings {
+    /// The registered recipients.
+    pub recipients_file: PathBuf,
+    /// Result columns that, returned together, could single a person out.
+    pub quasi_identifiers: Vec<String>,
+    /// A release is refused (unless the risk is accepted) when fewer persons
+    /// than this share one combination of its quasi-identifiers.
+    pub min_group_size: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -196,6 +236,7 @@ pub struct Settings {
     pub ingest: IngestSettings,
     pub sql: SqlSettings,
     pub publish: PublishSettings,
+    pub release: ReleaseSettings,
     /// Every source, sorted by name.
     pub sources: Vec<SourceConfig>,
 }
@@ -235,6 +276,9 @@ impl Settings {
         if !raw.publish.base_url.ends_with('/') || !raw.publish.base_url.contains("://") {
             problems.push("publish.base_url: must be an absolute URL ending in `/`".to_owned());
         }
+        if raw.release.min_group_size.is_some_and(|k| k < 2) {
+            problems.push("release.min_group_size: must be at least 2 (a group of 1 is a person)".to_owned());
+        }
         if !problems.is_empty() {
             return Err(Error::Invalid { path: path.to_owned(), problems });
         }
@@ -264,6 +308,16 @@ impl Settings {
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             },
             publish: raw.publish,
+            release: ReleaseSettings {
+                recipients_file: resolve(
+                    raw.release.recipients_file.as_deref().unwrap_or(Path::new(DEFAULT_RECIPIENTS_FILE)),
+                ),
+                quasi_identifiers: raw
+                    .release
+                    .quasi_identifiers
+                    .unwrap_or_else(|| DEFAULT_QUASI_IDENTIFIERS.map(str::to_owned).to_vec()),
+                min_group_size: raw.release.min_group_size.unwrap_or(DEFAULT_MIN_GROUP_SIZE),
+            },
             sources,
         })
     }

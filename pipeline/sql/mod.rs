@@ -48,6 +48,7 @@ use serde_json::{Map, Value};
 
 use crate::audit::AuditLog;
 use crate::config::Settings;
+use crate::pseudonym::Pseudonymiser;
 use crate::pseudonym::isikukood::redact;
 use crate::warehouse::manifest;
 use roles::{Access, Condition, Role};
@@ -131,7 +132,24 @@ impl Session {
         let manifest = manifest::load_latest(&settings.paths.warehouse)?;
         let roles = roles::Roles::load(&settings.sql.roles_file, &table_names(settings, &manifest))?;
         let role = roles.role(role)?;
-        Self::open_as(settings, audit, manifest, role)
+        Self::open_as(settings, audit, manifest, role, None)
+    }
+
+    /// Open the committed warehouse as `role` for a release to one recipient:
+    /// every pseudonym column reads as the recipient's release pseudonyms
+    /// (`pseudonymiser`, from [`Pseudonymiser::for_release`]), beneath every
+    /// query. Statistics and tables no source config describes are left out,
+    /// since which of their columns hold pseudonyms is not known.
+    pub fn open_for_recipient(
+        settings: &Settings,
+        audit: AuditLog,
+        role: &str,
+        pseudonymiser: Pseudonymiser,
+    ) -> Result<Session> {
+        let manifest = manifest::load_latest(&settings.paths.warehouse)?;
+        let roles = roles::Roles::load(&settings.sql.roles_file, &table_names(settings, &manifest))?;
+        let role = roles.role(Some(role))?;
+        Self::open_as(settings, audit, manifest, role, Some(Arc::new(pseudonymiser)))
     }
 
     /// Open `manifest`'s warehouse with every table, for ladu's own commands
@@ -144,10 +162,16 @@ impl Session {
     ) -> Result<Session> {
         let mut role = Role::everything();
         role.name = purpose.to_owned();
-        Self::open_as(settings, audit, manifest, role)
+        Self::open_as(settings, audit, manifest, role, None)
     }
 
-    fn open_as(settings: &Settings, audit: AuditLog, manifest: manifest::Manifest, role: Role) -> Result<Session> {
+    fn open_as(
+        settings: &Settings,
+        audit: AuditLog,
+        manifest: manifest::Manifest,
+        role: Role,
+        recode: Option<Arc<Pseudonymiser>>,
+    ) -> Result<Session> {
         // Nothing is shown that cannot be logged.
         audit.check_appendable()?;
         let root = &settings.paths.warehouse;
@@ -165,13 +189,13 @@ impl Session {
             committed.into_iter().map(|(n, t)| (n, Arc::new(t))).collect();
         let ctx = new_context(settings)?;
         let superseded = runtime.block_on(find_superseded(&ctx, root, manifest.version, &committed))?;
-        let mut catalog = register_tables(&ctx, settings, &manifest, &committed, &superseded, &role)?;
+        let mut catalog = register_tables(&ctx, settings, &manifest, &committed, &superseded, &role, recode.as_ref())?;
         // Views are checked against every table when the role sees less.
         let full = if role.sees_everything() {
             None
         } else {
             let full = new_context(settings)?;
-            register_tables(&full, settings, &manifest, &committed, &superseded, &Role::everything())?;
+            register_tables(&full, settings, &manifest, &committed, &superseded, &Role::everything(), None)?;
             Some(full)
         };
         let dir = settings.paths.queries.join(views::DIR);
@@ -220,6 +244,11 @@ impl Session {
 
     /// Run one statement, write its result to `out`, and audit it; returns the rows returned.
     pub fn run(&self, statement: &str, out: &mut Output) -> Result<u64> {
+        self.run_reading(statement, out).map(|(rows, _)| rows)
+    }
+
+    /// [`Session::run`], also returning the tables and views the statement read.
+    pub fn run_reading(&self, statement: &str, out: &mut Output) -> Result<(u64, Vec<String>)> {
         let format = format!("{:?}", out.format()).to_lowercase();
         let path = out.path().map(Path::to_owned);
         self.audited(statement, &format, path.as_deref(), async |stream: SendableRecordBatchStream| {
@@ -231,6 +260,7 @@ impl Session {
             let rows = writer.finish()?;
             Ok((rows, rows))
         })
+        .map(|(rows, read)| (rows, read.into_iter().collect()))
     }
 
     /// Run one query and return its whole result, audited like [`Session::run`]:
@@ -243,16 +273,18 @@ impl Session {
             let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
             Ok(((schema, batches), rows))
         })
+        .map(|(result, _)| result)
     }
 
-    /// Plan `statement`, hand its result stream to `consume`, and append the audit entry.
+    /// Plan `statement`, hand its result stream to `consume`, and append the
+    /// audit entry; returns `consume`'s value and the tables read.
     fn audited<T>(
         &self,
         statement: &str,
         format: &str,
         output: Option<&Path>,
         consume: impl AsyncFnOnce(SendableRecordBatchStream) -> Result<(T, u64)>,
-    ) -> Result<T> {
+    ) -> Result<(T, BTreeSet<String>)> {
         let started = Instant::now();
         let mut read = BTreeSet::new();
         let result = self.runtime.block_on(async {
@@ -267,7 +299,7 @@ impl Session {
         let mut fields = Map::new();
         fields.insert("role".into(), Value::from(self.role.name.clone()));
         fields.insert("statement".into(), Value::from(redact(statement).into_owned()));
-        fields.insert("tables".into(), Value::from(read.into_iter().collect::<Vec<_>>()));
+        fields.insert("tables".into(), Value::from(read.iter().cloned().collect::<Vec<_>>()));
         fields.insert("rows".into(), Value::from(rows));
         fields.insert("duration_ms".into(), Value::from(started.elapsed().as_millis() as u64));
         fields.insert("outcome".into(), Value::from(outcome));
@@ -280,7 +312,7 @@ impl Session {
             fields.insert("output".into(), Value::from(redact(&p.display().to_string()).into_owned()));
         }
         self.audit.append(AUDIT_KIND, fields)?;
-        result.map(|(value, _)| value)
+        result.map(|(value, _)| (value, read))
     }
 
     /// Check and plan one statement; returns its result stream.
@@ -373,7 +405,8 @@ async fn find_superseded(
 }
 
 /// Register each committed table the role may read, as `<table>_history` and
-/// `<table>`, wrapped in the role's restriction; returns the catalog entries.
+/// `<table>`, wrapped in the role's restriction (and, for a release, with its
+/// pseudonyms recoded by `recode`); returns the catalog entries.
 fn register_tables(
     ctx: &SessionContext,
     settings: &Settings,
@@ -381,11 +414,23 @@ fn register_tables(
     committed: &BTreeMap<String, Arc<tables::CommittedTable>>,
     superseded: &BTreeMap<String, versions::Superseded>,
     role: &Role,
+    recode: Option<&Arc<Pseudonymiser>>,
 ) -> Result<BTreeMap<String, (Kind, String)>> {
     let descriptions: HashMap<&str, &str> =
         settings.sources.iter().map(|s| (s.table.as_str(), s.description.as_str())).collect();
     let mut catalog = BTreeMap::new();
     for (name, table) in committed {
+        let recode = match recode {
+            None => None,
+            Some(pseudonymiser) => match settings.sources.iter().find(|s| &s.table == name) {
+                Some(source) => Some(restrict::Recode {
+                    columns: source.pseudonym_columns().map(str::to_owned).collect(),
+                    pseudonymiser: pseudonymiser.clone(),
+                }),
+                // Which columns hold pseudonyms is not known: not for release.
+                None => continue,
+            },
+        };
         let schema = table.schema();
         let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
         let Access::Visible { hidden_columns, condition } = role.access(name, &columns) else { continue };
@@ -400,7 +445,8 @@ fn register_tables(
             })?),
         };
         let restricted = |inner: Arc<dyn TableProvider>| {
-            restrict::Restricted::new(inner, &hidden_columns, condition.clone(), &role.name).map_err(table_error)
+            restrict::Restricted::new(inner, &hidden_columns, condition.clone(), &role.name, recode.as_ref())
+                .map_err(table_error)
         };
         if let Some(statistic) = manifest.tables.get(name).and_then(|t| t.statistic.as_ref()) {
             // A snapshot replaced whole at each `ladu stats`: no versions, no history.

@@ -7,17 +7,23 @@
 //! Filters of the query go beneath it only when they cannot fail (plain
 //! comparisons of columns and literals): a filter that raised an error on a
 //! hidden row would tell the user that such a row exists.
+//!
+//! For `ladu release`, [`Recode`] also replaces each pseudonym column's
+//! values with the recipient's release pseudonyms in the same node, so the
+//! query above never sees a warehouse pseudonym; the scan's statistics for
+//! those columns are dropped (they describe the warehouse pseudonyms), and
+//! no filter on them goes down to the files.
 
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{BooleanArray, RecordBatch, RecordBatchOptions};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, RecordBatchOptions, StringBuilder};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{DFSchema, Statistics};
+use datafusion::common::{ColumnStatistics, DFSchema, Statistics};
 use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -28,6 +34,16 @@ use datafusion::physical_plan::statistics::{ChildStats, StatisticsArgs};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
 use futures::StreamExt;
+
+use crate::pseudonym::Pseudonymiser;
+
+/// Pseudonym columns shown as release pseudonyms of one recipient.
+#[derive(Debug, Clone)]
+pub struct Recode {
+    /// Output names of the table's pseudonym columns.
+    pub columns: Vec<String>,
+    pub pseudonymiser: Arc<Pseudonymiser>,
+}
 
 /// A table as one role sees it.
 #[derive(Debug)]
@@ -40,15 +56,19 @@ pub struct Restricted {
     /// The row condition, over `inner`'s columns, and the columns it reads.
     condition: Option<(Expr, Vec<usize>)>,
     role: String,
+    /// Indices in `inner`'s schema of the columns to recode, and how.
+    recode: Option<(Vec<usize>, Arc<Pseudonymiser>)>,
 }
 
 impl Restricted {
-    /// `inner` without `hidden` columns, and only rows passing `condition`.
+    /// `inner` without `hidden` columns, only rows passing `condition`, and
+    /// `recode`'s columns (those present) as release pseudonyms.
     pub fn new(
         inner: Arc<dyn TableProvider>,
         hidden: &[String],
         condition: Option<Expr>,
         role: &str,
+        recode: Option<&Recode>,
     ) -> DfResult<Restricted> {
         let full = inner.schema();
         let visible: Vec<usize> =
@@ -66,7 +86,18 @@ impl Restricted {
                 Some((expr, reads))
             }
         };
-        Ok(Restricted { inner, schema, visible, condition, role: role.to_owned() })
+        let recode = recode.map(|r| {
+            let columns = r.columns.iter().filter_map(|c| full.index_of(c).ok()).collect();
+            (columns, r.pseudonymiser.clone())
+        });
+        Ok(Restricted { inner, schema, visible, condition, role: role.to_owned(), recode })
+    }
+
+    /// Does `filter` read a recoded column (whose files hold other values than the query sees)?
+    fn reads_recoded(&self, filter: &Expr) -> bool {
+        let Some((recoded, _)) = &self.recode else { return false };
+        let full = self.inner.schema();
+        filter.column_refs().iter().any(|c| full.index_of(&c.name).is_ok_and(|i| recoded.contains(&i)))
     }
 }
 
@@ -126,10 +157,11 @@ impl TableProvider for Restricted {
         }
         read.sort_unstable();
         read.dedup();
+        let filters = filters.iter().filter(|f| !self.reads_recoded(f));
         let (pushed, limit): (Vec<Expr>, _) = match &self.condition {
-            None => (filters.to_vec(), limit),
+            None => (filters.cloned().collect(), limit),
             // The limit would count rows before the role's condition.
-            Some(_) => (filters.iter().filter(|f| cannot_fail(f)).cloned().collect(), None),
+            Some(_) => (filters.filter(|f| cannot_fail(f)).cloned().collect(), None),
         };
         let input = self.inner.scan(state, Some(&read), &pushed, limit).await?;
         let input_schema = input.schema();
@@ -142,7 +174,11 @@ impl TableProvider for Restricted {
         };
         let positions: Vec<usize> = wanted.iter().map(|i| read.binary_search(i).expect("read holds wanted")).collect();
         let schema = Arc::new(input_schema.project(&positions)?);
-        Ok(Arc::new(RoleFilterExec::new(input, predicate, positions, schema, &self.role)))
+        let recode = self.recode.as_ref().map(|(recoded, p)| {
+            let outputs = wanted.iter().enumerate().filter(|(_, i)| recoded.contains(i)).map(|(o, _)| o).collect();
+            (outputs, p.clone())
+        });
+        Ok(Arc::new(RoleFilterExec::new(input, predicate, positions, schema, &self.role, recode)))
     }
 }
 
@@ -155,6 +191,8 @@ pub struct RoleFilterExec {
     positions: Vec<usize>,
     schema: SchemaRef,
     role: String,
+    /// Output columns shown as release pseudonyms.
+    recode: Option<(Vec<usize>, Arc<Pseudonymiser>)>,
     properties: Arc<PlanProperties>,
 }
 
@@ -165,6 +203,7 @@ impl RoleFilterExec {
         positions: Vec<usize>,
         schema: SchemaRef,
         role: &str,
+        recode: Option<(Vec<usize>, Arc<Pseudonymiser>)>,
     ) -> RoleFilterExec {
         let partitions = input.properties().output_partitioning().partition_count();
         let properties = Arc::new(PlanProperties::new(
@@ -173,7 +212,7 @@ impl RoleFilterExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
-        RoleFilterExec { input, predicate, positions, schema, role: role.to_owned(), properties }
+        RoleFilterExec { input, predicate, positions, schema, role: role.to_owned(), recode, properties }
     }
 }
 
@@ -184,7 +223,12 @@ impl DisplayAs for RoleFilterExec {
             write!(f, ", rows={p}")?;
         }
         let names: Vec<&str> = self.schema.fields().iter().map(|f| f.name().as_str()).collect();
-        write!(f, ", columns=[{}]", names.join(", "))
+        write!(f, ", columns=[{}]", names.join(", "))?;
+        if let Some((outputs, _)) = &self.recode {
+            let recoded: Vec<&str> = outputs.iter().map(|&i| names[i]).collect();
+            write!(f, ", release_pseudonyms=[{}]", recoded.join(", "))?;
+        }
+        Ok(())
     }
 }
 
@@ -224,13 +268,20 @@ impl ExecutionPlan for RoleFilterExec {
             self.positions.clone(),
             self.schema.clone(),
             &self.role,
+            self.recode.clone(),
         )))
     }
 
     /// The input's statistics for the output columns (so that joins build on the smaller
     /// side); with a row condition, the row count is only an upper bound.
     fn statistics_from_inputs(&self, input: &[Arc<Statistics>], _args: &StatisticsArgs) -> DfResult<Arc<Statistics>> {
-        let stats = Statistics::clone(&input[0]).project(Some(&self.positions));
+        let mut stats = Statistics::clone(&input[0]).project(Some(&self.positions));
+        if let Some((outputs, _)) = &self.recode {
+            // Minimum, maximum and the like of the warehouse pseudonyms would answer `min(person_id)`.
+            for &i in outputs {
+                stats.column_statistics[i] = ColumnStatistics::new_unknown();
+            }
+        }
         Ok(Arc::new(if self.predicate.is_some() { stats.to_inexact() } else { stats }))
     }
 
@@ -244,6 +295,7 @@ impl ExecutionPlan for RoleFilterExec {
         let positions = self.positions.clone();
         let schema = self.schema.clone();
         let out_schema = schema.clone();
+        let recode = self.recode.clone();
         let stream = input.map(move |batch| {
             let batch = batch?;
             let batch = match &predicate {
@@ -257,13 +309,38 @@ impl ExecutionPlan for RoleFilterExec {
                     filter_record_batch(&batch, keep)?
                 }
             };
-            let columns = positions.iter().map(|&i| batch.column(i).clone()).collect();
+            let mut columns: Vec<ArrayRef> = positions.iter().map(|&i| batch.column(i).clone()).collect();
+            if let Some((outputs, pseudonymiser)) = &recode {
+                for &o in outputs {
+                    columns[o] = release_pseudonyms(&columns[o], pseudonymiser)?;
+                }
+            }
             // With no columns (as for `count(*)`), the row count says how many rows there are.
             let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
             Ok(RecordBatch::try_new_with_options(out_schema.clone(), columns, &options)?)
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
+}
+
+/// Each value of a pseudonym column replaced by its release pseudonym, nulls kept.
+fn release_pseudonyms(column: &ArrayRef, pseudonymiser: &Pseudonymiser) -> DfResult<ArrayRef> {
+    let values: Box<dyn Iterator<Item = Option<&str>>> = match column.data_type() {
+        arrow::datatypes::DataType::Utf8 => Box::new(column.as_string::<i32>().iter()),
+        arrow::datatypes::DataType::LargeUtf8 => Box::new(column.as_string::<i64>().iter()),
+        arrow::datatypes::DataType::Utf8View => Box::new(column.as_string_view().iter()),
+        other => return Err(DataFusionError::Internal(format!("a pseudonym column is {other}, not text"))),
+    };
+    let mut out = StringBuilder::with_capacity(column.len(), column.len() * crate::pseudonym::PSEUDONYM_LEN);
+    for v in values {
+        match v {
+            Some(p) => out.append_value(pseudonymiser.pseudonym(p.as_bytes()).as_str()),
+            None => out.append_null(),
+        }
+    }
+    let out: ArrayRef = Arc::new(out.finish());
+    // The column keeps its declared type.
+    Ok(arrow::compute::cast(&out, column.data_type())?)
 }
 
 #[cfg(test)]

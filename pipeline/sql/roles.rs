@@ -222,6 +222,11 @@ impl Role {
         }
     }
 
+    /// The tables it may read (`*`: all) and the columns hidden from it, as the roles file says.
+    pub fn scope(&self) -> (&[String], &[String]) {
+        (&self.tables, &self.hidden)
+    }
+
     /// Does this role see every table, column and row?
     pub fn sees_everything(&self) -> bool {
         self.tables.iter().any(|t| t == "*") && self.hidden.is_empty() && self.filter == RowFilter::None

@@ -1,0 +1,332 @@
+//! Releases to named recipients (`ladu release`): a query's result under the recipient's own pseudonyms, risk-checked and accounted for.
+//!
+//! The query runs as the `release` role in a session where every pseudonym
+//! column already reads as the recipient's release pseudonyms
+//! ([`crate::sql::Session::open_for_recipient`]), so no warehouse pseudonym
+//! can reach the result, whatever the query does with it. The result is
+//! written aside as Parquet, then read once to write the CSV, measure the
+//! re-identification risk ([`risk`]) and collect its pseudonyms
+//! ([`record`]). A release whose smallest group of persons is below
+//! `release.min_group_size` is refused unless the risk is accepted with a
+//! reason. The `release` audit entry is appended before the folder is moved
+//! to where the user asked, so nothing leaves unaccounted for.
+
+pub mod recipients;
+pub mod record;
+pub mod risk;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::audit::AuditLog;
+use crate::config::Settings;
+use crate::pseudonym::isikukood::redact;
+use crate::pseudonym::{self, Key, Pseudonymiser};
+use crate::sql::{self, Session};
+use crate::warehouse::{manifest, writer::hash_file};
+use recipients::Recipient;
+use risk::{Risk, RiskMeter};
+
+/// The role release queries run as.
+pub const ROLE: &str = "release";
+/// Files of a release folder.
+pub const PARQUET_FILE: &str = "data.parquet";
+pub const CSV_FILE: &str = "data.csv";
+pub const MANIFEST_FILE: &str = "release.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Recipients(#[from] recipients::Error),
+    #[error("cannot read the query file {path}: {source}")]
+    QueryFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the query file {path} must hold exactly one query; it holds {count} statements")]
+    NotOneQuery { path: PathBuf, count: usize },
+    #[error(
+        "{path} already exists and is not an empty folder: give a new folder to --out (a release never overwrites)"
+    )]
+    OutExists { path: PathBuf },
+    #[error("the warehouse has no committed data yet: there is nothing to release")]
+    Empty,
+    #[error(
+        "the key's fingerprint {given} differs from the warehouse's {expected}: release pseudonyms made with it would be wrong; use the warehouse's key"
+    )]
+    WrongKey { expected: String, given: String },
+    #[error(transparent)]
+    Sql(#[from] sql::Error),
+    #[error(
+        "result column `{column}` holds pseudonyms mixed with, or inside, other text: return pseudonym columns as they are, so that a person's data can be found in the release"
+    )]
+    MixedPseudonyms { column: String },
+    #[error(
+        "release refused: {smallest} {counted} share one combination of {qi} (at least {min} must: `release.min_group_size`); {small} of {rows} rows are in smaller groups. Return fewer or coarser quasi-identifiers, or give --accept-risk \"reason\" (audited)",
+        smallest = risk.smallest_group.unwrap_or(0), counted = risk.counted, qi = risk.quasi_identifiers.join(", "),
+        min = risk.min_group_size, small = risk.rows_in_small_groups, rows = risk.rows
+    )]
+    TooRisky { risk: Box<Risk> },
+    #[error("cannot write the release at {path}: {message}")]
+    Write { path: PathBuf, message: String },
+    #[error(transparent)]
+    Audit(#[from] crate::audit::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What to release, to whom.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub recipient: &'a str,
+    pub query_file: &'a Path,
+    pub out: &'a Path,
+    pub request_id: Option<&'a str>,
+    /// Why a release above the risk threshold goes ahead anyway.
+    pub accept_risk: Option<&'a str>,
+}
+
+/// A delivered release.
+#[derive(Debug, Clone)]
+pub struct Released {
+    pub id: String,
+    pub out: PathBuf,
+    pub rows: u64,
+    pub pseudonym_columns: Vec<String>,
+    pub risk: Risk,
+}
+
+/// Run `request`'s query as the `release` role and write the release to its folder.
+pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, request: &Request) -> Result<Released> {
+    let recipient = recipients::find(&settings.release.recipients_file, request.recipient)?;
+    let query = read_query(request.query_file)?;
+    check_out(request.out)?;
+    let manifest = manifest::load_latest(&settings.paths.warehouse).map_err(sql::Error::from)?;
+    let given = pseudonym::fingerprint(key);
+    match &manifest.key_fingerprint {
+        None => return Err(Error::Empty),
+        Some(expected) if *expected != given => return Err(Error::WrongKey { expected: expected.clone(), given }),
+        Some(_) => {}
+    }
+    let session =
+        Session::open_for_recipient(settings, audit.clone(), ROLE, Pseudonymiser::for_release(key, &recipient.id))?;
+    let (id, record) = record::allocate(&settings.paths.warehouse).map_err(write_error(&settings.paths.warehouse))?;
+    let staging = staging_dir(request.out);
+    let result = (|| {
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging).map_err(write_error(&staging))?;
+        let written = write(&session, &query, &staging, settings)?;
+        let entry = Entry { id: &id, recipient: &recipient, request, query: &query, written: &written, settings };
+        let (for_recipient, mut for_audit) = entry.fields(&given, session.warehouse_version());
+        if written.risk.too_high() && request.accept_risk.is_none() {
+            for_audit.insert("outcome".into(), Value::from("refused"));
+            for_audit
+                .insert("reason".into(), Value::from("re-identification risk: a group below release.min_group_size"));
+            audit.append(record::AUDIT_KIND, for_audit)?;
+            return Err(Error::TooRisky { risk: Box::new(written.risk.clone()) });
+        }
+        let index = record.join(record::PSEUDONYMS_FILE);
+        record::write_pseudonyms(&index, written.pseudonyms.clone()).map_err(write_error(&index))?;
+        let (index_sha256, _) = hash_file(&index).map_err(write_error(&index))?;
+        let text = serde_json::to_vec_pretty(&Value::Object(for_recipient)).expect("JSON values serialise");
+        for dir in [&staging, &record] {
+            write_synced(&dir.join(MANIFEST_FILE), &text)?;
+        }
+        for_audit.insert("outcome".into(), Value::from(record::RELEASED));
+        for_audit.insert("record_sha256".into(), Value::from(index_sha256));
+        audit.append(record::AUDIT_KIND, for_audit)?;
+        Ok(written)
+    })();
+    let written = match result {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            let _ = std::fs::remove_dir_all(&record);
+            return Err(e);
+        }
+    };
+    crate::warehouse::sync_dir(&staging).map_err(|e| Error::Write { path: staging.clone(), message: e.to_string() })?;
+    if request.out.is_dir() {
+        // An empty folder: rename(2) replaces it.
+        std::fs::remove_dir(request.out).map_err(write_error(request.out))?;
+    }
+    std::fs::rename(&staging, request.out).map_err(write_error(request.out))?;
+    if let Some(parent) = request.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        let _ = crate::warehouse::sync_dir(parent);
+    }
+    Ok(Released {
+        id,
+        out: request.out.to_owned(),
+        rows: written.rows,
+        pseudonym_columns: written.pseudonym_columns,
+        risk: written.risk,
+    })
+}
+
+fn write_error<E: std::fmt::Display>(path: &Path) -> impl FnOnce(E) -> Error + '_ {
+    move |e| Error::Write { path: path.to_owned(), message: e.to_string() }
+}
+
+/// The one query of the file.
+fn read_query(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::QueryFile { path: path.to_owned(), source })?;
+    let mut script = sql::script::Script::new();
+    let mut statements: Vec<sql::script::Item> = text.lines().flat_map(|l| script.line(l)).collect();
+    statements.extend(script.finish());
+    match statements.as_slice() {
+        [sql::script::Item::Statement(s)] => Ok(s.clone()),
+        _ => Err(Error::NotOneQuery { path: path.to_owned(), count: statements.len() }),
+    }
+}
+
+/// `out` must not exist, or be an empty folder.
+fn check_out(out: &Path) -> Result<()> {
+    match std::fs::read_dir(out).map(|mut entries| entries.next().is_none()) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Ok(true) => Ok(()),
+        _ => Err(Error::OutExists { path: out.to_owned() }),
+    }
+}
+
+/// `.<name>.partial` beside `out`: the release is built there and renamed into place.
+fn staging_dir(out: &Path) -> PathBuf {
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "release".into());
+    out.with_file_name(format!(".{name}.partial"))
+}
+
+/// The release's data files, written and read back.
+struct Written {
+    tables: Vec<String>,
+    columns: Vec<(String, String)>,
+    rows: u64,
+    pseudonym_columns: Vec<String>,
+    pseudonyms: Vec<String>,
+    risk: Risk,
+    /// File name, bytes, SHA-256.
+    files: Vec<(String, u64, String)>,
+}
+
+/// Run the query into `dir`'s Parquet file, then read it once for the CSV, the risk and the pseudonyms.
+fn write(session: &Session, query: &str, dir: &Path, settings: &Settings) -> Result<Written> {
+    let parquet_path = dir.join(PARQUET_FILE);
+    let mut out = sql::Output::new(sql::Format::Parquet, Some(&parquet_path)).map_err(sql::Error::from)?;
+    let (rows, tables) = session.run_reading(query, &mut out)?;
+    let reader = File::open(&parquet_path)
+        .map_err(parquet::errors::ParquetError::from)
+        .and_then(parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new)
+        .and_then(|b| b.build())
+        .map_err(write_error(&parquet_path))?;
+    let schema = arrow::array::RecordBatchReader::schema(&reader);
+    let mut meter = RiskMeter::new(&schema, &settings.release.quasi_identifiers).map_err(write_error(dir))?;
+    let mut index = record::PseudonymIndex::new(&schema);
+    let csv_path = dir.join(CSV_FILE);
+    let csv_file = File::create(&csv_path).map_err(write_error(&csv_path))?;
+    let mut csv = arrow::csv::WriterBuilder::new().with_header(true).build(std::io::BufWriter::new(csv_file));
+    for batch in reader {
+        let batch = batch.map_err(write_error(&parquet_path))?;
+        meter.add(&batch).map_err(write_error(&parquet_path))?;
+        index.add(&batch).map_err(|column| Error::MixedPseudonyms { column })?;
+        csv.write(&batch).map_err(write_error(&csv_path))?;
+    }
+    let csv_file =
+        csv.into_inner().into_inner().map_err(|e| Error::Write { path: csv_path.clone(), message: e.to_string() })?;
+    csv_file.sync_all().map_err(write_error(&csv_path))?;
+    File::open(&parquet_path).and_then(|f| f.sync_all()).map_err(write_error(&parquet_path))?;
+    let (pseudonym_columns, pseudonyms) = index.finish();
+    let mut files = Vec::new();
+    for name in [PARQUET_FILE, CSV_FILE] {
+        let path = dir.join(name);
+        let (sha256, bytes) = hash_file(&path).map_err(write_error(&path))?;
+        files.push((name.to_owned(), bytes, sha256));
+    }
+    Ok(Written {
+        tables,
+        columns: schema.fields().iter().map(|f| (f.name().clone(), f.data_type().to_string())).collect(),
+        rows,
+        pseudonym_columns,
+        pseudonyms,
+        risk: meter.finish(settings.release.min_group_size),
+        files,
+    })
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(path).map_err(write_error(path))?;
+    std::io::Write::write_all(&mut f, bytes).and_then(|()| f.sync_all()).map_err(write_error(path))
+}
+
+/// What the audit entry and `release.json` say about one release.
+struct Entry<'a> {
+    id: &'a str,
+    recipient: &'a Recipient,
+    request: &'a Request<'a>,
+    query: &'a str,
+    written: &'a Written,
+    settings: &'a Settings,
+}
+
+impl Entry<'_> {
+    /// The fields of the recipient's `release.json`, and of the audit entry (without its outcome).
+    fn fields(&self, fingerprint: &str, version: u64) -> (Map<String, Value>, Map<String, Value>) {
+        let w = self.written;
+        let query = redact(self.query).into_owned();
+        let files: Vec<Value> =
+            w.files.iter().map(|(name, bytes, sha)| json!({"name": name, "bytes": bytes, "sha256": sha})).collect();
+        let columns: Vec<Value> = w
+            .columns
+            .iter()
+            .map(|(name, ty)| {
+                json!({
+                    "name": name,
+                    "type": ty,
+                    "release_pseudonyms": w.pseudonym_columns.contains(name),
+                    "quasi_identifier": w.risk.quasi_identifiers.contains(name),
+                })
+            })
+            .collect();
+        let risk = json!({
+            "quasi_identifiers": w.risk.quasi_identifiers,
+            "counted": w.risk.counted,
+            "groups": w.risk.groups,
+            "smallest_group": w.risk.smallest_group,
+            "min_group_size": w.risk.min_group_size,
+            "rows_in_small_groups": w.risk.rows_in_small_groups,
+            "share_in_small_groups": w.risk.share_in_small_groups,
+            "accepted": self.request.accept_risk.map(|r| redact(r).into_owned()),
+        });
+        let mut m = Map::new();
+        m.insert("release".into(), Value::from(self.id));
+        m.insert("recipient".into(), Value::from(self.recipient.id.clone()));
+        m.insert("recipient_name".into(), Value::from(self.recipient.name.clone()));
+        m.insert("basis".into(), Value::from(self.recipient.basis.clone()));
+        m.insert("request_id".into(), self.request.request_id.map(|r| Value::from(redact(r).into_owned())).into());
+        m.insert("query".into(), Value::from(query.clone()));
+        m.insert("query_sha256".into(), Value::from(crate::warehouse::writer::hex(&Sha256::digest(self.query))));
+        m.insert("tables".into(), Value::from(w.tables.clone()));
+        m.insert("columns".into(), Value::from(columns));
+        m.insert("rows".into(), Value::from(w.rows));
+        m.insert("files".into(), Value::from(files));
+        m.insert("key_fingerprint".into(), Value::from(fingerprint));
+        m.insert("warehouse_version".into(), Value::from(version));
+        m.insert("risk".into(), risk);
+        m.insert("method".into(), Value::from("Parquet and CSV files with release.json, written to a folder"));
+        let mut audit = m.clone();
+        audit.insert("out".into(), Value::from(redact(&self.request.out.display().to_string()).into_owned()));
+        audit.insert("role".into(), Value::from(ROLE));
+        let mut recipient_manifest = m;
+        recipient_manifest.insert("created_at".into(), Value::from(chrono::Utc::now().to_rfc3339()));
+        recipient_manifest.insert("ladu_version".into(), Value::from(env!("CARGO_PKG_VERSION")));
+        recipient_manifest.insert(
+            "pseudonyms".into(),
+            Value::from(format!(
+                "Pseudonym columns hold release pseudonyms made for recipient `{}` only: they cannot be linked to another recipient's data. Quasi-identifiers were checked against a minimum group of {} {}.",
+                self.recipient.id, self.settings.release.min_group_size, w.risk.counted
+            )),
+        );
+        (recipient_manifest, audit)
+    }
+}

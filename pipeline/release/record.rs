@@ -1,0 +1,225 @@
+//! ladu's own record of each release (which release pseudonyms it held) and the account of disclosures.
+//!
+//! Each release gets a folder `<warehouse>/_ladu/releases/<id>/` holding a
+//! copy of its `release.json` and `pseudonyms.parquet`: every release
+//! pseudonym it contained, sorted. A subject-access request computes the
+//! person's release pseudonym for each recipient and looks it up there. The
+//! account of disclosures is the audit log's `release` entries.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use serde_json::Value;
+
+use crate::audit::AuditLog;
+use crate::pseudonym::PSEUDONYM_LEN;
+use crate::warehouse::META_DIR;
+
+/// Folder of release records under the warehouse's `_ladu/`.
+pub const DIR: &str = "releases";
+/// The release pseudonyms a release held.
+pub const PSEUDONYMS_FILE: &str = "pseudonyms.parquet";
+/// Audit entry kind of a release.
+pub const AUDIT_KIND: &str = "release";
+/// `outcome` of a release that was delivered.
+pub const RELEASED: &str = "released";
+
+/// The folder of release records.
+pub fn dir(warehouse: &Path) -> PathBuf {
+    warehouse.join(META_DIR).join(DIR)
+}
+
+/// Make the folder of a new release, `<YYYYMMDD>-<NN>`; returns its id and path.
+/// Creating the folder claims the id, so two releases at once get two ids.
+pub fn allocate(warehouse: &Path) -> std::io::Result<(String, PathBuf)> {
+    let base = dir(warehouse);
+    std::fs::create_dir_all(&base)?;
+    let today = chrono::Utc::now().format("%Y%m%d");
+    for n in 1.. {
+        let id = format!("{today}-{n:02}");
+        let path = base.join(&id);
+        match std::fs::create_dir(&path) {
+            Ok(()) => return Ok((id, path)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!("the ids of a day are unbounded")
+}
+
+/// Is `s` a pseudonym: 32 lower-case hex digits?
+pub fn is_pseudonym(s: &str) -> bool {
+    s.len() == PSEUDONYM_LEN && s.bytes().all(is_hex)
+}
+
+fn is_hex(b: u8) -> bool {
+    b.is_ascii_digit() || (b'a'..=b'f').contains(&b)
+}
+
+/// Does `s` hold a run of 32 or more lower-case hex digits?
+fn embeds_pseudonym(s: &str) -> bool {
+    let mut run = 0;
+    for b in s.bytes() {
+        run = if is_hex(b) { run + 1 } else { 0 };
+        if run >= PSEUDONYM_LEN {
+            return true;
+        }
+    }
+    false
+}
+
+/// What a text column of a result has held so far.
+enum Column {
+    Empty,
+    Pseudonyms(BTreeSet<String>),
+    Text,
+}
+
+/// Finds a result's pseudonym columns (every value a pseudonym) and collects their values.
+pub struct PseudonymIndex {
+    columns: Vec<(String, Column)>,
+    positions: Vec<usize>,
+}
+
+impl PseudonymIndex {
+    pub fn new(schema: &SchemaRef) -> PseudonymIndex {
+        let positions: Vec<usize> = (0..schema.fields().len())
+            .filter(|&i| {
+                matches!(schema.field(i).data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+            })
+            .collect();
+        let columns = positions.iter().map(|&i| (schema.field(i).name().clone(), Column::Empty)).collect();
+        PseudonymIndex { columns, positions }
+    }
+
+    /// Take in a batch; `Err(column)` when a column mixes pseudonyms with other text
+    /// or embeds them in it (such a column could not be searched for a person).
+    pub fn add(&mut self, batch: &RecordBatch) -> Result<(), String> {
+        for (&i, (name, state)) in self.positions.iter().zip(&mut self.columns) {
+            let values = arrow::compute::cast(batch.column(i), &DataType::Utf8).map_err(|_| name.clone())?;
+            for v in values.as_string::<i32>().iter().flatten() {
+                let pseudonym = is_pseudonym(v);
+                match state {
+                    Column::Empty if pseudonym => *state = Column::Pseudonyms(BTreeSet::from([v.to_owned()])),
+                    Column::Pseudonyms(set) if pseudonym => {
+                        if !set.contains(v) {
+                            set.insert(v.to_owned());
+                        }
+                    }
+                    Column::Empty | Column::Text if !pseudonym && !embeds_pseudonym(v) => *state = Column::Text,
+                    _ => return Err(name.clone()),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The pseudonym columns' names and every value they held, sorted.
+    pub fn finish(self) -> (Vec<String>, Vec<String>) {
+        let mut names = Vec::new();
+        let mut all = BTreeSet::new();
+        for (name, state) in self.columns {
+            if let Column::Pseudonyms(set) = state {
+                names.push(name);
+                all.extend(set);
+            }
+        }
+        (names, all.into_iter().collect())
+    }
+}
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new("release_pseudonym", DataType::Utf8, false)]))
+}
+
+/// Write `values` (sorted) to `path` as Parquet.
+pub fn write_pseudonyms(path: &Path, values: Vec<String>) -> Result<(), parquet::errors::ParquetError> {
+    let file = File::create(path)?;
+    let synced = file.try_clone()?;
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+        .build();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema(), Some(props))?;
+    let batch = RecordBatch::try_new(schema(), vec![Arc::new(StringArray::from(values))])?;
+    writer.write(&batch)?;
+    writer.close()?;
+    synced.sync_all()?;
+    Ok(())
+}
+
+/// Does the pseudonyms file at `path` hold `pseudonym`?
+pub fn holds(path: &Path, pseudonym: &str) -> Result<bool, parquet::errors::ParquetError> {
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(path)?)?.build()?;
+    for batch in reader {
+        let batch = batch?;
+        let values = batch.column(0).as_string::<i32>();
+        if (0..values.len()).any(|i| values.value(i) == pseudonym) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The audit log's entries of delivered releases, oldest first.
+pub fn account(audit: &AuditLog) -> crate::audit::Result<Vec<Value>> {
+    Ok(audit
+        .entries()?
+        .into_iter()
+        .filter(|e| {
+            e.get("kind").and_then(Value::as_str) == Some(AUDIT_KIND)
+                && e.get("outcome").and_then(Value::as_str) == Some(RELEASED)
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(values: &[Option<&str>]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("c", DataType::Utf8, true)]));
+        RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(values.to_vec()))]).unwrap()
+    }
+
+    const P: &str = "0123456789abcdef0123456789abcdef";
+    const Q: &str = "fedcba9876543210fedcba9876543210";
+
+    #[test]
+    fn pseudonym_columns_are_found_and_mixed_ones_refused() {
+        let mut ix = PseudonymIndex::new(&batch(&[]).schema());
+        ix.add(&batch(&[None, Some(Q), Some(P)])).unwrap();
+        ix.add(&batch(&[Some(P)])).unwrap();
+        assert_eq!(ix.finish(), (vec!["c".to_owned()], vec![P.to_owned(), Q.to_owned()]));
+
+        let mut ix = PseudonymIndex::new(&batch(&[]).schema());
+        ix.add(&batch(&[Some("J06.9"), Some("E11")])).unwrap();
+        assert_eq!(ix.finish(), (vec![], vec![]));
+
+        for mixed in [[Some(P), Some("J06")], [Some("J06"), Some(P)], [Some("x"), Some(&format!("id {P}"))]] {
+            let mut ix = PseudonymIndex::new(&batch(&[]).schema());
+            assert_eq!(ix.add(&batch(&mixed)), Err("c".to_owned()), "{mixed:?}");
+        }
+    }
+
+    #[test]
+    fn pseudonym_files_are_searched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(PSEUDONYMS_FILE);
+        write_pseudonyms(&path, vec![P.to_owned()]).unwrap();
+        assert!(holds(&path, P).unwrap());
+        assert!(!holds(&path, Q).unwrap());
+    }
+
+    #[test]
+    fn ids_are_claimed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, pa) = allocate(dir.path()).unwrap();
+        let (b, _) = allocate(dir.path()).unwrap();
+        assert_ne!(a, b);
+        assert!(pa.is_dir() && a.ends_with("-01") && b.ends_with("-02"));
+    }
+}
