@@ -423,6 +423,11 @@ mod tests {
             ]
         );
         assert!(s.paths.warehouse.starts_with(env!("CARGO_MANIFEST_DIR")));
+        // The record key's pseudonym is a pseudonym column even where its rule names another column.
+        let population: Vec<&str> = s.source("population").unwrap().pseudonym_columns().collect();
+        assert_eq!(population, ["record_id", "person_id", "death_record_id"]);
+        let invoices: Vec<&str> = s.source("treatment_invoices").unwrap().pseudonym_columns().collect();
+        assert_eq!(invoices, ["record_id", "person_id"]);
     }
 
     #[test]

@@ -297,12 +297,14 @@ impl SourceConfig {
         })
     }
 
-    /// Output names of the columns that hold pseudonyms.
+    /// Output names of the columns that hold pseudonyms: `record_id` (the
+    /// record key's, always pseudonymised) and every `pseudonymise` rule's.
     pub fn pseudonym_columns(&self) -> impl Iterator<Item = &str> {
-        self.columns.values().filter_map(|r| match r {
-            ColumnRule::Pseudonymise { name, .. } => Some(name.as_str()),
+        let named = self.columns.values().filter_map(|r| match r {
+            ColumnRule::Pseudonymise { name, .. } if name != RECORD_ID => Some(name.as_str()),
             _ => None,
-        })
+        });
+        std::iter::once(RECORD_ID).chain(named)
     }
 
     /// Does a delivery file name match this source's pattern?

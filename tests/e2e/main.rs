@@ -11,5 +11,7 @@ mod keys;
 mod open_data;
 mod privacy;
 mod pseudonym;
+mod release;
 mod run;
 mod sql;
+mod subject;

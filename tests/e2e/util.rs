@@ -26,7 +26,9 @@ impl Workspace {
             let p = entry.unwrap().path();
             std::fs::copy(&p, cfg.join("sources").join(p.file_name().unwrap())).unwrap();
         }
-        std::fs::copy(Path::new(REPO).join("config/roles.toml"), cfg.join("roles.toml")).unwrap();
+        for file in ["roles.toml", "recipients.toml"] {
+            std::fs::copy(Path::new(REPO).join("config").join(file), cfg.join(file)).unwrap();
+        }
         copy_dir(&Path::new(REPO).join("queries"), &ws.root().join("queries"));
         std::fs::write(
             cfg.join("ladu.toml"),
