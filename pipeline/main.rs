@@ -592,7 +592,7 @@ fn release_exit(e: &ladu::release::Error) -> Exit {
     use ladu::release::Error as E;
     match e {
         E::Recipients(_) | E::WrongKey { .. } => Exit::Config,
-        E::QueryFile { .. } | E::NotOneQuery { .. } | E::OutExists { .. } => Exit::Usage,
+        E::QueryFile { .. } | E::NotOneQuery { .. } | E::OutExists { .. } | E::DuplicateColumn { .. } => Exit::Usage,
         E::TooRisky { .. } => Exit::Refused,
         E::Sql(e) => sql_exit(e),
         _ => Exit::Failure,

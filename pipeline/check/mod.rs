@@ -1,4 +1,4 @@
-//! `ladu check`: verify the warehouse's files against the manifest, the key, the audit chain and the site's checksums.
+//! `ladu check`: verify the warehouse's files against the manifest, the key, the audit chain, the records of releases and the site's checksums.
 //!
 //! Reads only. Every problem found is named (file, and what is wrong with
 //! it), so that an operator knows what to restore from backup.
@@ -28,8 +28,23 @@ pub fn run(settings: &Settings, key: Option<&Key>, audit: &AuditLog) -> Findings
         Ok(v) => f.checked.push(("audit entries".into(), v.entries)),
         Err(e) => f.problems.push(e.to_string()),
     }
+    release_records(&settings.paths.warehouse, audit, &mut f);
     site(&settings.paths.site, &mut f);
     f
+}
+
+/// ladu's record of each delivered release, against the checksum its audit entry holds.
+fn release_records(root: &Path, audit: &AuditLog, f: &mut Findings) {
+    let entries = match crate::release::record::account(audit) {
+        Ok(e) => e,
+        Err(e) => return f.problems.push(e.to_string()),
+    };
+    for entry in &entries {
+        if let Err(problem) = crate::release::record::checked_pseudonyms(root, entry) {
+            f.problems.push(problem);
+        }
+    }
+    f.checked.push(("records of releases to recipients".into(), entries.len() as u64));
 }
 
 fn warehouse(root: &Path, key: Option<&Key>, f: &mut Findings) {

@@ -61,6 +61,8 @@ pub enum Error {
     WrongKey { expected: String, given: String },
     #[error(transparent)]
     Sql(#[from] sql::Error),
+    #[error("the result has more than one column named `{column}`: give each column its own name (`… as name`)")]
+    DuplicateColumn { column: String },
     #[error(
         "result column `{column}` holds pseudonyms mixed with, or inside, other text: return pseudonym columns as they are, so that a person's data can be found in the release"
     )]
@@ -221,6 +223,10 @@ fn write(session: &Session, query: &str, dir: &Path, settings: &Settings) -> Res
         .and_then(|b| b.build())
         .map_err(write_error(&parquet_path))?;
     let schema = arrow::array::RecordBatchReader::schema(&reader);
+    let mut names = std::collections::BTreeSet::new();
+    if let Some(f) = schema.fields().iter().find(|f| !names.insert(f.name())) {
+        return Err(Error::DuplicateColumn { column: f.name().clone() });
+    }
     let mut meter = RiskMeter::new(&schema, &settings.release.quasi_identifiers).map_err(write_error(dir))?;
     let mut index = record::PseudonymIndex::new(&schema);
     let csv_path = dir.join(CSV_FILE);

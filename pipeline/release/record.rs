@@ -164,6 +164,22 @@ pub fn holds(path: &Path, pseudonym: &str) -> Result<bool, parquet::errors::Parq
     Ok(false)
 }
 
+/// The pseudonyms file of the release an audit entry names, once its
+/// checksum is found equal to the entry's; else what is wrong with it.
+pub fn checked_pseudonyms(warehouse: &Path, entry: &Value) -> Result<PathBuf, String> {
+    let id = entry.get("release").and_then(Value::as_str).unwrap_or_default();
+    let path = dir(warehouse).join(id).join(PSEUDONYMS_FILE);
+    let (sha256, _) = crate::warehouse::writer::hash_file(&path)
+        .map_err(|e| format!("{}: the record of release {id} cannot be read: {e}", path.display()))?;
+    if entry.get("record_sha256").and_then(Value::as_str) != Some(sha256.as_str()) {
+        return Err(format!(
+            "{}: the record of release {id} differs from the checksum in the audit log",
+            path.display()
+        ));
+    }
+    Ok(path)
+}
+
 /// The audit log's entries of delivered releases, oldest first.
 pub fn account(audit: &AuditLog) -> crate::audit::Result<Vec<Value>> {
     Ok(audit

@@ -40,10 +40,8 @@ pub enum Error {
     WrongKey { expected: String, given: String },
     #[error(transparent)]
     Sql(#[from] sql::Error),
-    #[error(
-        "the record of release {release} ({path}) cannot be searched: {message}; restore `_ladu/releases/` from backup"
-    )]
-    Record { release: String, path: PathBuf, message: String },
+    #[error("release {release} cannot be searched for the person: {message}; restore `_ladu/releases/` from backup")]
+    Record { release: String, message: String },
     #[error("{path} already exists: give a new file to --out (an answer is never overwritten)")]
     OutExists { path: PathBuf },
     #[error("cannot write {path}: {source}")]
@@ -206,16 +204,14 @@ fn text_columns(schema: &SchemaRef) -> Vec<String> {
 fn releases_holding(settings: &Settings, key: &Key, audit: &AuditLog, pseudonym: &str) -> Result<Vec<Value>> {
     let mut holding = Vec::new();
     for entry in record::account(audit)? {
-        let id = entry.get("release").and_then(Value::as_str).unwrap_or_default().to_owned();
         let recipient = entry.get("recipient").and_then(Value::as_str).unwrap_or_default();
-        let path = record::dir(&settings.paths.warehouse).join(&id).join(record::PSEUDONYMS_FILE);
-        let bad = |message: String| Error::Record { release: id.clone(), path: path.clone(), message };
-        let (sha256, _) = crate::warehouse::writer::hash_file(&path).map_err(|e| bad(e.to_string()))?;
-        if entry.get("record_sha256").and_then(Value::as_str) != Some(sha256.as_str()) {
-            return Err(bad("its checksum differs from the one in the audit log".into()));
-        }
+        let id = entry.get("release").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let path = record::checked_pseudonyms(&settings.paths.warehouse, &entry)
+            .map_err(|message| Error::Record { release: id.clone(), message })?;
         let theirs = Pseudonymiser::for_release(key, recipient).pseudonym(pseudonym.as_bytes());
-        if record::holds(&path, theirs.as_str()).map_err(|e| bad(e.to_string()))? {
+        let holds = record::holds(&path, theirs.as_str())
+            .map_err(|e| Error::Record { release: id.clone(), message: format!("{}: {e}", path.display()) })?;
+        if holds {
             holding.push(entry);
         }
     }

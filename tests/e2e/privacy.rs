@@ -1,5 +1,7 @@
 //! No raw identifier reaches any byte ladu writes: warehouse, outbox, audit, SQL results, statistics, the open-data site, stdout, stderr.
 
+use std::path::Path;
+
 use crate::util::*;
 
 #[test]
@@ -46,6 +48,30 @@ fn no_raw_identifier_in_anything_ladu_writes() {
     }
     commands.push(vec!["stats".into()]);
     commands.push(vec!["publish".into()]);
+    // A release, the account of disclosures, a subject-access answer and the processing report.
+    let release_query = ws.root().join("release.sql");
+    std::fs::write(
+        &release_query,
+        "select p.*, i.record_id as invoice, i.amount from population_history p join treatment_invoices_history i using (person_id)",
+    )
+    .unwrap();
+    let release_out = exports.join("release").display().to_string();
+    let q = release_query.display().to_string();
+    commands.push(
+        ["release", "--recipient", "tai", "--query", &q, "--out", &release_out, "--accept-risk", "privacy test"]
+            .map(String::from)
+            .to_vec(),
+    );
+    commands.push(vec!["releases".into()]);
+    // The request's code, where the scan does not look.
+    let request = tempfile::tempdir().unwrap();
+    let code_file = request.path().join("code.txt");
+    std::fs::write(&code_file, &code).unwrap();
+    let answer = exports.join("subject.json").display().to_string();
+    let cf = code_file.display().to_string();
+    commands.push(["subject", "--isikukood-file", &cf, "--out", &answer].map(String::from).to_vec());
+    commands.push(["subject", "--isikukood", &code].map(String::from).to_vec());
+    commands.push(vec!["report".into(), "processing".into()]);
     commands.push(vec!["audit".into(), "show".into()]);
     commands.push(vec!["audit".into(), "verify".into()]);
     for args in &commands {
@@ -73,7 +99,8 @@ fn no_raw_identifier_in_anything_ladu_writes() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!ws.data_files().is_empty());
-    assert_eq!(std::fs::read_dir(&exports).unwrap().count(), 7, "every table was exported and scanned");
+    assert_eq!(std::fs::read_dir(&exports).unwrap().count(), 9, "every table, a release and an answer were scanned");
+    assert!(Path::new(&release_out).join("data.csv").is_file() && Path::new(&answer).is_file());
     assert!(ws.root().join("site/latest/index.html").is_file(), "the site was published and scanned");
     // The scanner can fail: pointed at the deliveries themselves, it must find them.
     let control = py_output("scan.py", &[inbox.to_str().unwrap(), inbox.to_str().unwrap()]);

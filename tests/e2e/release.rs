@@ -105,6 +105,17 @@ fn each_recipient_gets_its_own_pseudonyms_matching_python() {
     }
     assert_eq!(entries[0]["files"], meta["files"], "the audit entry has the checksums the recipient got");
     ws.ok(&["audit", "verify"]);
+    // ladu's record of each release is checked, by `ladu check` and before a subject-access search.
+    let checked = stdout(&ws.ok(&["check"]));
+    assert!(checked.contains("checked 2 records of releases to recipients"), "{checked}");
+    let record =
+        ws.warehouse().join(format!("_ladu/releases/{}/pseudonyms.parquet", entries[0]["release"].as_str().unwrap()));
+    std::fs::write(&record, b"not the record").unwrap();
+    let found = ws.expect(&["check"], 1);
+    assert!(stdout(&found).contains("differs from the checksum in the audit log"), "{}", stdout(&found));
+    let code = codes(&ws)[0].clone();
+    let e = ws.expect(&["subject", "--isikukood", &code], 1);
+    assert!(stderr(&e).contains("cannot be searched for the person"), "{}", stderr(&e));
 }
 
 /// Statistics of the files (min, max) must not answer a release query with warehouse pseudonyms,
@@ -187,6 +198,12 @@ fn risky_releases_are_refused_unless_accepted_and_bad_requests_write_nothing() {
     assert!(stderr(&unknown).contains("unknown recipient `nobody`"), "{}", stderr(&unknown));
     let two = write(&ws.root().join("two.sql"), "select 1; select 2;");
     ws.expect(&["release", "--recipient", "tai", "--query", &two, "--out", fresh.to_str().unwrap()], 2);
+    let twice = write(
+        &ws.root().join("twice.sql"),
+        "select p.sex, q.sex from population p join population q using (person_id)",
+    );
+    let e = ws.expect(&["release", "--recipient", "tai", "--query", &twice, "--out", fresh.to_str().unwrap()], 2);
+    assert!(stderr(&e).contains("more than one column named `sex`"), "{}", stderr(&e));
     let file = write(&ws.root().join("file.sql"), "select * from 'inbox/population/population_20240331.csv'");
     let e = ws.expect(&["release", "--recipient", "tai", "--query", &file, "--out", fresh.to_str().unwrap()], 1);
     assert!(stderr(&e).contains("refused"), "{}", stderr(&e));
