@@ -13,6 +13,53 @@ use ladu::pseudonym::{self, Key, KeyError};
 use ladu::sample_data;
 use ladu::sql;
 
+/// `println!` for results: a closed pipe (`ladu releases | head`) ends the
+/// process quietly with exit 0, as the reader wanted no more; every command
+/// has finished its work, and its audit entry, before it prints.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            closed_stdout(e);
+        }
+    }};
+}
+
+/// `print!` for results, as [`out!`].
+macro_rules! out_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout(), $($arg)*) {
+            closed_stdout(e);
+        }
+    }};
+}
+
+/// Standard output failed: exit 0 when the reader closed it, else 1.
+fn closed_stdout(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: cannot write to standard output: {e}");
+    std::process::exit(Exit::Failure as i32);
+}
+
+/// Did writing results fail because the reader closed standard output?
+fn broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        let io = match e.downcast_ref::<arrow::error::ArrowError>() {
+            Some(arrow::error::ArrowError::IoError(_, io)) => Some(io),
+            _ => e.downcast_ref::<std::io::Error>(),
+        };
+        if io.is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 /// Exit codes, documented in the README.
 #[derive(Debug, Clone, Copy)]
 enum Exit {
@@ -230,7 +277,7 @@ fn main() -> ExitCode {
             if e.use_stderr() {
                 eprint!("{text}");
             } else {
-                print!("{text}");
+                out_raw!("{text}");
             }
             return ExitCode::from(e.exit_code() as u8);
         }
@@ -299,7 +346,7 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
             let opts = sample_data::Options { rows, seed, invalid, sources: only, extract_date: date };
             let written = sample_data::generate(&out, &opts).map_err(|e| (Exit::Failure, e))?;
             for (path, rows) in written {
-                println!("{}\t{rows} rows", path.display());
+                out!("{}\t{rows} rows", path.display());
             }
             Ok(Exit::Ok)
         }
@@ -317,19 +364,23 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
             let mut out = sql::Output::new(format, output.as_deref()).map_err(|e| (Exit::Usage, e))?;
             let session = sql::Session::open(&settings, AuditLog::new(&settings.paths.audit), role.as_deref())
                 .map_err(|e| (sql_exit(&e), e))?;
-            let failed = |e: sql::Error| (Exit::Failure, e);
-            if let Some(text) = command {
-                sql::shell::run_text(&session, &text, &mut out).map_err(failed)?;
+            let result = if let Some(text) = command {
+                sql::shell::run_text(&session, &text, &mut out)
             } else if let Some(path) = file {
                 let text = std::fs::read_to_string(&path)
                     .map_err(|e| (Exit::Usage, format!("cannot read SQL file {}: {e}", path.display())))?;
-                sql::shell::run_text(&session, &text, &mut out).map_err(failed)?;
+                sql::shell::run_text(&session, &text, &mut out)
             } else if std::io::stdin().is_terminal() {
-                sql::shell::interactive(&session, &mut out).map_err(failed)?;
+                sql::shell::interactive(&session, &mut out)
             } else {
-                sql::shell::run_lines(&session, std::io::stdin().lock(), &mut out).map_err(failed)?;
+                sql::shell::run_lines(&session, std::io::stdin().lock(), &mut out)
+            };
+            match result {
+                // The reader closed the pipe (`| head`): the statement was audited; no more wanted.
+                Err(e) if broken_pipe(&e) => Ok(Exit::Ok),
+                Err(e) => Err((Exit::Failure, e).into()),
+                Ok(()) => Ok(Exit::Ok),
             }
-            Ok(Exit::Ok)
         }
         Command::Run => {
             let settings = load_settings(cli.config.as_deref())?;
@@ -341,18 +392,18 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
                     if let Some(s) = &report.stats {
                         let computed =
                             s.statistics.iter().filter(|(_, o)| matches!(o, ladu::stats::Outcome::Computed { .. }));
-                        println!("statistics: {} computed of {}", computed.count(), s.statistics.len());
+                        out!("statistics: {} computed of {}", computed.count(), s.statistics.len());
                     }
                     if let Some(p) = &report.publish {
-                        println!("published release {} ({} datasets)", p.release, p.datasets.len());
+                        out!("published release {} ({} datasets)", p.release, p.datasets.len());
                     }
                     let took: Vec<String> = report
                         .steps
                         .iter()
                         .map(|(step, s)| format!("{} {s} s", step.trim_end_matches("_seconds")))
                         .collect();
-                    println!("took: {}", took.join(", "));
-                    println!("run report: {}", report.path.display());
+                    out!("took: {}", took.join(", "));
+                    out!("run report: {}", report.path.display());
                     Ok(if report.ingest.refused() > 0 { Exit::Refused } else { Exit::Ok })
                 }
                 Err(f) => {
@@ -373,19 +424,19 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
             let key = match Key::load(&settings.key_file) {
                 Ok(k) => Some(k),
                 Err(e) => {
-                    println!("key not checked: {e}");
+                    out!("key not checked: {e}");
                     None
                 }
             };
             let findings = ladu::check::run(&settings, key.as_ref(), &AuditLog::new(&settings.paths.audit));
             for (what, n) in &findings.checked {
-                println!("checked {n} {what}");
+                out!("checked {n} {what}");
             }
             for p in &findings.problems {
-                println!("PROBLEM: {p}");
+                out!("PROBLEM: {p}");
             }
             if findings.problems.is_empty() {
-                println!("no problems found");
+                out!("no problems found");
                 Ok(Exit::Ok)
             } else {
                 Err(Failed(Exit::Failure, format!("{} problem(s) found", findings.problems.len())))
@@ -397,16 +448,16 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
             let summary = ladu::stats::run(&settings, &audit, &only, progress).map_err(|e| (stats_exit(&e), e))?;
             for (table, outcome) in &summary.statistics {
                 match outcome {
-                    ladu::stats::Outcome::Computed { rows } => println!("{table:<40} {rows:>9} rows"),
-                    ladu::stats::Outcome::Unchanged => println!("{table:<40} unchanged"),
+                    ladu::stats::Outcome::Computed { rows } => out!("{table:<40} {rows:>9} rows"),
+                    ladu::stats::Outcome::Unchanged => out!("{table:<40} unchanged"),
                     ladu::stats::Outcome::NoData { table: missing } => {
-                        println!("{table:<40} skipped: table {missing} has no committed data yet")
+                        out!("{table:<40} skipped: table {missing} has no committed data yet")
                     }
                 }
             }
             match summary.commit {
-                Some(v) => println!("committed warehouse version {v}"),
-                None => println!("nothing to commit"),
+                Some(v) => out!("committed warehouse version {v}"),
+                None => out!("nothing to commit"),
             }
             Ok(Exit::Ok)
         }
@@ -415,15 +466,18 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
             let audit = AuditLog::new(&settings.paths.audit);
             let summary = ladu::publish::run(&settings, &audit, progress).map_err(|e| (publish_exit(&e), e))?;
             for d in &summary.datasets {
-                println!(
+                out!(
                     "{:<40} {:>7} rows, {} suppressed (fewer persons), {} suppressed (totals)",
-                    d.name, d.rows, d.primary, d.secondary
+                    d.name,
+                    d.rows,
+                    d.primary,
+                    d.secondary
                 );
             }
             for (name, table) in &summary.waiting {
-                println!("{name:<40} left out: table {table} has no committed data yet");
+                out!("{name:<40} left out: table {table} has no committed data yet");
             }
-            println!("published release {} at {}", summary.release, summary.path.display());
+            out!("published release {} at {}", summary.release, summary.path.display());
             Ok(Exit::Ok)
         }
         Command::Release { recipient, query, out, request_id, accept_risk } => {
@@ -440,7 +494,7 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
             let r = ladu::release::run(&settings, &key, &audit, &request).map_err(|e| (release_exit(&e), e))?;
             let risk = &r.risk;
             match risk.smallest_group {
-                Some(k) => println!(
+                Some(k) => out!(
                     "re-identification risk over {}: smallest group {k} {} (minimum {}), {} of {} rows in smaller groups",
                     risk.quasi_identifiers.join(", "),
                     risk.counted,
@@ -448,12 +502,12 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
                     risk.rows_in_small_groups,
                     risk.rows
                 ),
-                None => println!("re-identification risk: the result returns no quasi-identifier"),
+                None => out!("re-identification risk: the result returns no quasi-identifier"),
             }
             if risk.too_high() {
-                println!("the risk was accepted: {}", accept_risk.as_deref().unwrap_or_default());
+                out!("the risk was accepted: {}", accept_risk.as_deref().unwrap_or_default());
             }
-            println!(
+            out!(
                 "released {} to {recipient}: {} rows, release pseudonyms in {} -> {}",
                 r.id,
                 r.rows,
@@ -467,10 +521,7 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
             let audit = AuditLog::new(&settings.paths.audit);
             let entries = ladu::release::record::account(&audit).map_err(|e| (Exit::Failure, e))?;
             let since = since.map(|d| d.to_string());
-            println!(
-                "{:<24}  {:<12}  {:<16}  {:<16}  {:>9}  columns",
-                "time", "release", "recipient", "request", "rows"
-            );
+            out!("{:<24}  {:<12}  {:<16}  {:<16}  {:>9}  columns", "time", "release", "recipient", "request", "rows");
             for e in entries {
                 let s = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_owned();
                 if since.as_deref().is_some_and(|d| s("time").as_str() < d)
@@ -483,7 +534,7 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
                     .and_then(|c| c.as_array())
                     .map(|c| c.iter().filter_map(|c| c.get("name").and_then(|n| n.as_str())).collect())
                     .unwrap_or_default();
-                println!(
+                out!(
                     "{:<24}  {:<12}  {:<16}  {:<16}  {:>9}  {}",
                     s("time"),
                     s("release"),
@@ -507,9 +558,9 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
                 out: out.as_deref(),
             };
             let answer = ladu::subject::run(&settings, &key, &audit, &request).map_err(|e| (subject_exit(&e), e))?;
-            print!("{}", answer.summary());
+            out_raw!("{}", answer.summary());
             if let Some(out) = &out {
-                println!("\nthe whole answer (every row, as JSON): {}", out.display());
+                out!("\nthe whole answer (every row, as JSON): {}", out.display());
             }
             Ok(Exit::Ok)
         }
@@ -527,7 +578,7 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
                 };
                 (code, e)
             })?;
-            print!("{md}");
+            out_raw!("{md}");
             Ok(Exit::Ok)
         }
         Command::Audit { action } => {
@@ -536,7 +587,7 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
             match action {
                 AuditAction::Verify => {
                     let v = ladu::audit::verify(&log).map_err(|e| (Exit::Failure, e))?;
-                    println!("audit log {} is intact: {} entries", log.path().display(), v.entries);
+                    out!("audit log {} is intact: {} entries", log.path().display(), v.entries);
                 }
                 AuditAction::Show { kind, since } => {
                     let since = since.map(|d| d.format("%Y-%m-%d").to_string());
@@ -546,7 +597,7 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
                         if kind.as_deref().is_some_and(|want| want != k) || since.as_deref().is_some_and(|s| t < s) {
                             continue;
                         }
-                        println!("{e}");
+                        out!("{e}");
                     }
                 }
             }
@@ -663,20 +714,17 @@ fn print_summary(summary: &ingest::Summary) {
                 rows += r;
                 rejected += j;
                 let rep = report.as_ref().map(|p| format!(" (report: {})", p.display())).unwrap_or_default();
-                println!(
-                    "{:<20} {name:<40} committed {r:>9} rows, rejected {j} rows{rep} in {:.2}s",
-                    d.source, d.seconds
-                );
+                out!("{:<20} {name:<40} committed {r:>9} rows, rejected {j} rows{rep} in {:.2}s", d.source, d.seconds);
             }
-            Outcome::AlreadyIngested => println!("{:<20} {name:<40} already ingested, skipped", d.source),
-            Outcome::Refused { reason, .. } => println!("{:<20} {name:<40} REFUSED: {reason}", d.source),
+            Outcome::AlreadyIngested => out!("{:<20} {name:<40} already ingested, skipped", d.source),
+            Outcome::Refused { reason, .. } => out!("{:<20} {name:<40} REFUSED: {reason}", d.source),
         }
     }
     let refused = summary.refused();
     match summary.commit {
-        Some(v) => println!(
-            "committed warehouse version {v}: {rows} rows, {rejected} rows rejected, {refused} deliveries refused"
-        ),
-        None => println!("nothing new to commit ({refused} deliveries refused)"),
+        Some(v) => {
+            out!("committed warehouse version {v}: {rows} rows, {rejected} rows rejected, {refused} deliveries refused")
+        }
+        None => out!("nothing new to commit ({refused} deliveries refused)"),
     }
 }

@@ -665,3 +665,27 @@ fn a_query_larger_than_the_memory_limit_spills() {
     let sort = plan.lines().find(|l| l.contains("SortExec")).unwrap();
     assert!(sort.contains("spill_count=0") && sort.contains("output_rows=60.00 K"), "{sort}");
 }
+
+/// A reader that stops early (`| head`) ends ladu with exit 0, and the statement is still audited.
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    let ws = warehouse();
+    let many =
+        "select * from treatment_invoices_history cross join (select 1 from treatment_invoices_history limit 200)";
+    for args in [
+        vec!["sql", "--format", "csv", "-c", many],
+        vec!["sql", "--format", "table", "-c", many],
+        vec!["audit", "show"],
+        vec!["report", "processing"],
+    ] {
+        let mut child = ws.command(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut first = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+        assert!(!first.is_empty());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    }
+    let last_sql = ws.audit_entries().into_iter().rev().find(|e| e["kind"] == "sql" && e["statement"] == many);
+    assert!(last_sql.is_some(), "the statement read through a closed pipe was audited");
+}
