@@ -147,15 +147,15 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, request: &Request) 
         Ok(w) => w,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging);
-            let _ = std::fs::remove_dir_all(&record);
+            // A refusal is audited under its id: the id stays taken.
+            if !matches!(e, Error::TooRisky { .. }) {
+                let _ = std::fs::remove_dir_all(&record);
+            }
             return Err(e);
         }
     };
     crate::warehouse::sync_dir(&staging).map_err(|e| Error::Write { path: staging.clone(), message: e.to_string() })?;
-    if request.out.is_dir() {
-        // An empty folder: rename(2) replaces it.
-        std::fs::remove_dir(request.out).map_err(write_error(request.out))?;
-    }
+    // rename(2) replaces an empty folder (`check_out` allowed only that).
     std::fs::rename(&staging, request.out).map_err(write_error(request.out))?;
     if let Some(parent) = request.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         let _ = crate::warehouse::sync_dir(parent);

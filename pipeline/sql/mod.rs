@@ -129,9 +129,7 @@ pub struct Session {
 impl Session {
     /// Open the committed warehouse as `role` (the roles file's default when `None`).
     pub fn open(settings: &Settings, audit: AuditLog, role: Option<&str>) -> Result<Session> {
-        let manifest = manifest::load_latest(&settings.paths.warehouse)?;
-        let roles = roles::Roles::load(&settings.sql.roles_file, &table_names(settings, &manifest))?;
-        let role = roles.role(role)?;
+        let (manifest, role) = latest_as(settings, role)?;
         Self::open_as(settings, audit, manifest, role, None)
     }
 
@@ -146,9 +144,7 @@ impl Session {
         role: &str,
         pseudonymiser: Pseudonymiser,
     ) -> Result<Session> {
-        let manifest = manifest::load_latest(&settings.paths.warehouse)?;
-        let roles = roles::Roles::load(&settings.sql.roles_file, &table_names(settings, &manifest))?;
-        let role = roles.role(Some(role))?;
+        let (manifest, role) = latest_as(settings, Some(role))?;
         Self::open_as(settings, audit, manifest, role, Some(Arc::new(pseudonymiser)))
     }
 
@@ -365,6 +361,14 @@ fn query_error(statement: &str, e: DataFusionError) -> Error {
         message.push_str("\n  (the query needs more memory than `sql.memory_limit` allows; raise it in the config)");
     }
     Error::Query { statement: statement.to_owned(), message }
+}
+
+/// The newest manifest, and the role called `name` (the default role when `None`) of the roles file.
+fn latest_as(settings: &Settings, name: Option<&str>) -> Result<(manifest::Manifest, Role)> {
+    let manifest = manifest::load_latest(&settings.paths.warehouse)?;
+    let roles = roles::Roles::load(&settings.sql.roles_file, &table_names(settings, &manifest))?;
+    let role = roles.role(name)?;
+    Ok((manifest, role))
 }
 
 /// Configured tables and committed ones (a source may have been retired).
