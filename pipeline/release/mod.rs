@@ -132,7 +132,7 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, request: &Request) 
             return Err(Error::TooRisky { risk: Box::new(written.risk.clone()) });
         }
         let index = record.join(record::PSEUDONYMS_FILE);
-        record::write_pseudonyms(&index, written.pseudonyms.clone()).map_err(write_error(&index))?;
+        record::write_pseudonyms(&index, &written.pseudonyms).map_err(write_error(&index))?;
         let (index_sha256, _) = hash_file(&index).map_err(write_error(&index))?;
         let text = serde_json::to_vec_pretty(&Value::Object(for_recipient)).expect("JSON values serialise");
         for dir in [&staging, &record] {
@@ -206,7 +206,7 @@ struct Written {
     columns: Vec<(String, String)>,
     rows: u64,
     pseudonym_columns: Vec<String>,
-    pseudonyms: Vec<String>,
+    pseudonyms: Vec<u128>,
     risk: Risk,
     /// File name, bytes, SHA-256.
     files: Vec<(String, u64, String)>,

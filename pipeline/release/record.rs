@@ -6,12 +6,11 @@
 //! person's release pseudonym for each recipient and looks it up there. The
 //! account of disclosures is the audit log's `release` entries.
 
-use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch, StringArray};
+use arrow::array::{Array, AsArray, FixedSizeBinaryArray, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde_json::Value;
 
@@ -72,14 +71,21 @@ fn embeds_pseudonym(s: &str) -> bool {
     false
 }
 
+/// A pseudonym's 32 hex digits as the number they spell (which sorts as the text does).
+pub fn pseudonym_bits(s: &str) -> Option<u128> {
+    if is_pseudonym(s) { u128::from_str_radix(s, 16).ok() } else { None }
+}
+
 /// What a text column of a result has held so far.
 enum Column {
     Empty,
-    Pseudonyms(BTreeSet<String>),
+    /// Its values, deduplicated up to `.1` entries.
+    Pseudonyms(Vec<u128>, usize),
     Text,
 }
 
-/// Finds a result's pseudonym columns (every value a pseudonym) and collects their values.
+/// Finds a result's pseudonym columns (every value a pseudonym) and collects their values,
+/// 16 bytes each.
 pub struct PseudonymIndex {
     columns: Vec<(String, Column)>,
     positions: Vec<usize>,
@@ -102,50 +108,57 @@ impl PseudonymIndex {
         for (&i, (name, state)) in self.positions.iter().zip(&mut self.columns) {
             let values = arrow::compute::cast(batch.column(i), &DataType::Utf8).map_err(|_| name.clone())?;
             for v in values.as_string::<i32>().iter().flatten() {
-                let pseudonym = is_pseudonym(v);
-                match state {
-                    Column::Empty if pseudonym => *state = Column::Pseudonyms(BTreeSet::from([v.to_owned()])),
-                    Column::Pseudonyms(set) if pseudonym => {
-                        if !set.contains(v) {
-                            set.insert(v.to_owned());
-                        }
-                    }
-                    Column::Empty | Column::Text if !pseudonym && !embeds_pseudonym(v) => *state = Column::Text,
+                match (pseudonym_bits(v), &mut *state) {
+                    (Some(bits), Column::Empty) => *state = Column::Pseudonyms(vec![bits], 0),
+                    (Some(bits), Column::Pseudonyms(values, _)) => values.push(bits),
+                    (None, Column::Empty | Column::Text) if !embeds_pseudonym(v) => *state = Column::Text,
                     _ => return Err(name.clone()),
                 }
+            }
+            // A person's pseudonym repeats on each of their rows: keep memory to the distinct ones.
+            if let Column::Pseudonyms(values, distinct) = state
+                && values.len() > 2 * *distinct + (1 << 20)
+            {
+                values.sort_unstable();
+                values.dedup();
+                *distinct = values.len();
             }
         }
         Ok(())
     }
 
-    /// The pseudonym columns' names and every value they held, sorted.
-    pub fn finish(self) -> (Vec<String>, Vec<String>) {
+    /// The pseudonym columns' names and every value they held, sorted, each once.
+    pub fn finish(self) -> (Vec<String>, Vec<u128>) {
         let mut names = Vec::new();
-        let mut all = BTreeSet::new();
+        let mut all = Vec::new();
         for (name, state) in self.columns {
-            if let Column::Pseudonyms(set) = state {
+            if let Column::Pseudonyms(values, _) = state {
                 names.push(name);
-                all.extend(set);
+                all.extend(values);
             }
         }
-        (names, all.into_iter().collect())
+        all.sort_unstable();
+        all.dedup();
+        (names, all)
     }
 }
 
 fn schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![Field::new("release_pseudonym", DataType::Utf8, false)]))
+    Arc::new(Schema::new(vec![Field::new("release_pseudonym", DataType::FixedSizeBinary(16), false)]))
 }
 
-/// Write `values` (sorted) to `path` as Parquet.
-pub fn write_pseudonyms(path: &Path, values: Vec<String>) -> Result<(), parquet::errors::ParquetError> {
+/// Write `values` (sorted) to `path` as Parquet: each pseudonym as its 16 bytes.
+pub fn write_pseudonyms(path: &Path, values: &[u128]) -> Result<(), parquet::errors::ParquetError> {
     let file = File::create(path)?;
     let synced = file.try_clone()?;
     let props = parquet::file::properties::WriterProperties::builder()
         .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
         .build();
     let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema(), Some(props))?;
-    let batch = RecordBatch::try_new(schema(), vec![Arc::new(StringArray::from(values))])?;
-    writer.write(&batch)?;
+    for chunk in values.chunks(1 << 20) {
+        let bytes = FixedSizeBinaryArray::try_from_iter(chunk.iter().map(|v| v.to_be_bytes()))?;
+        writer.write(&RecordBatch::try_new(schema(), vec![Arc::new(bytes)])?)?;
+    }
     writer.close()?;
     synced.sync_all()?;
     Ok(())
@@ -153,11 +166,13 @@ pub fn write_pseudonyms(path: &Path, values: Vec<String>) -> Result<(), parquet:
 
 /// Does the pseudonyms file at `path` hold `pseudonym`?
 pub fn holds(path: &Path, pseudonym: &str) -> Result<bool, parquet::errors::ParquetError> {
+    let Some(wanted) = pseudonym_bits(pseudonym) else { return Ok(false) };
+    let wanted = wanted.to_be_bytes();
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(path)?)?.build()?;
     for batch in reader {
         let batch = batch?;
-        let values = batch.column(0).as_string::<i32>();
-        if (0..values.len()).any(|i| values.value(i) == pseudonym) {
+        let values = batch.column(0).as_fixed_size_binary();
+        if (0..values.len()).any(|i| values.value(i) == wanted) {
             return Ok(true);
         }
     }
@@ -195,6 +210,7 @@ pub fn account(audit: &AuditLog) -> crate::audit::Result<Vec<Value>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::StringArray;
 
     fn batch(values: &[Option<&str>]) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![Field::new("c", DataType::Utf8, true)]));
@@ -209,7 +225,8 @@ mod tests {
         let mut ix = PseudonymIndex::new(&batch(&[]).schema());
         ix.add(&batch(&[None, Some(Q), Some(P)])).unwrap();
         ix.add(&batch(&[Some(P)])).unwrap();
-        assert_eq!(ix.finish(), (vec!["c".to_owned()], vec![P.to_owned(), Q.to_owned()]));
+        let bits = |p: &str| pseudonym_bits(p).unwrap();
+        assert_eq!(ix.finish(), (vec!["c".to_owned()], vec![bits(P), bits(Q)]));
 
         let mut ix = PseudonymIndex::new(&batch(&[]).schema());
         ix.add(&batch(&[Some("J06.9"), Some("E11")])).unwrap();
@@ -225,7 +242,7 @@ mod tests {
     fn pseudonym_files_are_searched() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(PSEUDONYMS_FILE);
-        write_pseudonyms(&path, vec![P.to_owned()]).unwrap();
+        write_pseudonyms(&path, &[pseudonym_bits(P).unwrap()]).unwrap();
         assert!(holds(&path, P).unwrap());
         assert!(!holds(&path, Q).unwrap());
     }

@@ -11,7 +11,9 @@ use std::collections::{HashMap, HashSet};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::error::ArrowError;
-use arrow::row::{OwnedRow, RowConverter, SortField};
+use arrow::row::{RowConverter, SortField};
+
+use super::record;
 use serde::Serialize;
 
 /// Column whose distinct values count persons.
@@ -43,27 +45,20 @@ impl Risk {
     }
 }
 
-#[derive(Default)]
-struct Group {
-    rows: u64,
-    persons: HashSet<String>,
-    /// Rows with no person: each counts as one.
-    unknown_persons: u64,
-}
-
-impl Group {
-    fn size(&self, by_person: bool) -> u64 {
-        if by_person { self.persons.len() as u64 + self.unknown_persons } else { self.rows }
-    }
-}
-
-/// Measures a result batch by batch, holding one entry per group (and its persons).
+/// Measures a result batch by batch, holding one entry per group and per (group, person).
 pub struct RiskMeter {
     qi: Vec<usize>,
     names: Vec<String>,
     person: Option<usize>,
     converter: Option<RowConverter>,
-    groups: HashMap<OwnedRow, Group>,
+    /// Each combination of quasi-identifier values (in Arrow's row format) and its group number.
+    groups: HashMap<Box<[u8]>, u32>,
+    /// Per group: rows, and rows with no person (each counts as a person of its own).
+    rows_of: Vec<u64>,
+    unknown_of: Vec<u64>,
+    /// (group, person) pairs: a pseudonym as its 16 bytes, any other text as it is.
+    persons: HashSet<(u32, u128)>,
+    other_persons: HashSet<(u32, String)>,
     rows: u64,
 }
 
@@ -80,7 +75,18 @@ impl RiskMeter {
         } else {
             Some(RowConverter::new(qi.iter().map(|&i| SortField::new(schema.field(i).data_type().clone())).collect())?)
         };
-        Ok(RiskMeter { qi, names, person, converter, groups: HashMap::new(), rows: 0 })
+        Ok(RiskMeter {
+            qi,
+            names,
+            person,
+            converter,
+            groups: HashMap::new(),
+            rows_of: Vec::new(),
+            unknown_of: Vec::new(),
+            persons: HashSet::new(),
+            other_persons: HashSet::new(),
+            rows: 0,
+        })
     }
 
     pub fn add(&mut self, batch: &RecordBatch) -> Result<(), ArrowError> {
@@ -92,15 +98,33 @@ impl RiskMeter {
             Some(i) => Some(arrow::compute::cast(batch.column(i), &DataType::Utf8)?),
             None => None,
         };
+        let persons = persons.as_ref().map(|p| p.as_string::<i32>());
         for (row, key) in keys.iter().enumerate() {
-            let group = self.groups.entry(key.owned()).or_default();
-            group.rows += 1;
-            if let Some(persons) = &persons {
-                let persons = persons.as_string::<i32>();
-                if persons.is_null(row) {
-                    group.unknown_persons += 1;
-                } else if !group.persons.contains(persons.value(row)) {
-                    group.persons.insert(persons.value(row).to_owned());
+            let group = match self.groups.get(key.as_ref()) {
+                Some(&g) => g,
+                None => {
+                    let g = self.rows_of.len() as u32;
+                    self.groups.insert(key.as_ref().into(), g);
+                    self.rows_of.push(0);
+                    self.unknown_of.push(0);
+                    g
+                }
+            };
+            self.rows_of[group as usize] += 1;
+            let Some(persons) = persons else { continue };
+            if persons.is_null(row) {
+                self.unknown_of[group as usize] += 1;
+            } else {
+                let person = persons.value(row);
+                match record::pseudonym_bits(person) {
+                    Some(bits) => {
+                        self.persons.insert((group, bits));
+                    }
+                    None => {
+                        if !self.other_persons.contains(&(group, person.to_owned())) {
+                            self.other_persons.insert((group, person.to_owned()));
+                        }
+                    }
                 }
             }
         }
@@ -109,14 +133,25 @@ impl RiskMeter {
 
     pub fn finish(self, min_group_size: u64) -> Risk {
         let by_person = self.person.is_some();
-        let smallest_group = self.groups.values().map(|g| g.size(by_person)).min();
+        let sizes: Vec<u64> = if by_person {
+            let mut sizes = self.unknown_of.clone();
+            for (g, _) in &self.persons {
+                sizes[*g as usize] += 1;
+            }
+            for (g, _) in &self.other_persons {
+                sizes[*g as usize] += 1;
+            }
+            sizes
+        } else {
+            self.rows_of.clone()
+        };
         let rows_in_small_groups: u64 =
-            self.groups.values().filter(|g| g.size(by_person) < min_group_size).map(|g| g.rows).sum();
+            sizes.iter().zip(&self.rows_of).filter(|(size, _)| **size < min_group_size).map(|(_, rows)| rows).sum();
         Risk {
             quasi_identifiers: self.names,
             counted: if by_person { "persons" } else { "rows" },
-            groups: self.groups.len() as u64,
-            smallest_group,
+            groups: sizes.len() as u64,
+            smallest_group: sizes.iter().copied().min(),
             min_group_size,
             rows: self.rows,
             rows_in_small_groups,
@@ -193,7 +228,11 @@ mod tests {
         #[test]
         fn agrees_with_a_plain_count(rows in proptest::collection::vec((0..2u8, 1980..1984i64, 0..6u8), 1..60), split in 0usize..60) {
             let rows: Vec<(Option<&str>, i64, Option<String>)> =
-                rows.iter().map(|(s, y, p)| (Some(["M", "N"][*s as usize]), *y, Some(format!("p{p}")))).collect();
+                rows.iter().map(|(s, y, p)| {
+                    // Pseudonyms and other text, counted apart.
+                    let person = if *p < 3 { format!("{:032x}", p) } else { format!("p{p}") };
+                    (Some(["M", "N"][*s as usize]), *y, Some(person))
+                }).collect();
             let view: Vec<(Option<&str>, i64, Option<&str>)> = rows.iter().map(|(s, y, p)| (*s, *y, p.as_deref())).collect();
             let whole = batch(true, &view);
             let split = split.min(view.len());
