@@ -16,6 +16,8 @@ pub mod record;
 pub mod risk;
 
 use std::fs::File;
+
+use arrow::array::RecordBatch;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value, json};
@@ -231,16 +233,35 @@ fn write(session: &Session, query: &str, dir: &Path, settings: &Settings) -> Res
     let mut index = record::PseudonymIndex::new(&schema);
     let csv_path = dir.join(CSV_FILE);
     let csv_file = File::create(&csv_path).map_err(write_error(&csv_path))?;
-    let mut csv = arrow::csv::WriterBuilder::new().with_header(true).build(std::io::BufWriter::new(csv_file));
-    for batch in reader {
-        let batch = batch.map_err(write_error(&parquet_path))?;
-        meter.add(&batch).map_err(write_error(&parquet_path))?;
-        index.add(&batch).map_err(|column| Error::MixedPseudonyms { column })?;
-        csv.write(&batch).map_err(write_error(&csv_path))?;
-    }
-    let csv_file =
-        csv.into_inner().into_inner().map_err(|e| Error::Write { path: csv_path.clone(), message: e.to_string() })?;
-    csv_file.sync_all().map_err(write_error(&csv_path))?;
+    // The CSV is formatted on a thread of its own while this one measures the batches.
+    let (batches, to_csv) = std::sync::mpsc::sync_channel::<RecordBatch>(4);
+    std::thread::scope(|scope| {
+        let csv_writer = scope.spawn(|| -> Result<()> {
+            let mut csv = arrow::csv::WriterBuilder::new().with_header(true).build(std::io::BufWriter::new(csv_file));
+            for batch in to_csv {
+                csv.write(&batch).map_err(write_error(&csv_path))?;
+            }
+            let file = csv.into_inner().into_inner().map_err(write_error(&csv_path))?;
+            file.sync_all().map_err(write_error(&csv_path))
+        });
+        let measured = (|| {
+            for batch in reader {
+                let batch = batch.map_err(write_error(&parquet_path))?;
+                meter.add(&batch).map_err(write_error(&parquet_path))?;
+                index.add(&batch).map_err(|column| Error::MixedPseudonyms { column })?;
+                if batches.send(batch).is_err() {
+                    break; // The CSV writer failed: its error is reported below.
+                }
+            }
+            Ok(())
+        })();
+        drop(batches);
+        let written = csv_writer.join().map_err(|_| Error::Write {
+            path: csv_path.clone(),
+            message: "the CSV writer stopped unexpectedly".into(),
+        })?;
+        measured.and(written)
+    })?;
     File::open(&parquet_path).and_then(|f| f.sync_all()).map_err(write_error(&parquet_path))?;
     let (pseudonym_columns, pseudonyms) = index.finish();
     let mut files = Vec::new();

@@ -171,7 +171,9 @@ pub fn holds(path: &Path, pseudonym: &str) -> Result<bool, parquet::errors::Parq
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(path)?)?.build()?;
     for batch in reader {
         let batch = batch?;
-        let values = batch.column(0).as_fixed_size_binary();
+        let values = batch.column(0).as_fixed_size_binary_opt().ok_or_else(|| {
+            parquet::errors::ParquetError::General("it does not hold 16-byte release pseudonyms".into())
+        })?;
         if (0..values.len()).any(|i| values.value(i) == wanted) {
             return Ok(true);
         }

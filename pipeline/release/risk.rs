@@ -57,7 +57,7 @@ pub struct RiskMeter {
     rows_of: Vec<u64>,
     unknown_of: Vec<u64>,
     /// (group, person) pairs: a pseudonym as its 16 bytes, any other text as it is.
-    persons: HashSet<(u32, u128)>,
+    persons: foldhash::HashSet<(u32, u128)>,
     other_persons: HashSet<(u32, String)>,
     rows: u64,
 }
@@ -83,7 +83,7 @@ impl RiskMeter {
             groups: HashMap::new(),
             rows_of: Vec::new(),
             unknown_of: Vec::new(),
-            persons: HashSet::new(),
+            persons: foldhash::HashSet::default(),
             other_persons: HashSet::new(),
             rows: 0,
         })
