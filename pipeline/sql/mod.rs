@@ -16,6 +16,7 @@ pub mod output;
 pub mod query_files;
 pub mod restrict;
 pub mod roles;
+pub mod row_number;
 pub mod sandbox;
 pub mod script;
 pub mod shell;
@@ -504,6 +505,7 @@ fn new_context(settings: &Settings) -> Result<SessionContext> {
         .with_default_features()
         .with_table_functions(HashMap::new())
         .with_table_factories(HashMap::new())
+        .with_physical_optimizer_rule(Arc::new(row_number::SortedRowNumber))
         .build();
     Ok(SessionContext::new_with_state(state))
 }
