@@ -13,6 +13,7 @@
 //! [`Error`] (the binary and the shell do).
 
 pub mod output;
+pub mod packed_sort;
 pub mod query_files;
 pub mod restrict;
 pub mod roles;
@@ -505,6 +506,7 @@ fn new_context(settings: &Settings) -> Result<SessionContext> {
         .with_default_features()
         .with_table_functions(HashMap::new())
         .with_table_factories(HashMap::new())
+        .with_physical_optimizer_rule(Arc::new(packed_sort::PackedSort))
         .with_physical_optimizer_rule(Arc::new(row_number::SortedRowNumber))
         .build();
     Ok(SessionContext::new_with_state(state))
