@@ -247,6 +247,44 @@ fn hex_into(bytes: &[u8], out: &mut [u8]) {
     }
 }
 
+/// Is `s` a pseudonym as ladu writes them: 32 lowercase hex digits?
+pub fn is_pseudonym(s: &[u8]) -> bool {
+    // Without a branch per byte: a byte outside 0-9, a-f sets a high bit.
+    s.len() == PSEUDONYM_LEN && s.iter().fold(0u8, |bad, &c| bad | NOT_HEX[usize::from(c)]) == 0
+}
+
+/// Zero for the bytes `0`-`9` and `a`-`f`, a set bit for every other.
+static NOT_HEX: [u8; 256] = {
+    let mut table = [0x80; 256];
+    let mut c = 0;
+    while c < 256 {
+        if matches!(c as u8, b'0'..=b'9' | b'a'..=b'f') {
+            table[c] = 0;
+        }
+        c += 1;
+    }
+    table
+};
+
+/// A pseudonym's 32 hex digits as the number they spell (which sorts as the text does).
+pub fn pseudonym_bits(s: &[u8]) -> Option<u128> {
+    if !is_pseudonym(s) {
+        return None;
+    }
+    // Eight digits at a time.
+    let (eights, _) = s.as_chunks::<8>();
+    Some(eights.iter().fold(0, |v, eight| {
+        let x = u64::from_be_bytes(*eight);
+        // A digit's value: its low nibble, plus 9 for a-f (whose bit 6 is set).
+        let n = (x & 0x0F0F_0F0F_0F0F_0F0F) + 9 * ((x >> 6) & 0x0101_0101_0101_0101);
+        // Two digits' nibbles into one byte per 16-bit lane, then the four bytes together.
+        let m = (n >> 4 & 0x00F0_00F0_00F0_00F0) | (n & 0x000F_000F_000F_000F);
+        let m = (m | m >> 8) & 0x0000_FFFF_0000_FFFF;
+        let m = (m | m >> 16) & 0xFFFF_FFFF;
+        v << 32 | u128::from(m)
+    }))
+}
+
 /// The keyed HMAC for `key`; used by this module and by `key` only.
 fn keyed(bytes: &[u8]) -> HmacSha256 {
     // HMAC accepts keys of any length; the error branch cannot be taken.
@@ -344,6 +382,30 @@ mod tests {
         let mut out = [0u8; PSEUDONYM_LEN];
         hex_into(&digest[..PSEUDONYM_LEN / 2], &mut out);
         String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn only_lowercase_hex_of_32_digits_is_a_pseudonym() {
+        for not in [
+            "",
+            "0123456789abcdef0123456789abcde",
+            "0123456789abcdef0123456789abcdef0",
+            "0123456789ABCDEF0123456789abcdef",
+            "0123456789abcdeg0123456789abcdef",
+            "0123456789abcdef0123456789abcd\u{e9}",
+        ] {
+            assert!(!is_pseudonym(not.as_bytes()), "{not}");
+            assert_eq!(pseudonym_bits(not.as_bytes()), None, "{not}");
+        }
+        assert!(is_pseudonym(b"0123456789abcdef0123456789abcdef"));
+    }
+
+    proptest! {
+        #[test]
+        fn pseudonym_bits_are_the_number_the_digits_spell(v in any::<u128>()) {
+            let hex = format!("{v:032x}");
+            prop_assert_eq!(pseudonym_bits(hex.as_bytes()), Some(v));
+        }
     }
 
     proptest! {

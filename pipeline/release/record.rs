@@ -50,11 +50,6 @@ pub fn allocate(warehouse: &Path) -> std::io::Result<(String, PathBuf)> {
     unreachable!("the ids of a day are unbounded")
 }
 
-/// Is `s` a pseudonym: 32 lower-case hex digits?
-pub fn is_pseudonym(s: &str) -> bool {
-    s.len() == PSEUDONYM_LEN && s.bytes().all(is_hex)
-}
-
 fn is_hex(b: u8) -> bool {
     b.is_ascii_digit() || (b'a'..=b'f').contains(&b)
 }
@@ -73,7 +68,7 @@ fn embeds_pseudonym(s: &str) -> bool {
 
 /// A pseudonym's 32 hex digits as the number they spell (which sorts as the text does).
 pub fn pseudonym_bits(s: &str) -> Option<u128> {
-    if is_pseudonym(s) { u128::from_str_radix(s, 16).ok() } else { None }
+    crate::pseudonym::pseudonym_bits(s.as_bytes())
 }
 
 /// What a text column of a result has held so far.

@@ -41,6 +41,8 @@ use datafusion::physical_plan::{
 };
 use futures::{StreamExt, TryStreamExt};
 
+use crate::pseudonym::{is_pseudonym, pseudonym_bits};
+
 /// The widest packed key, in bytes: two 128-bit integers.
 const MAX_WIDTH: usize = 32;
 
@@ -607,25 +609,6 @@ impl Stats {
     }
 }
 
-/// 32 lowercase hex digits, as `P(kind, id)` of DESIGN.md writes them.
-fn is_pseudonym(s: &[u8]) -> bool {
-    // Without a branch per byte: a byte outside 0-9, a-f sets a high bit.
-    s.len() == 32 && s.iter().fold(0u8, |bad, &c| bad | HEX_DIGIT[usize::from(c)]) == 0
-}
-
-/// Zero for the bytes `0`-`9` and `a`-`f`, a set bit for every other.
-static HEX_DIGIT: [u8; 256] = {
-    let mut table = [0x80; 256];
-    let mut c = 0;
-    while c < 256 {
-        if matches!(c as u8, b'0'..=b'9' | b'a'..=b'f') {
-            table[c] = 0;
-        }
-        c += 1;
-    }
-    table
-};
-
 /// How a column's value is turned into its bytes of the key.
 #[derive(Clone, Copy, Debug)]
 enum Code {
@@ -711,7 +694,8 @@ impl Layout {
                     let c = column.as_boolean();
                     each_valid(column, |i| put(i, u128::from(c.value(i))));
                 }
-                Code::Pseudonym => each_text(column, &mut |i, s| put(i, from_hex(s))),
+                // Every value was checked to be a pseudonym while buffering.
+                Code::Pseudonym => each_text(column, &mut |i, s| put(i, pseudonym_bits(s).unwrap_or_default())),
                 Code::Short { len } => each_text(column, &mut |i, s| put(i, short(s, len))),
             }
         }
@@ -737,21 +721,6 @@ fn ordered_f64(v: f64) -> u64 {
 fn ordered_f32(v: f32) -> u32 {
     let bits = v.to_bits();
     if bits >> 31 == 1 { !bits } else { bits | 1 << 31 }
-}
-
-/// The bytes that lowercase hex digits spell, eight digits at a time (checked by [`is_pseudonym`] beforehand).
-fn from_hex(s: &[u8]) -> u128 {
-    let (eights, _) = s.as_chunks::<8>();
-    eights.iter().fold(0, |v, eight| {
-        let x = u64::from_be_bytes(*eight);
-        // A digit's value: its low nibble, plus 9 for a-f (whose bit 6 is set).
-        let n = (x & 0x0F0F_0F0F_0F0F_0F0F) + 9 * ((x >> 6) & 0x0101_0101_0101_0101);
-        // Two digits' nibbles into one byte per 16-bit lane, then the four bytes together.
-        let m = (n >> 4 & 0x00F0_00F0_00F0_00F0) | (n & 0x000F_000F_000F_000F);
-        let m = (m | m >> 8) & 0x0000_FFFF_0000_FFFF;
-        let m = (m | m >> 16) & 0xFFFF_FFFF;
-        v << 32 | u128::from(m)
-    })
 }
 
 /// Short text's bytes, zero-padded to `len`, then its length.
@@ -1077,13 +1046,6 @@ mod tests {
 
     proptest! {
         #[test]
-        fn hex_digits_spell_the_pseudonyms_bytes(v in any::<u128>()) {
-            let hex = format!("{v:032x}");
-            prop_assert!(is_pseudonym(hex.as_bytes()));
-            prop_assert_eq!(from_hex(hex.as_bytes()), v);
-        }
-
-        #[test]
         fn short_text_packs_in_its_order(a in prop::collection::vec(any::<u8>(), 0..=15), b in prop::collection::vec(any::<u8>(), 0..=15)) {
             let len = a.len().max(b.len());
             prop_assert_eq!(short(&a, len).cmp(&short(&b, len)), a.cmp(&b));
@@ -1106,21 +1068,6 @@ mod tests {
             rows.sort_unstable();
             prop_assert_eq!(rows, (0..keys.len() as u32).collect::<Vec<_>>());
         }
-    }
-
-    #[test]
-    fn only_lowercase_hex_of_32_digits_is_a_pseudonym() {
-        for not in [
-            "",
-            "0123456789abcdef0123456789abcde",
-            "0123456789abcdef0123456789abcdef0",
-            "0123456789ABCDEF0123456789abcdef",
-            "0123456789abcdeg0123456789abcdef",
-            "0123456789abcdef0123456789abcd\u{e9}",
-        ] {
-            assert!(!is_pseudonym(not.as_bytes()), "{not}");
-        }
-        assert!(is_pseudonym(b"0123456789abcdef0123456789abcdef"));
     }
 
     #[test]
