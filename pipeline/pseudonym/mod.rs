@@ -285,6 +285,13 @@ pub fn pseudonym_bits(s: &[u8]) -> Option<u128> {
     }))
 }
 
+/// The pseudonym whose hex digits spell `bits`: the inverse of [`pseudonym_bits`].
+pub fn pseudonym_from_bits(bits: u128) -> Pseudonym {
+    let mut out = [0u8; PSEUDONYM_LEN];
+    hex_into(&bits.to_be_bytes(), &mut out);
+    Pseudonym(out)
+}
+
 /// The keyed HMAC for `key`; used by this module and by `key` only.
 fn keyed(bytes: &[u8]) -> HmacSha256 {
     // HMAC accepts keys of any length; the error branch cannot be taken.
@@ -405,6 +412,7 @@ mod tests {
         fn pseudonym_bits_are_the_number_the_digits_spell(v in any::<u128>()) {
             let hex = format!("{v:032x}");
             prop_assert_eq!(pseudonym_bits(hex.as_bytes()), Some(v));
+            prop_assert_eq!(pseudonym_from_bits(v).as_str().to_owned(), hex);
         }
     }
 

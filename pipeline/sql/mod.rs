@@ -14,6 +14,7 @@
 
 pub mod output;
 pub mod packed_sort;
+pub mod pseudonym_keys;
 pub mod query_files;
 pub mod restrict;
 pub mod roles;
@@ -500,10 +501,19 @@ fn new_context(settings: &Settings) -> Result<SessionContext> {
     // a sixteenth of the limit, so that small limits spill rather than fail.
     let reservation = (settings.sql.memory_limit / 16).min(10 << 20) as usize;
     config.options_mut().execution.sort_spill_reservation_bytes = reservation;
+    let pseudonym_columns = settings
+        .sources
+        .iter()
+        .flat_map(|s| s.pseudonym_columns().map(move |c| (s.table.as_str(), c)))
+        .flat_map(|(table, c)| {
+            [(table.to_owned(), c.to_owned()), (format!("{table}{}", tables::HISTORY_SUFFIX), c.to_owned())]
+        })
+        .collect();
     let state = SessionStateBuilder::new()
         .with_config(config)
         .with_runtime_env(runtime)
         .with_default_features()
+        .with_optimizer_rule(Arc::new(pseudonym_keys::PseudonymGroupKeys::new(pseudonym_columns)))
         .with_table_functions(HashMap::new())
         .with_table_factories(HashMap::new())
         .with_physical_optimizer_rule(Arc::new(packed_sort::PackedSort))
