@@ -8,7 +8,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use ladu::config::source::Encoding;
-use ladu::ingest::framer::Framer;
+use ladu::ingest::framer::{Framer, Limits};
 use ladu::pseudonym::{Key, Pseudonymiser, isikukood};
 use ladu::publish::disclosure::{self, Cell, Table};
 
@@ -86,7 +86,8 @@ fn framing(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(data.len() as u64));
     g.bench_function("invoices 100k rows", |b| {
         b.iter(|| {
-            let (mut framer, _) = Framer::new(data.as_slice(), Encoding::Utf8, b';', 4 << 20).expect("a header");
+            let (mut framer, _) =
+                Framer::new(data.as_slice(), Encoding::Utf8, b';', Limits::new(4 << 20, 1 << 20)).expect("a header");
             while let Some(chunk) = framer.next_chunk().expect("well-formed") {
                 black_box(chunk.lines.len());
                 framer.recycle(chunk.data);

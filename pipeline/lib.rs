@@ -3,7 +3,8 @@
 //! Registry extracts flow down one path, and the code is laid out by its stages:
 //!
 //! - [`config`]: `ladu.toml` and one rule file per source; used by every stage.
-//! - [`pseudonym`]: the key, keyed HMAC pseudonyms and personal-code checks (no I/O).
+//! - [`pseudonym`]: the key, keyed HMAC pseudonyms and personal-code checks (no I/O);
+//!   [`keyfile`] reads and writes the key file.
 //! - [`ingest`]: deliveries → checked, pseudonymised Arrow batches → the warehouse.
 //! - [`warehouse`]: the Parquet layout, the manifest and atomic commits.
 //! - [`sql`]: read-only SQL over the committed warehouse, as a role, every statement audited.
@@ -13,6 +14,7 @@
 //! - [`check`]: verifies the warehouse, the audit chain and the site (reads only).
 //! - [`audit`]: the hash-chained log of every processing step; used by every stage.
 //! - [`sample_data`]: synthetic deliveries in the providers' exact formats.
+//! - [`durable`] and [`hex`]: durable file writes and hex encoding, for all of the above.
 //!
 //! Start reading at [`ingest::run`]; the binary (`main.rs`) only parses flags,
 //! calls into these modules and maps their errors to exit codes.
@@ -20,7 +22,10 @@
 pub mod audit;
 pub mod check;
 pub mod config;
+pub mod durable;
+pub mod hex;
 pub mod ingest;
+pub mod keyfile;
 pub mod progress;
 pub mod pseudonym;
 pub mod publish;

@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand};
 use ladu::audit::AuditLog;
 use ladu::config::Settings;
 use ladu::ingest::{self, Outcome};
-use ladu::pseudonym::{self, Key, KeyError};
+use ladu::keyfile::{self, KeyError};
+use ladu::pseudonym::Key;
 use ladu::sample_data;
 use ladu::sql;
 
@@ -338,7 +339,7 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
     let progress = std::io::stderr().is_terminal() && !cli.quiet;
     match cli.command {
         Command::Keygen { out } => {
-            pseudonym::key::generate(&out).map_err(|e| (Exit::Config, e))?;
+            keyfile::generate(&out).map_err(|e| (Exit::Config, e))?;
             eprintln!("wrote a new key to {} (mode 0600); keep a backup in a safe place", out.display());
             Ok(Exit::Ok)
         }
@@ -421,7 +422,7 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
         }
         Command::Check => {
             let settings = load_settings(cli.config.as_deref())?;
-            let key = match Key::load(&settings.key_file) {
+            let key = match keyfile::load(&settings.key_file) {
                 Ok(k) => Some(k),
                 Err(e) => {
                     out!("key not checked: {e}");
@@ -691,15 +692,15 @@ fn load_settings(flag: Option<&Path>) -> Result<Settings, Failed> {
 }
 
 fn load_key(settings: &Settings) -> Result<Key, Failed> {
-    match Key::load(&settings.key_file) {
+    match keyfile::load(&settings.key_file) {
         Err(KeyError::Missing { .. }) if settings.create_key_if_missing => {
-            pseudonym::key::generate(&settings.key_file).map_err(|e| (Exit::Config, e))?;
+            keyfile::generate(&settings.key_file).map_err(|e| (Exit::Config, e))?;
             eprintln!(
                 "made a new key at {} because `create_key_if_missing = true` in {}",
                 settings.key_file.display(),
                 settings.file.display()
             );
-            Key::load(&settings.key_file).map_err(|e| (Exit::Config, e).into())
+            keyfile::load(&settings.key_file).map_err(|e| (Exit::Config, e).into())
         }
         other => other.map_err(|e| (Exit::Config, e).into()),
     }

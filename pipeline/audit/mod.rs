@@ -179,7 +179,7 @@ fn entry_hash(entry: &Map<String, Value>) -> String {
     let mut e = entry.clone();
     e.remove("hash");
     let bytes = serde_json::to_vec(&Value::Object(e)).expect("JSON values serialise");
-    crate::warehouse::writer::hex(&Sha256::digest(&bytes))
+    crate::hex::encode(&Sha256::digest(&bytes))
 }
 
 /// Name of the operating-system user running ladu: the real user id's name

@@ -9,6 +9,7 @@ use std::path::Path;
 use crate::audit::AuditLog;
 use crate::config::Settings;
 use crate::pseudonym::Key;
+use crate::warehouse::files::Standing;
 use crate::warehouse::manifest;
 use crate::warehouse::writer::hash_file;
 
@@ -76,14 +77,30 @@ fn warehouse(root: &Path, key: Option<&Key>, f: &mut Findings) {
         }
     }
     f.checked.push((format!("committed files (warehouse version {})", m.version), files));
-    match crate::warehouse::stray_files(root, &m) {
+    let mut replaced = 0;
+    match crate::warehouse::files::unnamed(root, &m) {
         Err(e) => f.problems.push(e.to_string()),
-        Ok(strays) => f.problems.extend(strays.iter().map(|s| {
-            format!(
-                "{}: a data file the manifest does not name (left by a run that did not commit; the next ingest removes it)",
-                s.display()
-            )
-        })),
+        Ok(unnamed) => {
+            for (file, standing) in unnamed {
+                let path = root.join(&file);
+                match standing {
+                    Standing::Committed => {}
+                    // Named by the version before; removal was interrupted, the next writer finishes it.
+                    Standing::Replaced => replaced += 1,
+                    Standing::Uncommitted => f.problems.push(format!(
+                        "{}: a data file of a run that did not commit (the next ingest or stats removes it)",
+                        path.display()
+                    )),
+                    Standing::Unaccounted => f.problems.push(format!(
+                        "{}: a file no committed warehouse version accounts for; ladu never removes such a file: find out where it came from",
+                        path.display()
+                    )),
+                }
+            }
+        }
+    }
+    if replaced > 0 {
+        f.checked.push((format!("replaced files not yet removed (version {} replaced them)", m.version), replaced));
     }
 }
 

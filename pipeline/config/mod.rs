@@ -18,6 +18,8 @@ pub const DEFAULT_SOURCES_DIR: &str = "sources";
 pub const DEFAULT_ROW_GROUP_ROWS: usize = 128 * 1024;
 /// Bytes of decoded CSV handed to Polars at a time.
 pub const DEFAULT_CHUNK_BYTES: usize = 16 * 1024 * 1024;
+/// A delivery's record (a line, or lines joined by a quoted field) longer than this refuses the delivery.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1024 * 1024;
 /// Curated SQL, relative to the config file's folder.
 pub const DEFAULT_QUERIES_DIR: &str = "../queries";
 /// Roles file, relative to the config file's folder.
@@ -185,6 +187,9 @@ pub struct IngestSettings {
     pub row_group_rows: usize,
     /// Bytes of decoded CSV parsed at a time; bounds memory.
     pub chunk_bytes: usize,
+    /// Longest record a delivery may hold; a longer one (an unclosed quote,
+    /// a file without line breaks) refuses the delivery at once.
+    pub max_record_bytes: usize,
     /// zstd compression level (1–22).
     pub zstd_level: i32,
 }
@@ -194,6 +199,7 @@ impl Default for IngestSettings {
         Self {
             row_group_rows: DEFAULT_ROW_GROUP_ROWS,
             chunk_bytes: DEFAULT_CHUNK_BYTES,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             zstd_level: DEFAULT_ZSTD_LEVEL,
         }
     }
@@ -255,6 +261,9 @@ impl Settings {
         }
         if raw.ingest.chunk_bytes < 4096 {
             problems.push("ingest.chunk_bytes: must be at least 4096".to_owned());
+        }
+        if raw.ingest.max_record_bytes < 1024 {
+            problems.push("ingest.max_record_bytes: must be at least 1024".to_owned());
         }
         if !(1..=22).contains(&raw.ingest.zstd_level) {
             problems.push("ingest.zstd_level: must be between 1 and 22".to_owned());

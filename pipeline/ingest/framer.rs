@@ -7,6 +7,12 @@
 //! line breaks in quoted fields, CRLF), transcodes Windows-1257 as a stream,
 //! strips a UTF-8 BOM, and sets aside any record that is malformed, so that
 //! Polars only ever sees well-formed records.
+//!
+//! Whatever the bytes, time is linear in the file's size and memory bounded
+//! by the chunk size and the longest record allowed: a record still open
+//! when more input arrives is scanned on from where the scan stopped, never
+//! from its start, and one longer than `max_record_bytes` (an unclosed
+//! quote, a file without line breaks) refuses the delivery at once.
 
 use std::io::Read;
 
@@ -16,7 +22,24 @@ use sha2::{Digest, Sha256};
 use crate::config::source::Encoding;
 
 /// Raw bytes read from the file at a time.
-const READ_BLOCK: usize = 1 << 20;
+pub const READ_BLOCK: usize = 1 << 20;
+
+/// How much the framer reads and holds at a time.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Bytes of records per chunk.
+    pub chunk_bytes: usize,
+    /// A longer record refuses the file.
+    pub max_record_bytes: usize,
+    /// Raw bytes per read.
+    pub read_block: usize,
+}
+
+impl Limits {
+    pub fn new(chunk_bytes: usize, max_record_bytes: usize) -> Limits {
+        Limits { chunk_bytes, max_record_bytes, read_block: READ_BLOCK }
+    }
+}
 
 /// A record set aside by the framer: the line it starts on and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +77,10 @@ pub enum FrameError {
     Encoding { line: u64, encoding: &'static str },
     #[error("line {line}: the header row is malformed: {reason}")]
     Header { line: u64, reason: &'static str },
+    #[error(
+        "line {line}: a record starting here runs past {max} bytes (`ingest.max_record_bytes`): a quoted field that is never closed, or no line breaks?"
+    )]
+    RecordTooLong { line: u64, max: usize },
 }
 
 /// Streams a delivery as chunks.
@@ -72,7 +99,7 @@ pub struct Framer<R: Read> {
     bytes_read: u64,
     /// Fields per record, from the header.
     fields: usize,
-    chunk_bytes: usize,
+    limits: Limits,
     scratch: Vec<u8>,
     /// SHA-256 of the raw bytes read so far.
     hasher: Sha256,
@@ -85,6 +112,39 @@ pub struct Framer<R: Read> {
     /// looked for (`buf.len()` then if there was none); `None` after a fill.
     /// A record before it has no quote and takes the fast path.
     next_quote: Option<usize>,
+    /// How far the scan of the record at `pos` got before it ran out of input.
+    partial: Option<Scan>,
+}
+
+/// A record's scan so far: resumed where it stopped when more input arrives.
+#[derive(Debug, Clone, Copy)]
+struct Scan {
+    /// Offset from the record's start of the next byte to look at.
+    i: usize,
+    fields: usize,
+    lines: u64,
+    problem: Option<&'static str>,
+    at_field_start: bool,
+    in_quote: bool,
+    /// The last byte was a field's closing quote.
+    after_quote: bool,
+    /// A quote was seen.
+    quoted: bool,
+}
+
+impl Scan {
+    fn start() -> Scan {
+        Scan {
+            i: 0,
+            fields: 1,
+            lines: 1,
+            problem: None,
+            at_field_start: true,
+            in_quote: false,
+            after_quote: false,
+            quoted: false,
+        }
+    }
 }
 
 /// One framed record, as positions into `buf`.
@@ -105,12 +165,7 @@ struct Record {
 
 impl<R: Read> Framer<R> {
     /// Read the header and position the framer on the first record.
-    pub fn new(
-        input: R,
-        encoding: Encoding,
-        delimiter: u8,
-        chunk_bytes: usize,
-    ) -> Result<(Self, Vec<String>), FrameError> {
+    pub fn new(input: R, encoding: Encoding, delimiter: u8, limits: Limits) -> Result<(Self, Vec<String>), FrameError> {
         let decoder = match encoding {
             Encoding::Utf8 => None,
             Encoding::Windows1257 => Some(WINDOWS_1257.new_decoder_without_bom_handling()),
@@ -119,19 +174,20 @@ impl<R: Read> Framer<R> {
             input,
             decoder,
             delimiter,
-            buf: Vec::with_capacity(2 * READ_BLOCK),
+            buf: Vec::with_capacity(2 * limits.read_block),
             pos: 0,
             line: 1,
             eof: false,
             bom_checked: false,
             bytes_read: 0,
             fields: 0,
-            chunk_bytes,
+            limits,
             scratch: Vec::new(),
             hasher: Sha256::new(),
             spare: Vec::new(),
             utf8_ok_until: 0,
             next_quote: None,
+            partial: None,
         };
         let header = loop {
             match f.next_record()? {
@@ -157,7 +213,7 @@ impl<R: Read> Framer<R> {
     /// SHA-256 (hex) of every byte of the file; call after the last chunk.
     pub fn sha256(self) -> String {
         debug_assert!(self.eof, "the file was read to its end");
-        crate::warehouse::writer::hex(&self.hasher.finalize())
+        crate::hex::encode(&self.hasher.finalize())
     }
 
     fn advance(&mut self, r: &Record) {
@@ -174,11 +230,12 @@ impl<R: Read> Framer<R> {
 
     /// The next chunk of records, or `None` at the end of the file.
     pub fn next_chunk(&mut self) -> Result<Option<Chunk>, FrameError> {
-        let data = self.spare.pop().unwrap_or_else(|| Vec::with_capacity(self.chunk_bytes + 4096));
+        let chunk_bytes = self.limits.chunk_bytes;
+        let data = self.spare.pop().unwrap_or_else(|| Vec::with_capacity(chunk_bytes + 4096));
         let mut chunk = Chunk { data, ..Chunk::default() };
-        while chunk.data.len() < self.chunk_bytes {
+        while chunk.data.len() < chunk_bytes {
             self.take_plain_run(&mut chunk);
-            if chunk.data.len() >= self.chunk_bytes {
+            if chunk.data.len() >= chunk_bytes {
                 break;
             }
             let Some(r) = self.next_record()? else { break };
@@ -215,13 +272,14 @@ impl<R: Read> Framer<R> {
             return;
         }
         let valid = if self.decoder.is_some() { self.buf.len() } else { self.utf8_ok_until };
-        let room = self.chunk_bytes.saturating_sub(chunk.data.len());
+        let room = self.limits.chunk_bytes.saturating_sub(chunk.data.len());
         let end = self.next_quote().min(valid).min(self.pos + room);
         let Some(region) = self.buf.get(self.pos..end) else { return };
         let (mut taken, mut lines) = (0, 0u64);
         for nl in memchr::memchr_iter(b'\n', region) {
             let line = &region[taken..nl];
             let plain = !line.is_empty()
+                && line.len() <= self.limits.max_record_bytes
                 && line.last() != Some(&b'\r')
                 && memchr::memchr_iter(self.delimiter, line).count() + 1 == self.fields;
             if !plain {
@@ -245,7 +303,13 @@ impl<R: Read> Framer<R> {
             if self.bom_checked
                 && let Some(r) = self.scan(self.eof)
             {
+                if r.next - r.start > self.limits.max_record_bytes + 2 {
+                    return Err(self.too_long());
+                }
                 return Ok(Some(r));
+            }
+            if self.buf.len() - self.pos > self.limits.max_record_bytes {
+                return Err(self.too_long());
             }
             if self.eof {
                 if self.pos < self.buf.len() {
@@ -257,6 +321,10 @@ impl<R: Read> Framer<R> {
         }
     }
 
+    fn too_long(&self) -> FrameError {
+        FrameError::RecordTooLong { line: self.line, max: self.limits.max_record_bytes }
+    }
+
     /// Read and decode the next block, compacting consumed bytes away.
     fn fill(&mut self) -> Result<(), FrameError> {
         if self.pos > 0 {
@@ -264,7 +332,7 @@ impl<R: Read> Framer<R> {
             self.utf8_ok_until = self.utf8_ok_until.saturating_sub(self.pos);
             self.pos = 0;
         }
-        self.scratch.resize(READ_BLOCK, 0);
+        self.scratch.resize(self.limits.read_block, 0);
         let n = loop {
             match self.input.read(&mut self.scratch) {
                 Ok(n) => break n,
@@ -313,86 +381,100 @@ impl<R: Read> Framer<R> {
         Ok(())
     }
 
-    /// Frame one record starting at `pos` if the buffer holds all of it.
+    /// Frame one record starting at `pos` if the buffer holds all of it;
+    /// otherwise remember how far the scan got, for the next call.
     fn scan(&mut self, eof: bool) -> Option<Record> {
         if self.pos >= self.buf.len() {
             return None;
         }
-        let quote = self.next_quote();
+        let resumed = self.partial.take();
+        if resumed.is_none() {
+            // Fast path: a whole line with no quote is a record of its own.
+            let quote = self.next_quote();
+            let buf = &self.buf[self.pos..];
+            if let Some(nl) = memchr::memchr(b'\n', buf).or(eof.then_some(buf.len()))
+                && quote >= self.pos + nl
+            {
+                let line = &buf[..nl];
+                let content = line.strip_suffix(b"\r").unwrap_or(line);
+                let fields = 1 + memchr::memchr_iter(self.delimiter, content).count();
+                let next = nl + usize::from(nl < buf.len());
+                return Some(self.record(content.len(), next, 1, fields, content));
+            }
+        }
+        let mut st = resumed.unwrap_or_else(Scan::start);
         let buf = &self.buf[self.pos..];
         let d = self.delimiter;
-        // Fast path: a line with no quote is a record of its own.
-        let nl = memchr::memchr(b'\n', buf);
-        let line_end = nl.unwrap_or(buf.len());
-        if nl.is_none() && !eof {
-            return None;
-        }
-        let line = &buf[..line_end];
-        if quote >= self.pos + line_end {
-            let content = line.strip_suffix(b"\r").unwrap_or(line);
-            let fields = 1 + memchr::memchr_iter(d, content).count();
-            return Some(self.record(content.len(), line_end + usize::from(nl.is_some()), 1, fields, content));
-        }
-        // Slow path: walk the bytes with RFC 4180 quoting.
-        let mut i = 0;
-        let mut fields = 1;
-        let mut lines = 1;
-        let mut problem = None;
-        let mut at_field_start = true;
-        while i < buf.len() {
-            let c = buf[i];
-            if at_field_start && c == b'"' {
-                // Quoted field: runs to the closing quote.
-                i += 1;
-                loop {
-                    let q = memchr::memchr2(b'"', b'\n', &buf[i..])?;
-                    i += q;
-                    if buf[i] == b'\n' {
-                        lines += 1;
-                        i += 1;
-                        continue;
-                    }
-                    // A quote: doubled, or the end of the field.
-                    match buf.get(i + 1) {
-                        Some(b'"') => i += 2,
-                        None if !eof => return None,
-                        _ => {
-                            i += 1;
-                            break;
-                        }
+        // Slow path: walk the bytes with RFC 4180 quoting, from where the last call stopped.
+        loop {
+            if st.in_quote {
+                // A quoted field runs to its closing quote, across line breaks.
+                let Some(q) = memchr::memchr2(b'"', b'\n', &buf[st.i..]) else {
+                    st.i = buf.len();
+                    break;
+                };
+                st.i += q;
+                if buf[st.i] == b'\n' {
+                    st.lines += 1;
+                    st.i += 1;
+                    continue;
+                }
+                // A quote: doubled, or the end of the field.
+                match buf.get(st.i + 1) {
+                    Some(b'"') => st.i += 2,
+                    None if !eof => break,
+                    _ => {
+                        st.i += 1;
+                        st.in_quote = false;
+                        st.after_quote = true;
+                        st.at_field_start = false;
                     }
                 }
-                match buf.get(i) {
-                    None => {}
-                    Some(&c) if c == d || c == b'\n' || c == b'\r' => {}
-                    Some(_) => problem = problem.or(Some("text after the closing quote of a field")),
+                continue;
+            }
+            if !st.at_field_start && !st.after_quote {
+                // Inside an unquoted field: skip to what can matter.
+                match memchr::memchr3(d, b'\n', b'"', &buf[st.i..]) {
+                    Some(k) => st.i += k,
+                    None => st.i = buf.len(),
                 }
-                at_field_start = false;
+            }
+            let Some(&c) = buf.get(st.i) else { break };
+            if st.after_quote && c != d && c != b'\n' && c != b'\r' {
+                st.problem = st.problem.or(Some("text after the closing quote of a field"));
+            }
+            st.after_quote = false;
+            st.quoted |= c == b'"';
+            if st.at_field_start && c == b'"' {
+                st.in_quote = true;
+                st.i += 1;
                 continue;
             }
             if c == d {
-                fields += 1;
-                at_field_start = true;
+                st.fields += 1;
+                st.at_field_start = true;
             } else if c == b'\n' {
+                let i = st.i;
                 let content_end = if i > 0 && buf[i - 1] == b'\r' { i - 1 } else { i };
                 return Some(Record {
                     start: self.pos,
                     end: self.pos + content_end,
                     next: self.pos + i + 1,
-                    lines,
-                    fields,
-                    problem: problem.or(self.utf8_problem(self.pos, &buf[..content_end])),
-                    quoted: true,
+                    lines: st.lines,
+                    fields: st.fields,
+                    problem: st.problem.or(self.utf8_problem(self.pos, &buf[..content_end])),
+                    quoted: st.quoted,
                 });
             } else {
                 if c == b'"' {
-                    problem = problem.or(Some("a quote inside an unquoted field"));
+                    st.problem = st.problem.or(Some("a quote inside an unquoted field"));
                 }
-                at_field_start = false;
+                st.at_field_start = false;
             }
-            i += 1;
+            st.i += 1;
         }
-        if !eof {
+        if !eof || st.in_quote {
+            self.partial = Some(st);
             return None;
         }
         let content_end = if buf.ends_with(b"\r") { buf.len() - 1 } else { buf.len() };
@@ -400,10 +482,10 @@ impl<R: Read> Framer<R> {
             start: self.pos,
             end: self.pos + content_end,
             next: self.pos + buf.len(),
-            lines,
-            fields,
-            problem: problem.or(self.utf8_problem(self.pos, &buf[..content_end])),
-            quoted: true,
+            lines: st.lines,
+            fields: st.fields,
+            problem: st.problem.or(self.utf8_problem(self.pos, &buf[..content_end])),
+            quoted: st.quoted,
         })
     }
 
@@ -485,7 +567,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn frame(input: &[u8], enc: Encoding, chunk: usize) -> (Vec<String>, Vec<(u64, String)>, Vec<Malformed>) {
-        let (mut f, header) = Framer::new(input, enc, b';', chunk).unwrap();
+        frame_with(input, enc, Limits::new(chunk, 1 << 20))
+    }
+
+    fn frame_with(input: &[u8], enc: Encoding, limits: Limits) -> (Vec<String>, Vec<(u64, String)>, Vec<Malformed>) {
+        let (mut f, header) = Framer::new(input, enc, b';', limits).unwrap();
         let (mut records, mut bad) = (Vec::new(), Vec::new());
         while let Some(c) = f.next_chunk().unwrap() {
             let text = String::from_utf8(c.data.clone()).unwrap();
@@ -572,17 +658,18 @@ mod tests {
 
     #[test]
     fn unclosed_quote_refuses_the_file() {
-        let (mut f, _) = Framer::new(&b"a;b\n1;\"open\n2;3\n"[..], Encoding::Utf8, b';', 4096).unwrap();
+        let limits = Limits::new(4096, 4096);
+        let (mut f, _) = Framer::new(&b"a;b\n1;\"open\n2;3\n"[..], Encoding::Utf8, b';', limits).unwrap();
         assert!(matches!(f.next_chunk(), Err(FrameError::UnclosedQuote { line: 2 })));
-        assert!(matches!(Framer::new(&b""[..], Encoding::Utf8, b';', 10), Err(FrameError::Empty)));
+        assert!(matches!(Framer::new(&b""[..], Encoding::Utf8, b';', limits), Err(FrameError::Empty)));
     }
 
     #[test]
     fn the_hash_covers_every_byte_read() {
         let input = b"\xEF\xBB\xBFa;b\n1;2\n";
-        let (mut f, _) = Framer::new(&input[..], Encoding::Utf8, b';', 4096).unwrap();
+        let (mut f, _) = Framer::new(&input[..], Encoding::Utf8, b';', Limits::new(4096, 4096)).unwrap();
         while f.next_chunk().unwrap().is_some() {}
-        assert_eq!(f.sha256(), crate::warehouse::writer::hex(&Sha256::digest(input)));
+        assert_eq!(f.sha256(), crate::hex::encode(&Sha256::digest(input)));
     }
 
     #[test]
@@ -593,12 +680,50 @@ mod tests {
         assert_eq!(recs, [(2, "1;Šõ".into())]);
     }
 
+    /// A record that never ends is refused as soon as it passes the limit,
+    /// at the line where it starts, holding no more than the limit and a
+    /// read block: an unclosed quote, a quoted field of line breaks, a file
+    /// with no line break at all.
+    #[test]
+    fn a_record_past_the_limit_refuses_the_file_at_once() {
+        let limits = Limits { chunk_bytes: 4096, max_record_bytes: 64 << 10, read_block: 4096 };
+        let big = 8 << 20;
+        let mut unclosed = b"a;b\n1;2\n3;\"".to_vec();
+        unclosed.resize(big, b'x');
+        let mut newlines = b"a;b\n1;\"".to_vec();
+        newlines.resize(big, b'\n');
+        let no_breaks = vec![b'a'; big];
+        for (input, line, in_header) in [(&unclosed, 3, false), (&newlines, 2, false), (&no_breaks, 1, true)] {
+            let err = match Framer::new(input.as_slice(), Encoding::Utf8, b';', limits) {
+                Err(e) => {
+                    assert!(in_header);
+                    e
+                }
+                Ok((mut f, _)) => {
+                    let e = std::iter::from_fn(|| Some(f.next_chunk())).find_map(|c| c.err()).unwrap();
+                    assert!(
+                        f.buf.capacity() <= 4 * (limits.max_record_bytes + limits.read_block),
+                        "{}",
+                        f.buf.capacity()
+                    );
+                    assert!(f.bytes_read < 2 * (limits.max_record_bytes + limits.read_block) as u64, "read on");
+                    e
+                }
+            };
+            match err {
+                FrameError::RecordTooLong { line: l, max } => assert_eq!((l, max), (line, limits.max_record_bytes)),
+                other => panic!("expected RecordTooLong, got {other:?}"),
+            }
+        }
+    }
+
     proptest! {
-        /// Whatever the read block and chunk boundaries, records and lines come out the same.
+        /// Whatever the read block (down to a byte) and chunk boundaries, records and lines come out the same.
         #[test]
         fn framing_is_independent_of_chunking(
             rows in proptest::collection::vec(("[a-zõäöü ]{0,6}", "[a-z;\"\n]{0,6}", any::<bool>()), 1..40),
             chunk in 1usize..200,
+            read_block in prop_oneof![1usize..16, 16usize..300, Just(READ_BLOCK)],
         ) {
             let mut input = String::from("x;y\n");
             let mut expected = Vec::new();
@@ -610,9 +735,34 @@ mod tests {
                 expected.push((line, format!("{a};{quoted}")));
                 line += 1 + b.matches('\n').count() as u64;
             }
-            let (_, recs, bad) = frame(input.as_bytes(), Encoding::Utf8, chunk);
+            let limits = Limits { chunk_bytes: chunk, max_record_bytes: 1 << 20, read_block };
+            let (_, recs, bad) = frame_with(input.as_bytes(), Encoding::Utf8, limits);
             prop_assert!(bad.is_empty());
             prop_assert_eq!(recs, expected);
+        }
+
+        /// Malformed records (stray quotes, text after a closing quote, ragged
+        /// rows) are found the same way whatever the read block.
+        #[test]
+        fn malformed_records_do_not_depend_on_the_read_block(
+            text in "[ab;\"\n]{0,80}",
+            read_block in 1usize..40,
+        ) {
+            let input = format!("x;y\n{text}");
+            let whole = Limits { chunk_bytes: 64, max_record_bytes: 1 << 20, read_block: READ_BLOCK };
+            let small = Limits { read_block, ..whole };
+            let run = |limits: Limits| {
+                let (mut f, _) = Framer::new(input.as_bytes(), Encoding::Utf8, b';', limits).unwrap();
+                let mut out = Vec::new();
+                loop {
+                    match f.next_chunk() {
+                        Ok(Some(c)) => out.push(format!("{:?} {:?} {:?}", c.data, c.lines, c.malformed)),
+                        Ok(None) => return Ok(out),
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+            };
+            prop_assert_eq!(run(whole), run(small));
         }
     }
 }

@@ -386,15 +386,14 @@ fn ingest_delivery(
     };
     let file = std::fs::File::open(&d.path).map_err(|source| Error::Read { path: d.path.clone(), source })?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let (framer, header) =
-        match Framer::new(file, source.encoding, source.delimiter.byte(), settings.ingest.chunk_bytes) {
-            Ok(x) => x,
-            Err(FrameError::Io(source)) => return Err(Error::Read { path: d.path.clone(), source }),
-            Err(e) => {
-                let line = frame_error_line(&e);
-                return refuse(report, line, e.to_string());
-            }
-        };
+    let (framer, header) = match Framer::new(file, source.encoding, source.delimiter.byte(), framer_limits(settings)) {
+        Ok(x) => x,
+        Err(FrameError::Io(source)) => return Err(Error::Read { path: d.path.clone(), source }),
+        Err(e) => {
+            let line = frame_error_line(&e);
+            return refuse(report, line, e.to_string());
+        }
+    };
     if let Some(problem) = header_problem(source, &header) {
         return refuse(report, 1, problem);
     }
@@ -570,11 +569,16 @@ fn transform_chunk(
 
 fn frame_error_line(e: &FrameError) -> u64 {
     match e {
-        FrameError::UnclosedQuote { line } | FrameError::Encoding { line, .. } | FrameError::Header { line, .. } => {
-            *line
-        }
+        FrameError::UnclosedQuote { line }
+        | FrameError::Encoding { line, .. }
+        | FrameError::Header { line, .. }
+        | FrameError::RecordTooLong { line, .. } => *line,
         FrameError::Empty | FrameError::Io(_) => 1,
     }
+}
+
+fn framer_limits(settings: &Settings) -> framer::Limits {
+    framer::Limits::new(settings.ingest.chunk_bytes, settings.ingest.max_record_bytes)
 }
 
 /// Why a header does not match the source config, if it does not.

@@ -3,19 +3,19 @@
 //! Columns `file,line,column,reason`. A report names where and why, never
 //! the value. It is written aside and renamed into place when complete.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use crate::durable::{Durable, Pending, Place};
 
 /// Header row of every report.
 pub const HEADER: &str = "file,line,column,reason";
 
 /// A report being written.
 pub struct RejectionReport {
-    tmp: PathBuf,
     path: PathBuf,
     file_name: String,
-    out: BufWriter<File>,
+    out: Pending,
     entries: u64,
 }
 
@@ -24,10 +24,9 @@ impl RejectionReport {
         let dir = outbox.join(source);
         std::fs::create_dir_all(&dir)?;
         let path = dir.join(format!("{delivery_name}.rejections.csv"));
-        let tmp = dir.join(format!(".{delivery_name}.rejections.csv.tmp"));
-        let mut out = BufWriter::new(File::create(&tmp)?);
+        let mut out = Durable::new(Place::Replace).begin(&path)?;
         writeln!(out, "{HEADER}")?;
-        Ok(RejectionReport { tmp, path, file_name: delivery_name.to_owned(), out, entries: 0 })
+        Ok(RejectionReport { path, file_name: delivery_name.to_owned(), out, entries: 0 })
     }
 
     pub fn add(&mut self, line: u64, column: &str, reason: &str) -> std::io::Result<()> {
@@ -38,26 +37,21 @@ impl RejectionReport {
     /// Put the report in place. A delivery with nothing to report leaves no
     /// report (and removes a stale one of an earlier delivery of the same name).
     pub fn finish(self) -> std::io::Result<Option<PathBuf>> {
-        let RejectionReport { tmp, path, out, entries, .. } = self;
-        let file = out.into_inner().map_err(|e| e.into_error())?;
+        let RejectionReport { path, out, entries, .. } = self;
         if entries == 0 {
-            drop(file);
-            std::fs::remove_file(&tmp)?;
+            drop(out);
             match std::fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
                 _ => {}
             }
             return Ok(None);
         }
-        file.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
+        out.commit()?;
         Ok(Some(path))
     }
 
     /// Drop the report being written.
-    pub fn discard(self) {
-        let _ = std::fs::remove_file(&self.tmp);
-    }
+    pub fn discard(self) {}
 }
 
 /// Quote a CSV field when it needs it.

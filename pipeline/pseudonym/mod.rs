@@ -15,8 +15,9 @@ pub mod sha_ni;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use sha2::block_api::compress256;
+use zeroize::{Zeroize, Zeroizing};
 
-pub use key::{Key, KeyError};
+pub use key::{Key, KeyFormat};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -34,7 +35,7 @@ pub struct Pseudonym([u8; PSEUDONYM_LEN]);
 
 impl Pseudonym {
     pub fn as_str(&self) -> &str {
-        // Only ever filled with ASCII hex digits by `hex_into`.
+        // Only ever filled with ASCII hex digits by `crate::hex`.
         std::str::from_utf8(&self.0).expect("pseudonym is ASCII hex")
     }
 }
@@ -67,6 +68,14 @@ pub struct Pseudonymiser {
     absorbed: u64,
 }
 
+/// The HMAC midstates compute every pseudonym of their kind: wiped when dropped.
+impl Drop for Pseudonymiser {
+    fn drop(&mut self) {
+        self.inner.zeroize();
+        self.outer.zeroize();
+    }
+}
+
 /// Shows nothing: the states are derived from the key.
 impl std::fmt::Debug for Pseudonymiser {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -94,8 +103,10 @@ impl Pseudonymiser {
     fn with_prefix(key: &Key, prefix: &[u8]) -> Self {
         let block = key.hmac_block();
         let state_after = |pad: u8| {
+            let mut padded = Zeroizing::new(*block);
+            padded.iter_mut().for_each(|b| *b ^= pad);
             let mut state = SHA256_IV;
-            compress256(&mut state, &[block.map(|b| b ^ pad)]);
+            compress256(&mut state, std::slice::from_ref(&*padded));
             state
         };
         let (mut inner, outer) = (state_after(0x36), state_after(0x5c));
@@ -111,7 +122,7 @@ impl Pseudonymiser {
     /// The pseudonym of an already normalised identifier.
     pub fn pseudonym(&self, id: &[u8]) -> Pseudonym {
         let mut out = [0u8; PSEUDONYM_LEN];
-        hex_into(&self.digest(id), &mut out);
+        crate::hex::encode_into(&self.digest(id), &mut out);
         Pseudonym(out)
     }
 
@@ -220,7 +231,7 @@ pub fn fingerprint(key: &Key) -> String {
     mac.update(b"ladu:fingerprint");
     let digest = mac.finalize().into_bytes();
     let mut out = [0u8; 16];
-    hex_into(&digest[..8], &mut out);
+    crate::hex::encode_into(&digest[..8], &mut out);
     String::from_utf8_lossy(&out).into_owned()
 }
 
@@ -234,17 +245,8 @@ pub fn release_pseudonym(key: &Key, recipient: &str, p: &str) -> Pseudonym {
     mac.update(p.as_bytes());
     let digest = mac.finalize().into_bytes();
     let mut out = [0u8; PSEUDONYM_LEN];
-    hex_into(&digest[..PSEUDONYM_LEN / 2], &mut out);
+    crate::hex::encode_into(&digest[..PSEUDONYM_LEN / 2], &mut out);
     Pseudonym(out)
-}
-
-/// Lowercase hex of `bytes` into `out` (which must be twice as long).
-fn hex_into(bytes: &[u8], out: &mut [u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (i, b) in bytes.iter().enumerate() {
-        out[2 * i] = DIGITS[usize::from(b >> 4)];
-        out[2 * i + 1] = DIGITS[usize::from(b & 0x0f)];
-    }
 }
 
 /// Is `s` a pseudonym as ladu writes them: 32 lowercase hex digits?
@@ -265,6 +267,18 @@ static NOT_HEX: [u8; 256] = {
     }
     table
 };
+
+/// Does `text` hold a pseudonym anywhere: a run of 32 or more lowercase hex digits?
+pub fn contains_pseudonym(text: &[u8]) -> bool {
+    let mut run = 0;
+    for &c in text {
+        run = if NOT_HEX[usize::from(c)] == 0 { run + 1 } else { 0 };
+        if run >= PSEUDONYM_LEN {
+            return true;
+        }
+    }
+    false
+}
 
 /// A pseudonym's 32 hex digits as the number they spell (which sorts as the text does).
 pub fn pseudonym_bits(s: &[u8]) -> Option<u128> {
@@ -288,7 +302,7 @@ pub fn pseudonym_bits(s: &[u8]) -> Option<u128> {
 /// The pseudonym whose hex digits spell `bits`: the inverse of [`pseudonym_bits`].
 pub fn pseudonym_from_bits(bits: u128) -> Pseudonym {
     let mut out = [0u8; PSEUDONYM_LEN];
-    hex_into(&bits.to_be_bytes(), &mut out);
+    crate::hex::encode_into(&bits.to_be_bytes(), &mut out);
     Pseudonym(out)
 }
 
@@ -331,7 +345,7 @@ mod tests {
             mac.update(msg);
             let digest = mac.finalize().into_bytes();
             let mut out = [0u8; 64];
-            hex_into(&digest, &mut out);
+            crate::hex::encode_into(&digest, &mut out);
             assert_eq!(std::str::from_utf8(&out).unwrap(), want);
         }
     }
@@ -387,7 +401,7 @@ mod tests {
         mac.update(id);
         let digest = mac.finalize().into_bytes();
         let mut out = [0u8; PSEUDONYM_LEN];
-        hex_into(&digest[..PSEUDONYM_LEN / 2], &mut out);
+        crate::hex::encode_into(&digest[..PSEUDONYM_LEN / 2], &mut out);
         String::from_utf8(out.to_vec()).unwrap()
     }
 

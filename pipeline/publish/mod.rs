@@ -193,11 +193,11 @@ fn plain_types(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatc
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| e.to_string())
 }
 
-/// Refuse a dataset holding a value shaped like a pseudonym (32 lower-case hex digits).
+/// Refuse a dataset holding a value shaped like a pseudonym (32 lower-case hex digits), alone or inside text.
 fn refuse_pseudonyms(d: &Dataset, batch: &RecordBatch) -> Result<()> {
     for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
         let Some(strings) = c.as_any().downcast_ref::<StringArray>() else { continue };
-        if strings.iter().flatten().any(looks_like_pseudonym) {
+        if strings.iter().flatten().any(|s| crate::pseudonym::contains_pseudonym(s.as_bytes())) {
             return Err(Error::Invalid {
                 name: d.name.clone(),
                 message: format!(
@@ -208,10 +208,6 @@ fn refuse_pseudonyms(d: &Dataset, batch: &RecordBatch) -> Result<()> {
         }
     }
     Ok(())
-}
-
-pub fn looks_like_pseudonym(s: &str) -> bool {
-    s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Apply disclosure control to every dataset, universe by universe; returns the tables as published.

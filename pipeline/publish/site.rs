@@ -12,13 +12,13 @@
 //! previous release as it was. Releases are never changed or deleted.
 
 use std::fs::File;
-use std::io::Write;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
 use super::Table;
 use super::files::{self, Written};
 use crate::config::PublishSettings;
+use crate::durable::{Durable, Place};
 use crate::warehouse::manifest::Manifest;
 
 pub const RELEASES: &str = "releases";
@@ -180,20 +180,13 @@ const ROOT_PAGE: &str = r#"<!DOCTYPE html>
 <body><p><a href="latest/index.html">Avaandmed / Open data</a></p></body></html>
 "#;
 
-/// Write `name` in `dir` aside, sync it and rename it into place.
+/// Write `name` in `dir` durably, replacing what was there.
 fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<Written> {
     let path = dir.join(name);
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let write = || -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)
-    };
-    write().map_err(io(&path))?;
+    Durable::new(Place::Replace).bytes(&path, bytes).map_err(io(&path))?;
     files::describe(dir, name).map_err(io(&path))
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+    crate::durable::sync_dir(dir).map_err(io(dir))
 }

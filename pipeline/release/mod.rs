@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 
 use crate::audit::AuditLog;
 use crate::config::Settings;
+use crate::durable::{Durable, Place};
 use crate::pseudonym::isikukood::redact;
 use crate::pseudonym::{self, Key, Pseudonymiser};
 use crate::sql::{self, Session};
@@ -282,8 +283,7 @@ fn write(session: &Session, query: &str, dir: &Path, settings: &Settings) -> Res
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = File::create(path).map_err(write_error(path))?;
-    std::io::Write::write_all(&mut f, bytes).and_then(|()| f.sync_all()).map_err(write_error(path))
+    Durable::new(Place::New).bytes(path, bytes).map_err(write_error(path))
 }
 
 /// What the audit entry and `release.json` say about one release.
@@ -332,7 +332,7 @@ impl Entry<'_> {
         m.insert("basis".into(), Value::from(self.recipient.basis.clone()));
         m.insert("request_id".into(), self.request.request_id.map(|r| Value::from(redact(r).into_owned())).into());
         m.insert("query".into(), Value::from(query.clone()));
-        m.insert("query_sha256".into(), Value::from(crate::warehouse::writer::hex(&Sha256::digest(self.query))));
+        m.insert("query_sha256".into(), Value::from(crate::hex::encode(&Sha256::digest(self.query))));
         m.insert("tables".into(), Value::from(w.tables.clone()));
         m.insert("columns".into(), Value::from(columns));
         m.insert("rows".into(), Value::from(w.rows));

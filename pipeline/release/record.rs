@@ -15,7 +15,6 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde_json::Value;
 
 use crate::audit::AuditLog;
-use crate::pseudonym::PSEUDONYM_LEN;
 use crate::warehouse::META_DIR;
 
 /// Folder of release records under the warehouse's `_ladu/`.
@@ -48,22 +47,6 @@ pub fn allocate(warehouse: &Path) -> std::io::Result<(String, PathBuf)> {
         }
     }
     unreachable!("the ids of a day are unbounded")
-}
-
-fn is_hex(b: u8) -> bool {
-    b.is_ascii_digit() || (b'a'..=b'f').contains(&b)
-}
-
-/// Does `s` hold a run of 32 or more lower-case hex digits?
-fn embeds_pseudonym(s: &str) -> bool {
-    let mut run = 0;
-    for b in s.bytes() {
-        run = if is_hex(b) { run + 1 } else { 0 };
-        if run >= PSEUDONYM_LEN {
-            return true;
-        }
-    }
-    false
 }
 
 /// A pseudonym's 32 hex digits as the number they spell (which sorts as the text does).
@@ -106,7 +89,9 @@ impl PseudonymIndex {
                 match (pseudonym_bits(v), &mut *state) {
                     (Some(bits), Column::Empty) => *state = Column::Pseudonyms(vec![bits], 0),
                     (Some(bits), Column::Pseudonyms(values, _)) => values.push(bits),
-                    (None, Column::Empty | Column::Text) if !embeds_pseudonym(v) => *state = Column::Text,
+                    (None, Column::Empty | Column::Text) if !crate::pseudonym::contains_pseudonym(v.as_bytes()) => {
+                        *state = Column::Text
+                    }
                     _ => return Err(name.clone()),
                 }
             }

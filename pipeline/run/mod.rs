@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 
 use crate::audit::AuditLog;
 use crate::config::Settings;
+use crate::durable::{Durable, Place};
 use crate::ingest::{self, Outcome};
 use crate::pseudonym::Key;
 use crate::warehouse::META_DIR;
@@ -242,8 +243,8 @@ fn write_report(meta: &Path, started: &chrono::DateTime<chrono::Utc>, report: &V
         .map(|n| dir.join(if n == 1 { format!("{stamp}.json") } else { format!("{stamp}-{n}.json") }))
         .find(|p| !p.exists())
         .expect("some name is free");
-    let mut f = File::create_new(&path).map_err(io(&path))?;
-    let text = serde_json::to_vec_pretty(report).expect("a report serialises");
-    f.write_all(&text).and_then(|()| f.write_all(b"\n")).and_then(|()| f.sync_all()).map_err(io(&path))?;
+    let mut text = serde_json::to_vec_pretty(report).expect("a report serialises");
+    text.push(b'\n');
+    Durable::new(Place::New).bytes(&path, &text).map_err(io(&path))?;
     Ok(path)
 }

@@ -76,7 +76,7 @@ fn inputs_sha256(file: &query_files::QueryFile, views: &[query_files::QueryFile]
         h.update(q.sql.as_bytes());
         h.update([0]);
     }
-    crate::warehouse::writer::hex(&h.finalize())
+    crate::hex::encode(&h.finalize())
 }
 
 /// Compute the statistics (all, or those named in `only`) whose query, views

@@ -17,6 +17,7 @@ use serde_json::{Map, Value, json};
 
 use crate::audit::AuditLog;
 use crate::config::{ColumnRule, Settings};
+use crate::durable::{Durable, Place};
 use crate::pseudonym::isikukood;
 use crate::pseudonym::{self, Key, Pseudonymiser};
 use crate::release::record;
@@ -218,13 +219,13 @@ fn releases_holding(settings: &Settings, key: &Key, audit: &AuditLog, pseudonym:
     Ok(holding)
 }
 
-/// Write `bytes` to a new file readable by its owner only.
+/// Write `bytes` to a new file readable by its owner only; an answer is never overwritten.
 fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let write = |source| Error::Write { path: path.to_owned(), source };
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(write)?;
-    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(write)
+    match Durable::new(Place::New).private().bytes(path, bytes) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Error::OutExists { path: path.to_owned() }),
+        Err(source) => Err(Error::Write { path: path.to_owned(), source }),
+    }
 }
 
 /// Rows as JSON objects, nulls written out.

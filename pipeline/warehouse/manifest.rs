@@ -2,17 +2,16 @@
 //!
 //! Version N lives in `_ladu/manifest/<N>.json` and holds the whole state.
 //! It is written aside, fsynced, and hard-linked into place, which fails if
-//! N already exists: two writers can never both commit version N, and a
-//! crash leaves either no version N or a complete one.
+//! N already exists ([`crate::durable`]): two writers can never both commit
+//! version N, and a crash leaves either no version N or a complete one.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Error, Result, sync_dir};
+use super::{Error, Result};
+use crate::durable::{Durable, Place};
 
 /// Version of the manifest's own format.
 pub const FORMAT: u32 = 1;
@@ -84,6 +83,10 @@ pub struct Manifest {
     pub key_fingerprint: Option<String>,
     pub tables: BTreeMap<String, Table>,
     pub deliveries: Vec<Delivery>,
+    /// Files the version before named and this one does not (a statistic
+    /// recomputed): removed once this version is durable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaced: Vec<String>,
 }
 
 impl Manifest {
@@ -107,27 +110,38 @@ fn version_path(root: &Path, version: u64) -> PathBuf {
 }
 
 /// The newest committed manifest, or an empty one for a new warehouse.
+///
+/// A warehouse with no manifest is new only if it holds no data files
+/// (beyond an uncommitted first run's): one that does is damaged, and is
+/// refused rather than treated as new.
 pub fn load_latest(root: &Path) -> Result<Manifest> {
     let dir = manifest_dir(root);
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(Manifest { format: FORMAT, ..Default::default() });
+    let unreadable = |problem: String| Error::Corrupt { path: dir.clone(), problem };
+    let newest = match std::fs::read_dir(&dir) {
+        Ok(entries) => {
+            let mut newest: Option<u64> = None;
+            for entry in entries {
+                let entry = entry.map_err(|e| unreadable(e.to_string()))?;
+                let name = entry.file_name();
+                if let Some(v) = name.to_string_lossy().strip_suffix(".json").and_then(|n| n.parse::<u64>().ok()) {
+                    newest = newest.max(Some(v));
+                }
+            }
+            newest
         }
-        Err(source) => return Err(Error::Io { path: dir, source }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(unreadable(e.to_string())),
     };
-    let mut newest: Option<u64> = None;
-    for entry in entries {
-        let entry = entry.map_err(|source| Error::Io { path: dir.clone(), source })?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if let Some(v) = name.strip_suffix(".json").and_then(|n| n.parse::<u64>().ok()) {
-            newest = newest.max(Some(v));
+    let Some(v) = newest else {
+        let uncommitted = super::files::uncommitted(root, 0)?;
+        let files = super::files::data_files(root)?.into_iter().filter(|f| !uncommitted.contains(f)).count();
+        if files > 0 {
+            return Err(Error::NoManifest { root: root.to_owned(), files });
         }
-    }
-    let Some(v) = newest else { return Ok(Manifest { format: FORMAT, ..Default::default() }) };
+        return Ok(Manifest { format: FORMAT, ..Default::default() });
+    };
     let path = version_path(root, v);
-    let text = std::fs::read(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+    let text = std::fs::read(&path).map_err(|e| Error::Corrupt { path: path.clone(), problem: e.to_string() })?;
     let m: Manifest =
         serde_json::from_slice(&text).map_err(|e| Error::Corrupt { path: path.clone(), problem: e.to_string() })?;
     if m.version != v || m.format != FORMAT {
@@ -139,28 +153,15 @@ pub fn load_latest(root: &Path) -> Result<Manifest> {
 /// Commit `m` as version `m.version`; fails if that version exists.
 pub fn commit(root: &Path, m: &Manifest) -> Result<()> {
     let dir = manifest_dir(root);
-    std::fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
-    let tmp = root.join(super::META_DIR).join(format!("manifest-{}.tmp", m.version));
-    let body = serde_json::to_vec_pretty(m).expect("manifest serialises");
-    let write = || -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(&body)?;
-        f.write_all(b"\n")?;
-        f.sync_all()
-    };
-    write().map_err(|source| Error::Io { path: tmp.clone(), source })?;
+    crate::durable::create_dirs(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
+    let mut body = serde_json::to_vec_pretty(m).expect("manifest serialises");
+    body.push(b'\n');
     let target = version_path(root, m.version);
-    let linked = std::fs::hard_link(&tmp, &target);
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(Error::Conflict { version: m.version });
-        }
-        Err(source) => return Err(Error::Io { path: target, source }),
+    match Durable::new(Place::New).bytes(&target, &body) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Error::Conflict { version: m.version }),
+        Err(source) => Err(Error::Io { path: target, source }),
     }
-    sync_dir(&dir)?;
-    sync_dir(&root.join(super::META_DIR))
 }
 
 #[cfg(test)]

@@ -4,9 +4,12 @@
 //! `<root>/_ladu/` for the manifest, staging and the lock (readers skip
 //! `_`-folders). A run writes its files to `_ladu/staging/<run>/`, moves them
 //! into place under names no other commit uses, then commits a new manifest
-//! version. Files not named by the newest manifest are leftovers of a run
-//! that died before its commit; [`Warehouse::open_for_write`] removes them.
+//! version. [`Warehouse::open_for_write`] removes only what is provably not
+//! committed data ([`files`]): what a run that died before its commit left,
+//! and files a committed version replaced. A folder with data files and no
+//! readable manifest is damaged, not new, and is refused.
 
+pub mod files;
 pub mod manifest;
 pub mod writer;
 
@@ -39,6 +42,10 @@ pub enum Error {
     Locked { root: PathBuf },
     #[error("the warehouse manifest {path} is damaged ({problem}); restore it from backup before running again")]
     Corrupt { path: PathBuf, problem: String },
+    #[error(
+        "the warehouse {root} holds {files} data file(s) but no manifest (`_ladu/manifest/` is missing or empty): it is damaged, not new; restore `_ladu/manifest/` from backup. Nothing was written"
+    )]
+    NoManifest { root: PathBuf, files: usize },
     #[error("another writer committed manifest version {version} first; run again")]
     Conflict { version: u64 },
     #[error(
@@ -55,7 +62,7 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io { path: path.to_owned(), source }
 }
 
@@ -73,7 +80,7 @@ pub fn try_lock(path: &Path) -> std::io::Result<Option<File>> {
 
 /// fsync a directory, so that entries made in it survive a crash.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+    crate::durable::sync_dir(dir).map_err(io(dir))
 }
 
 /// A warehouse opened for writing: holds the writer lock until dropped.
@@ -127,29 +134,15 @@ impl Warehouse {
         }
     }
 
-    /// Remove staging folders and any data file the manifest does not name.
+    /// Remove what runs that died before their commit left, and finish removing what the newest version replaced.
     fn recover(&self) -> Result<()> {
-        let staging = self.root.join(META_DIR).join("staging");
-        if staging.exists() {
-            std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
-        }
-        for entry in std::fs::read_dir(self.root.join(META_DIR)).map_err(io(&self.root))? {
-            let entry = entry.map_err(io(&self.root))?;
-            if entry.file_name().to_string_lossy().ends_with(".tmp") {
-                std::fs::remove_file(entry.path()).map_err(io(&entry.path()))?;
-            }
-        }
-        for stray in &stray_files(&self.root, &self.manifest)? {
-            tracing::warn!(file = %stray.display(), "removing a file of an uncommitted run");
-            std::fs::remove_file(stray).map_err(io(stray))?;
-        }
-        Ok(())
+        files::recover(&self.root, &self.manifest).map(drop)
     }
 
     /// Start a transaction that will commit as the next manifest version.
     pub fn begin(&self) -> Result<Transaction> {
         let version = self.manifest.version + 1;
-        let staging = self.root.join(META_DIR).join("staging").join(format!("{version:010}"));
+        let staging = files::staging(&self.root).join(format!("{version:010}"));
         std::fs::create_dir_all(&staging).map_err(io(&staging))?;
         Ok(Transaction { version, staging, files: Vec::new(), next_file: 0 })
     }
@@ -162,15 +155,20 @@ impl Warehouse {
         }
     }
 
-    /// Move the transaction's files into place and commit `next` as the new manifest.
+    /// Move the transaction's files into place and commit `next` as the new
+    /// manifest; then remove the files it replaced.
     pub fn commit(&mut self, tx: Transaction, mut next: Manifest) -> Result<()> {
         next.version = tx.version;
         next.format = manifest::FORMAT;
+        let named: std::collections::HashSet<&str> = next.file_paths().collect();
+        next.replaced = self.manifest.file_paths().filter(|f| !named.contains(f)).map(str::to_owned).collect();
+        let moving: Vec<&str> = tx.files.iter().map(|(_, f)| f.path.as_str()).collect();
+        files::write_intent(&self.root, tx.version, &moving)?;
         let mut dirs = std::collections::BTreeSet::new();
         for (staged, file) in &tx.files {
             let target = self.root.join(&file.path);
             let dir = target.parent().expect("data files live in a table folder").to_owned();
-            std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+            crate::durable::create_dirs(&dir).map_err(io(&dir))?;
             // The name carries the version, so no committed file is ever replaced.
             if target.exists() {
                 return Err(Error::Io {
@@ -183,56 +181,16 @@ impl Warehouse {
         }
         for dir in &dirs {
             sync_dir(dir)?;
-            // New partition folders must be durable in their parents too.
-            let mut d = dir.as_path();
-            while let Some(parent) = d.parent() {
-                sync_dir(parent)?;
-                if parent == self.root {
-                    break;
-                }
-                d = parent;
-            }
         }
         manifest::commit(&self.root, &next)?;
-        let _ = std::fs::remove_dir_all(&tx.staging);
         self.manifest = next;
+        // Committed: what is left to tidy, the next writer finishes should this fail.
+        if let Err(e) = files::remove_replaced(&self.root, &self.manifest) {
+            tracing::warn!(error = %e, "the files the new version replaced were not all removed; the next writer removes them");
+        }
+        let _ = std::fs::remove_dir_all(files::staging(&self.root));
         Ok(())
     }
-}
-
-/// Data files under `root` that `manifest` does not name: left by runs that died before their commit.
-pub fn stray_files(root: &Path, manifest: &Manifest) -> Result<Vec<PathBuf>> {
-    let committed: std::collections::HashSet<&str> = manifest.file_paths().collect();
-    let mut strays = Vec::new();
-    for entry in std::fs::read_dir(root).map_err(io(root))? {
-        let entry = entry.map_err(io(root))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('_') || name.starts_with('.') || !entry.path().is_dir() {
-            continue;
-        }
-        collect_parts(&entry.path(), &name, &mut strays, &committed)?;
-    }
-    Ok(strays)
-}
-
-fn collect_parts(
-    dir: &Path,
-    rel: &str,
-    out: &mut Vec<PathBuf>,
-    committed: &std::collections::HashSet<&str>,
-) -> Result<()> {
-    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
-        let entry = entry.map_err(io(dir))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let path = entry.path();
-        let rel = format!("{rel}/{name}");
-        if path.is_dir() {
-            collect_parts(&path, &rel, out, committed)?;
-        } else if name.starts_with("part-") && name.ends_with(".parquet") && !committed.contains(rel.as_str()) {
-            out.push(path);
-        }
-    }
-    Ok(())
 }
 
 /// Files staged by one run, committed all at once or not at all.
@@ -324,22 +282,71 @@ mod tests {
         assert!(matches!(Warehouse::open_for_write(dir.path(), "aaaa"), Err(Error::Locked { .. })));
     }
 
-    #[test]
-    fn uncommitted_files_are_removed_on_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let stray = dir.path().join("t/year=2024/part-0000000001-000000.parquet");
-        std::fs::create_dir_all(stray.parent().unwrap()).unwrap();
-        std::fs::write(&stray, b"x").unwrap();
-        let keep = dir.path().join("t/notes.txt");
-        std::fs::write(&keep, b"x").unwrap();
-        let wh = Warehouse::open_for_write(dir.path(), "aaaa").unwrap();
-        assert!(!stray.exists());
-        assert!(keep.exists());
+    /// Stage and commit one file of table `t` with `body`; returns its path.
+    fn commit_file(wh: &mut Warehouse, table: &str, body: &[u8], next: &Manifest) -> String {
         let mut tx = wh.begin().unwrap();
-        let (staged, rel) = tx.new_file("t", &["year=2024".into()]);
-        assert!(staged.starts_with(dir.path().join("_ladu/staging")));
-        assert_eq!(rel, "t/year=2024/part-0000000001-000000.parquet");
-        tx.rollback_to(0);
+        let (staged, rel) = tx.new_file(table, &[]);
+        std::fs::write(&staged, body).unwrap();
+        let file = CommittedFile {
+            path: rel.clone(),
+            rows: 1,
+            bytes: body.len() as u64,
+            sha256: String::new(),
+            partition: Default::default(),
+            commit: tx.version(),
+        };
+        tx.add(staged, file.clone());
+        let mut next = next.clone();
+        next.tables.entry(table.into()).or_default().files = vec![file];
+        wh.commit(tx, next).unwrap();
+        rel
+    }
+
+    #[test]
+    fn only_files_an_intent_lists_are_removed_as_uncommitted() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        // A first run died after moving its file into place, before its manifest.
+        let moved = "t/year=2024/part-0000000001-000000.parquet";
+        std::fs::create_dir_all(root.join("t/year=2024")).unwrap();
+        std::fs::write(root.join(moved), b"x").unwrap();
+        files::write_intent(root, 1, &[moved]).unwrap();
+        assert_eq!(manifest::load_latest(root).unwrap().version, 0, "the leftover does not make it damaged");
+        let wh = Warehouse::open_for_write(root, "aaaa").unwrap();
+        assert!(!root.join(moved).exists());
+        assert!(!root.join("_ladu/staging").exists());
+        drop(wh);
+        // A file no intent lists, in a warehouse without a manifest: damaged, and kept.
+        let lost = root.join("t/year=2024/part-0000000004-000000.parquet");
+        std::fs::write(&lost, b"x").unwrap();
+        match Warehouse::open_for_write(root, "aaaa") {
+            Err(Error::NoManifest { files: 1, .. }) => {}
+            other => panic!("expected NoManifest, got {other:?}"),
+        }
+        assert!(lost.exists());
+        assert!(matches!(manifest::load_latest(root), Err(Error::NoManifest { .. })));
+    }
+
+    #[test]
+    fn replaced_files_go_once_the_new_version_is_durable_and_unaccounted_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let mut wh = Warehouse::open_for_write(root, "aaaa").unwrap();
+        let base = Manifest { key_fingerprint: Some("aaaa".into()), ..Default::default() };
+        let first = commit_file(&mut wh, "stats/s", b"1", &base);
+        let next = wh.manifest().clone();
+        let second = commit_file(&mut wh, "stats/s", b"2", &next);
+        assert_eq!(wh.manifest().replaced, [first.clone()]);
+        assert!(!root.join(&first).exists());
+        assert!(root.join(&second).exists());
+        drop(wh);
+        // A file of an older version that no manifest accounts for is not ladu's to remove.
+        let odd = root.join("stats/s/part-0000000001-000007.parquet");
+        std::fs::write(&odd, b"?").unwrap();
+        let wh = Warehouse::open_for_write(root, "aaaa").unwrap();
+        assert!(odd.exists());
+        let unnamed = files::unnamed(root, wh.manifest()).unwrap();
+        assert_eq!(unnamed, [("stats/s/part-0000000001-000007.parquet".to_owned(), files::Standing::Unaccounted)]);
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub fn hash_file(path: &std::path::Path) -> std::io::Result<(String, u64)> {
     loop {
         let n = f.read(&mut buf)?;
         if n == 0 {
-            return Ok((hex(&hasher.finalize()), bytes));
+            return Ok((crate::hex::encode(&hasher.finalize()), bytes));
         }
         bytes += n as u64;
         hasher.update(&buf[..n]);
@@ -305,7 +305,7 @@ impl TableWriter {
                     .into_iter()
                     .filter_map(|d| d.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
                     .collect();
-                let sha256 = hex(&hasher.finalize());
+                let sha256 = crate::hex::encode(&hasher.finalize());
                 Ok((staged, CommittedFile { path: rel, rows, bytes, sha256, partition, commit: version }))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -444,7 +444,7 @@ fn gather_hex(sources: &[&FixedSizeBinaryArray], rows: &[(usize, usize)]) -> Res
             lengths.push(0);
             continue;
         }
-        text.extend_from_slice(&hex16(bytes));
+        text.extend_from_slice(&crate::hex::encode16(bytes));
         lengths.push(32);
     }
     let validity = nulls.then(|| rows.iter().map(|&(b, r)| sources[b].is_valid(r)).collect());
@@ -489,30 +489,6 @@ fn gather_strings(sources: &[&StringArray], rows: &[(usize, usize)]) -> StringAr
     // other, and the offsets (from their lengths) fall between them, so every
     // value is valid UTF-8. Checking again cost 1 % of an ingest.
     unsafe { StringArray::new_unchecked(offsets, text.into(), validity) }
-}
-
-/// Lowercase hex of 16 bytes, a byte pair per table entry.
-fn hex16(bytes: &[u8; 16]) -> [u8; 32] {
-    const PAIRS: [[u8; 2]; 256] = {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut t = [[0u8; 2]; 256];
-        let mut i = 0;
-        while i < 256 {
-            t[i] = [DIGITS[i >> 4], DIGITS[i & 0x0f]];
-            i += 1;
-        }
-        t
-    };
-    let mut out = [0u8; 32];
-    for (pair, &b) in out.as_chunks_mut::<2>().0.iter_mut().zip(bytes) {
-        *pair = PAIRS[usize::from(b)];
-    }
-    out
-}
-
-/// Lowercase hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -584,7 +560,7 @@ mod tests {
                 .collect();
             let refs: Vec<&FixedSizeBinaryArray> = arrays.iter().collect();
             let ours = gather_hex(&refs, &rows).unwrap();
-            let expected: StringArray = rows.iter().map(|&(b, r)| sources[b][r].map(|v| hex(&v))).collect();
+            let expected: StringArray = rows.iter().map(|&(b, r)| sources[b][r].map(|v| crate::hex::encode(&v))).collect();
             prop_assert_eq!(ours, expected);
         }
     }
