@@ -106,7 +106,11 @@ enum Command {
     /// The nightly job: ingest every new delivery, refresh the statistics, publish the open data.
     Run,
     /// Verify the warehouse (files, checksums, key), the audit chain and the site's checksums.
-    Check,
+    Check {
+        /// Check everything but the key (which cannot be read here); without this, an unreadable key is a problem.
+        #[arg(long)]
+        skip_key: bool,
+    },
     /// Write a new random key (mode 0600); never overwrites.
     Keygen {
         #[arg(long)]
@@ -337,282 +341,327 @@ fn init_logging(verbose: u8, quiet: bool, format: LogFormat) {
 
 fn run(cli: Cli) -> Result<Exit, Failed> {
     let progress = std::io::stderr().is_terminal() && !cli.quiet;
+    let config = cli.config.as_deref();
     match cli.command {
-        Command::Keygen { out } => {
-            keyfile::generate(&out).map_err(|e| (Exit::Config, e))?;
-            eprintln!("wrote a new key to {} (mode 0600); keep a backup in a safe place", out.display());
-            Ok(Exit::Ok)
-        }
+        Command::Keygen { out } => keygen(&out),
         Command::SampleData { out, rows, seed, invalid, only, date } => {
-            let opts = sample_data::Options { rows, seed, invalid, sources: only, extract_date: date };
-            let written = sample_data::generate(&out, &opts).map_err(|e| (Exit::Failure, e))?;
-            for (path, rows) in written {
-                out!("{}\t{rows} rows", path.display());
-            }
-            Ok(Exit::Ok)
+            sample_data(&out, sample_data::Options { rows, seed, invalid, sources: only, extract_date: date })
         }
-        Command::Ingest { source, files } => {
-            let settings = load_settings(cli.config.as_deref())?;
-            let key = load_key(&settings)?;
-            let audit = AuditLog::new(&settings.paths.audit);
-            let opts = ingest::Options { source, files, progress };
-            let summary = ingest::run(&settings, &key, &audit, &opts).map_err(|e| (ingest_exit(&e), e))?;
-            print_summary(&summary);
-            Ok(if summary.refused() > 0 { Exit::Refused } else { Exit::Ok })
-        }
-        Command::Sql { command, file, role, format, output } => {
-            let settings = load_settings(cli.config.as_deref())?;
-            let mut out = sql::Output::new(format, output.as_deref()).map_err(|e| (Exit::Usage, e))?;
-            let session = sql::Session::open(&settings, AuditLog::new(&settings.paths.audit), role.as_deref())
-                .map_err(|e| (sql_exit(&e), e))?;
-            let result = if let Some(text) = command {
-                sql::shell::run_text(&session, &text, &mut out)
-            } else if let Some(path) = file {
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| (Exit::Usage, format!("cannot read SQL file {}: {e}", path.display())))?;
-                sql::shell::run_text(&session, &text, &mut out)
-            } else if std::io::stdin().is_terminal() {
-                sql::shell::interactive(&session, &mut out)
-            } else {
-                sql::shell::run_lines(&session, std::io::stdin().lock(), &mut out)
-            };
-            match result {
-                // The reader closed the pipe (`| head`): the statement was audited; no more wanted.
-                Err(e) if broken_pipe(&e) => Ok(Exit::Ok),
-                Err(e) => Err((Exit::Failure, e).into()),
-                Ok(()) => Ok(Exit::Ok),
-            }
-        }
-        Command::Run => {
-            let settings = load_settings(cli.config.as_deref())?;
-            let key = load_key(&settings)?;
-            let audit = AuditLog::new(&settings.paths.audit);
-            match ladu::run::run(&settings, &key, &audit, progress) {
-                Ok(report) => {
-                    print_summary(&report.ingest);
-                    if let Some(s) = &report.stats {
-                        let computed =
-                            s.statistics.iter().filter(|(_, o)| matches!(o, ladu::stats::Outcome::Computed { .. }));
-                        out!("statistics: {} computed of {}", computed.count(), s.statistics.len());
-                    }
-                    if let Some(p) = &report.publish {
-                        out!("published release {} ({} datasets)", p.release, p.datasets.len());
-                    }
-                    let took: Vec<String> = report
-                        .steps
-                        .iter()
-                        .map(|(step, s)| format!("{} {s} s", step.trim_end_matches("_seconds")))
-                        .collect();
-                    out!("took: {}", took.join(", "));
-                    out!("run report: {}", report.path.display());
-                    Ok(if report.ingest.refused() > 0 { Exit::Refused } else { Exit::Ok })
-                }
-                Err(f) => {
-                    let ladu::run::Failed { error: e, report } = *f;
-                    let code = match &e {
-                        ladu::run::Error::Ingest(e) => ingest_exit(e),
-                        ladu::run::Error::Stats(e) => stats_exit(e),
-                        ladu::run::Error::Publish(e) => publish_exit(e),
-                        _ => Exit::Failure,
-                    };
-                    let report = report.map(|p| format!("\nrun report: {}", p.display())).unwrap_or_default();
-                    Err(Failed(code, format!("{e}{report}")))
-                }
-            }
-        }
-        Command::Check => {
-            let settings = load_settings(cli.config.as_deref())?;
-            let key = match keyfile::load(&settings.key_file) {
-                Ok(k) => Some(k),
-                Err(e) => {
-                    out!("key not checked: {e}");
-                    None
-                }
-            };
-            let findings = ladu::check::run(&settings, key.as_ref(), &AuditLog::new(&settings.paths.audit));
-            for (what, n) in &findings.checked {
-                out!("checked {n} {what}");
-            }
-            for p in &findings.problems {
-                out!("PROBLEM: {p}");
-            }
-            if findings.problems.is_empty() {
-                out!("no problems found");
-                Ok(Exit::Ok)
-            } else {
-                Err(Failed(Exit::Failure, format!("{} problem(s) found", findings.problems.len())))
-            }
-        }
-        Command::Stats { only } => {
-            let settings = load_settings(cli.config.as_deref())?;
-            let audit = AuditLog::new(&settings.paths.audit);
-            let summary = ladu::stats::run(&settings, &audit, &only, progress).map_err(|e| (stats_exit(&e), e))?;
-            for (table, outcome) in &summary.statistics {
-                match outcome {
-                    ladu::stats::Outcome::Computed { rows } => out!("{table:<40} {rows:>9} rows"),
-                    ladu::stats::Outcome::Unchanged => out!("{table:<40} unchanged"),
-                    ladu::stats::Outcome::NoData { table: missing } => {
-                        out!("{table:<40} skipped: table {missing} has no committed data yet")
-                    }
-                }
-            }
-            match summary.commit {
-                Some(v) => out!("committed warehouse version {v}"),
-                None => out!("nothing to commit"),
-            }
-            Ok(Exit::Ok)
-        }
-        Command::Publish => {
-            let settings = load_settings(cli.config.as_deref())?;
-            let audit = AuditLog::new(&settings.paths.audit);
-            let summary = ladu::publish::run(&settings, &audit, progress).map_err(|e| (publish_exit(&e), e))?;
-            for d in &summary.datasets {
-                out!(
-                    "{:<40} {:>7} rows, {} suppressed (fewer persons), {} suppressed (totals)",
-                    d.name,
-                    d.rows,
-                    d.primary,
-                    d.secondary
-                );
-            }
-            for (name, table) in &summary.waiting {
-                out!("{name:<40} left out: table {table} has no committed data yet");
-            }
-            out!("published release {} at {}", summary.release, summary.path.display());
-            Ok(Exit::Ok)
-        }
+        Command::Ingest { source, files } => ingest(config, ingest::Options { source, files, progress }),
+        Command::Sql { command, file, role, format, output } => sql(config, command, file, role, format, output),
+        Command::Run => nightly(config, progress),
+        Command::Check { skip_key } => check(config, skip_key),
+        Command::Stats { only } => stats(config, &only, progress),
+        Command::Publish => publish(config, progress),
         Command::Release { recipient, query, out, request_id, accept_risk } => {
-            let settings = load_settings(cli.config.as_deref())?;
-            let key = load_key(&settings)?;
-            let audit = AuditLog::new(&settings.paths.audit);
-            let request = ladu::release::Request {
-                recipient: &recipient,
-                query_file: &query,
-                out: &out,
-                request_id: request_id.as_deref(),
-                accept_risk: accept_risk.as_deref(),
-            };
-            let r = ladu::release::run(&settings, &key, &audit, &request).map_err(|e| (release_exit(&e), e))?;
-            let risk = &r.risk;
-            match risk.smallest_group {
-                Some(k) => out!(
-                    "re-identification risk over {}: smallest group {k} {} (minimum {}), {} of {} rows in smaller groups",
-                    risk.quasi_identifiers.join(", "),
-                    risk.counted,
-                    risk.min_group_size,
-                    risk.rows_in_small_groups,
-                    risk.rows
-                ),
-                None => out!("re-identification risk: the result returns no quasi-identifier"),
-            }
-            if risk.too_high() {
-                out!("the risk was accepted: {}", accept_risk.as_deref().unwrap_or_default());
-            }
-            out!(
-                "released {} to {recipient}: {} rows, release pseudonyms in {} -> {}",
-                r.id,
-                r.rows,
-                if r.pseudonym_columns.is_empty() { "no column".to_owned() } else { r.pseudonym_columns.join(", ") },
-                r.out.display()
-            );
-            Ok(Exit::Ok)
+            release(config, &recipient, &query, &out, request_id.as_deref(), accept_risk.as_deref())
         }
-        Command::Releases { since, recipient } => {
-            let settings = load_settings(cli.config.as_deref())?;
-            let audit = AuditLog::new(&settings.paths.audit);
-            let entries = ladu::release::record::account(&audit).map_err(|e| (Exit::Failure, e))?;
-            let since = since.map(|d| d.to_string());
-            out!("{:<24}  {:<12}  {:<16}  {:<16}  {:>9}  columns", "time", "release", "recipient", "request", "rows");
-            for e in entries {
-                let s = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_owned();
-                if since.as_deref().is_some_and(|d| s("time").as_str() < d)
-                    || recipient.as_deref().is_some_and(|r| r != s("recipient"))
-                {
-                    continue;
-                }
-                let columns: Vec<&str> = e
-                    .get("columns")
-                    .and_then(|c| c.as_array())
-                    .map(|c| c.iter().filter_map(|c| c.get("name").and_then(|n| n.as_str())).collect())
-                    .unwrap_or_default();
-                out!(
-                    "{:<24}  {:<12}  {:<16}  {:<16}  {:>9}  {}",
-                    s("time"),
-                    s("release"),
-                    s("recipient"),
-                    s("request_id"),
-                    e.get("rows").and_then(|r| r.as_u64()).unwrap_or(0),
-                    columns.join(",")
-                );
-            }
-            Ok(Exit::Ok)
-        }
+        Command::Releases { since, recipient } => releases(config, since, recipient.as_deref()),
         Command::Subject { isikukood, isikukood_file, out, request_id, received } => {
-            let settings = load_settings(cli.config.as_deref())?;
-            let code = read_code(isikukood, isikukood_file.as_deref())?;
-            let key = load_key(&settings)?;
-            let audit = AuditLog::new(&settings.paths.audit);
-            let request = ladu::subject::Request {
-                code: &code,
-                request_id: request_id.as_deref(),
-                received,
-                out: out.as_deref(),
+            subject(config, isikukood, isikukood_file.as_deref(), out.as_deref(), request_id.as_deref(), received)
+        }
+        Command::Report { report: Report::Processing { from, to } } => report_processing(config, from, to),
+        Command::Audit { action } => audit(config, action),
+    }
+}
+
+fn keygen(out: &Path) -> Result<Exit, Failed> {
+    keyfile::generate(out).map_err(|e| (Exit::Config, e))?;
+    eprintln!("wrote a new key to {} (mode 0600); keep a backup in a safe place", out.display());
+    Ok(Exit::Ok)
+}
+
+fn sample_data(out: &Path, opts: sample_data::Options) -> Result<Exit, Failed> {
+    let written = sample_data::generate(out, &opts).map_err(|e| (Exit::Failure, e))?;
+    for (path, rows) in written {
+        out!("{}\t{rows} rows", path.display());
+    }
+    Ok(Exit::Ok)
+}
+
+fn ingest(config: Option<&Path>, opts: ingest::Options) -> Result<Exit, Failed> {
+    let settings = load_settings(config)?;
+    let key = load_key(&settings)?;
+    let audit = AuditLog::new(&settings.paths.audit);
+    let summary = ingest::run(&settings, &key, &audit, &opts).map_err(|e| (ingest_exit(&e), e))?;
+    print_summary(&summary);
+    Ok(if summary.refused() > 0 { Exit::Refused } else { Exit::Ok })
+}
+
+fn sql(
+    config: Option<&Path>,
+    command: Option<String>,
+    file: Option<PathBuf>,
+    role: Option<String>,
+    format: sql::Format,
+    output: Option<PathBuf>,
+) -> Result<Exit, Failed> {
+    let settings = load_settings(config)?;
+    let mut out = sql::Output::new(format, output.as_deref()).map_err(|e| (Exit::Usage, e))?;
+    let session = sql::Session::open(&settings, AuditLog::new(&settings.paths.audit), role.as_deref())
+        .map_err(|e| (sql_exit(&e), e))?;
+    let result = if let Some(text) = command {
+        sql::shell::run_text(&session, &text, &mut out)
+    } else if let Some(path) = file {
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| (Exit::Usage, format!("cannot read SQL file {}: {e}", path.display())))?;
+        sql::shell::run_text(&session, &text, &mut out)
+    } else if std::io::stdin().is_terminal() {
+        sql::shell::interactive(&session, &mut out)
+    } else {
+        sql::shell::run_lines(&session, std::io::stdin().lock(), &mut out)
+    };
+    match result {
+        // The reader closed the pipe (`| head`): the statement was audited; no more wanted.
+        Err(e) if broken_pipe(&e) => Ok(Exit::Ok),
+        Err(e) => Err((Exit::Failure, e).into()),
+        Ok(()) => Ok(Exit::Ok),
+    }
+}
+
+/// `ladu run`.
+fn nightly(config: Option<&Path>, progress: bool) -> Result<Exit, Failed> {
+    let settings = load_settings(config)?;
+    let key = load_key(&settings)?;
+    let audit = AuditLog::new(&settings.paths.audit);
+    let report = match ladu::run::run(&settings, &key, &audit, progress) {
+        Ok(report) => report,
+        Err(f) => {
+            let ladu::run::Failed { error: e, report } = *f;
+            let code = match &e {
+                ladu::run::Error::Ingest(e) => ingest_exit(e),
+                ladu::run::Error::Stats(e) => stats_exit(e),
+                ladu::run::Error::Publish(e) => publish_exit(e),
+                _ => Exit::Failure,
             };
-            let answer = ladu::subject::run(&settings, &key, &audit, &request).map_err(|e| (subject_exit(&e), e))?;
-            out_raw!("{}", answer.summary());
-            if let Some(out) = &out {
-                out!("\nthe whole answer (every row, as JSON): {}", out.display());
+            let report = report.map(|p| format!("\nrun report: {}", p.display())).unwrap_or_default();
+            return Err(Failed(code, format!("{e}{report}")));
+        }
+    };
+    print_summary(&report.ingest);
+    if let Some(s) = &report.stats {
+        let computed = s.statistics.iter().filter(|(_, o)| matches!(o, ladu::stats::Outcome::Computed { .. }));
+        out!("statistics: {} computed of {}", computed.count(), s.statistics.len());
+    }
+    if let Some(p) = &report.publish {
+        out!("published release {} ({} datasets)", p.release, p.datasets.len());
+    }
+    let took: Vec<String> =
+        report.steps.iter().map(|(step, s)| format!("{} {s} s", step.trim_end_matches("_seconds"))).collect();
+    out!("took: {}", took.join(", "));
+    out!("run report: {}", report.path.display());
+    Ok(if report.ingest.refused() > 0 { Exit::Refused } else { Exit::Ok })
+}
+
+fn check(config: Option<&Path>, skip_key: bool) -> Result<Exit, Failed> {
+    let settings = load_settings(config)?;
+    let (key, key_problem) = if skip_key {
+        out!("key not checked: --skip-key was given");
+        (None, None)
+    } else {
+        match keyfile::load(&settings.key_file) {
+            Ok(k) => (Some(k), None),
+            Err(e) => (None, Some(format!("{e}; the key was not checked (give --skip-key to check without it)"))),
+        }
+    };
+    let mut findings = ladu::check::run(&settings, key.as_ref(), &AuditLog::new(&settings.paths.audit));
+    findings.problems.extend(key_problem);
+    for (what, n) in &findings.checked {
+        out!("checked {n} {what}");
+    }
+    for p in &findings.problems {
+        out!("PROBLEM: {p}");
+    }
+    if findings.problems.is_empty() {
+        out!("no problems found");
+        Ok(Exit::Ok)
+    } else {
+        Err(Failed(Exit::Failure, format!("{} problem(s) found", findings.problems.len())))
+    }
+}
+
+fn stats(config: Option<&Path>, only: &[String], progress: bool) -> Result<Exit, Failed> {
+    let settings = load_settings(config)?;
+    let audit = AuditLog::new(&settings.paths.audit);
+    let summary = ladu::stats::run(&settings, &audit, only, progress).map_err(|e| (stats_exit(&e), e))?;
+    for (table, outcome) in &summary.statistics {
+        match outcome {
+            ladu::stats::Outcome::Computed { rows } => out!("{table:<40} {rows:>9} rows"),
+            ladu::stats::Outcome::Unchanged => out!("{table:<40} unchanged"),
+            ladu::stats::Outcome::NoData { table: missing } => {
+                out!("{table:<40} skipped: table {missing} has no committed data yet")
             }
-            Ok(Exit::Ok)
         }
-        Command::Report { report: Report::Processing { from, to } } => {
-            let settings = load_settings(cli.config.as_deref())?;
-            let audit = AuditLog::new(&settings.paths.audit);
-            let to = to.unwrap_or_else(|| chrono::Utc::now().date_naive());
-            let from = from.unwrap_or_else(|| to - chrono::Days::new(365));
-            let md = ladu::report::processing(&settings, &audit, from, to).map_err(|e| {
-                let code = match &e {
-                    ladu::report::Error::Sql(e) => sql_exit(e),
-                    ladu::report::Error::Roles(_) => Exit::Config,
-                    ladu::report::Error::Period { .. } => Exit::Usage,
-                    ladu::report::Error::Audit(_) => Exit::Failure,
-                };
-                (code, e)
-            })?;
-            out_raw!("{md}");
-            Ok(Exit::Ok)
+    }
+    match summary.commit {
+        Some(v) => out!("committed warehouse version {v}"),
+        None => out!("nothing to commit"),
+    }
+    Ok(Exit::Ok)
+}
+
+fn publish(config: Option<&Path>, progress: bool) -> Result<Exit, Failed> {
+    let settings = load_settings(config)?;
+    let audit = AuditLog::new(&settings.paths.audit);
+    let summary = ladu::publish::run(&settings, &audit, progress).map_err(|e| (publish_exit(&e), e))?;
+    for d in &summary.datasets {
+        out!(
+            "{:<40} {:>7} rows, {} suppressed (fewer persons), {} suppressed (totals)",
+            d.name,
+            d.rows,
+            d.primary,
+            d.secondary
+        );
+    }
+    for (name, table) in &summary.waiting {
+        out!("{name:<40} left out: table {table} has no committed data yet");
+    }
+    out!("published release {} at {}", summary.release, summary.path.display());
+    Ok(Exit::Ok)
+}
+
+fn release(
+    config: Option<&Path>,
+    recipient: &str,
+    query: &Path,
+    out: &Path,
+    request_id: Option<&str>,
+    accept_risk: Option<&str>,
+) -> Result<Exit, Failed> {
+    let settings = load_settings(config)?;
+    let key = load_key(&settings)?;
+    let audit = AuditLog::new(&settings.paths.audit);
+    let request = ladu::release::Request { recipient, query_file: query, out, request_id, accept_risk };
+    let r = ladu::release::run(&settings, &key, &audit, &request).map_err(|e| (release_exit(&e), e))?;
+    let risk = &r.risk;
+    match risk.smallest_group {
+        Some(k) => out!(
+            "re-identification risk over {}: smallest group {k} {} (minimum {}), {} of {} rows in smaller groups",
+            risk.quasi_identifiers.join(", "),
+            risk.counted,
+            risk.min_group_size,
+            risk.rows_in_small_groups,
+            risk.rows
+        ),
+        None => out!("re-identification risk: the result returns no quasi-identifier"),
+    }
+    if risk.too_high() {
+        out!("the risk was accepted: {}", ladu::pseudonym::isikukood::redact(accept_risk.unwrap_or_default()));
+    }
+    out!(
+        "released {} to {recipient}: {} rows, release pseudonyms in {} -> {}",
+        r.id,
+        r.rows,
+        if r.pseudonym_columns.is_empty() { "no column".to_owned() } else { r.pseudonym_columns.join(", ") },
+        r.out.display()
+    );
+    Ok(Exit::Ok)
+}
+
+fn releases(config: Option<&Path>, since: Option<chrono::NaiveDate>, recipient: Option<&str>) -> Result<Exit, Failed> {
+    let settings = load_settings(config)?;
+    let audit = AuditLog::new(&settings.paths.audit);
+    let entries = ladu::release::record::account(&audit, since).map_err(|e| (Exit::Failure, e))?;
+    out!("{:<24}  {:<12}  {:<16}  {:<16}  {:>9}  columns", "time", "release", "recipient", "request", "rows");
+    for e in entries {
+        let s = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_owned();
+        if recipient.is_some_and(|r| r != s("recipient")) {
+            continue;
         }
-        Command::Audit { action } => {
-            let settings = load_settings(cli.config.as_deref())?;
-            let log = AuditLog::new(&settings.paths.audit);
-            match action {
-                AuditAction::Verify => {
-                    let v = ladu::audit::verify(&log).map_err(|e| (Exit::Failure, e))?;
-                    out!("audit log {} is intact: {} entries", log.path().display(), v.entries);
-                }
-                AuditAction::Show { kind, since } => {
-                    let since = since.map(|d| d.format("%Y-%m-%d").to_string());
-                    for e in log.entries().map_err(|e| (Exit::Failure, e))? {
-                        let k = e.get("kind").and_then(|v| v.as_str()).unwrap_or_default();
-                        let t = e.get("time").and_then(|v| v.as_str()).unwrap_or_default();
-                        if kind.as_deref().is_some_and(|want| want != k) || since.as_deref().is_some_and(|s| t < s) {
-                            continue;
-                        }
-                        out!("{e}");
-                    }
-                }
+        let columns: Vec<&str> = e
+            .get("columns")
+            .and_then(|c| c.as_array())
+            .map(|c| c.iter().filter_map(|c| c.get("name").and_then(|n| n.as_str())).collect())
+            .unwrap_or_default();
+        out!(
+            "{:<24}  {:<12}  {:<16}  {:<16}  {:>9}  {}",
+            s("time"),
+            s("release"),
+            s("recipient"),
+            s("request_id"),
+            e.get("rows").and_then(|r| r.as_u64()).unwrap_or(0),
+            columns.join(",")
+        );
+    }
+    Ok(Exit::Ok)
+}
+
+fn subject(
+    config: Option<&Path>,
+    isikukood: Option<String>,
+    isikukood_file: Option<&Path>,
+    out: Option<&Path>,
+    request_id: Option<&str>,
+    received: Option<chrono::NaiveDate>,
+) -> Result<Exit, Failed> {
+    let settings = load_settings(config)?;
+    let code = read_code(isikukood, isikukood_file)?;
+    let key = load_key(&settings)?;
+    let audit = AuditLog::new(&settings.paths.audit);
+    let request = ladu::subject::Request { code: &code, request_id, received, out };
+    let answer = ladu::subject::run(&settings, &key, &audit, &request).map_err(|e| (subject_exit(&e), e))?;
+    out_raw!("{}", answer.text);
+    if let Some(out) = out {
+        out!("\nthe whole answer (every row, as JSON): {}", out.display());
+    }
+    Ok(Exit::Ok)
+}
+
+fn report_processing(
+    config: Option<&Path>,
+    from: Option<chrono::NaiveDate>,
+    to: Option<chrono::NaiveDate>,
+) -> Result<Exit, Failed> {
+    let settings = load_settings(config)?;
+    let audit = AuditLog::new(&settings.paths.audit);
+    let to = to.unwrap_or_else(|| chrono::Utc::now().date_naive());
+    let from = from.unwrap_or_else(|| to - chrono::Days::new(365));
+    let md = ladu::report::processing(&settings, &audit, from, to).map_err(|e| {
+        let code = match &e {
+            ladu::report::Error::Sql(e) => sql_exit(e),
+            ladu::report::Error::Roles(_) => Exit::Config,
+            ladu::report::Error::Period { .. } => Exit::Usage,
+            ladu::report::Error::Audit(_) => Exit::Failure,
+        };
+        (code, e)
+    })?;
+    out_raw!("{md}");
+    Ok(Exit::Ok)
+}
+
+fn audit(config: Option<&Path>, action: AuditAction) -> Result<Exit, Failed> {
+    let settings = load_settings(config)?;
+    let log = AuditLog::new(&settings.paths.audit);
+    match action {
+        AuditAction::Verify => {
+            let v = ladu::audit::verify(&log).map_err(|e| (Exit::Failure, e))?;
+            out!("audit log {} is intact: {} entries", log.path().display(), v.entries);
+        }
+        AuditAction::Show { kind, since } => {
+            let filter = ladu::audit::Filter { kind, from: since, to: None };
+            for e in log.select(&filter).map_err(|e| (Exit::Failure, e))? {
+                out!("{e}");
             }
-            Ok(Exit::Ok)
         }
+    }
+    Ok(Exit::Ok)
+}
+
+/// Warehouse errors: a damaged or unreadable manifest and a wrong key are
+/// configuration errors (exit 3); anything else stopped the command (exit 1).
+fn warehouse_exit(e: &ladu::warehouse::Error) -> Exit {
+    use ladu::warehouse::Error as E;
+    match e {
+        E::WrongKey { .. } | E::NoManifest { .. } | E::Corrupt { .. } => Exit::Config,
+        _ => Exit::Failure,
     }
 }
 
 /// Configuration and key errors: nothing was done (exit 3); anything else stopped the command (exit 1).
 fn ingest_exit(e: &ingest::Error) -> Exit {
     match e {
-        ingest::Error::Config(_)
-        | ingest::Error::UnknownSource { .. }
-        | ingest::Error::Warehouse(ladu::warehouse::Error::WrongKey { .. }) => Exit::Config,
+        ingest::Error::Config(_) | ingest::Error::UnknownSource { .. } => Exit::Config,
+        ingest::Error::Warehouse(e) => warehouse_exit(e),
         _ => Exit::Failure,
     }
 }
@@ -620,6 +669,7 @@ fn ingest_exit(e: &ingest::Error) -> Exit {
 fn sql_exit(e: &sql::Error) -> Exit {
     match e {
         sql::Error::Roles(_) | sql::Error::View { .. } => Exit::Config,
+        sql::Error::Warehouse(e) => warehouse_exit(e),
         _ => Exit::Failure,
     }
 }
@@ -628,6 +678,7 @@ fn stats_exit(e: &ladu::stats::Error) -> Exit {
     match e {
         ladu::stats::Error::File(_) | ladu::stats::Error::Unknown { .. } => Exit::Config,
         ladu::stats::Error::Sql(e) => sql_exit(e),
+        ladu::stats::Error::Warehouse(e) => warehouse_exit(e),
         _ => Exit::Failure,
     }
 }
@@ -636,6 +687,7 @@ fn publish_exit(e: &ladu::publish::Error) -> Exit {
     match e {
         ladu::publish::Error::Dataset(_) | ladu::publish::Error::NoDatasets { .. } => Exit::Config,
         ladu::publish::Error::Sql(e) => sql_exit(e),
+        ladu::publish::Error::Warehouse(e) => warehouse_exit(e),
         _ => Exit::Failure,
     }
 }

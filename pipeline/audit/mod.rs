@@ -132,6 +132,34 @@ impl AuditLog {
     }
 }
 
+/// Which entries to select: all of them by default.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only entries of this kind.
+    pub kind: Option<String>,
+    /// Only entries on or after this day (UTC).
+    pub from: Option<chrono::NaiveDate>,
+    /// Only entries on or before this day (UTC).
+    pub to: Option<chrono::NaiveDate>,
+}
+
+impl Filter {
+    pub fn matches(&self, entry: &Value) -> bool {
+        let kind = entry.get("kind").and_then(Value::as_str).unwrap_or_default();
+        let day = entry.get("time").and_then(Value::as_str).and_then(|t| t.get(..10)).unwrap_or_default();
+        self.kind.as_deref().is_none_or(|k| k == kind)
+            && self.from.is_none_or(|d| day >= d.to_string().as_str())
+            && self.to.is_none_or(|d| day <= d.to_string().as_str())
+    }
+}
+
+impl AuditLog {
+    /// The entries `filter` selects, in order; an error (naming the line) if any line cannot be read.
+    pub fn select(&self, filter: &Filter) -> Result<Vec<Value>> {
+        Ok(self.entries()?.into_iter().filter(|e| filter.matches(e)).collect())
+    }
+}
+
 enum TailError {
     Io(std::io::Error),
     Partial,

@@ -36,7 +36,7 @@ pub fn run(settings: &Settings, key: Option<&Key>, audit: &AuditLog) -> Findings
 
 /// ladu's record of each delivered release, against the checksum its audit entry holds.
 fn release_records(root: &Path, audit: &AuditLog, f: &mut Findings) {
-    let entries = match crate::release::record::account(audit) {
+    let entries = match crate::release::record::account(audit, None) {
         Ok(e) => e,
         Err(e) => return f.problems.push(e.to_string()),
     };

@@ -134,11 +134,36 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, opts: &Options) -> 
         // Where a re-delivery is likely (the name or size of a committed
         // delivery), hash before doing any work; otherwise the framer hashes
         // the bytes as it reads them, which saves a pass over the file.
-        let likely_again =
-            next.deliveries.iter().any(|x| x.source == d.source && (x.file == d.name || x.bytes == size));
+        // One (source, extract date, sequence) is one delivery, whatever the name's spelling.
+        let same_slot = next
+            .deliveries
+            .iter()
+            .find(|x| x.source == d.source && x.extract_date == d.extract_date.to_string() && x.extract_seq == d.seq);
+        let likely_again = same_slot.is_some()
+            || next.deliveries.iter().any(|x| x.source == d.source && (x.file == d.name || x.bytes == size));
         let early_hash = if likely_again { Some(hash_file(&d.path).map_err(read_err)?.0) } else { None };
         if early_hash.as_deref().is_some_and(|h| already(h, &hashes_this_run)) {
             skipped(&mut results);
+            continue;
+        }
+        if let (Some(first), Some(hash)) = (same_slot, &early_hash) {
+            let reason = format!(
+                "extract date {} sequence {} of {} was already delivered as `{}` with other content: a correction needs a sequence number of its own (`{}_{}_<n>.csv`)",
+                d.extract_date,
+                d.seq,
+                d.source,
+                first.file,
+                d.source,
+                d.extract_date.format("%Y%m%d")
+            );
+            let outcome = refuse_whole(settings, d, reason).map_err(outbox_err)?;
+            audit_entries.push(delivery_audit(d, hash, &outcome));
+            results.push(DeliveryResult {
+                source: d.source.clone(),
+                file: d.path.clone(),
+                outcome,
+                seconds: started.elapsed().as_secs_f64(),
+            });
             continue;
         }
         let mark = tx.mark();
@@ -349,6 +374,15 @@ fn mask_digit_runs(text: &str) -> String {
         }
     }
     out
+}
+
+/// Refuse a whole delivery before reading it: one line in its report, saying why.
+fn refuse_whole(settings: &Settings, d: &DeliveryFile, reason: String) -> std::io::Result<Outcome> {
+    let mut report = RejectionReport::create(&settings.paths.outbox, &d.source, &d.name)?;
+    report.add(1, "", &format!("file refused: {reason}"))?;
+    let report = report.finish()?;
+    tracing::warn!(source = %d.source, file = %d.name, %reason, "delivery refused");
+    Ok(Outcome::Refused { reason, report })
 }
 
 struct Done {

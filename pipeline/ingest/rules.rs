@@ -23,7 +23,7 @@ use crate::config::source::{
 };
 use crate::ingest::values;
 use crate::pseudonym::{Key, PSEUDONYM_LEN, Pseudonymiser, isikukood};
-use crate::warehouse::writer::ColumnLayout;
+use crate::warehouse::ColumnLayout;
 
 /// Precision and scale of money columns (euros and cents).
 pub const MONEY_PRECISION: u8 = 15;
@@ -114,6 +114,8 @@ impl<T: Copy> Typed<T> {
 enum Out<'a> {
     /// Kept text (a slice of the parsed field) or a generalisation's label.
     Str(Typed<&'a str>),
+    /// Free text, with the rows whose personal codes were masked and their masked text.
+    Text(Typed<&'a str>, Vec<(usize, String)>),
     Pseudo(Typed<[u8; PSEUDONYM_LEN / 2]>),
     Date(Typed<i32>),
     Ts(Typed<i64>),
@@ -124,6 +126,9 @@ enum Out<'a> {
 
 /// Problems found in a chunk: (row within the chunk, step, reason).
 type Problems = Vec<(usize, usize, &'static str)>;
+
+/// What the provider's report says of free text that held a personal code (the row is kept, masked).
+pub const MASKED: &str = "personal code in free text, masked";
 
 /// A source's rules compiled against one delivery's header.
 #[derive(Clone)]
@@ -335,8 +340,13 @@ impl Plan {
                 }
             }
         }
-        // Reported in line order, a row's problems in the order of its rules.
-        problems.sort_unstable();
+        // Masked personal codes are reported, but do not reject the row.
+        let mut notices: Vec<(usize, usize, &'static str)> = Vec::new();
+        for (step, out) in outs.iter().enumerate() {
+            if let Out::Text(_, masked) = out {
+                notices.extend(masked.iter().map(|(row, _)| (*row, step, MASKED)));
+            }
+        }
         let mut bad = vec![false; n];
         for &(row, _, _) in &problems {
             bad[row] = true;
@@ -344,14 +354,20 @@ impl Plan {
         let lines = &lines[rows];
         let mut out = Processed {
             rows_rejected: bad.iter().filter(|&&b| b).count() as u64,
-            rejections: problems
-                .into_iter()
-                .map(|(row, step, reason)| Rejection {
-                    line: lines[row],
-                    column: self.steps[step].name.clone(),
-                    reason: reason.into(),
-                })
-                .collect(),
+            // In line order, a row's problems in the order of its rules.
+            rejections: {
+                let mut all = problems;
+                all.extend(notices);
+                all.sort_unstable();
+                all
+            }
+            .into_iter()
+            .map(|(row, step, reason)| Rejection {
+                line: lines[row],
+                column: self.steps[step].name.clone(),
+                reason: reason.into(),
+            })
+            .collect(),
             batches: Vec::new(),
         };
         // Each good row's partition (as an index into `parts`); rows of a
@@ -473,7 +489,20 @@ impl Plan {
         let check =
             |test: fn(&str) -> bool, reason: &'static str| move |s: &'a str| if test(s) { Ok(s) } else { Err(reason) };
         match ty {
-            ValueType::String => Out::Str(typed(raw, opt, i, problems, Ok)),
+            ValueType::String => {
+                let text = typed(raw, opt, i, problems, Ok);
+                let masked = text
+                    .values
+                    .iter()
+                    .enumerate()
+                    .filter(|&(row, _)| text.is_valid(row))
+                    .filter_map(|(row, v)| match isikukood::mask(v) {
+                        std::borrow::Cow::Owned(m) => Some((row, m)),
+                        std::borrow::Cow::Borrowed(_) => None,
+                    })
+                    .collect();
+                Out::Text(text, masked)
+            }
             ValueType::Enum => Out::Str(typed(raw, opt, i, problems, |s| {
                 if allowed.iter().any(|v| v == s) { Ok(s) } else { Err("not one of the allowed values") }
             })),
@@ -614,15 +643,28 @@ impl Out<'_> {
         ) -> Vec<ArrayRef> {
             t.split(part_of, sizes).into_iter().map(|(v, n)| f(v, n)).collect()
         }
-        match self {
-            Out::Str(t) => {
-                let mut bytes = vec![0; sizes.len()];
-                for (v, &p) in t.values.iter().zip(part_of) {
-                    if let Some(b) = bytes.get_mut(p as usize) {
-                        *b += v.len();
-                    }
+        let text_bytes = |t: &Typed<&str>| {
+            let mut bytes = vec![0; sizes.len()];
+            for (v, &p) in t.values.iter().zip(part_of) {
+                if let Some(b) = bytes.get_mut(p as usize) {
+                    *b += v.len();
                 }
-                strings(t, part_of, sizes, &bytes, |v, b| b.append_value(v))
+            }
+            bytes
+        };
+        match self {
+            Out::Str(t) => strings(t, part_of, sizes, &text_bytes(t), |v, b| b.append_value(v)),
+            Out::Text(t, masked) if masked.is_empty() => {
+                strings(t, part_of, sizes, &text_bytes(t), |v, b| b.append_value(v))
+            }
+            Out::Text(t, masked) => {
+                // Rows in order, each masked value in place of its row's text.
+                let rows: Typed<usize> = Typed { values: (0..t.values.len()).collect(), valid: t.valid.clone() };
+                let text = |row: usize| match masked.binary_search_by_key(&row, |(r, _)| *r) {
+                    Ok(i) => masked[i].1.as_str(),
+                    Err(_) => t.values[row],
+                };
+                strings(&rows, part_of, sizes, &text_bytes(t), |row, b| b.append_value(text(row)))
             }
             Out::YearMonth(t) => {
                 let bytes: Vec<usize> = sizes.iter().map(|n| n * 7).collect();
@@ -740,9 +782,29 @@ mod tests {
         let amount = batch.column(plan.schema().index_of("amount").unwrap());
         assert_eq!(amount.as_primitive::<arrow::datatypes::Decimal128Type>().value(0), 12345);
         assert_eq!(
-            crate::warehouse::writer::partition_dirs(*k, &[PartitionPart::Year, PartitionPart::Month]),
+            crate::warehouse::partition_dirs(*k, &[PartitionPart::Year, PartitionPart::Month]),
             ["year=2024", "month=3"]
         );
+    }
+
+    /// Free text kept in the warehouse that holds a valid personal code, in
+    /// any written form, is stored masked; the row is kept, and the report
+    /// names the line and column, never the value.
+    #[test]
+    fn personal_codes_in_free_text_are_masked_and_reported() {
+        let mut row = GOOD;
+        row[3] = "Dr Tamm 380 0101 0009 kliinik";
+        let mut invalid = GOOD;
+        invalid[0] = "INV2";
+        invalid[3] = "Kliinik 12345678901";
+        let (plan, p) = invoices(&[GOOD, row, invalid]);
+        assert_eq!(p.rows_rejected, 0);
+        assert_eq!(p.rejections, [Rejection { line: 3, column: "provider_name".into(), reason: MASKED.into() }]);
+        let names = p.batches[0].1.column(plan.schema().index_of("provider_name").unwrap()).clone();
+        let names: Vec<&str> = names.as_string::<i32>().iter().flatten().collect();
+        assert_eq!(names[1], "Dr Tamm [isikukood] kliinik");
+        assert_eq!(names[2], "Kliinik 12345678901", "not a valid code: kept as delivered");
+        assert!(!format!("{p:?}").contains("0101 0009"));
     }
 
     #[test]

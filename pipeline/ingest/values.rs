@@ -1,6 +1,6 @@
 //! Parsers and checkers for delivered values; pure functions, no allocation.
 
-use chrono::{NaiveDate, NaiveDateTime, TimeZone};
+use chrono::{LocalResult, NaiveDate, NaiveDateTime, Offset, TimeZone};
 use chrono_tz::Europe::Tallinn;
 
 use crate::config::source::DateFormat;
@@ -96,8 +96,11 @@ pub fn date_of_days(days: i32) -> Option<NaiveDate> {
 
 /// `YYYY-MM-DDTHH:MM:SS` with an optional `+HH:MM`/`-HH:MM`/`Z`, as
 /// milliseconds since the epoch (UTC). Without an offset the time is local
-/// Europe/Tallinn; a time that does not exist locally (spring forward) is
-/// invalid, and an ambiguous one (autumn) is read as the earlier instant.
+/// Europe/Tallinn, read as PostgreSQL reads it: a time in the hour the
+/// clocks skip in spring takes the offset before the change (so
+/// `03:33:22` on the last Sunday of March is `04:33:22+03`), and a time in
+/// the hour they repeat in autumn the offset after it (`03:30:00` on the
+/// last Sunday of October is `03:30:00+02`, the second of the two).
 pub fn parse_timestamp(s: &str) -> Option<i64> {
     let b = s.as_bytes();
     if b.len() < 19
@@ -114,10 +117,15 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
     let rest = &b[19..];
     let utc_ms = |local: NaiveDateTime, offset_secs: i64| local.and_utc().timestamp_millis() - offset_secs * 1000;
     match rest {
-        [] => {
-            let local = Tallinn.from_local_datetime(&dt).earliest()?;
-            Some(local.timestamp_millis())
-        }
+        [] => match Tallinn.from_local_datetime(&dt) {
+            LocalResult::Single(t) => Some(t.timestamp_millis()),
+            LocalResult::Ambiguous(_, after) => Some(after.timestamp_millis()),
+            LocalResult::None => {
+                // In the gap: the offset of a moment safely before it.
+                let before = Tallinn.from_local_datetime(&(dt - chrono::TimeDelta::hours(3))).earliest()?;
+                Some(utc_ms(dt, i64::from(before.offset().fix().local_minus_utc())))
+            }
+        },
         [b'Z'] => Some(utc_ms(dt, 0)),
         [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
             let h = digits(&[*h1, *h2])? as i64;
@@ -305,7 +313,14 @@ mod tests {
         assert_eq!(parse_timestamp("2024-01-01T02:00:00+02:00"), Some(1_704_067_200_000));
         assert_eq!(parse_timestamp("2024-01-01T00:00:00Z"), Some(1_704_067_200_000));
         assert_eq!(parse_timestamp("2024-07-01T03:00:00"), parse_timestamp("2024-07-01T00:00:00Z"));
-        assert_eq!(parse_timestamp("2024-03-31T03:30:00"), None, "skipped by the spring change");
+        // The hours the clocks skip and repeat, as PostgreSQL 15 reads them with
+        // `SET timezone = 'Europe/Tallinn'; SELECT extract(epoch from '…'::timestamptz)`.
+        assert_eq!(parse_timestamp("2025-03-30T03:33:22"), Some(1_743_298_402_000), "skipped: 04:33:22+03");
+        assert_eq!(parse_timestamp("2025-03-30T03:33:22"), parse_timestamp("2025-03-30T04:33:22"));
+        assert_eq!(parse_timestamp("2025-03-30T02:59:59"), parse_timestamp("2025-03-30T00:59:59Z"), "before the gap");
+        assert_eq!(parse_timestamp("2025-10-26T03:30:00"), Some(1_761_442_200_000), "repeated: the second, +02");
+        assert_eq!(parse_timestamp("2025-10-26T02:59:59"), parse_timestamp("2025-10-25T23:59:59Z"), "+03 before");
+        assert_eq!(parse_timestamp("2025-10-26T04:00:00"), parse_timestamp("2025-10-26T02:00:00Z"), "+02 after");
         assert_eq!(parse_timestamp("2024-01-01 02:00:00"), Some(1_704_067_200_000));
         assert_eq!(parse_timestamp("2024-01-01T25:00:00"), None);
         assert_eq!(parse_timestamp("2024-01-01T02:00:00+2"), None);

@@ -48,36 +48,152 @@ pub fn is_valid(code: &str) -> bool {
     check_digit(&first_ten) == d[10]
 }
 
-/// What [`redact`] writes in place of a code.
+/// What [`redact`] and [`mask`] write in place of a code.
 pub const REDACTED: &str = "[isikukood]";
 
-/// `text` with every stand-alone run of exactly 11 digits (anything that
-/// could be a personal code, valid or not) replaced by [`REDACTED`]: for text
-/// a person typed, such as a SQL statement, before ladu writes it anywhere.
-pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
+/// The zero of every run of ten decimal digits in Unicode 14 (category Nd):
+/// ASCII, Arabic-Indic, Devanagari, fullwidth and the rest.
+const DIGIT_ZEROS: [u32; 66] = [
+    0x30, 0x660, 0x6F0, 0x7C0, 0x966, 0x9E6, 0xA66, 0xAE6, 0xB66, 0xBE6, 0xC66, 0xCE6, 0xD66, 0xDE6, 0xE50, 0xED0,
+    0xF20, 0x1040, 0x1090, 0x17E0, 0x1810, 0x1946, 0x19D0, 0x1A80, 0x1A90, 0x1B50, 0x1BB0, 0x1C40, 0x1C50, 0xA620,
+    0xA8D0, 0xA900, 0xA9D0, 0xA9F0, 0xAA50, 0xABF0, 0xFF10, 0x104A0, 0x10D30, 0x11066, 0x110F0, 0x11136, 0x111D0,
+    0x112F0, 0x11450, 0x114D0, 0x11650, 0x116C0, 0x11730, 0x118E0, 0x11950, 0x11C50, 0x11D50, 0x11DA0, 0x16A60,
+    0x16AC0, 0x16B50, 0x1D7CE, 0x1D7D8, 0x1D7E2, 0x1D7EC, 0x1D7F6, 0x1E140, 0x1E2F0, 0x1E950, 0x1FBF0,
+];
+
+/// The value of a decimal digit of any script.
+fn digit(c: char) -> Option<u8> {
+    let c = u32::from(c);
+    if c < 0x80 {
+        return (0x30..=0x39).contains(&c).then(|| (c - 0x30) as u8);
+    }
+    let i = DIGIT_ZEROS.partition_point(|&z| z <= c).checked_sub(1)?;
+    let v = c - DIGIT_ZEROS[i];
+    (v < 10).then_some(v as u8)
+}
+
+/// May stand between the digits of one written code: `380 0101 0009`, `380-0101-0009`, `3800101.0009`.
+fn separator(c: char) -> bool {
+    matches!(
+        c,
+        ' ' | '-' | '.' | '/' | '\u{a0}' | '\u{2007}' | '\u{2009}' | '\u{202f}' | '\u{2010}'..='\u{2013}' | '\u{2212}'
+    )
+}
+
+/// Which digit sequences count as codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Find {
+    /// Exactly eleven digits (valid or not), or a longer run holding a valid code.
+    AnyEleven,
+    /// Only valid codes, alone or inside a longer run.
+    Valid,
+}
+
+/// Byte ranges of `text` holding codes in any of their written forms:
+/// digits of any script, with single separators between groups of them.
+/// Hex words of 16, 32 or 64 digits (fingerprints, pseudonyms, SHA-256) are
+/// left whole.
+fn find(text: &str, mode: Find) -> Vec<std::ops::Range<usize>> {
+    let mut found = Vec::new();
+    // Fast path: fewer than eleven characters that could be digits.
+    let maybe_digits = text.bytes().filter(|b| b.is_ascii_digit() || *b >= 0x80).count();
+    if maybe_digits < 11 {
+        return found;
+    }
+    let protected = hex_words(text);
+    let chars: Vec<(usize, char)> = text.char_indices().collect();
+    let is_digit = |k: usize| -> Option<u8> {
+        let (at, c) = chars[k];
+        if protected.iter().any(|r| r.contains(&at)) { None } else { digit(c) }
+    };
+    let mut k = 0;
+    while k < chars.len() {
+        if is_digit(k).is_none() {
+            k += 1;
+            continue;
+        }
+        // A sequence: digits, and single separators each followed by a digit.
+        let start = k;
+        let mut digits = Vec::new();
+        let mut end = k;
+        while end < chars.len() {
+            if let Some(d) = is_digit(end) {
+                digits.push(d);
+                end += 1;
+            } else if separator(chars[end].1) && end + 1 < chars.len() && is_digit(end + 1).is_some() {
+                end += 1;
+            } else {
+                break;
+            }
+        }
+        let is_code = |w: &[u8]| {
+            let code: String = w.iter().map(|d| char::from(b'0' + d)).collect();
+            is_valid(&code)
+        };
+        let hit = match mode {
+            Find::AnyEleven if digits.len() == 11 => true,
+            _ => digits.len() >= 11 && digits.windows(11).any(is_code),
+        };
+        if hit {
+            let to = chars.get(end).map_or(text.len(), |(at, _)| *at);
+            found.push(chars[start].0..to);
+        }
+        k = end;
+    }
+    found
+}
+
+/// Byte ranges of lowercase hex words of 16, 32 or 64 digits holding a letter.
+fn hex_words(text: &str) -> Vec<std::ops::Range<usize>> {
     let b = text.as_bytes();
-    let mut out = String::new();
-    let (mut copied, mut i) = (0, 0);
+    let mut words = Vec::new();
+    let mut i = 0;
     while i < b.len() {
-        if !b[i].is_ascii_digit() {
+        if !b[i].is_ascii_alphanumeric() {
             i += 1;
             continue;
         }
         let start = i;
-        while i < b.len() && b[i].is_ascii_digit() {
+        while i < b.len() && b[i].is_ascii_alphanumeric() {
             i += 1;
         }
-        if i - start == 11 {
-            out.push_str(&text[copied..start]);
-            out.push_str(REDACTED);
-            copied = i;
+        let word = &b[start..i];
+        let hex = word.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
+        if hex && matches!(word.len(), 16 | 32 | 64) && word.iter().any(u8::is_ascii_alphabetic) {
+            words.push(start..i);
         }
     }
-    if copied == 0 {
+    words
+}
+
+fn replace<'a>(text: &'a str, spans: &[std::ops::Range<usize>]) -> std::borrow::Cow<'a, str> {
+    if spans.is_empty() {
         return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    for span in spans {
+        out.push_str(&text[copied..span.start]);
+        out.push_str(REDACTED);
+        copied = span.end;
     }
     out.push_str(&text[copied..]);
     std::borrow::Cow::Owned(out)
+}
+
+/// `text` with everything that could be a personal code replaced by
+/// [`REDACTED`]: eleven digits, valid or not, in any script and with
+/// separators (`380 0101 0009`), and longer digit runs that hold a valid
+/// code (two codes run together); pseudonyms stay whole. For text a person
+/// typed (a SQL statement, an argument) before ladu writes it anywhere.
+pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
+    replace(text, &find(text, Find::AnyEleven))
+}
+
+/// `text` with each valid personal code in it, in any of its written forms,
+/// replaced by [`REDACTED`]: for free text kept in the warehouse.
+pub fn mask(text: &str) -> std::borrow::Cow<'_, str> {
+    replace(text, &find(text, Find::Valid))
 }
 
 /// Build a valid code from its parts (sample data and tests).
@@ -161,15 +277,77 @@ mod tests {
             prop_assert!(!r.contains(&code));
             prop_assert_eq!(r.matches(REDACTED).count(), 2);
         }
+
+        /// A valid code in any written form (separators between its groups,
+        /// fullwidth or Arabic-Indic digits, run together with another) is
+        /// neither in the redacted nor in the masked text.
+        #[test]
+        fn written_forms_are_found(
+            c in 1u8..=6, yy in 0u8..100, mm in 1u8..=12, dd in 1u8..=28, serial in 0u16..1000,
+            cuts in proptest::collection::vec(1usize..11, 0..3),
+            sep in prop::sample::select(vec![" ", "-", ".", "\u{a0}", "/"]),
+            script in prop::sample::select(vec![0x30u32, 0xFF10, 0x660, 0x6F0, 0x966]),
+            twice in any::<bool>(),
+            around in "[a-z ()=']{0,6}",
+        ) {
+            let code = make(c, yy, mm, dd, serial);
+            let mut written = String::new();
+            for (i, ch) in code.chars().enumerate() {
+                if cuts.contains(&i) {
+                    written.push_str(sep);
+                }
+                let d = u32::from(ch) - 0x30;
+                written.push(char::from_u32(script + d).unwrap());
+            }
+            if twice {
+                written = format!("{written}{}", make(3, 80, 1, 1, 9));
+            }
+            let text = format!("{around}{written}{around}");
+            for out in [redact(&text), mask(&text)] {
+                prop_assert!(!out.contains(&written), "{} -> {}", text, out);
+                let digits: String = out.chars().filter_map(digit).map(|d| char::from(b'0' + d)).collect();
+                prop_assert!(!digits.contains(&code), "{} -> {}", text, out);
+            }
+        }
+
+        /// Pseudonyms, fingerprints and SHA-256 digests are never altered, whatever digits they hold.
+        #[test]
+        fn hex_words_stay_whole(bits in any::<u128>(), digits in "[0-9]{11,20}", len in prop::sample::select(vec![16usize, 32, 64])) {
+            let mut word = format!("{bits:032x}{bits:032x}");
+            word.replace_range(3..3 + digits.len(), &digits);
+            word.truncate(len);
+            prop_assume!(word.bytes().any(|c| c.is_ascii_alphabetic()));
+            let text = format!("WHERE person_id = '{word}'");
+            let redacted = redact(&text);
+            prop_assert_eq!(redacted.as_ref(), text.as_str());
+        }
     }
 
     #[test]
     fn redaction_keeps_other_numbers() {
         assert_eq!(redact("WHERE x = 38001010009;"), "WHERE x = [isikukood];");
         assert_eq!(
-            redact("'38001010009' or 380010100091 or 3800101000 or 2024"),
-            "'[isikukood]' or 380010100091 or 3800101000 or 2024"
+            redact("'38001010009' or 123456789012 or 3800101000 or 2024"),
+            "'[isikukood]' or 123456789012 or 3800101000 or 2024"
         );
+        assert_eq!(redact("380010100091"), "[isikukood]", "a valid code inside a longer run");
+        assert_eq!(redact("'3800101 0009', '380-0101-0009'"), "'[isikukood]', '[isikukood]'");
+        assert_eq!(redact("3800101000938001010009"), "[isikukood]", "two codes run together");
+        assert_eq!(redact("x IN (38001010009,49403136515)"), "x IN ([isikukood],[isikukood])");
+        assert_eq!(
+            redact("BETWEEN '2024-03-01' AND '2024-03-31' LIMIT 10"),
+            "BETWEEN '2024-03-01' AND '2024-03-31' LIMIT 10"
+        );
+        assert_eq!(redact("sum 12345678901.5"), "sum 12345678901.5", "twelve digits, no valid code");
+        assert_eq!(redact("sum 38001010009.5"), "sum [isikukood]");
         assert!(matches!(redact("SELECT 1"), std::borrow::Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn masking_takes_valid_codes_only() {
+        assert_eq!(mask("Dr Tamm, 38001010009"), "Dr Tamm, [isikukood]");
+        assert_eq!(mask("Kliinik 12345678901"), "Kliinik 12345678901", "not a valid code");
+        assert_eq!(mask("Haigla ３８００１０１０００９"), "Haigla [isikukood]");
+        assert!(matches!(mask("Tartu Ülikooli Kliinikum"), std::borrow::Cow::Borrowed(_)));
     }
 }

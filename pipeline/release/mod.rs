@@ -157,12 +157,15 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, request: &Request) 
             return Err(e);
         }
     };
-    crate::warehouse::sync_dir(&staging).map_err(|e| Error::Write { path: staging.clone(), message: e.to_string() })?;
+    crate::durable::sync_dir(&staging).map_err(write_error(&staging))?;
     // rename(2) replaces an empty folder (`check_out` allowed only that).
     std::fs::rename(&staging, request.out).map_err(write_error(request.out))?;
-    if let Some(parent) = request.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        let _ = crate::warehouse::sync_dir(parent);
-    }
+    // The release is delivered only once its name is durable.
+    let parent = match request.out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    crate::durable::sync_dir(parent).map_err(write_error(parent))?;
     Ok(Released {
         id,
         out: request.out.to_owned(),
@@ -332,7 +335,9 @@ impl Entry<'_> {
         m.insert("basis".into(), Value::from(self.recipient.basis.clone()));
         m.insert("request_id".into(), self.request.request_id.map(|r| Value::from(redact(r).into_owned())).into());
         m.insert("query".into(), Value::from(query.clone()));
-        m.insert("query_sha256".into(), Value::from(crate::hex::encode(&Sha256::digest(self.query))));
+        // Of the query as stored (redacted): a hash of what was typed would
+        // give a redacted personal code back to anyone who tries every code.
+        m.insert("query_sha256".into(), Value::from(crate::hex::encode(&Sha256::digest(&query))));
         m.insert("tables".into(), Value::from(w.tables.clone()));
         m.insert("columns".into(), Value::from(columns));
         m.insert("rows".into(), Value::from(w.rows));

@@ -178,15 +178,11 @@ pub fn checked_pseudonyms(warehouse: &Path, entry: &Value) -> Result<PathBuf, St
 }
 
 /// The audit log's entries of delivered releases, oldest first.
-pub fn account(audit: &AuditLog) -> crate::audit::Result<Vec<Value>> {
-    Ok(audit
-        .entries()?
-        .into_iter()
-        .filter(|e| {
-            e.get("kind").and_then(Value::as_str) == Some(AUDIT_KIND)
-                && e.get("outcome").and_then(Value::as_str) == Some(RELEASED)
-        })
-        .collect())
+pub fn account(audit: &AuditLog, since: Option<chrono::NaiveDate>) -> crate::audit::Result<Vec<Value>> {
+    let filter = crate::audit::Filter { kind: Some(AUDIT_KIND.to_owned()), from: since, to: None };
+    let mut entries = audit.select(&filter)?;
+    entries.retain(|e| e.get("outcome").and_then(Value::as_str) == Some(RELEASED));
+    Ok(entries)
 }
 
 #[cfg(test)]

@@ -155,14 +155,20 @@ fn move_processed(summary: &ingest::Summary, to: &Path) -> Result<(), Error> {
             .find(|p| !p.exists())
             .expect("some name is free");
         let io = |source| Error::Io { path: target.clone(), source };
-        if std::fs::rename(&d.file, &target).is_err() {
-            // Another file system: copy, make it durable, then remove.
-            std::fs::copy(&d.file, &target).map_err(io)?;
-            File::open(&target).and_then(|f| f.sync_all()).map_err(io)?;
-            std::fs::remove_file(&d.file).map_err(|source| Error::Io { path: d.file.clone(), source })?;
+        match std::fs::rename(&d.file, &target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
+                // Another file system: copy, make it durable, then remove.
+                std::fs::copy(&d.file, &target).map_err(io)?;
+                File::open(&target).and_then(|f| f.sync_all()).map_err(io)?;
+                std::fs::remove_file(&d.file).map_err(|source| Error::Io { path: d.file.clone(), source })?;
+            }
+            Err(source) => return Err(Error::Io { path: target, source }),
         }
-        crate::warehouse::sync_dir(&dir)
-            .map_err(|e| Error::Io { path: dir.clone(), source: std::io::Error::other(e) })?;
+        crate::durable::sync_dir(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
+        if let Some(inbox) = d.file.parent() {
+            crate::durable::sync_dir(inbox).map_err(|source| Error::Io { path: inbox.to_owned(), source })?;
+        }
     }
     Ok(())
 }

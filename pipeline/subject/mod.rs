@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, SchemaRef};
+use arrow::error::ArrowError;
 use serde_json::{Map, Value, json};
 
 use crate::audit::AuditLog;
@@ -51,6 +52,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("the rows found cannot be written out ({0}); nothing was answered")]
+    Format(String),
     #[error(transparent)]
     Audit(#[from] crate::audit::Error),
 }
@@ -99,6 +102,8 @@ pub struct Answer {
     pub found: Vec<Rows>,
     /// Audit entries of the releases that held the person.
     pub releases: Vec<Value>,
+    /// The readable summary of it all, for standard output.
+    pub text: String,
 }
 
 /// Find everything held about the person whose code `request.code` gives, audit it, and write the JSON answer.
@@ -142,7 +147,7 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, request: &Request) 
         found.push(Rows { table: name, kind, description, searched, schema, batches });
     }
     let releases = releases_holding(settings, key, audit, &pseudonym)?;
-    let answer = Answer {
+    let mut answer = Answer {
         pseudonym,
         warehouse_version: version,
         request_id: request.request_id.map(|r| isikukood::redact(r).into_owned()),
@@ -150,9 +155,15 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, request: &Request) 
         answered: chrono::Utc::now(),
         found,
         releases,
+        text: String::new(),
     };
+    // Both forms are made before anything is written or audited: an answer
+    // is never given without its rows.
+    let format = |e: ArrowError| Error::Format(e.to_string());
+    let json = answer.to_json().map_err(format)?;
+    answer.text = answer.summary().map_err(format)?;
     if let Some(out) = request.out {
-        write_new(out, &serde_json::to_vec_pretty(&answer.to_json()).expect("JSON values serialise"))?;
+        write_new(out, &serde_json::to_vec_pretty(&json).expect("JSON values serialise"))?;
     }
     let mut fields = Map::new();
     fields.insert("pseudonym".into(), Value::from(answer.pseudonym.clone()));
@@ -204,7 +215,7 @@ fn text_columns(schema: &SchemaRef) -> Vec<String> {
 /// The delivered releases whose record holds the person's release pseudonym for their recipient.
 fn releases_holding(settings: &Settings, key: &Key, audit: &AuditLog, pseudonym: &str) -> Result<Vec<Value>> {
     let mut holding = Vec::new();
-    for entry in record::account(audit)? {
+    for entry in record::account(audit, None)? {
         let recipient = entry.get("recipient").and_then(Value::as_str).unwrap_or_default();
         let id = entry.get("release").and_then(Value::as_str).unwrap_or_default().to_owned();
         let path = record::checked_pseudonyms(&settings.paths.warehouse, &entry)
@@ -229,39 +240,39 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Rows as JSON objects, nulls written out.
-fn rows_json(batches: &[RecordBatch]) -> Vec<Value> {
+fn rows_json(batches: &[RecordBatch]) -> Result<Vec<Value>, ArrowError> {
     let mut buf = Vec::new();
     let mut writer = arrow::json::WriterBuilder::new()
         .with_explicit_nulls(true)
         .build::<_, arrow::json::writer::JsonArray>(&mut buf);
     let refs: Vec<&RecordBatch> = batches.iter().collect();
-    if writer.write_batches(&refs).and_then(|()| writer.finish()).is_err() {
-        return Vec::new();
-    }
+    writer.write_batches(&refs)?;
+    writer.finish()?;
     match serde_json::from_slice(&buf) {
-        Ok(Value::Array(rows)) => rows,
-        _ => Vec::new(),
+        Ok(Value::Array(rows)) => Ok(rows),
+        Ok(_) => Ok(Vec::new()),
+        Err(e) => Err(ArrowError::JsonError(e.to_string())),
     }
 }
 
 impl Answer {
     /// The whole answer as one JSON document.
-    pub fn to_json(&self) -> Value {
+    pub fn to_json(&self) -> Result<Value, ArrowError> {
         let found: Vec<Value> = self
             .found
             .iter()
             .map(|r| {
-                json!({
+                Ok(json!({
                     "table": r.table,
                     "kind": r.kind.as_str(),
                     "description": r.description,
                     "searched_columns": r.searched,
-                    "rows": rows_json(&r.batches),
-                })
+                    "rows": rows_json(&r.batches)?,
+                }))
             })
-            .collect();
+            .collect::<Result<_, ArrowError>>()?;
         let releases: Vec<Value> = self.releases.iter().map(release_summary).collect();
-        json!({
+        Ok(json!({
             "pseudonym": self.pseudonym,
             "request_id": self.request_id,
             "received": self.received.map(|d| d.to_string()),
@@ -269,11 +280,11 @@ impl Answer {
             "warehouse_version": self.warehouse_version,
             "data": found,
             "releases": releases,
-        })
+        }))
     }
 
     /// A readable summary: what is held, table by table, and who received it.
-    pub fn summary(&self) -> String {
+    fn summary(&self) -> Result<String, ArrowError> {
         let mut s = format!(
             "Data held about the person with pseudonym {} (warehouse version {}, {})\n",
             self.pseudonym,
@@ -286,10 +297,8 @@ impl Answer {
         }
         for r in &with_rows {
             s.push_str(&format!("\n## {} ({}): {} row(s)\n{}\n", r.table, r.kind.as_str(), r.count(), r.description));
-            match arrow::util::pretty::pretty_format_batches_with_schema(r.schema.clone(), &r.batches) {
-                Ok(table) => s.push_str(&format!("{table}\n")),
-                Err(e) => s.push_str(&format!("(rows cannot be shown: {e})\n")),
-            }
+            let table = arrow::util::pretty::pretty_format_batches_with_schema(r.schema.clone(), &r.batches)?;
+            s.push_str(&format!("{table}\n"));
         }
         let empty: Vec<&str> = self.found.iter().filter(|r| r.count() == 0).map(|r| r.table.as_str()).collect();
         if !empty.is_empty() {
@@ -311,7 +320,7 @@ impl Answer {
                 ));
             }
         }
-        s
+        Ok(s)
     }
 }
 

@@ -24,6 +24,31 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 pub use manifest::{CommittedFile, Delivery, Manifest, Statistic};
 
+/// What the writer should know about a table's columns.
+#[derive(Debug, Clone, Default)]
+pub struct ColumnLayout {
+    /// Columns to sort each row group by.
+    pub sort: Vec<usize>,
+    /// Columns whose values are (nearly) all distinct: no dictionary.
+    pub unique: Vec<String>,
+    /// Columns with one value per delivery (row metadata).
+    pub constant: Vec<String>,
+    /// Columns whose batches hold the 16 bytes of a pseudonym
+    /// (`FixedSizeBinary(16)`), written as its 32 lowercase hex characters.
+    pub pseudonyms: Vec<usize>,
+}
+
+/// Hive folder names of a partition key, e.g. `["year=2024", "month=3"]`.
+pub fn partition_dirs(key: u32, parts: &[crate::config::source::PartitionPart]) -> Vec<String> {
+    parts
+        .iter()
+        .map(|p| match p {
+            crate::config::source::PartitionPart::Year => format!("year={}", key / 100),
+            crate::config::source::PartitionPart::Month => format!("month={}", key % 100),
+        })
+        .collect()
+}
+
 /// Folder of warehouse metadata under the root.
 pub const META_DIR: &str = "_ladu";
 

@@ -28,7 +28,7 @@ use parquet::schema::types::ColumnPath;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use super::{CommittedFile, Error, Result, Transaction};
+use super::{ColumnLayout, CommittedFile, Error, Result, Transaction, partition_dirs};
 
 /// Buffered bytes across all partitions above which the largest is flushed.
 pub const DEFAULT_MEMORY_BUDGET: usize = 160 * 1024 * 1024;
@@ -84,20 +84,6 @@ struct Pending {
     batches: Vec<RecordBatch>,
     rows: usize,
     bytes: usize,
-}
-
-/// What the writer should know about a table's columns.
-#[derive(Debug, Clone, Default)]
-pub struct ColumnLayout {
-    /// Columns to sort each row group by.
-    pub sort: Vec<usize>,
-    /// Columns whose values are (nearly) all distinct: no dictionary.
-    pub unique: Vec<String>,
-    /// Columns with one value per delivery (row metadata).
-    pub constant: Vec<String>,
-    /// Columns whose batches hold the 16 bytes of a pseudonym
-    /// (`FixedSizeBinary(16)`), written as its 32 lowercase hex characters.
-    pub pseudonyms: Vec<usize>,
 }
 
 /// How a column's values are gathered into a row group, fastest first.
@@ -411,17 +397,6 @@ fn used_bytes(batch: &RecordBatch) -> usize {
         .iter()
         .map(|c| c.to_data().get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size()))
         .sum()
-}
-
-/// Hive folder names of a partition key, e.g. `["year=2024", "month=3"]`.
-pub fn partition_dirs(key: u32, parts: &[crate::config::source::PartitionPart]) -> Vec<String> {
-    parts
-        .iter()
-        .map(|p| match p {
-            crate::config::source::PartitionPart::Year => format!("year={}", key / 100),
-            crate::config::source::PartitionPart::Month => format!("month={}", key % 100),
-        })
-        .collect()
 }
 
 /// The 16-byte pseudonyms `rows` of `sources` as their lowercase hex text.
