@@ -51,8 +51,9 @@ impl AuditLog {
     }
 
     /// Append an entry of `kind` with `fields`; `seq`, `time`, `user`, `kind`
-    /// and `prev` are added here. Fields must never hold a raw identifier.
-    pub fn append(&self, kind: &str, fields: Map<String, Value>) -> Result<()> {
+    /// and `prev` are added here, and the entry's `seq` returned. Fields must
+    /// never hold a raw identifier.
+    pub fn append(&self, kind: &str, fields: Map<String, Value>) -> Result<u64> {
         let io = |source| Error::Io { path: self.path.clone(), source };
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
@@ -78,7 +79,7 @@ impl AuditLog {
         line.push(b'\n');
         file.write_all(&line).map_err(io)?;
         file.sync_all().map_err(io)?;
-        Ok(())
+        Ok(seq + 1)
     }
 
     /// Fail unless an entry can be appended (the log's last line is whole), so

@@ -233,7 +233,8 @@ fn write(session: &Session, query: &str, dir: &Path, settings: &Settings) -> Res
     if let Some(f) = schema.fields().iter().find(|f| !names.insert(f.name())) {
         return Err(Error::DuplicateColumn { column: f.name().clone() });
     }
-    let mut meter = RiskMeter::new(&schema, &settings.release.quasi_identifiers).map_err(write_error(dir))?;
+    let (qi, person) = quasi_identifiers(session, query, settings)?;
+    let mut meter = RiskMeter::new(&schema, qi, person).map_err(write_error(dir))?;
     let mut index = record::PseudonymIndex::new(&schema);
     let csv_path = dir.join(CSV_FILE);
     let csv_file = File::create(&csv_path).map_err(write_error(&csv_path))?;
@@ -283,6 +284,33 @@ fn write(session: &Session, query: &str, dir: &Path, settings: &Settings) -> Res
         risk: meter.finish(settings.release.min_group_size),
         files,
     })
+}
+
+/// The result's quasi-identifier columns and its person column, by lineage:
+/// a column derived in any way from a quasi-identifier of a table
+/// (`release.quasi_identifiers`; `birth_year / 10`, a `CASE` on `sex`, a
+/// renamed `county`), or whose lineage cannot be decided, is one; the person
+/// column is the first that passes a table's personal-code pseudonyms on as
+/// they are, whatever its name.
+fn quasi_identifiers(session: &Session, query: &str, settings: &Settings) -> Result<(Vec<usize>, Option<usize>)> {
+    let lineage = session.lineage(query)?;
+    let persons: std::collections::HashSet<(String, String)> = settings
+        .sources
+        .iter()
+        .flat_map(|s| {
+            s.columns.values().filter_map(move |rule| match rule {
+                crate::config::ColumnRule::Pseudonymise { kind, name, .. } if kind == crate::subject::PERSON_KIND => {
+                    Some((s.table.clone(), name.clone()))
+                }
+                _ => None,
+            })
+        })
+        .collect();
+    let qi = (0..lineage.len()).filter(|&i| lineage[i].derives_from_any(&settings.release.quasi_identifiers)).collect();
+    let person = lineage.iter().position(|l| {
+        l.plain && l.decided && l.sources.len() == 1 && l.sources.iter().all(|s| persons.contains(s))
+    });
+    Ok((qi, person))
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {

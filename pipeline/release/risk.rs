@@ -1,10 +1,12 @@
 //! Re-identification risk of a release: how many persons share each combination of the quasi-identifiers it returns.
 //!
 //! Rows are grouped by the values of the result's quasi-identifier columns
-//! (nulls form their own value). A group's size counts distinct persons when
-//! the result has a `person_id` column (a row without one counts as a person
-//! of its own), else rows. The release's `k` is its smallest group; a group
-//! smaller than the configured minimum could single a person out.
+//! (nulls form their own value). Which columns those are, and which column
+//! names the person, the release decides by lineage ([`crate::sql::lineage`]),
+//! not by name. A group's size counts distinct persons when the result has a
+//! person column (a row without one counts as a person of its own), else
+//! rows. The release's `k` is its smallest group; a group smaller than the
+//! configured minimum could single a person out.
 
 use std::collections::{HashMap, HashSet};
 
@@ -15,9 +17,6 @@ use arrow::row::{RowConverter, SortField};
 
 use super::record;
 use serde::Serialize;
-
-/// Column whose distinct values count persons.
-pub const PERSON_COLUMN: &str = "person_id";
 
 /// The measured risk of one release.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -63,13 +62,10 @@ pub struct RiskMeter {
 }
 
 impl RiskMeter {
-    /// For results of `schema`, whose columns named in `quasi_identifiers` (any case) are measured.
-    pub fn new(schema: &SchemaRef, quasi_identifiers: &[String]) -> Result<RiskMeter, ArrowError> {
-        let qi: Vec<usize> = (0..schema.fields().len())
-            .filter(|&i| quasi_identifiers.iter().any(|q| q.eq_ignore_ascii_case(schema.field(i).name())))
-            .collect();
+    /// For results of `schema`, whose columns `qi` are the quasi-identifiers
+    /// and whose column `person`, if any, holds the person's pseudonym.
+    pub fn new(schema: &SchemaRef, qi: Vec<usize>, person: Option<usize>) -> Result<RiskMeter, ArrowError> {
         let names = qi.iter().map(|&i| schema.field(i).name().clone()).collect();
-        let person = schema.index_of(PERSON_COLUMN).ok();
         let converter = if qi.is_empty() {
             None
         } else {
@@ -176,14 +172,16 @@ mod tests {
             Arc::new(Int64Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
         ];
         if person {
-            fields.push(Field::new(PERSON_COLUMN, DataType::Utf8, true));
+            fields.push(Field::new("person_id", DataType::Utf8, true));
             columns.push(Arc::new(StringArray::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())));
         }
         RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
     }
 
-    fn qi() -> Vec<String> {
-        vec!["sex".into(), "birth_year".into(), "county".into()]
+    /// The quasi-identifiers `Sex` and `birth_year`, and the person column when there is one.
+    fn meter(b: &RecordBatch) -> RiskMeter {
+        let person = b.schema().index_of("person_id").ok();
+        RiskMeter::new(&b.schema(), vec![0, 1], person).unwrap()
     }
 
     #[test]
@@ -200,7 +198,7 @@ mod tests {
                 (None, 1990, None),
             ],
         );
-        let mut m = RiskMeter::new(&b.schema(), &qi()).unwrap();
+        let mut m = meter(&b);
         m.add(&b).unwrap();
         let r = m.finish(2);
         assert_eq!(r.quasi_identifiers, ["Sex", "birth_year"]);
@@ -213,11 +211,11 @@ mod tests {
     #[test]
     fn without_person_column_rows_count_and_without_quasi_identifiers_nothing_is_measured() {
         let b = batch(false, &[(Some("M"), 1980, None), (Some("M"), 1980, None)]);
-        let mut m = RiskMeter::new(&b.schema(), &qi()).unwrap();
+        let mut m = meter(&b);
         m.add(&b).unwrap();
         let r = m.finish(2);
         assert_eq!((r.counted, r.smallest_group, r.too_high()), ("rows", Some(2), false));
-        let mut m = RiskMeter::new(&b.schema(), &["county".to_owned()]).unwrap();
+        let mut m = RiskMeter::new(&b.schema(), Vec::new(), None).unwrap();
         m.add(&b).unwrap();
         let r = m.finish(5);
         assert_eq!((r.smallest_group, r.too_high(), r.rows), (None, false, 2));
@@ -236,7 +234,7 @@ mod tests {
             let view: Vec<(Option<&str>, i64, Option<&str>)> = rows.iter().map(|(s, y, p)| (*s, *y, p.as_deref())).collect();
             let whole = batch(true, &view);
             let split = split.min(view.len());
-            let mut m = RiskMeter::new(&whole.schema(), &qi()).unwrap();
+            let mut m = meter(&whole);
             m.add(&whole.slice(0, split)).unwrap();
             m.add(&whole.slice(split, view.len() - split)).unwrap();
             let r = m.finish(3);

@@ -323,13 +323,26 @@ fn logging(
         }
     );
     let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
+    // A statement that ran has two entries, when it started and how it ended; it counts once.
+    let started = |e: &Value| e.get("outcome").and_then(Value::as_str) == Some("started");
+    let ended: std::collections::HashSet<u64> =
+        in_period.iter().filter_map(|e| e.get("started_seq").and_then(Value::as_u64)).collect();
+    let mut unfinished = 0;
     for e in in_period {
-        *counts.entry(e.get("kind").and_then(Value::as_str).unwrap_or("?")).or_default() += 1;
+        let kind = e.get("kind").and_then(Value::as_str).unwrap_or("?");
+        if kind == sql::AUDIT_KIND && started(e) {
+            if !e.get("seq").and_then(Value::as_u64).is_some_and(|s| ended.contains(&s)) {
+                unfinished += 1;
+            }
+            continue;
+        }
+        *counts.entry(kind).or_default() += 1;
     }
     let _ = writeln!(md, "| entries in the period | count |\n|---|---|");
     for (kind, what) in KINDS {
         let _ = writeln!(md, "| {what} (`{kind}`) | {} |", counts.get(kind).copied().unwrap_or(0));
     }
+    let _ = writeln!(md, "| SQL statements started and never ended (the process was killed) | {unfinished} |");
     let _ = writeln!(md);
 }
 

@@ -12,6 +12,7 @@
 //! the audit entry redacts it with [`redact`], and so must whoever prints an
 //! [`Error`] (the binary and the shell do).
 
+pub mod lineage;
 pub mod output;
 pub mod packed_sort;
 pub mod pseudonym_keys;
@@ -31,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::RecordBatch;
+use arrow::array::{ArrayRef, AsArray, RecordBatch, StringArray};
 use arrow::datatypes::SchemaRef;
 use datafusion::catalog::TableProvider;
 use datafusion::catalog::view::ViewTable;
@@ -40,6 +41,7 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::provider_as_source;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -250,7 +252,8 @@ impl Session {
     pub fn run_reading(&self, statement: &str, out: &mut Output) -> Result<(u64, Vec<String>)> {
         let format = format!("{:?}", out.format()).to_lowercase();
         let path = out.path().map(Path::to_owned);
-        self.audited(statement, &format, path.as_deref(), async |stream: SendableRecordBatchStream| {
+        let record = Record { statement, format: &format, output: path.as_deref(), announce: true };
+        self.audited(record, async |stream: SendableRecordBatchStream| {
             let mut stream = stream;
             let mut writer = out.begin(stream.schema())?;
             while let Some(batch) = stream.next().await {
@@ -263,9 +266,11 @@ impl Session {
     }
 
     /// Run one query and return its whole result, audited like [`Session::run`]:
-    /// for ladu's own aggregate queries, whose results are small.
+    /// for ladu's own aggregate queries, whose results are small and reach
+    /// no one before their entry is written.
     pub fn collect(&self, statement: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-        self.audited(statement, "arrow", None, async |stream: SendableRecordBatchStream| {
+        let record = Record { statement, format: "arrow", output: None, announce: false };
+        self.audited(record, async |stream: SendableRecordBatchStream| {
             let schema = stream.schema();
             let batches: Vec<RecordBatch> =
                 stream.try_collect().await.map_err(|e: DataFusionError| query_error(statement, e))?;
@@ -275,19 +280,25 @@ impl Session {
         .map(|(result, _)| result)
     }
 
-    /// Plan `statement`, hand its result stream to `consume`, and append the
-    /// audit entry; returns `consume`'s value and the tables read.
+    /// Plan the statement, hand its result stream to `consume`, and audit it;
+    /// returns `consume`'s value and the tables read. With `announce`, an
+    /// entry (`outcome = "started"`) is durably in the log before `consume`
+    /// sees the first row, and a failure to write it stops the statement;
+    /// every statement ends with an entry of its outcome.
     fn audited<T>(
         &self,
-        statement: &str,
-        format: &str,
-        output: Option<&Path>,
+        record: Record,
         consume: impl AsyncFnOnce(SendableRecordBatchStream) -> Result<(T, u64)>,
     ) -> Result<(T, BTreeSet<String>)> {
         let started = Instant::now();
         let mut read = BTreeSet::new();
+        let mut started_seq = None;
         let result = self.runtime.block_on(async {
-            let stream = self.execute(statement, &mut read).await?;
+            let stream = self.execute(record.statement, &mut read).await?;
+            if record.announce {
+                let entry = self.entry(&record, &read, "started", 0, None);
+                started_seq = Some(self.audit.append(AUDIT_KIND, entry)?);
+            }
             consume(stream).await
         });
         let (outcome, rows, problem) = match &result {
@@ -295,27 +306,78 @@ impl Session {
             Err(Error::Refused { reason, .. }) => ("refused", 0, Some(reason.clone())),
             Err(e) => ("error", 0, Some(e.to_string())),
         };
-        let mut fields = Map::new();
-        fields.insert("role".into(), Value::from(self.role.name.clone()));
-        fields.insert("statement".into(), Value::from(redact(statement).into_owned()));
-        fields.insert("tables".into(), Value::from(read.iter().cloned().collect::<Vec<_>>()));
-        fields.insert("rows".into(), Value::from(rows));
+        let mut fields = self.entry(&record, &read, outcome, rows, problem.as_deref());
         fields.insert("duration_ms".into(), Value::from(started.elapsed().as_millis() as u64));
-        fields.insert("outcome".into(), Value::from(outcome));
-        if let Some(p) = problem {
-            fields.insert("error".into(), Value::from(redact(&p).into_owned()));
-        }
-        fields.insert("warehouse_version".into(), Value::from(self.version));
-        fields.insert("format".into(), Value::from(format));
-        if let Some(p) = output {
-            fields.insert("output".into(), Value::from(redact(&p.display().to_string()).into_owned()));
+        if let Some(seq) = started_seq {
+            fields.insert("started_seq".into(), Value::from(seq));
         }
         self.audit.append(AUDIT_KIND, fields)?;
         result.map(|(value, _)| (value, read))
     }
 
+    /// The fields of a statement's audit entry.
+    fn entry(
+        &self,
+        record: &Record,
+        read: &BTreeSet<String>,
+        outcome: &str,
+        rows: u64,
+        problem: Option<&str>,
+    ) -> Map<String, Value> {
+        let mut fields = Map::new();
+        fields.insert("role".into(), Value::from(self.role.name.clone()));
+        fields.insert("statement".into(), Value::from(redact(record.statement).into_owned()));
+        fields.insert("tables".into(), Value::from(read.iter().cloned().collect::<Vec<_>>()));
+        fields.insert("rows".into(), Value::from(rows));
+        fields.insert("outcome".into(), Value::from(outcome));
+        if let Some(p) = problem {
+            fields.insert("error".into(), Value::from(redact(p).into_owned()));
+        }
+        fields.insert("warehouse_version".into(), Value::from(self.version));
+        fields.insert("format".into(), Value::from(record.format));
+        if let Some(p) = record.output {
+            fields.insert("output".into(), Value::from(redact(&p.display().to_string()).into_owned()));
+        }
+        fields
+    }
+
+    /// The lineage of each column of `statement`'s result ([`lineage`]),
+    /// checked and planned as [`Session::run`] would, without running it.
+    pub fn lineage(&self, statement: &str) -> Result<Vec<lineage::Lineage>> {
+        let (plan, _) = self.runtime.block_on(self.plan(statement, &mut BTreeSet::new()))?;
+        Ok(lineage::of(&plan))
+    }
+
     /// Check and plan one statement; returns its result stream.
     async fn execute(&self, statement: &str, read: &mut BTreeSet<String>) -> Result<SendableRecordBatchStream> {
+        let failed = |e: DataFusionError| query_error(statement, e);
+        let (plan, explain) = self.plan(statement, read).await?;
+        let frame = self.ctx.execute_logical_plan(plan).await.map_err(failed)?;
+        let stream = frame.execute_stream().await.map_err(failed)?;
+        if self.role.sees_everything() || !explain {
+            return Ok(stream);
+        }
+        // The plan as the role may see it: nothing of the scans beneath its restrictions.
+        let schema = stream.schema();
+        let hidden = stream.map(|batch| {
+            let batch = batch?;
+            let columns = batch
+                .columns()
+                .iter()
+                .map(|c| match c.as_string_opt::<i32>() {
+                    Some(text) => Arc::new(
+                        text.iter().map(|v| v.map(sandbox::hide_beneath_role_filters)).collect::<StringArray>(),
+                    ) as ArrayRef,
+                    None => c.clone(),
+                })
+                .collect();
+            Ok(RecordBatch::try_new(batch.schema(), columns)?)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, hidden)))
+    }
+
+    /// Check one statement and plan it; returns the plan and whether it is an `EXPLAIN`.
+    async fn plan(&self, statement: &str, read: &mut BTreeSet<String>) -> Result<(LogicalPlan, bool)> {
         // Errors quote the statement as typed: the audit entry, and whoever prints them, redact it.
         let shown = || statement.to_owned();
         let failed = |e: DataFusionError| query_error(statement, e);
@@ -325,12 +387,11 @@ impl Session {
         if let Some(reason) = sandbox::refusal(&parsed) {
             return Err(refused(reason));
         }
-        if sandbox::analyzes(&parsed) && !self.role.sees_everything() {
-            return Err(refused(format!(
-                "`EXPLAIN ANALYZE` counts rows beneath the role's restrictions, so role {} may not run it (`EXPLAIN` may)",
-                self.role.name
-            )));
+        let restricted = !self.role.sees_everything();
+        if restricted && let Some(what) = sandbox::plan_detail(&parsed) {
+            return Err(refused(format!("{what}, so role {} may not run it (plain `EXPLAIN` may)", self.role.name)));
         }
+        let explain = sandbox::explains(&parsed);
         for reference in state.resolve_table_references(&parsed).map_err(failed)? {
             let name = reference.table();
             if reference.schema().is_some_and(|s| s == "information_schema") || self.catalog.contains_key(name) {
@@ -352,9 +413,17 @@ impl Session {
         let plan = state.statement_to_plan(parsed).await.map_err(failed)?;
         sandbox::sql_options().verify_plan(&plan).map_err(|e| refused(e.strip_backtrace().to_string()))?;
         tables_read(&plan, read);
-        let frame = self.ctx.execute_logical_plan(plan).await.map_err(failed)?;
-        frame.execute_stream().await.map_err(failed)
+        Ok((plan, explain))
     }
+}
+
+/// What a statement's audit entries record besides its outcome.
+struct Record<'a> {
+    statement: &'a str,
+    format: &'a str,
+    output: Option<&'a Path>,
+    /// Write an entry before the result is consumed.
+    announce: bool,
 }
 
 /// A failed statement: DataFusion's message, with advice where there is some.

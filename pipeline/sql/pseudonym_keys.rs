@@ -25,6 +25,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
 
+use super::lineage;
 use crate::pseudonym::{pseudonym_bits, pseudonym_from_bits};
 
 /// The type of each half of a pseudonym's number as it goes through the aggregate.
@@ -44,49 +45,10 @@ impl PseudonymGroupKeys {
 
     /// Is `column` of `plan`'s output, through column references alone, a warehouse table's pseudonym column?
     fn is_pseudonym(&self, plan: &LogicalPlan, column: &Column) -> bool {
-        match plan {
-            LogicalPlan::TableScan(scan) => {
-                scan.table_name.schema() != Some("information_schema")
-                    && self.columns.contains(&(scan.table_name.table().to_owned(), column.name.clone()))
-            }
-            LogicalPlan::Projection(p) => match p.schema.index_of_column(column).map(|i| &p.expr[i]) {
-                Ok(e) => referenced(e).is_some_and(|c| self.is_pseudonym(&p.input, c)),
-                Err(_) => false,
-            },
-            LogicalPlan::SubqueryAlias(s) => match s.schema.index_of_column(column) {
-                Ok(i) => {
-                    let (qualifier, field) = s.input.schema().qualified_field(i);
-                    self.is_pseudonym(&s.input, &Column::new(qualifier.cloned(), field.name()))
-                }
-                Err(_) => false,
-            },
-            LogicalPlan::Join(j) => {
-                if j.left.schema().has_column(column) {
-                    self.is_pseudonym(&j.left, column)
-                } else {
-                    j.right.schema().has_column(column) && self.is_pseudonym(&j.right, column)
-                }
-            }
-            LogicalPlan::Filter(_)
-            | LogicalPlan::Sort(_)
-            | LogicalPlan::Limit(_)
-            | LogicalPlan::Repartition(_)
-            | LogicalPlan::Window(_) => {
-                let input = plan.inputs()[0];
-                input.schema().has_column(column) && self.is_pseudonym(input, column)
-            }
-            // Unions, values, aggregates and the rest may hold other text.
-            _ => false,
-        }
-    }
-}
-
-/// The column an expression only names (perhaps under an alias).
-fn referenced(e: &Expr) -> Option<&Column> {
-    match e {
-        Expr::Column(c) => Some(c),
-        Expr::Alias(a) => referenced(&a.expr),
-        _ => None,
+        let Ok(i) = plan.schema().index_of_column(column) else { return false };
+        lineage::of(plan).get(i).is_some_and(|l| {
+            l.plain && l.decided && !l.sources.is_empty() && l.sources.iter().all(|s| self.columns.contains(s))
+        })
     }
 }
 
@@ -110,7 +72,7 @@ impl OptimizerRule for PseudonymGroupKeys {
         let mut outputs = Vec::with_capacity(schema.fields().len());
         for (i, e) in aggregate.group_expr.iter().enumerate() {
             let (qualifier, field) = schema.qualified_field(i);
-            match referenced(e) {
+            match lineage::referenced(e) {
                 Some(c) if field.data_type() == &DataType::Utf8 && self.is_pseudonym(&aggregate.input, c) => {
                     let mut key = |half: Half| {
                         let name = format!("__ladu_pseudonym_key_{i}_{}", half.suffix());

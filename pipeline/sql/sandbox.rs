@@ -7,6 +7,7 @@
 //! factories, so a query can only name the tables ladu registered.
 
 use datafusion::common::TableReference;
+use datafusion::common::format::ExplainFormat;
 use datafusion::execution::context::SQLOptions;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::Statement;
@@ -54,6 +55,68 @@ pub fn analyzes(statement: &DfStatement) -> bool {
         DfStatement::Statement(s) => matches!(s.as_ref(), Statement::Explain { analyze: true, .. }),
         _ => false,
     }
+}
+
+/// Is `statement` an `EXPLAIN` of any kind?
+pub fn explains(statement: &DfStatement) -> bool {
+    match statement {
+        DfStatement::Explain(_) => true,
+        DfStatement::Statement(s) => matches!(s.as_ref(), Statement::Explain { .. }),
+        _ => false,
+    }
+}
+
+/// What, beyond the plain plan, an `EXPLAIN` would show: statistics
+/// (`VERBOSE`, `SHOW_STATISTICS`), every step's counts (`ANALYZE`), or the
+/// plan in a form whose scans ladu cannot hide (`FORMAT tree`, …). `None`
+/// for a plain `EXPLAIN` or no `EXPLAIN` at all.
+pub fn plan_detail(statement: &DfStatement) -> Option<&'static str> {
+    match statement {
+        DfStatement::Explain(e) => {
+            let o = &e.options;
+            if o.analyze {
+                Some("`EXPLAIN ANALYZE` counts rows beneath the role's restrictions")
+            } else if o.verbose || o.show_statistics == Some(true) {
+                Some("`EXPLAIN VERBOSE` and `(COSTS)` show statistics of rows beneath the role's restrictions")
+            } else if o.format.as_ref().is_some_and(|f| *f != ExplainFormat::Indent) {
+                Some("`EXPLAIN FORMAT` other than `indent` shows the scans beneath the role's restrictions")
+            } else {
+                plan_detail(&e.statement)
+            }
+        }
+        DfStatement::Statement(s) if matches!(s.as_ref(), Statement::Explain { .. }) => {
+            Some("this form of `EXPLAIN` shows more than the plain plan")
+        }
+        _ => None,
+    }
+}
+
+/// A plain `EXPLAIN`'s plan text with everything beneath each `RoleFilterExec`
+/// (the files a scan opens, their number, the newest-version step) left out:
+/// for a role that may not learn of rows it cannot read.
+pub fn hide_beneath_role_filters(plan: &str) -> String {
+    let mut out = String::with_capacity(plan.len());
+    let mut hiding: Option<usize> = None;
+    for line in plan.lines() {
+        let indent = line.len() - line.trim_start().len();
+        if let Some(depth) = hiding {
+            if indent > depth {
+                continue;
+            }
+            hiding = None;
+        }
+        out.push_str(line);
+        out.push('\n');
+        if line.trim_start().starts_with("RoleFilterExec") {
+            hiding = Some(indent);
+            out.push_str(&" ".repeat(indent + 2));
+            out.push_str("(the table as the role sees it: what lies beneath is not shown)\n");
+        }
+    }
+    if !plan.ends_with('\n') {
+        out.pop();
+    }
+    out
 }
 
 /// The first two words of a statement, upper-cased, naming its kind.
@@ -118,6 +181,34 @@ mod tests {
         assert!(analyzes(&parse("EXPLAIN ANALYZE VERBOSE SELECT 1")));
         assert!(!analyzes(&parse("EXPLAIN SELECT 1")));
         assert!(!analyzes(&parse("SELECT 1")));
+    }
+
+    #[test]
+    fn explain_forms_beyond_the_plain_plan_are_told_apart() {
+        let parse = |sql| DFParser::parse_sql(sql).unwrap().pop_front().unwrap();
+        assert_eq!(plan_detail(&parse("EXPLAIN SELECT 1")), None);
+        assert_eq!(plan_detail(&parse("EXPLAIN FORMAT indent SELECT 1")), None);
+        assert_eq!(plan_detail(&parse("SELECT 1")), None);
+        for sql in [
+            "EXPLAIN VERBOSE SELECT 1",
+            "EXPLAIN ANALYZE SELECT 1",
+            "EXPLAIN FORMAT tree SELECT 1",
+            "EXPLAIN FORMAT graphviz SELECT 1",
+            "EXPLAIN FORMAT pgjson SELECT 1",
+            "EXPLAIN (COSTS TRUE) SELECT 1",
+            "EXPLAIN (COSTS) SELECT 1",
+        ] {
+            assert!(plan_detail(&parse(sql)).is_some(), "{sql}");
+            assert!(explains(&parse(sql)), "{sql}");
+        }
+    }
+
+    #[test]
+    fn what_lies_beneath_a_role_filter_is_hidden() {
+        let plan = "ProjectionExec: expr=[a]\n  AggregateExec: mode=Final\n    RoleFilterExec: role=p, columns=[a]\n      DataSourceExec: file_groups={2 groups: [[t/year=2024/part-1.parquet]]}\n        Other\n    SortExec\n";
+        let hidden = hide_beneath_role_filters(plan);
+        assert!(!hidden.contains("DataSourceExec") && !hidden.contains("part-1") && !hidden.contains("Other"), "{hidden}");
+        assert!(hidden.contains("    RoleFilterExec") && hidden.contains("    SortExec"), "{hidden}");
     }
 
     #[test]
