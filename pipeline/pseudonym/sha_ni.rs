@@ -104,18 +104,53 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// The processor's SHA extensions, asked directly rather than through [`available`].
+    fn processor_has_them() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("sha")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// Says which path the tests below exercise; in CI, a processor with
+    /// the extensions must have its fast path tested.
+    #[test]
+    fn the_fast_path_is_tested_where_the_processor_has_it() {
+        let has = processor_has_them();
+        eprintln!(
+            "SHA extensions: {}; the two-lane compression tested: {}",
+            if has { "present" } else { "absent" },
+            if available() { "the SHA-NI path" } else { "NOT the SHA-NI path (only sha2's, compared with itself)" }
+        );
+        if std::env::var("CI").is_ok_and(|v| v == "true") && has {
+            assert!(available(), "the processor has the SHA extensions, but the fast path would not run");
+        }
+    }
+
     proptest! {
+        /// The SHA-NI compression itself (not the dispatch, which on a
+        /// processor without the extensions is sha2 compared with sha2).
         #[test]
         fn agrees_with_sha2(a in any::<[u32; 8]>(), b in any::<[u32; 8]>(),
                             x in prop::collection::vec(any::<u8>(), 64), y in prop::collection::vec(any::<u8>(), 64)) {
             let (x, y): ([u8; 64], [u8; 64]) = (x.try_into().unwrap(), y.try_into().unwrap());
-            let (mut a2, mut b2) = (a, b);
-            compress2([&mut a2, &mut b2], [&x, &y]);
             let (mut a1, mut b1) = (a, b);
             sha2::block_api::compress256(&mut a1, &[x]);
             sha2::block_api::compress256(&mut b1, &[y]);
-            prop_assert_eq!(a2, a1);
-            prop_assert_eq!(b2, b1);
+            let (mut a2, mut b2) = (a, b);
+            compress2([&mut a2, &mut b2], [&x, &y]);
+            prop_assert_eq!((a2, b2), (a1, b1));
+            #[cfg(target_arch = "x86_64")]
+            if available() {
+                let (mut a3, mut b3) = (a, b);
+                // SAFETY: the processor has the features the function is compiled for.
+                unsafe { compress2_ni([&mut a3, &mut b3], [&x, &y]) };
+                prop_assert_eq!((a3, b3), (a1, b1));
+            }
         }
     }
 }

@@ -64,7 +64,10 @@ impl Release {
         };
         for entry in std::fs::read_dir(&releases).map_err(io(&releases))? {
             let entry = entry.map_err(io(&releases))?;
-            if entry.file_name().to_string_lossy().ends_with(".partial") {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // Only `.<release>.partial`, as `begin` names them: nothing else is ladu's to remove.
+            let partial = name.strip_prefix('.').and_then(|n| n.strip_suffix(".partial")).and_then(release_name);
+            if partial.is_some() {
                 tracing::warn!(folder = %entry.path().display(), "removing a release a failed publish left");
                 std::fs::remove_dir_all(entry.path()).map_err(io(&entry.path()))?;
             }
@@ -139,19 +142,26 @@ impl Drop for Release {
     }
 }
 
-/// The releases in `releases`, as (date, number): `2026-11-23` is number 1, `2026-11-23.2` number 2.
+/// A release's name as (date, number): `2026-11-23` is number 1, `2026-11-23.2` number 2; `None` for any other name.
+fn release_name(name: &str) -> Option<(String, u32)> {
+    let (date, n) = match name.split_once('.') {
+        Some((date, n)) => (date, n.parse::<u32>().ok().filter(|n| *n >= 2)?),
+        None => (name, 1),
+    };
+    chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").ok().filter(|_| date.len() == 10)?;
+    Some((date.to_owned(), n))
+}
+
+/// The releases in `releases` (folders named as ladu names releases), as (date, number).
 fn release_names(releases: &Path) -> Result<Vec<(String, u32)>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(releases).map_err(io(releases))? {
         let entry = entry.map_err(io(releases))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || !entry.path().is_dir() {
+        if !entry.path().is_dir() || entry.path().is_symlink() {
             continue;
         }
-        found.push(match name.split_once('.') {
-            Some((date, n)) => (date.to_owned(), n.parse().unwrap_or(0)),
-            None => (name, 1),
-        });
+        found.extend(release_name(&name));
     }
     found.sort();
     Ok(found)

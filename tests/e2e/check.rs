@@ -36,7 +36,7 @@ fn check_names_every_problem() {
     for (what, needle) in [
         ("damaged file", format!("{}: committed file differs from the manifest", damaged.display())),
         ("deleted file", format!("{}: committed file cannot be read", deleted.display())),
-        ("stray file", format!("{}: a data file the manifest does not name", stray.display())),
+        ("stray file", format!("{}: a file no committed warehouse version accounts for", stray.display())),
         ("site file", "index.html: differs from".to_owned()),
         ("audit entry", "does not match its hash (it was edited)".to_owned()),
         ("key", "is not the warehouse's".to_owned()),

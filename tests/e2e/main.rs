@@ -6,6 +6,7 @@ mod util;
 
 mod check;
 mod crash;
+mod hardening;
 mod ingest;
 mod keys;
 mod open_data;

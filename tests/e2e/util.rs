@@ -220,6 +220,11 @@ pub fn py_output(script: &str, args: &[&str]) -> Output {
         .expect("run python")
 }
 
+/// Running in CI (`CI=true`), where a test whose tool is missing fails instead of skipping.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
