@@ -42,7 +42,7 @@ fn release_records(root: &Path, audit: &AuditLog, f: &mut Findings) {
     };
     for entry in &entries {
         if let Err(problem) = crate::release::record::checked_pseudonyms(root, entry) {
-            f.problems.push(problem);
+            f.problems.push(problem.to_string());
         }
     }
     f.checked.push(("records of releases to recipients".into(), entries.len() as u64));

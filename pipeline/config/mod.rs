@@ -350,13 +350,26 @@ impl Settings {
     }
 }
 
+/// Why `sql.memory_limit` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum MemoryLimitError {
+    #[error("`{0}` is not a share between 0% and 100%")]
+    Share(String),
+    #[error("unknown unit `{0}`: use B, KiB, MiB, GiB, TiB or a share such as 50%")]
+    Unit(String),
+    #[error("`{0}` is below the minimum of 4MiB")]
+    TooSmall(String),
+    #[error("`{0}` is not a size such as 4GiB or 50%")]
+    NotASize(String),
+}
+
 /// `"60%"` (of the machine's memory) or a size such as `"4GiB"`, `"512MiB"`, `"1000000"` bytes.
-fn parse_memory_limit(text: &str) -> Result<u64, String> {
+fn parse_memory_limit(text: &str) -> Result<u64, MemoryLimitError> {
     let t = text.trim();
     if let Some(pct) = t.strip_suffix('%') {
         return match pct.trim().parse::<f64>() {
             Ok(p) if p > 0.0 && p <= 100.0 => Ok(share_of_memory(p / 100.0)),
-            _ => Err(format!("`{text}` is not a share between 0% and 100%")),
+            _ => Err(MemoryLimitError::Share(text.to_owned())),
         };
     }
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -367,12 +380,12 @@ fn parse_memory_limit(text: &str) -> Result<u64, String> {
         "MiB" => 1 << 20,
         "GiB" => 1 << 30,
         "TiB" => 1 << 40,
-        other => return Err(format!("unknown unit `{other}`: use B, KiB, MiB, GiB, TiB or a share such as 50%")),
+        other => return Err(MemoryLimitError::Unit(other.to_owned())),
     };
     match number.parse::<u64>().ok().and_then(|n| n.checked_mul(unit_bytes)) {
         Some(bytes) if bytes >= 4 << 20 => Ok(bytes),
-        Some(_) => Err(format!("`{text}` is below the minimum of 4MiB")),
-        None => Err(format!("`{text}` is not a size such as 4GiB or 50%")),
+        Some(_) => Err(MemoryLimitError::TooSmall(text.to_owned())),
+        None => Err(MemoryLimitError::NotASize(text.to_owned())),
     }
 }
 

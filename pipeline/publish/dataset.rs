@@ -174,7 +174,10 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Dataset>, Error> {
         let text = std::fs::read_to_string(&meta_path)
             .map_err(|e| bad(format!("cannot read it ({e}): every dataset's query needs its metadata beside it")))?;
         let meta: Meta = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        check_meta(&meta).map_err(bad)?;
+        let problems = check_meta(&meta);
+        if !problems.is_empty() {
+            return Err(bad(problems.join("; ")));
+        }
         datasets.push(Dataset { name: query.name.clone(), query, meta_path, meta });
     }
     for (i, a) in datasets.iter().enumerate() {
@@ -200,7 +203,8 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Dataset>, Error> {
     Ok(datasets)
 }
 
-fn check_meta(meta: &Meta) -> Result<(), String> {
+/// What is wrong with a dataset's metadata (nothing: empty).
+fn check_meta(meta: &Meta) -> Vec<String> {
     let mut problems = Vec::new();
     let count = |role| meta.columns.values().filter(|c| c.role == role).count();
     if count(Role::Persons) != 1 {
@@ -228,5 +232,5 @@ fn check_meta(meta: &Meta) -> Result<(), String> {
     if !meta.licence.url.contains("://") {
         problems.push("licence.url must be an absolute URL".to_owned());
     }
-    if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
+    problems
 }

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray};
 use arrow::compute::{cast, concat_batches, nullif};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::error::ArrowError;
 use serde_json::{Map, Value};
 
 use crate::audit::AuditLog;
@@ -50,6 +51,14 @@ pub enum Error {
     },
     #[error("open dataset {name}: {message}")]
     Invalid { name: String, message: String },
+    #[error("open dataset {name}: {column}: {source}")]
+    Column {
+        name: String,
+        /// The column, or `the result` for the whole of it.
+        column: String,
+        #[source]
+        source: arrow::error::ArrowError,
+    },
     #[error("open dataset {name} cannot be published safely: {source}")]
     Disclosure {
         name: String,
@@ -131,8 +140,11 @@ pub fn run(settings: &Settings, audit: &AuditLog, progress: bool) -> Result<Summ
             Err(source) => return Err(Error::Query { name: d.name.clone(), source }),
         };
         d.check_schema(&schema)?;
-        let batch =
-            plain_types(&schema, &batches).map_err(|message| Error::Invalid { name: d.name.clone(), message })?;
+        let batch = plain_types(&schema, &batches).map_err(|(column, source)| Error::Column {
+            name: d.name.clone(),
+            column,
+            source,
+        })?;
         refuse_pseudonyms(&d, &batch)?;
         computed.push(batch);
         ready.push(d);
@@ -178,8 +190,9 @@ pub fn run(settings: &Settings, audit: &AuditLog, progress: bool) -> Result<Summ
 }
 
 /// One batch, with string views as plain strings (what every reader of CSV, JSON and Parquet expects).
-fn plain_types(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch, String> {
-    let batch = concat_batches(schema, batches).map_err(|e| e.to_string())?;
+fn plain_types(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch, (String, ArrowError)> {
+    let whole = |e| ("the result".to_owned(), e);
+    let batch = concat_batches(schema, batches).map_err(whole)?;
     let mut fields = Vec::with_capacity(schema.fields().len());
     let mut columns = Vec::with_capacity(schema.fields().len());
     for (f, c) in schema.fields().iter().zip(batch.columns()) {
@@ -187,10 +200,10 @@ fn plain_types(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatc
             DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
             other => other.clone(),
         };
-        columns.push(cast(c, &t).map_err(|e| e.to_string())?);
+        columns.push(cast(c, &t).map_err(|e| (f.name().clone(), e))?);
         fields.push(Field::new(f.name(), t, true));
     }
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| e.to_string())
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(whole)
 }
 
 /// Refuse a dataset holding a value shaped like a pseudonym (32 lower-case hex digits), alone or inside text.
@@ -214,7 +227,11 @@ fn refuse_pseudonyms(d: &Dataset, batch: &RecordBatch) -> Result<()> {
 fn protect(datasets: &[Dataset], batches: Vec<RecordBatch>, threshold: u64) -> Result<Vec<Table>> {
     let mut cells = Vec::with_capacity(datasets.len());
     for (d, batch) in datasets.iter().zip(&batches) {
-        cells.push(cells_of(d, batch).map_err(|message| Error::Invalid { name: d.name.clone(), message })?);
+        cells.push(cells_of(d, batch).map_err(|(column, source)| Error::Column {
+            name: d.name.clone(),
+            column,
+            source,
+        })?);
     }
     let mut states: Vec<Vec<Suppression>> = vec![Vec::new(); datasets.len()];
     let universes: BTreeSet<&str> = datasets.iter().map(|d| d.meta.universe.as_str()).collect();
@@ -241,11 +258,11 @@ fn protect(datasets: &[Dataset], batches: Vec<RecordBatch>, threshold: u64) -> R
 }
 
 /// A dataset's cells: its dimensions as text, and its persons count.
-fn cells_of(d: &Dataset, batch: &RecordBatch) -> Result<Vec<Cell>, String> {
+fn cells_of(d: &Dataset, batch: &RecordBatch) -> Result<Vec<Cell>, (String, ArrowError)> {
     let schema = batch.schema();
-    let column = |name: &str, t: &DataType| -> Result<ArrayRef, String> {
-        let i = schema.index_of(name).map_err(|e| e.to_string())?;
-        cast(batch.column(i), t).map_err(|e| format!("column {name}: {e}"))
+    let column = |name: &str, t: &DataType| -> Result<ArrayRef, (String, ArrowError)> {
+        let i = schema.index_of(name).map_err(|e| (name.to_owned(), e))?;
+        cast(batch.column(i), t).map_err(|e| (name.to_owned(), e))
     };
     let dims = d.dimensions().iter().map(|n| column(n, &DataType::Utf8)).collect::<Result<Vec<_>, _>>()?;
     let dims: Vec<&StringArray> = dims.iter().map(|a| a.as_any().downcast_ref().expect("cast to Utf8")).collect();

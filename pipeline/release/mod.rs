@@ -253,7 +253,7 @@ fn write(session: &Session, query: &str, dir: &Path, settings: &Settings) -> Res
             for batch in reader {
                 let batch = batch.map_err(write_error(&parquet_path))?;
                 meter.add(&batch).map_err(write_error(&parquet_path))?;
-                index.add(&batch).map_err(|column| Error::MixedPseudonyms { column })?;
+                index.add(&batch).map_err(|m| Error::MixedPseudonyms { column: m.column })?;
                 if batches.send(batch).is_err() {
                     break; // The CSV writer failed: its error is reported below.
                 }
@@ -307,9 +307,9 @@ fn quasi_identifiers(session: &Session, query: &str, settings: &Settings) -> Res
         })
         .collect();
     let qi = (0..lineage.len()).filter(|&i| lineage[i].derives_from_any(&settings.release.quasi_identifiers)).collect();
-    let person = lineage.iter().position(|l| {
-        l.plain && l.decided && l.sources.len() == 1 && l.sources.iter().all(|s| persons.contains(s))
-    });
+    let person = lineage
+        .iter()
+        .position(|l| l.plain && l.decided && l.sources.len() == 1 && l.sources.iter().all(|s| persons.contains(s)));
     Ok((qi, person))
 }
 

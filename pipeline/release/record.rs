@@ -82,9 +82,10 @@ impl PseudonymIndex {
 
     /// Take in a batch; `Err(column)` when a column mixes pseudonyms with other text
     /// or embeds them in it (such a column could not be searched for a person).
-    pub fn add(&mut self, batch: &RecordBatch) -> Result<(), String> {
+    pub fn add(&mut self, batch: &RecordBatch) -> Result<(), Mixed> {
         for (&i, (name, state)) in self.positions.iter().zip(&mut self.columns) {
-            let values = arrow::compute::cast(batch.column(i), &DataType::Utf8).map_err(|_| name.clone())?;
+            let mixed = || Mixed { column: name.clone() };
+            let values = arrow::compute::cast(batch.column(i), &DataType::Utf8).map_err(|_| mixed())?;
             for v in values.as_string::<i32>().iter().flatten() {
                 match (pseudonym_bits(v), &mut *state) {
                     (Some(bits), Column::Empty) => *state = Column::Pseudonyms(vec![bits], 0),
@@ -92,7 +93,7 @@ impl PseudonymIndex {
                     (None, Column::Empty | Column::Text) if !crate::pseudonym::contains_pseudonym(v.as_bytes()) => {
                         *state = Column::Text
                     }
-                    _ => return Err(name.clone()),
+                    _ => return Err(mixed()),
                 }
             }
             // A person's pseudonym repeats on each of their rows: keep memory to the distinct ones.
@@ -163,18 +164,45 @@ pub fn holds(path: &Path, pseudonym: &str) -> Result<bool, parquet::errors::Parq
 
 /// The pseudonyms file of the release an audit entry names, once its
 /// checksum is found equal to the entry's; else what is wrong with it.
-pub fn checked_pseudonyms(warehouse: &Path, entry: &Value) -> Result<PathBuf, String> {
-    let id = entry.get("release").and_then(Value::as_str).unwrap_or_default();
-    let path = dir(warehouse).join(id).join(PSEUDONYMS_FILE);
-    let (sha256, _) = crate::warehouse::writer::hash_file(&path)
-        .map_err(|e| format!("{}: the record of release {id} cannot be read: {e}", path.display()))?;
+pub fn checked_pseudonyms(warehouse: &Path, entry: &Value) -> Result<PathBuf, RecordError> {
+    let id = entry.get("release").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let path = dir(warehouse).join(&id).join(PSEUDONYMS_FILE);
+    let (sha256, _) = match crate::warehouse::writer::hash_file(&path) {
+        Ok(hashed) => hashed,
+        Err(source) => return Err(RecordError::Unreadable { path, id, source }),
+    };
     if entry.get("record_sha256").and_then(Value::as_str) != Some(sha256.as_str()) {
-        return Err(format!(
-            "{}: the record of release {id} differs from the checksum in the audit log",
-            path.display()
-        ));
+        return Err(RecordError::Differs { path, id });
     }
     Ok(path)
+}
+
+/// A column that mixes pseudonyms with other text, or embeds them in it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("column `{column}` mixes pseudonyms with other text")]
+pub struct Mixed {
+    pub column: String,
+}
+
+/// Why ladu's record of a release cannot be trusted.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("{path}: the record of release {id} cannot be read: {source}")]
+    Unreadable {
+        path: PathBuf,
+        id: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: the record of release {id} differs from the checksum in the audit log")]
+    Differs { path: PathBuf, id: String },
+    #[error("{path}: the record of release {id} cannot be searched: {source}")]
+    Unsearchable {
+        path: PathBuf,
+        id: String,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
 }
 
 /// The audit log's entries of delivered releases, oldest first.
@@ -212,7 +240,7 @@ mod tests {
 
         for mixed in [[Some(P), Some("J06")], [Some("J06"), Some(P)], [Some("x"), Some(&format!("id {P}"))]] {
             let mut ix = PseudonymIndex::new(&batch(&[]).schema());
-            assert_eq!(ix.add(&batch(&mixed)), Err("c".to_owned()), "{mixed:?}");
+            assert_eq!(ix.add(&batch(&mixed)), Err(Mixed { column: "c".to_owned() }), "{mixed:?}");
         }
     }
 

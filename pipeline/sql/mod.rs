@@ -41,12 +41,12 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::provider_as_source;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, col, lit};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{Map, Value};
@@ -67,16 +67,30 @@ pub const AUDIT_KIND: &str = "sql";
 pub enum Error {
     #[error(transparent)]
     Warehouse(#[from] crate::warehouse::Error),
-    #[error("cannot read the warehouse's table {table}: {message}")]
-    Table { table: String, message: String },
+    #[error("cannot read the warehouse's table {table}: {source}")]
+    Table {
+        table: String,
+        #[source]
+        source: DataFusionError,
+    },
+    #[error("cannot read the warehouse: {0}")]
+    Open(#[from] tables::OpenError),
     #[error(transparent)]
     Roles(#[from] roles::Error),
     #[error("view {file}: {message}")]
     View { file: PathBuf, message: String },
     #[error("refused: {reason} (`ladu sql` is read-only and reads warehouse tables and views only)\n  in: {statement}")]
     Refused { statement: String, reason: String },
-    #[error("{message}\n  in: {statement}")]
-    Query { statement: String, message: String },
+    #[error("{}{advice}\n  in: {statement}", source.strip_backtrace())]
+    Query {
+        statement: String,
+        #[source]
+        source: DataFusionError,
+        /// What the user can do about it, if there is something.
+        advice: &'static str,
+    },
+    #[error("{message}\n  in: {command}")]
+    Command { command: String, message: String },
     #[error("table `{table}` has no committed data yet: ingest a delivery of it first\n  in: {statement}")]
     NoData { table: String, statement: String },
     #[error(transparent)]
@@ -184,8 +198,7 @@ impl Session {
             .map_err(|e| Error::Engine(e.to_string()))?;
         let pseudonyms: HashMap<&str, Vec<&str>> =
             settings.sources.iter().map(|s| (s.table.as_str(), s.pseudonym_columns().collect())).collect();
-        let committed = tables::committed_tables(root, &manifest, &pseudonyms)
-            .map_err(|message| Error::Table { table: root.display().to_string(), message })?;
+        let committed = tables::committed_tables(root, &manifest, &pseudonyms)?;
         let committed: BTreeMap<String, Arc<tables::CommittedTable>> =
             committed.into_iter().map(|(n, t)| (n, Arc::new(t))).collect();
         let ctx = new_context(settings)?;
@@ -207,11 +220,11 @@ impl Session {
         let mut waiting = BTreeMap::new();
         for (name, description, readable) in views::load(&runtime, &ctx, full.as_ref(), &dir, &empty)? {
             match readable {
-                Ok(true) => {
+                views::Readable::Yes => {
                     catalog.insert(name.clone(), (Kind::View, description));
                 }
-                Ok(false) => {}
-                Err(table) => {
+                views::Readable::No => {}
+                views::Readable::Waiting(table) => {
                     waiting.insert(name.clone(), table);
                 }
             }
@@ -428,11 +441,13 @@ struct Record<'a> {
 
 /// A failed statement: DataFusion's message, with advice where there is some.
 fn query_error(statement: &str, e: DataFusionError) -> Error {
-    let mut message = e.strip_backtrace().to_string();
-    if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)) {
-        message.push_str("\n  (the query needs more memory than `sql.memory_limit` allows; raise it in the config)");
-    }
-    Error::Query { statement: statement.to_owned(), message }
+    let advice = match e.find_root() {
+        DataFusionError::ResourcesExhausted(_) => {
+            "\n  (the query needs more memory than `sql.memory_limit` allows; raise it in the config)"
+        }
+        _ => "",
+    };
+    Error::Query { statement: statement.to_owned(), source: e, advice }
 }
 
 /// The newest manifest, and the role called `name` (the default role when `None`) of the roles file.
@@ -473,7 +488,7 @@ async fn find_superseded(
         if tables::has_versions(&table.schema()) {
             let s = versions::load_or_compute(ctx, root, version, name, table.clone())
                 .await
-                .map_err(|e| Error::Table { table: name.clone(), message: e.strip_backtrace().to_string() })?;
+                .map_err(|source| Error::Table { table: name.clone(), source })?;
             found.insert(name.clone(), s);
         }
     }
@@ -510,7 +525,7 @@ fn register_tables(
         let schema = table.schema();
         let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
         let Access::Visible { hidden_columns, condition } = role.access(name, &columns) else { continue };
-        let table_error = |e: DataFusionError| Error::Table { table: name.clone(), message: e.to_string() };
+        let table_error = |source: DataFusionError| Error::Table { table: name.clone(), source };
         let condition = match condition {
             None => None,
             Some(c) => Some(condition_expr(ctx, schema.clone(), &c).map_err(|e| {

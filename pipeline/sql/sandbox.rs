@@ -207,7 +207,10 @@ mod tests {
     fn what_lies_beneath_a_role_filter_is_hidden() {
         let plan = "ProjectionExec: expr=[a]\n  AggregateExec: mode=Final\n    RoleFilterExec: role=p, columns=[a]\n      DataSourceExec: file_groups={2 groups: [[t/year=2024/part-1.parquet]]}\n        Other\n    SortExec\n";
         let hidden = hide_beneath_role_filters(plan);
-        assert!(!hidden.contains("DataSourceExec") && !hidden.contains("part-1") && !hidden.contains("Other"), "{hidden}");
+        assert!(
+            !hidden.contains("DataSourceExec") && !hidden.contains("part-1") && !hidden.contains("Other"),
+            "{hidden}"
+        );
         assert!(hidden.contains("    RoleFilterExec") && hidden.contains("    SortExec"), "{hidden}");
     }
 

@@ -90,8 +90,8 @@ fn run_item(session: &Session, item: &Item, out: &mut Output) -> Result<bool> {
                 }
                 (Some("\\d"), None, _) => list_tables(session, out).map(|_| true),
                 (Some("\\d"), Some(name), None) => list_columns(session, name, out).map(|_| true),
-                _ => Err(Error::Query {
-                    statement: c.clone(),
+                _ => Err(Error::Command {
+                    command: c.clone(),
                     message: format!("unknown command; the commands are:\n{HELP}"),
                 }),
             }
@@ -113,8 +113,8 @@ fn list_tables(session: &Session, out: &mut Output) -> Result<()> {
 }
 
 fn list_columns(session: &Session, name: &str, out: &mut Output) -> Result<()> {
-    let schema = session.columns(name).ok_or_else(|| Error::Query {
-        statement: format!("\\d {name}"),
+    let schema = session.columns(name).ok_or_else(|| Error::Command {
+        command: format!("\\d {name}"),
         message: format!("no table or view `{name}` that role {} can read; `\\d` lists them", session.role().name),
     })?;
     let fields = schema.fields();

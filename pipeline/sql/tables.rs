@@ -49,6 +49,33 @@ pub struct CommittedTable {
     files: Vec<(CommittedFile, Vec<i32>)>,
 }
 
+/// Why a committed table cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open {path}: {source}")]
+    File {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the footer of {path}: {source}")]
+    Footer {
+        path: std::path::PathBuf,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    #[error("the files of table {table} disagree on a column: {source}")]
+    Disagree {
+        table: String,
+        #[source]
+        source: arrow::error::ArrowError,
+    },
+    #[error("table {table} has a file column named like its partition column {column}")]
+    PartitionClash { table: String, column: String },
+    #[error("manifest entry {file} has no numeric value for partition column {column}")]
+    PartitionValue { file: String, column: String },
+}
+
 impl CommittedTable {
     /// The table as committed: its schema is the merge of its files' schemas.
     /// String columns are read as views, which DataFusion handles fastest for
@@ -60,13 +87,13 @@ impl CommittedTable {
         name: &str,
         table: &manifest::Table,
         pseudonyms: &[&str],
-    ) -> Result<CommittedTable, String> {
+    ) -> Result<CommittedTable, OpenError> {
         let mut schemas = Vec::with_capacity(table.files.len());
         for f in &table.files {
             let path = root.join(&f.path);
-            let file = std::fs::File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            let file = std::fs::File::open(&path).map_err(|source| OpenError::File { path: path.clone(), source })?;
             let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-                .map_err(|e| format!("cannot read the footer of {}: {e}", path.display()))?;
+                .map_err(|source| OpenError::Footer { path: path.clone(), source })?;
             let fields: Vec<Field> = builder
                 .schema()
                 .fields()
@@ -83,12 +110,12 @@ impl CommittedTable {
             schemas.push(Schema::new(fields));
         }
         let file_schema = Arc::new(
-            Schema::try_merge(schemas).map_err(|e| format!("the files of table {name} disagree on a column: {e}"))?,
+            Schema::try_merge(schemas).map_err(|source| OpenError::Disagree { table: name.to_owned(), source })?,
         );
         let partition_fields: Vec<FieldRef> =
             table.partition_columns.iter().map(|c| Arc::new(Field::new(c, DataType::Int32, false))).collect();
         if let Some(clash) = partition_fields.iter().find(|p| file_schema.field_with_name(p.name()).is_ok()) {
-            return Err(format!("table {name} has a file column named like its partition column {}", clash.name()));
+            return Err(OpenError::PartitionClash { table: name.to_owned(), column: clash.name().clone() });
         }
         let mut fields: Vec<FieldRef> = file_schema.fields().iter().cloned().collect();
         fields.extend(partition_fields.iter().cloned());
@@ -98,15 +125,16 @@ impl CommittedTable {
                 .partition_columns
                 .iter()
                 .map(|c| {
-                    f.partition.get(c).and_then(|v| v.parse::<i32>().ok()).ok_or_else(|| {
-                        format!("manifest entry {} has no numeric value for partition column {c}", f.path)
-                    })
+                    f.partition
+                        .get(c)
+                        .and_then(|v| v.parse::<i32>().ok())
+                        .ok_or_else(|| OpenError::PartitionValue { file: f.path.clone(), column: c.clone() })
                 })
-                .collect::<Result<Vec<i32>, String>>()?;
+                .collect::<Result<Vec<i32>, OpenError>>()?;
             files.push((f.clone(), values));
         }
         // DataFusion's object store names files by absolute path.
-        let root = std::path::absolute(root).map_err(|e| format!("cannot resolve {}: {e}", root.display()))?;
+        let root = std::path::absolute(root).map_err(|source| OpenError::File { path: root.to_owned(), source })?;
         Ok(CommittedTable { root, schema: Arc::new(Schema::new(fields)), file_schema, partition_fields, files })
     }
 
@@ -260,7 +288,7 @@ pub fn committed_tables(
     root: &Path,
     m: &manifest::Manifest,
     pseudonyms: &HashMap<&str, Vec<&str>>,
-) -> Result<BTreeMap<String, CommittedTable>, String> {
+) -> Result<BTreeMap<String, CommittedTable>, OpenError> {
     m.tables
         .iter()
         .filter(|(_, t)| !t.files.is_empty())

@@ -25,8 +25,10 @@ use datafusion::error::Result as DfResult;
 use datafusion::functions_aggregate::expr_fn::count;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, col, lit};
 use datafusion::prelude::SessionContext;
+use parquet::errors::ParquetError;
 
 use super::tables::{RECORD_ID, VERSION_RANK, version_rank};
+use crate::durable::{Durable, Place};
 
 /// Folder of the kept answers under the warehouse's `_ladu/`.
 pub const DIR: &str = "superseded";
@@ -184,69 +186,56 @@ fn delivery_key(b: &RecordBatch, i: usize) -> DeliveryKey {
 }
 
 /// The kept answer, if there is one.
-fn read(path: &Path) -> Result<Option<Superseded>, String> {
+fn read(path: &Path) -> Result<Option<Superseded>, ParquetError> {
     let f = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(e.into()),
     };
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
-        .and_then(|b| b.build())
-        .map_err(|e| e.to_string())?;
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)?.build()?;
     let mut s = Superseded::default();
     for b in reader {
-        let b = b.map_err(|e| e.to_string())?;
-        let b = RecordBatch::try_new(row_schema(), b.columns().to_vec()).map_err(|e| e.to_string())?;
+        let b = RecordBatch::try_new(row_schema(), b?.columns().to_vec())?;
         let lines = b.column(3);
         for i in (0..b.num_rows()).filter(|&i| lines.is_null(i)) {
             s.deliveries.insert(delivery_key(&b, i));
         }
-        let is_row = arrow::compute::is_not_null(lines).map_err(|e| e.to_string())?;
-        s.rows.push(arrow::compute::filter_record_batch(&b, &is_row).map_err(|e| e.to_string())?);
+        let is_row = arrow::compute::is_not_null(lines)?;
+        s.rows.push(arrow::compute::filter_record_batch(&b, &is_row)?);
     }
     Ok(Some(s))
 }
 
 /// Keep the answer: written aside, fsynced, linked into place (a concurrent session may win; both are equal).
-fn write(path: &Path, s: &Superseded) -> Result<(), String> {
+fn write(path: &Path, s: &Superseded) -> Result<(), ParquetError> {
     let dir = path.parent().expect("a file in a folder");
-    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    let tmp =
-        dir.join(format!(".{}.{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("x"), std::process::id()));
-    let result = (|| -> Result<(), String> {
-        let file = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
-        let mut w = parquet::arrow::ArrowWriter::try_new(file, row_schema(), None).map_err(|e| e.to_string())?;
-        let (c, d, q): (Vec<i64>, Vec<i32>, Vec<i32>) = s.deliveries.iter().copied().fold(
-            (Vec::new(), Vec::new(), Vec::new()),
-            |(mut c, mut d, mut q), (a, b, e)| {
-                c.push(a);
-                d.push(b);
-                q.push(e);
-                (c, d, q)
-            },
-        );
-        let n = c.len();
-        let whole = RecordBatch::try_new(
-            row_schema(),
-            vec![
-                Arc::new(arrow::array::Int64Array::from(c)),
-                Arc::new(arrow::array::Date32Array::from(d)),
-                Arc::new(arrow::array::Int32Array::from(q)),
-                Arc::new(arrow::array::Int64Array::new_null(n)),
-            ],
-        )
-        .map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(dir)?;
+    let (c, d, q): (Vec<i64>, Vec<i32>, Vec<i32>) =
+        s.deliveries.iter().copied().fold((Vec::new(), Vec::new(), Vec::new()), |(mut c, mut d, mut q), (a, b, e)| {
+            c.push(a);
+            d.push(b);
+            q.push(e);
+            (c, d, q)
+        });
+    let n = c.len();
+    let whole = RecordBatch::try_new(
+        row_schema(),
+        vec![
+            Arc::new(arrow::array::Int64Array::from(c)),
+            Arc::new(arrow::array::Date32Array::from(d)),
+            Arc::new(arrow::array::Int32Array::from(q)),
+            Arc::new(arrow::array::Int64Array::new_null(n)),
+        ],
+    )?;
+    let written = Durable::new(Place::New).write(path, |f| {
+        let mut w = parquet::arrow::ArrowWriter::try_new(f, row_schema(), None).map_err(std::io::Error::other)?;
         for b in std::iter::once(&whole).chain(&s.rows) {
-            w.write(b).map_err(|e| e.to_string())?;
+            w.write(b).map_err(std::io::Error::other)?;
         }
-        w.into_inner().and_then(|f| Ok(f.sync_all()?)).map_err(|e| e.to_string())?;
-        match std::fs::hard_link(&tmp, path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e.to_string()),
-        }
-        crate::warehouse::sync_dir(dir).map_err(|e| e.to_string())
-    })();
-    let _ = std::fs::remove_file(&tmp);
-    result
+        w.close().map(drop).map_err(std::io::Error::other)
+    });
+    match written {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e.into()),
+        _ => Ok(()),
+    }
 }

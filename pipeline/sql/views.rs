@@ -19,9 +19,18 @@ use super::{Error, Result, sandbox};
 /// Folder of the views under the queries folder.
 pub const DIR: &str = "views";
 
-/// A view's name, description, and whether the role can read it (`Err(table)`:
-/// left out until `table` has data).
-pub type Loaded = (String, String, Result<bool, String>);
+/// Whether a role can read a view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readable {
+    Yes,
+    /// It reads a table or column hidden from the role.
+    No,
+    /// Left out until this table has data.
+    Waiting(String),
+}
+
+/// A view's name, description, and whether the role can read it.
+pub type Loaded = (String, String, Readable);
 
 /// Register every view in `dir` in `ctx`; `full` (when the role sees less
 /// than everything) is a context with every table, where views are checked.
@@ -40,7 +49,7 @@ pub fn load(
         match runtime.block_on(register(full.unwrap_or(ctx), &view, empty)) {
             Err(Problem::NoData(table)) => {
                 tracing::debug!("view {} is left out: table {table} has no data yet", view.name);
-                loaded.push((view.name, view.description, Err(table)));
+                loaded.push((view.name, view.description, Readable::Waiting(table)));
                 continue;
             }
             Err(Problem::Bad(message)) => return Err(Error::View { file: view.path, message }),
@@ -51,7 +60,7 @@ pub fn load(
         if !readable {
             tracing::debug!("view {} reads a table or column hidden from this role", view.name);
         }
-        loaded.push((view.name, view.description, Ok(readable)));
+        loaded.push((view.name, view.description, if readable { Readable::Yes } else { Readable::No }));
     }
     Ok(loaded)
 }

@@ -42,8 +42,8 @@ pub enum Error {
     WrongKey { expected: String, given: String },
     #[error(transparent)]
     Sql(#[from] sql::Error),
-    #[error("release {release} cannot be searched for the person: {message}; restore `_ladu/releases/` from backup")]
-    Record { release: String, message: String },
+    #[error("a release cannot be searched for the person: {0}; restore `_ladu/releases/` from backup")]
+    Record(#[from] record::RecordError),
     #[error("{path} already exists: give a new file to --out (an answer is never overwritten)")]
     OutExists { path: PathBuf },
     #[error("cannot write {path}: {source}")]
@@ -218,11 +218,13 @@ fn releases_holding(settings: &Settings, key: &Key, audit: &AuditLog, pseudonym:
     for entry in record::account(audit, None)? {
         let recipient = entry.get("recipient").and_then(Value::as_str).unwrap_or_default();
         let id = entry.get("release").and_then(Value::as_str).unwrap_or_default().to_owned();
-        let path = record::checked_pseudonyms(&settings.paths.warehouse, &entry)
-            .map_err(|message| Error::Record { release: id.clone(), message })?;
+        let path = record::checked_pseudonyms(&settings.paths.warehouse, &entry)?;
         let theirs = Pseudonymiser::for_release(key, recipient).pseudonym(pseudonym.as_bytes());
-        let holds = record::holds(&path, theirs.as_str())
-            .map_err(|e| Error::Record { release: id.clone(), message: format!("{}: {e}", path.display()) })?;
+        let holds = record::holds(&path, theirs.as_str()).map_err(|source| record::RecordError::Unsearchable {
+            path: path.clone(),
+            id: id.clone(),
+            source,
+        })?;
         if holds {
             holding.push(entry);
         }

@@ -361,7 +361,7 @@ mod tests {
         let first = commit_file(&mut wh, "stats/s", b"1", &base);
         let next = wh.manifest().clone();
         let second = commit_file(&mut wh, "stats/s", b"2", &next);
-        assert_eq!(wh.manifest().replaced, [first.clone()]);
+        assert_eq!(wh.manifest().replaced, std::slice::from_ref(&first));
         assert!(!root.join(&first).exists());
         assert!(root.join(&second).exists());
         drop(wh);

@@ -46,8 +46,11 @@ fn a_warehouse_without_its_manifest_is_refused_and_nothing_is_removed() {
             match damage {
                 "unparsable" => assert!(err.contains("is damaged") && err.contains("restore"), "{command:?}: {err}"),
                 _ => assert!(
-                    err.contains(&format!("{} holds {} data file(s) but no manifest", ws.warehouse().display(), files.len()))
-                        && err.contains("damaged, not new"),
+                    err.contains(&format!(
+                        "{} holds {} data file(s) but no manifest",
+                        ws.warehouse().display(),
+                        files.len()
+                    )) && err.contains("damaged, not new"),
                     "{damage} {command:?}: {err}"
                 ),
             }
@@ -113,7 +116,8 @@ fn one_extract_date_and_sequence_is_one_delivery() {
 #[test]
 fn a_record_that_never_ends_refuses_the_delivery_at_once() {
     let ws = Workspace::new();
-    let mut body = format!("{INVOICE_HEADER}\n{}\nINV2;38001010009;90006399;\"Kliinik", invoice("INV1", "38001010009", "K"));
+    let mut body =
+        format!("{INVOICE_HEADER}\n{}\nINV2;38001010009;90006399;\"Kliinik", invoice("INV1", "38001010009", "K"));
     body.push_str(&"x\n".repeat(20 << 20));
     ws.deliver("treatment_invoices", "treatment_invoices_20240301.csv", &body);
     let mut quoted_newlines = format!("{INVOICE_HEADER}\n\"");
@@ -166,7 +170,9 @@ fn local_times_across_daylight_saving_changes() {
     let ws = Workspace::new();
     let header = "booking_id;isikukood;specialty_code;service_time;first_available_time;confirmed_at;institution_regcode;institution_name;changed_at;cancelled_at;changed_by;payer_name;payer_iban;reference_no;paid_amount;service_used";
     let row = |id: &str, service: &str| {
-        format!("{id};38001010009;E220;{service};;2025-01-10T09:00:00;90006399;Kliinik;;;;Mari Maasikas;EE382200221020145685;123;;Y")
+        format!(
+            "{id};38001010009;E220;{service};;2025-01-10T09:00:00;90006399;Kliinik;;;;Mari Maasikas;EE382200221020145685;123;;Y"
+        )
     };
     let body = [
         header.to_owned(),
@@ -178,10 +184,8 @@ fn local_times_across_daylight_saving_changes() {
     ws.deliver("waiting_list", "waiting_list_20251101.csv", body + "\n");
     let out = ws.ok(&["ingest"]);
     assert!(stdout(&out).contains("committed         3 rows, rejected 0 rows"), "{}", stdout(&out));
-    let rows = ws.sql_rows(
-        None,
-        "SELECT CAST(extract(epoch FROM service_time) AS BIGINT) AS t FROM waiting_list ORDER BY t",
-    );
+    let rows =
+        ws.sql_rows(None, "SELECT CAST(extract(epoch FROM service_time) AS BIGINT) AS t FROM waiting_list ORDER BY t");
     // PostgreSQL 15, TimeZone Europe/Tallinn: extract(epoch from '…'::timestamptz).
     assert_eq!(rows, [["1743296399"], ["1743298402"], ["1761442200"]]);
 }
@@ -201,7 +205,11 @@ fn a_restricted_roles_plans_hide_what_lies_beneath_its_restriction() {
         "EXPLAIN ANALYZE SELECT count(*) FROM treatment_invoices",
     ] {
         let out = ws.expect(&["sql", "--role", "provider:90006399", "-c", sql], 1);
-        assert!(stderr(&out).contains("refused") && stderr(&out).contains("plain `EXPLAIN` may"), "{sql}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("refused") && stderr(&out).contains("plain `EXPLAIN` may"),
+            "{sql}: {}",
+            stderr(&out)
+        );
     }
     let plan = stdout(&ws.ok(&[
         "sql",
@@ -262,9 +270,13 @@ fn release_risk_follows_lineage_and_hashes_only_redacted_text() {
     ] {
         let file = write(&ws.root().join(format!("{name}.sql")), query);
         let out = ws.root().join(name);
-        let refused = ws.expect(&["release", "--recipient", "tai", "--query", &file, "--out", out.to_str().unwrap()], 4);
+        let refused =
+            ws.expect(&["release", "--recipient", "tai", "--query", &file, "--out", out.to_str().unwrap()], 4);
         let err = stderr(&refused);
-        assert!(err.contains("release refused") && err.contains(&format!("share one combination of {qi}")), "{name}: {err}");
+        assert!(
+            err.contains("release refused") && err.contains(&format!("share one combination of {qi}")),
+            "{name}: {err}"
+        );
         assert!(err.contains("persons share"), "{name}: the renamed person column counts persons: {err}");
     }
     // A code typed into the query: the audit entry and release.json hold the redacted text and its hash.
@@ -312,7 +324,8 @@ fn codes_in_text_are_redacted_or_masked_and_pseudonyms_stay_whole() {
         ]
     );
     // Written forms in a statement are redacted in the audit log; a subject look-up's pseudonym is kept whole.
-    for typed in ["'3800101 0009'", "'380-0101-0009'", "'３８００１０１０００９'", "'38001010009' || '49403136515'"] {
+    for typed in ["'3800101 0009'", "'380-0101-0009'", "'３８００１０１０００９'", "'38001010009' || '49403136515'"]
+    {
         ws.ok(&["sql", "-c", &format!("SELECT {typed} AS x")]);
     }
     let mut subject = ws.command(&["subject", "--isikukood-file", "-"]);
@@ -347,7 +360,13 @@ fn a_statement_is_in_the_audit_log_before_its_first_row_is_shown() {
     ws.ok(&["ingest"]);
     let before = ws.audit_entries().len();
     let mut child = ws
-        .command(&["sql", "--format", "csv", "-c", "SELECT * FROM treatment_invoices_history a, (VALUES (1),(2),(3)) v(k)"])
+        .command(&[
+            "sql",
+            "--format",
+            "csv",
+            "-c",
+            "SELECT * FROM treatment_invoices_history a, (VALUES (1),(2),(3)) v(k)",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
