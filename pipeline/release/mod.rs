@@ -119,11 +119,16 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, request: &Request) 
     }
     let session =
         Session::open_for_recipient(settings, audit.clone(), ROLE, Pseudonymiser::for_release(key, &recipient.id))?;
-    let (id, record) = record::allocate(&settings.paths.warehouse).map_err(write_error(&settings.paths.warehouse))?;
     let staging = staging_dir(request.out);
+    prepare_staging(&staging)?;
+    let (id, record) = match record::allocate(&settings.paths.warehouse) {
+        Ok(allocated) => allocated,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(write_error(&settings.paths.warehouse)(e));
+        }
+    };
     let result = (|| {
-        let _ = std::fs::remove_dir_all(&staging);
-        std::fs::create_dir_all(&staging).map_err(write_error(&staging))?;
         let written = write(&session, &query, &staging, settings)?;
         let entry = Entry { id: &id, recipient: &recipient, request, query: &query, written: &written, settings };
         let (for_recipient, mut for_audit) = entry.fields(&given, session.warehouse_version());
@@ -157,6 +162,8 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, request: &Request) 
             return Err(e);
         }
     };
+    let marker = staging.join(STAGING_MARKER);
+    std::fs::remove_file(&marker).map_err(write_error(&marker))?;
     crate::durable::sync_dir(&staging).map_err(write_error(&staging))?;
     // rename(2) replaces an empty folder (`check_out` allowed only that).
     std::fs::rename(&staging, request.out).map_err(write_error(request.out))?;
@@ -198,6 +205,27 @@ fn check_out(out: &Path) -> Result<()> {
         Ok(true) => Ok(()),
         _ => Err(Error::OutExists { path: out.to_owned() }),
     }
+}
+
+/// Marks a staging folder as ladu's own, so that ladu removes no folder it did not make.
+const STAGING_MARKER: &str = ".ladu-release-partial";
+
+/// Make the staging folder, after removing one an earlier release left
+/// (which holds the marker); one without the marker is not ladu's: refused.
+fn prepare_staging(staging: &Path) -> Result<()> {
+    if staging.exists() {
+        if !staging.join(STAGING_MARKER).is_file() {
+            return Err(Error::Write {
+                path: staging.to_owned(),
+                message:
+                    "it exists and was not made by ladu: move it away (ladu removes only its own unfinished releases)"
+                        .into(),
+            });
+        }
+        std::fs::remove_dir_all(staging).map_err(write_error(staging))?;
+    }
+    std::fs::create_dir_all(staging).map_err(write_error(staging))?;
+    std::fs::write(staging.join(STAGING_MARKER), b"").map_err(write_error(staging))
 }
 
 /// `.<name>.partial` beside `out`: the release is built there and renamed into place.

@@ -5,8 +5,9 @@
 //! joins, aggregates, windows, unions, subquery aliases, CTEs and curated
 //! views; whether it is *plain* (those values themselves, passed on by
 //! column references alone); and whether it could be decided at all (a
-//! recursive query, a subquery inside an expression or an unknown node make
-//! it undecided, which a careful reader treats as "derived from anything").
+//! recursive query or an unknown node makes it undecided, which a careful
+//! reader treats as "derived from anything"). A subquery inside an
+//! expression adds its result's columns and the outer columns it reads.
 
 use std::collections::BTreeSet;
 
@@ -145,23 +146,41 @@ pub fn of(plan: &LogicalPlan) -> Vec<Lineage> {
 }
 
 /// The lineage of `expr`, evaluated over `input` whose columns' lineages are `columns`.
+/// A subquery in it adds every column of its result, and the outer columns it reads.
 fn expression(expr: &Expr, input: &LogicalPlan, columns: &[Lineage]) -> Lineage {
-    let subquery = expr
-        .exists(|e| Ok(matches!(e, Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_))))
-        .unwrap_or(true);
-    if subquery {
-        return Lineage::undecided();
-    }
-    let plain = referenced(expr).is_some();
     let schema = input.schema();
+    let of_column = |c: &datafusion::common::Column| schema.index_of_column(c).ok().and_then(|i| columns.get(i));
     let mut parts = Vec::new();
     for c in expr.column_refs() {
-        match schema.index_of_column(c).ok().and_then(|i| columns.get(i)) {
+        match of_column(c) {
             Some(l) => parts.push(l.clone()),
             None => return Lineage::undecided(),
         }
     }
-    Lineage::derived(&parts, plain)
+    let mut subqueries = Vec::new();
+    let _ = expr.apply(|e| {
+        match e {
+            Expr::ScalarSubquery(s) | Expr::Exists(datafusion::logical_expr::expr::Exists { subquery: s, .. }) => {
+                subqueries.push(s.clone())
+            }
+            Expr::InSubquery(i) => subqueries.push(i.subquery.clone()),
+            _ => {}
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    });
+    for s in &subqueries {
+        parts.extend(of(&s.subquery));
+        for outer in &s.outer_ref_columns {
+            match outer {
+                Expr::OuterReferenceColumn(_, c) => match of_column(c) {
+                    Some(l) => parts.push(l.clone()),
+                    None => return Lineage::undecided(),
+                },
+                _ => return Lineage::undecided(),
+            }
+        }
+    }
+    Lineage::derived(&parts, referenced(expr).is_some())
 }
 
 /// The column an expression only names (perhaps under an alias).
@@ -170,5 +189,100 @@ pub fn referenced(e: &Expr) -> Option<&datafusion::common::Column> {
         Expr::Column(c) => Some(c),
         Expr::Alias(a) => referenced(&a.expr),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::catalog::view::ViewTable;
+    use datafusion::datasource::MemTable;
+    use datafusion::prelude::SessionContext;
+    use std::sync::Arc;
+
+    fn context() -> SessionContext {
+        let ctx = SessionContext::new();
+        let table = |cols: &[&str]| {
+            let schema =
+                Arc::new(Schema::new(cols.iter().map(|c| Field::new(*c, DataType::Int64, true)).collect::<Vec<_>>()));
+            Arc::new(MemTable::try_new(schema, vec![vec![]]).unwrap())
+        };
+        ctx.register_table("population", table(&["person_id", "birth_year", "sex"])).unwrap();
+        ctx.register_table("invoices_history", table(&["person_id", "amount"])).unwrap();
+        ctx
+    }
+
+    /// Each output column's (plain, decided, sources as `table.column`).
+    fn trace(ctx: &SessionContext, sql: &str) -> Vec<(bool, bool, Vec<String>)> {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let plan = runtime.block_on(async { ctx.state().create_logical_plan(sql).await }).unwrap();
+        of(&plan)
+            .into_iter()
+            .map(|l| (l.plain, l.decided, l.sources.iter().map(|(t, c)| format!("{t}.{c}")).collect()))
+            .collect()
+    }
+
+    fn col(plain: bool, sources: &[&str]) -> (bool, bool, Vec<String>) {
+        (plain, true, sources.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn columns_are_traced_through_the_plan() {
+        let ctx = context();
+        assert_eq!(
+            trace(
+                &ctx,
+                "SELECT person_id AS p, birth_year / 10 AS d, CASE WHEN sex = 1 THEN 'm' END AS s, 7 AS k FROM population"
+            ),
+            [
+                col(true, &["population.person_id"]),
+                col(false, &["population.birth_year"]),
+                col(false, &["population.sex"]),
+                col(false, &[])
+            ]
+        );
+        assert_eq!(
+            trace(
+                &ctx,
+                "WITH x AS (SELECT person_id AS who FROM invoices_history) SELECT y.who, count(*) AS n FROM x y GROUP BY y.who"
+            ),
+            [col(true, &["invoices.person_id"]), col(false, &[])],
+            "a CTE, an alias, a group key; `_history` names its table"
+        );
+        assert_eq!(
+            trace(
+                &ctx,
+                "SELECT p.sex, sum(i.amount) AS s FROM population p JOIN invoices_history i USING (person_id) GROUP BY p.sex"
+            ),
+            [col(true, &["population.sex"]), col(false, &["invoices.amount"])]
+        );
+        assert_eq!(
+            trace(&ctx, "SELECT sex FROM population UNION ALL SELECT amount FROM invoices_history"),
+            [col(false, &["invoices.amount", "population.sex"])]
+        );
+        assert_eq!(
+            trace(&ctx, "SELECT (SELECT max(birth_year) FROM population q WHERE q.sex = p.sex) AS m FROM population p"),
+            [col(false, &["population.birth_year", "population.sex"])],
+            "a correlated subquery: its result and the outer column it reads"
+        );
+        assert_eq!(
+            trace(&ctx, "SELECT row_number() OVER (PARTITION BY sex ORDER BY birth_year) AS r FROM population"),
+            [col(false, &["population.birth_year", "population.sex"])]
+        );
+    }
+
+    #[test]
+    fn views_are_traced_and_recursion_is_undecided() {
+        let ctx = context();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let view = runtime
+            .block_on(async { ctx.state().create_logical_plan("SELECT birth_year AS yob FROM population").await })
+            .unwrap();
+        ctx.register_table("v", Arc::new(ViewTable::new(view, None))).unwrap();
+        assert_eq!(trace(&ctx, "SELECT yob AS y FROM v"), [col(true, &["population.birth_year"])]);
+        let recursive =
+            trace(&ctx, "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) SELECT n FROM r");
+        assert_eq!(recursive, [(false, false, vec![])]);
     }
 }

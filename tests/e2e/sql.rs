@@ -446,7 +446,10 @@ fn every_statement_is_audited_without_personal_codes() {
         "SELECT count(*) FROM population; SELECT care_type FROM treatment_invoices LIMIT 2",
     ]);
     ws.expect(&["sql", "-c", &format!("SELECT * FROM population WHERE person_id = '{code}' AND nope = 1")], 1);
-    let sql: Vec<Value> = ws.audit_entries().into_iter().filter(|e| e["kind"] == "sql").collect();
+    // Each statement that ran has an entry when it started and one when it ended; count the ends.
+    let all: Vec<Value> = ws.audit_entries().into_iter().filter(|e| e["kind"] == "sql").collect();
+    assert_eq!(all.iter().filter(|e| e["outcome"] == "started").count(), 2, "the failed one never started");
+    let sql: Vec<Value> = all.into_iter().filter(|e| e["outcome"] != "started").collect();
     assert_eq!(sql.len(), 3);
     assert_eq!(sql[0]["statement"], "SELECT count(*) FROM population");
     assert_eq!(sql[0]["tables"], serde_json::json!(["population"]));
@@ -483,7 +486,7 @@ fn audit_verify_names_the_first_bad_line_of_each_tampering() {
     let log = ws.root().join("audit/audit.jsonl");
     let orig: Vec<String> = std::fs::read_to_string(&log).unwrap().lines().map(str::to_owned).collect();
     let n = orig.len();
-    assert!(n >= 11, "7 ingests and 4 statements");
+    assert!(n >= 15, "7 ingests and 4 statements, each started and ended");
     let write =
         |lines: &[String]| std::fs::write(&log, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
     let bad_line = |expect: usize, what: &str| {
@@ -492,9 +495,10 @@ fn audit_verify_names_the_first_bad_line_of_each_tampering() {
         assert!(err.contains(&format!("line {expect}:")), "{what}: {err}");
     };
     let mut edited = orig.clone();
-    edited[8] = edited[8].replace("SELECT 1", "SELECT 9");
+    assert!(edited[9].contains("SELECT 1"), "{}", edited[9]);
+    edited[9] = edited[9].replace("SELECT 1", "SELECT 9");
     write(&edited);
-    bad_line(9, "edited");
+    bad_line(10, "edited");
     let mut deleted = orig.clone();
     deleted.remove(3);
     write(&deleted);
@@ -518,7 +522,7 @@ fn audit_verify_names_the_first_bad_line_of_each_tampering() {
     write(&orig);
     ws.ok(&["audit", "verify"]);
     let shown = stdout(&ws.ok(&["audit", "show", "--kind", "sql"]));
-    assert_eq!(shown.lines().count(), 4, "{shown}");
+    assert_eq!(shown.lines().count(), 8, "four statements, each started and ended: {shown}");
 }
 
 /// The interactive shell on a terminal: prompts, a statement over two lines, `\d`, `\q`.
@@ -576,7 +580,8 @@ fn the_interactive_shell_edits_lines_and_lists_tables() {
     stdin.write_all(b"\\q\n").unwrap();
     let status = child.wait().unwrap();
     assert!(status.success());
-    let sql: Vec<Value> = ws.audit_entries().into_iter().filter(|e| e["kind"] == "sql").collect();
+    let sql: Vec<Value> =
+        ws.audit_entries().into_iter().filter(|e| e["kind"] == "sql" && e["outcome"] != "started").collect();
     assert_eq!(sql.len(), 2, "both statements, the failed one too; the error did not end the session");
     assert_eq!(sql[0]["statement"], "SELECT 40 +\n2 AS answer");
 }
