@@ -74,6 +74,10 @@ enum Exit {
     Config = 3,
     /// Some deliveries were refused; the others were committed.
     Refused = 4,
+    /// `ladu sql`: a statement was interrupted (SIGINT, 128 + 2); it is audited as such.
+    Interrupted = 130,
+    /// `ladu sql`: a statement was terminated (SIGTERM, 128 + 15); it is audited as such.
+    Terminated = 143,
 }
 
 #[derive(Parser)]
@@ -159,9 +163,12 @@ enum Command {
         /// How results are written.
         #[arg(long, value_enum, default_value_t = sql::Format::Table)]
         format: sql::Format,
-        /// Write results to this file instead of standard output.
+        /// Write results to this new file instead of standard output.
         #[arg(long, value_name = "PATH")]
         output: Option<PathBuf>,
+        /// Replace the --output file if it exists.
+        #[arg(long, requires = "output")]
+        force: bool,
     },
     /// Compute the statistics of queries/statistics/ into the warehouse (tables `stats_<name>`).
     Stats {
@@ -348,7 +355,9 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
             sample_data(&out, sample_data::Options { rows, seed, invalid, sources: only, extract_date: date })
         }
         Command::Ingest { source, files } => ingest(config, ingest::Options { source, files, progress }),
-        Command::Sql { command, file, role, format, output } => sql(config, command, file, role, format, output),
+        Command::Sql { command, file, role, format, output, force } => {
+            sql(config, command, file, role, format, output.map(|p| (p, force)))
+        }
         Command::Run => nightly(config, progress),
         Command::Check { skip_key } => check(config, skip_key),
         Command::Stats { only } => stats(config, &only, progress),
@@ -394,12 +403,18 @@ fn sql(
     file: Option<PathBuf>,
     role: Option<String>,
     format: sql::Format,
-    output: Option<PathBuf>,
+    output: Option<(PathBuf, bool)>,
 ) -> Result<Exit, Failed> {
     let settings = load_settings(config)?;
-    let mut out = sql::Output::new(format, output.as_deref()).map_err(|e| (Exit::Usage, e))?;
-    let session = sql::Session::open(&settings, AuditLog::new(&settings.paths.audit), role.as_deref())
+    if let Some((path, force)) = &output {
+        settings.check_output(path, *force).map_err(|e| (Exit::Usage, e))?;
+    }
+    let force = output.as_ref().is_some_and(|(_, f)| *f);
+    let path = output.map(|(p, _)| p);
+    let mut out = sql::Output::new(format, path.as_deref(), force).map_err(|e| (Exit::Usage, e))?;
+    let mut session = sql::Session::open(&settings, AuditLog::new(&settings.paths.audit), role.as_deref())
         .map_err(|e| (sql_exit(&e), e))?;
+    session.stop_on_signals().map_err(|e| (sql_exit(&e), e))?;
     let result = if let Some(text) = command {
         sql::shell::run_text(&session, &text, &mut out)
     } else if let Some(path) = file {
@@ -414,7 +429,7 @@ fn sql(
     match result {
         // The reader closed the pipe (`| head`): the statement was audited; no more wanted.
         Err(e) if broken_pipe(&e) => Ok(Exit::Ok),
-        Err(e) => Err((Exit::Failure, e).into()),
+        Err(e) => Err((sql_exit(&e), e).into()),
         Ok(()) => Ok(Exit::Ok),
     }
 }
@@ -529,6 +544,8 @@ fn release(
     accept_risk: Option<&str>,
 ) -> Result<Exit, Failed> {
     let settings = load_settings(config)?;
+    // The folder's emptiness the release checks itself.
+    settings.check_output(out, true).map_err(|e| (Exit::Usage, e))?;
     let key = load_key(&settings)?;
     let audit = AuditLog::new(&settings.paths.audit);
     let request = ladu::release::Request { recipient, query_file: query, out, request_id, accept_risk };
@@ -595,6 +612,9 @@ fn subject(
     received: Option<chrono::NaiveDate>,
 ) -> Result<Exit, Failed> {
     let settings = load_settings(config)?;
+    if let Some(out) = out {
+        settings.check_output(out, false).map_err(|e| (Exit::Usage, e))?;
+    }
     let code = read_code(isikukood, isikukood_file)?;
     let key = load_key(&settings)?;
     let audit = AuditLog::new(&settings.paths.audit);
@@ -670,6 +690,8 @@ fn sql_exit(e: &sql::Error) -> Exit {
     match e {
         sql::Error::Roles(_) | sql::Error::View { .. } => Exit::Config,
         sql::Error::Warehouse(e) => warehouse_exit(e),
+        sql::Error::Stopped { stop: sql::Stop::Interrupt, .. } => Exit::Interrupted,
+        sql::Error::Stopped { stop: sql::Stop::Terminate, .. } => Exit::Terminated,
         _ => Exit::Failure,
     }
 }
@@ -716,26 +738,45 @@ fn subject_exit(e: &ladu::subject::Error) -> Exit {
 /// The personal code for `ladu subject`: from the flag, a file, or standard
 /// input (on a terminal, typed without echo). Never printed.
 fn read_code(flag: Option<String>, file: Option<&Path>) -> Result<String, Failed> {
-    use std::io::Read;
     let from_stdin = || {
-        let mut text = String::new();
         if std::io::stdin().is_terminal() {
             rpassword::prompt_password("personal code (not shown): ")
                 .map_err(|e| Failed(Exit::Usage, format!("cannot read the personal code: {e}")))
         } else {
-            std::io::stdin()
-                .read_to_string(&mut text)
-                .map(|_| text)
-                .map_err(|e| Failed(Exit::Usage, format!("cannot read the personal code from standard input: {e}")))
+            read_bounded(std::io::stdin().lock(), "standard input")
         }
     };
     match (flag, file) {
         (Some(code), _) => Ok(code),
         (None, Some(p)) if p == Path::new("-") => from_stdin(),
-        (None, Some(p)) => std::fs::read_to_string(p)
-            .map_err(|e| Failed(Exit::Usage, format!("cannot read the personal code from {}: {e}", p.display()))),
+        (None, Some(p)) => {
+            let file = std::fs::File::open(p)
+                .map_err(|e| Failed(Exit::Usage, format!("cannot read the personal code from {}: {e}", p.display())))?;
+            read_bounded(file, &p.display().to_string())
+        }
         (None, None) => from_stdin(),
     }
+}
+
+/// Bytes a file or standard input holding one personal code may have (the
+/// code, whitespace, a line ending): more is refused at once, unread.
+const CODE_INPUT_BYTES: u64 = 256;
+
+/// The text of `input`, which may hold at most [`CODE_INPUT_BYTES`].
+fn read_bounded(input: impl std::io::Read, what: &str) -> Result<String, Failed> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    input
+        .take(CODE_INPUT_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Failed(Exit::Usage, format!("cannot read the personal code from {what}: {e}")))?;
+    if bytes.len() as u64 > CODE_INPUT_BYTES {
+        return Err(Failed(
+            Exit::Usage,
+            format!("{what} holds more than {CODE_INPUT_BYTES} bytes: give a file or input holding one personal code"),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| Failed(Exit::Usage, format!("{what} is not text: give one personal code")))
 }
 
 fn load_settings(flag: Option<&Path>) -> Result<Settings, Failed> {

@@ -24,6 +24,12 @@ pub const DEFAULT_MAX_RECORD_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_QUERIES_DIR: &str = "../queries";
 /// Roles file, relative to the config file's folder.
 pub const DEFAULT_ROLES_FILE: &str = "roles.toml";
+/// A SQL statement running longer than this is stopped.
+pub const DEFAULT_STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+/// Iterations a recursive query (`WITH RECURSIVE`) may take.
+pub const DEFAULT_MAX_RECURSION_DEPTH: usize = 10_000;
+/// The largest single value a function or aggregate may make (`lpad`, `repeat`, `string_agg`, …).
+pub const DEFAULT_MAX_VALUE_BYTES: u64 = 16 << 20;
 /// Share of the machine's memory a SQL session may use before it spills.
 pub const DEFAULT_SQL_MEMORY_SHARE: f64 = 0.5;
 /// zstd level of the warehouse's Parquet files.
@@ -64,6 +70,18 @@ pub enum Error {
     NoSources { dir: PathBuf },
     #[error("unknown source `{name}`: known sources are {known}")]
     UnknownSource { name: String, known: String },
+    #[error(
+        "{path} is inside {folder}, which ladu manages ({what}): write results somewhere else; ladu never lets a command's output replace its own files"
+    )]
+    ManagedOutput { path: PathBuf, folder: PathBuf, what: &'static str },
+    #[error("{path} already exists: give another path, or --force to replace it")]
+    OutputExists { path: PathBuf },
+    #[error("cannot use {path} for output: {source}")]
+    Output {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -146,6 +164,9 @@ struct RawSqlSettings {
     memory_limit: Option<String>,
     spill_dir: Option<PathBuf>,
     target_partitions: Option<usize>,
+    statement_timeout: Option<String>,
+    max_recursion_depth: Option<usize>,
+    max_value_bytes: Option<String>,
 }
 
 /// `[publish]`: how open data is published.
@@ -229,6 +250,12 @@ pub struct SqlSettings {
     pub spill_dir: Option<PathBuf>,
     /// Parallel partitions of a query (the number of cores by default).
     pub target_partitions: usize,
+    /// A statement running longer is stopped.
+    pub statement_timeout: std::time::Duration,
+    /// Iterations a recursive query may take before it is stopped.
+    pub max_recursion_depth: usize,
+    /// The largest single value (text, list) a function or aggregate may make.
+    pub max_value_bytes: u64,
 }
 
 /// The loaded configuration.
@@ -248,6 +275,61 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The folders ladu manages, which no output a user names may be inside.
+    pub fn managed_folders(&self) -> Vec<(&Path, &'static str)> {
+        let mut folders = vec![
+            (self.paths.audit.as_path(), "the audit log"),
+            (self.paths.warehouse.as_path(), "the warehouse"),
+            (self.paths.site.as_path(), "the open-data site"),
+            (self.paths.outbox.as_path(), "the providers' outbox"),
+            (self.paths.inbox.as_path(), "the inbox"),
+        ];
+        if let Some(p) = &self.paths.processed {
+            folders.push((p.as_path(), "the processed deliveries"));
+        }
+        if let Some(p) = self.key_file.parent() {
+            folders.push((p, "the key's folder"));
+        }
+        folders
+    }
+
+    /// Refuse an output path a user named that lies inside a folder ladu
+    /// manages (after following any symbolic links), or, unless `force`,
+    /// that already exists.
+    pub fn check_output(&self, path: &Path, force: bool) -> Result<()> {
+        let err = |source| Error::Output { path: path.to_owned(), source };
+        let absolute = std::path::absolute(path).map_err(err)?;
+        // The nearest existing ancestor, with links resolved; the rest as named.
+        let mut existing = absolute.as_path();
+        let mut rest = Vec::new();
+        let resolved = loop {
+            match existing.canonicalize() {
+                Ok(p) => break p,
+                Err(_) => match (existing.parent(), existing.file_name()) {
+                    (Some(parent), Some(name)) => {
+                        rest.push(name.to_owned());
+                        existing = parent;
+                    }
+                    _ => break existing.to_owned(),
+                },
+            }
+        };
+        let target = rest.iter().rev().fold(resolved, |p, n| p.join(n));
+        for (folder, what) in self.managed_folders() {
+            let Ok(folder) = folder.canonicalize() else { continue };
+            if folder.parent().is_none() {
+                continue;
+            }
+            if target.starts_with(&folder) {
+                return Err(Error::ManagedOutput { path: path.to_owned(), folder, what });
+            }
+        }
+        if !force && std::fs::symlink_metadata(path).is_ok() {
+            return Err(Error::OutputExists { path: path.to_owned() });
+        }
+        Ok(())
+    }
+
     /// Load `ladu.toml` and every source config beside it.
     pub fn load(path: &Path) -> Result<Settings> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_owned(), source })?;
@@ -274,6 +356,25 @@ impl Settings {
         }
         .unwrap_or_else(|problem| {
             problems.push(format!("sql.memory_limit: {problem}"));
+            0
+        });
+        let statement_timeout = match raw.sql.statement_timeout.as_deref() {
+            None => Some(DEFAULT_STATEMENT_TIMEOUT),
+            Some(text) => parse_duration(text),
+        }
+        .unwrap_or_else(|| {
+            problems.push("sql.statement_timeout: give a duration such as \"30s\", \"15min\" or \"2h\"".into());
+            DEFAULT_STATEMENT_TIMEOUT
+        });
+        if raw.sql.max_recursion_depth == Some(0) {
+            problems.push("sql.max_recursion_depth: must be at least 1".to_owned());
+        }
+        let max_value_bytes = match raw.sql.max_value_bytes.as_deref() {
+            None => Ok(DEFAULT_MAX_VALUE_BYTES),
+            Some(text) => parse_memory_limit(text),
+        }
+        .unwrap_or_else(|problem| {
+            problems.push(format!("sql.max_value_bytes: {problem}"));
             0
         });
         if raw.sql.target_partitions == Some(0) {
@@ -315,6 +416,9 @@ impl Settings {
                     .sql
                     .target_partitions
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                statement_timeout,
+                max_recursion_depth: raw.sql.max_recursion_depth.unwrap_or(DEFAULT_MAX_RECURSION_DEPTH),
+                max_value_bytes,
             },
             publish: raw.publish,
             release: ReleaseSettings {
@@ -361,6 +465,21 @@ enum MemoryLimitError {
     TooSmall(String),
     #[error("`{0}` is not a size such as 4GiB or 50%")]
     NotASize(String),
+}
+
+/// `"90s"`, `"15min"`, `"2h"`: a positive duration.
+fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = t.split_at(split);
+    let seconds = match unit.trim() {
+        "s" => 1,
+        "min" => 60,
+        "h" => 3600,
+        _ => return None,
+    };
+    let n: u64 = number.parse().ok().filter(|n| *n > 0)?;
+    Some(std::time::Duration::from_secs(n.checked_mul(seconds)?))
 }
 
 /// `"60%"` (of the machine's memory) or a size such as `"4GiB"`, `"512MiB"`, `"1000000"` bytes.

@@ -17,6 +17,56 @@ pub struct DeliveryFile {
     pub seq: u32,
 }
 
+/// What a path in the inbox is, when it is not a regular file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotAFile {
+    #[error("it is a symbolic link, which ladu never follows: deliver the file itself")]
+    Link,
+    #[error("it is a folder, not a file")]
+    Folder,
+    #[error("it is a named pipe (FIFO), not a file")]
+    Fifo,
+    #[error("it is a device or socket, not a file")]
+    Other,
+}
+
+impl NotAFile {
+    fn of(t: std::fs::FileType) -> Option<NotAFile> {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_file() {
+            None
+        } else if t.is_symlink() {
+            Some(NotAFile::Link)
+        } else if t.is_dir() {
+            Some(NotAFile::Folder)
+        } else if t.is_fifo() {
+            Some(NotAFile::Fifo)
+        } else {
+            Some(NotAFile::Other)
+        }
+    }
+}
+
+/// Open a delivery for reading if it is a regular file, never following a
+/// symbolic link and never waiting on a pipe; `Ok(Err(_))` says what else it is.
+pub fn open(path: &Path) -> std::io::Result<Result<std::fs::File, NotAFile>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(what) = NotAFile::of(std::fs::symlink_metadata(path)?.file_type()) {
+        return Ok(Err(what));
+    }
+    let file = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)
+    {
+        Ok(f) => f,
+        // Replaced by a link since it was looked at.
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(Err(NotAFile::Link)),
+        Err(e) => return Err(e),
+    };
+    Ok(match NotAFile::of(file.metadata()?.file_type()) {
+        Some(what) => Err(what),
+        None => Ok(file),
+    })
+}
+
 /// Why a file cannot be taken as a delivery of a source.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
@@ -67,7 +117,8 @@ pub fn discover(inbox: &Path, source: &SourceConfig) -> std::io::Result<Discover
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !entry.file_type()?.is_file() || name.starts_with('.') || !source.matches_file(&name) {
+        // Links, folders and pipes with a delivery's name are taken too, to be refused with their reason.
+        if name.starts_with('.') || !source.matches_file(&name) {
             continue;
         }
         match parse_name(&source.name, &name) {

@@ -25,7 +25,7 @@ use serde_json::{Map, Value, json};
 use crate::audit::AuditLog;
 use crate::config::{Settings, SourceConfig};
 use crate::pseudonym::{self, Key};
-use crate::warehouse::writer::{TableWriter, hash_file};
+use crate::warehouse::writer::TableWriter;
 use crate::warehouse::{self, Delivery, Manifest, Transaction, Warehouse};
 use delivery::DeliveryFile;
 use framer::{FrameError, Framer};
@@ -120,7 +120,28 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, opts: &Options) -> 
         let started = Instant::now();
         let source = settings.source(&d.source)?;
         let read_err = |source| Error::Read { path: d.path.clone(), source };
-        let size = std::fs::metadata(&d.path).map_err(read_err)?.len();
+        let file = match delivery::open(&d.path).map_err(read_err)? {
+            Ok(file) => file,
+            Err(what) => {
+                let outcome = refuse_whole(settings, d, format!("not a delivery: {what}")).map_err(outbox_err)?;
+                audit_entries.push(delivery_audit(d, None, &outcome));
+                results.push(DeliveryResult {
+                    source: d.source.clone(),
+                    file: d.path.clone(),
+                    outcome,
+                    seconds: started.elapsed().as_secs_f64(),
+                });
+                continue;
+            }
+        };
+        let size = file.metadata().map_err(read_err)?.len();
+        // Hashed through a file opened the same careful way (no link followed).
+        let hash_now = || -> Result<String> {
+            match delivery::open(&d.path).map_err(read_err)? {
+                Ok(f) => Ok(crate::warehouse::writer::hash_reader(f).map_err(read_err)?.0),
+                Err(what) => Err(read_err(std::io::Error::other(what))),
+            }
+        };
         let already = |hash: &str, seen: &BTreeSet<String>| next.has_delivery(hash) || seen.contains(hash);
         let skipped = |results: &mut Vec<DeliveryResult>| {
             tracing::info!(source = %d.source, file = %d.name, "already ingested; nothing to do");
@@ -141,7 +162,7 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, opts: &Options) -> 
             .find(|x| x.source == d.source && x.extract_date == d.extract_date.to_string() && x.extract_seq == d.seq);
         let likely_again = same_slot.is_some()
             || next.deliveries.iter().any(|x| x.source == d.source && (x.file == d.name || x.bytes == size));
-        let early_hash = if likely_again { Some(hash_file(&d.path).map_err(read_err)?.0) } else { None };
+        let early_hash = if likely_again { Some(hash_now()?) } else { None };
         if early_hash.as_deref().is_some_and(|h| already(h, &hashes_this_run)) {
             skipped(&mut results);
             continue;
@@ -157,7 +178,7 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, opts: &Options) -> 
                 d.extract_date.format("%Y%m%d")
             );
             let outcome = refuse_whole(settings, d, reason).map_err(outbox_err)?;
-            audit_entries.push(delivery_audit(d, hash, &outcome));
+            audit_entries.push(delivery_audit(d, Some(hash), &outcome));
             results.push(DeliveryResult {
                 source: d.source.clone(),
                 file: d.path.clone(),
@@ -173,7 +194,7 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, opts: &Options) -> 
             extract_seq: d.seq as i32,
             commit: tx.version() as i64,
         };
-        let (outcome, hash) = match ingest_delivery(settings, source, d, key, meta, &mut tx, opts.progress)? {
+        let (outcome, hash) = match ingest_delivery(settings, source, d, file, key, meta, &mut tx, opts.progress)? {
             Ok(done) => {
                 if already(&done.sha256, &hashes_this_run) {
                     tx.rollback_to(mark);
@@ -208,7 +229,7 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, opts: &Options) -> 
                 tx.rollback_to(mark);
                 let hash = match early_hash {
                     Some(h) => h,
-                    None => hash_file(&d.path).map_err(read_err)?.0,
+                    None => hash_now()?,
                 };
                 if already(&hash, &hashes_this_run) {
                     report.discard();
@@ -220,7 +241,7 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, opts: &Options) -> 
                 (Outcome::Refused { reason, report }, hash)
             }
         };
-        audit_entries.push(delivery_audit(d, &hash, &outcome));
+        audit_entries.push(delivery_audit(d, Some(&hash), &outcome));
         hashes_this_run.insert(hash);
         results.push(DeliveryResult {
             source: d.source.clone(),
@@ -266,7 +287,8 @@ fn audit_last_commit(m: &Manifest, audit: &AuditLog) -> Result<()> {
     Ok(())
 }
 
-fn delivery_audit(d: &DeliveryFile, hash: &str, outcome: &Outcome) -> Map<String, Value> {
+/// A delivery's audit entry; `hash` is `None` for a path that is not a file.
+fn delivery_audit(d: &DeliveryFile, hash: Option<&str>, outcome: &Outcome) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("source".into(), json!(d.source));
     m.insert("file".into(), json!(d.name));
@@ -317,7 +339,8 @@ fn find_deliveries(settings: &Settings, opts: &Options) -> Result<(Vec<DeliveryF
                     .max_by_key(|s| s.name.len())
                     .ok_or_else(|| Error::UnknownSource { path: path.with_file_name(mask_digit_runs(&name)) })?,
             };
-            if !path.is_file() {
+            // A link, folder or pipe is taken, to be refused with its reason; nothing is not.
+            if std::fs::symlink_metadata(path).is_err() {
                 return Err(Error::Read {
                     path: path.with_file_name(mask_digit_runs(&name)),
                     source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
@@ -399,10 +422,12 @@ type Refusal = (String, RejectionReport);
 
 /// Ingest one delivery into `tx`. The outer error stops the run; the inner
 /// one refuses this delivery.
+#[allow(clippy::too_many_arguments)]
 fn ingest_delivery(
     settings: &Settings,
     source: &SourceConfig,
     d: &DeliveryFile,
+    file: std::fs::File,
     key: &Key,
     meta: RowMeta,
     tx: &mut Transaction,
@@ -418,7 +443,6 @@ fn ingest_delivery(
         report.add(line, "", &format!("file refused: {reason}")).map_err(write_err(outbox))?;
         Ok(Err((reason, report)))
     };
-    let file = std::fs::File::open(&d.path).map_err(|source| Error::Read { path: d.path.clone(), source })?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let (framer, header) = match Framer::new(file, source.encoding, source.delimiter.byte(), framer_limits(settings)) {
         Ok(x) => x,

@@ -249,7 +249,7 @@ struct Written {
 /// Run the query into `dir`'s Parquet file, then read it once for the CSV, the risk and the pseudonyms.
 fn write(session: &Session, query: &str, dir: &Path, settings: &Settings) -> Result<Written> {
     let parquet_path = dir.join(PARQUET_FILE);
-    let mut out = sql::Output::new(sql::Format::Parquet, Some(&parquet_path)).map_err(sql::Error::from)?;
+    let mut out = sql::Output::new(sql::Format::Parquet, Some(&parquet_path), false).map_err(sql::Error::from)?;
     let (rows, tables) = session.run_reading(query, &mut out)?;
     let reader = File::open(&parquet_path)
         .map_err(parquet::errors::ParquetError::from)

@@ -12,6 +12,7 @@
 //! the audit entry redacts it with [`redact`], and so must whoever prints an
 //! [`Error`] (the binary and the shell do).
 
+pub mod limits;
 pub mod lineage;
 pub mod output;
 pub mod packed_sort;
@@ -36,8 +37,8 @@ use arrow::array::{ArrayRef, AsArray, RecordBatch, StringArray};
 use arrow::datatypes::SchemaRef;
 use datafusion::catalog::TableProvider;
 use datafusion::catalog::view::ViewTable;
-use datafusion::common::DFSchema;
 use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{Column, DFSchema};
 use datafusion::datasource::provider_as_source;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
@@ -91,6 +92,8 @@ pub enum Error {
     },
     #[error("{message}\n  in: {command}")]
     Command { command: String, message: String },
+    #[error("the statement was stopped: {stop}, after {rows} row(s)\n  in: {statement}")]
+    Stopped { statement: String, stop: Stop, rows: u64 },
     #[error("table `{table}` has no committed data yet: ingest a delivery of it first\n  in: {statement}")]
     NoData { table: String, statement: String },
     #[error(transparent)]
@@ -102,6 +105,33 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a running statement was stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// It ran longer than `sql.statement_timeout`.
+    Timeout(std::time::Duration),
+    /// SIGINT (Ctrl-C).
+    Interrupt,
+    /// SIGTERM.
+    Terminate,
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stop::Timeout(d) => write!(f, "it ran longer than `sql.statement_timeout` ({} s)", d.as_secs()),
+            Stop::Interrupt => f.write_str("interrupted (SIGINT)"),
+            Stop::Terminate => f.write_str("terminated (SIGTERM)"),
+        }
+    }
+}
+
+/// SIGINT and SIGTERM, listened to while a statement runs.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
 
 /// What a table is, for `\d`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +173,12 @@ pub struct Session {
     empty: BTreeSet<String>,
     /// Views left out until a table they read has data: view → table.
     waiting: BTreeMap<String, String>,
+    /// A statement running longer is stopped.
+    timeout: std::time::Duration,
+    /// Set by [`Session::stop_on_signals`].
+    signals: Option<tokio::sync::Mutex<Signals>>,
+    /// Rows of the running statement's result written so far.
+    rows_sent: std::sync::atomic::AtomicU64,
 }
 
 impl Session {
@@ -192,6 +228,8 @@ impl Session {
         let root = &settings.paths.warehouse;
         let table_names = table_names(settings, &manifest);
         let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_time()
+            .enable_io()
             .worker_threads(settings.sql.target_partitions)
             .thread_name("ladu-sql")
             .build()
@@ -230,7 +268,43 @@ impl Session {
             }
             everything.insert(name);
         }
-        Ok(Session { ctx, runtime, role, audit, version: manifest.version, catalog, everything, empty, waiting })
+        Ok(Session {
+            ctx,
+            runtime,
+            role,
+            audit,
+            version: manifest.version,
+            catalog,
+            everything,
+            empty,
+            waiting,
+            timeout: settings.sql.statement_timeout,
+            signals: None,
+            rows_sent: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// From now on, SIGINT and SIGTERM stop a running statement (audited as
+    /// `interrupted`, with the rows sent so far) instead of the process.
+    pub fn stop_on_signals(&mut self) -> Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _runtime = self.runtime.enter();
+        let listen = |kind| signal(kind).map_err(|e| Error::Engine(format!("cannot listen for signals: {e}")));
+        let signals =
+            Signals { interrupt: listen(SignalKind::interrupt())?, terminate: listen(SignalKind::terminate())? };
+        self.signals = Some(tokio::sync::Mutex::new(signals));
+        Ok(())
+    }
+
+    /// Resolves when a signal asks the running statement to stop (never, unless listening).
+    async fn stop_signal(&self) -> Stop {
+        let Some(signals) = &self.signals else { return std::future::pending().await };
+        let mut guard = signals.lock().await;
+        let Signals { interrupt, terminate } = &mut *guard;
+        tokio::select! {
+            _ = interrupt.recv() => Stop::Interrupt,
+            _ = terminate.recv() => Stop::Terminate,
+        }
     }
 
     pub fn role(&self) -> &Role {
@@ -270,7 +344,9 @@ impl Session {
             let mut stream = stream;
             let mut writer = out.begin(stream.schema())?;
             while let Some(batch) = stream.next().await {
-                writer.write(&batch.map_err(|e| query_error(statement, e))?)?;
+                let batch = batch.map_err(|e| query_error(statement, e))?;
+                writer.write(&batch)?;
+                self.rows_sent.fetch_add(batch.num_rows() as u64, std::sync::atomic::Ordering::Relaxed);
             }
             let rows = writer.finish()?;
             Ok((rows, rows))
@@ -306,17 +382,32 @@ impl Session {
         let started = Instant::now();
         let mut read = BTreeSet::new();
         let mut started_seq = None;
+        self.rows_sent.store(0, std::sync::atomic::Ordering::Relaxed);
         let result = self.runtime.block_on(async {
-            let stream = self.execute(record.statement, &mut read).await?;
-            if record.announce {
-                let entry = self.entry(&record, &read, "started", 0, None);
-                started_seq = Some(self.audit.append(AUDIT_KIND, entry)?);
-            }
-            consume(stream).await
+            let run = async {
+                let stream = self.execute(record.statement, &mut read).await?;
+                if record.announce {
+                    let entry = self.entry(&record, &read, "started", 0, None);
+                    started_seq = Some(self.audit.append(AUDIT_KIND, entry)?);
+                }
+                consume(stream).await
+            };
+            // Whichever ends first; the others, and the query's work, are dropped.
+            let stop = tokio::select! {
+                done = run => return done,
+                () = tokio::time::sleep(self.timeout) => Stop::Timeout(self.timeout),
+                stop = self.stop_signal() => stop,
+            };
+            let rows = self.rows_sent.load(std::sync::atomic::Ordering::Relaxed);
+            Err(Error::Stopped { statement: record.statement.to_owned(), stop, rows })
         });
         let (outcome, rows, problem) = match &result {
             Ok((_, rows)) => ("ok", *rows, None),
             Err(Error::Refused { reason, .. }) => ("refused", 0, Some(reason.clone())),
+            Err(Error::Stopped { stop, rows, .. }) => {
+                let outcome = if matches!(stop, Stop::Timeout(_)) { "timeout" } else { "interrupted" };
+                (outcome, *rows, Some(stop.to_string()))
+            }
             Err(e) => ("error", 0, Some(e.to_string())),
         };
         let mut fields = self.entry(&record, &read, outcome, rows, problem.as_deref());
@@ -551,7 +642,27 @@ fn register_tables(
         let history: Arc<dyn TableProvider> = table.clone();
         ctx.register_table(history_name.as_str(), Arc::new(restricted(history.clone())?)).map_err(table_error)?;
         catalog.insert(history_name.clone(), (Kind::History, format!("{description} (every version)")));
-        if let Some(superseded) = superseded.get(name) {
+        if condition.is_some() && tables::has_versions(&schema) {
+            // Newest among the rows the role may see: another provider's later
+            // row of the same record neither hides a row of this role's nor names it.
+            let visible: Arc<dyn TableProvider> = Arc::new(
+                restrict::Restricted::new(history, &[], condition.clone(), &role.name, recode.as_ref())
+                    .map_err(table_error)?,
+            );
+            let columns: Vec<Expr> =
+                schema.fields().iter().map(|f| Expr::Column(Column::new_unqualified(f.name()))).collect();
+            let newest = LogicalPlanBuilder::scan(history_name.as_str(), provider_as_source(visible), None)
+                .and_then(|b| b.window(vec![tables::version_rank()?]))
+                .and_then(|b| b.filter(col(tables::VERSION_RANK).eq(lit(1u64))))
+                .and_then(|b| b.project(columns))
+                .and_then(LogicalPlanBuilder::build)
+                .map_err(table_error)?;
+            let newest: Arc<dyn TableProvider> = Arc::new(ViewTable::new(newest, None));
+            let shown =
+                restrict::Restricted::new(newest, &hidden_columns, None, &role.name, None).map_err(table_error)?;
+            ctx.register_table(name.as_str(), Arc::new(shown)).map_err(table_error)?;
+            catalog.insert(name.clone(), (Kind::Table, description));
+        } else if let Some(superseded) = superseded.get(name) {
             let newest = LogicalPlanBuilder::scan(history_name.as_str(), provider_as_source(history), None)
                 .and_then(LogicalPlanBuilder::build)
                 .and_then(|history| superseded.remove_from(history))
@@ -602,6 +713,9 @@ fn new_context(settings: &Settings) -> Result<SessionContext> {
         .with_table_factories(HashMap::new())
         .with_physical_optimizer_rule(Arc::new(packed_sort::PackedSort))
         .with_physical_optimizer_rule(Arc::new(row_number::SortedRowNumber))
+        .with_physical_optimizer_rule(Arc::new(limits::BoundedRecursion {
+            max_depth: settings.sql.max_recursion_depth,
+        }))
         .build();
     Ok(SessionContext::new_with_state(state))
 }

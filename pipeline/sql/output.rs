@@ -54,18 +54,32 @@ pub enum Error {
 pub struct Output {
     format: Format,
     path: Option<PathBuf>,
+    /// Replace an existing file at `path`.
+    force: bool,
     /// Opened at the first result, so a statement that fails leaves no empty file.
     sink: Option<Box<dyn Write>>,
     results: usize,
 }
 
 impl Output {
-    /// Results in `format` to `path`, or to stdout.
-    pub fn new(format: Format, path: Option<&Path>) -> Result<Output, Error> {
+    /// Results in `format` to `path` (a new file unless `force`), or to stdout.
+    pub fn new(format: Format, path: Option<&Path>, force: bool) -> Result<Output, Error> {
         if format == Format::Parquet && path.is_none() {
             return Err(Error::ParquetNeedsFile);
         }
-        Ok(Output { format, path: path.map(Path::to_owned), sink: None, results: 0 })
+        Ok(Output { format, path: path.map(Path::to_owned), force, sink: None, results: 0 })
+    }
+
+    /// The output file, opened new (or replaced, with `force`).
+    fn open(&self, path: &Path) -> std::io::Result<File> {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true);
+        if self.force {
+            options.create(true).truncate(true);
+        } else {
+            options.create_new(true);
+        }
+        options.open(path)
     }
 
     pub fn format(&self) -> Format {
@@ -90,7 +104,7 @@ impl Output {
                 return Err(Error::ParquetOneResult);
             }
             let path = self.path.as_ref().ok_or(Error::ParquetNeedsFile)?;
-            let file = File::create(path).map_err(io)?;
+            let file = self.open(path).map_err(io)?;
             let props = parquet::file::properties::WriterProperties::builder()
                 .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
                 .build();
@@ -101,7 +115,7 @@ impl Output {
         if self.sink.is_none() {
             self.sink = Some(match &self.path {
                 None => Box::new(BufWriter::new(std::io::stdout())),
-                Some(p) => Box::new(BufWriter::new(File::create(p).map_err(io)?)),
+                Some(p) => Box::new(BufWriter::new(self.open(p).map_err(io)?)),
             });
         }
         let out = self.sink.as_mut().expect("opened above");

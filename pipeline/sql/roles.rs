@@ -3,7 +3,11 @@
 //! Named roles are listed under `[roles.<name>]`. Provider roles are
 //! `provider:<regcode>` for any 8-digit business register code: they see only
 //! the rows whose code column (`[provider_roles] code_columns`) holds their
-//! own code, and no table without such a column unless it is granted.
+//! own code, and no table without such a column unless it is granted. They
+//! never see the row metadata `_line` and `_commit` unless the roles file
+//! grants them (`grant_columns`): in a delivery shared by several providers,
+//! a provider's line numbers give the positions and number of the others'
+//! rows, and `_commit` the warehouse's versions.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -59,7 +63,13 @@ struct RawProviderRoles {
     grant: Vec<String>,
     #[serde(default)]
     hidden_columns: Vec<String>,
+    /// Row metadata (of [`PROVIDER_HIDDEN`]) provider roles may see after all.
+    #[serde(default)]
+    grant_columns: Vec<String>,
 }
+
+/// Row metadata hidden from provider roles unless `grant_columns` names it.
+pub const PROVIDER_HIDDEN: [&str; 2] = ["_line", "_commit"];
 
 /// The roles file, checked.
 #[derive(Debug, Clone)]
@@ -147,6 +157,14 @@ impl Roles {
                 }
             }
             check_columns("provider_roles", &p.hidden_columns, &mut problems);
+            for c in &p.grant_columns {
+                if !PROVIDER_HIDDEN.contains(&c.as_str()) {
+                    problems.push(format!(
+                        "provider_roles.grant_columns: `{c}` is not one of {}",
+                        PROVIDER_HIDDEN.join(", ")
+                    ));
+                }
+            }
         }
         let default_is_known = raw.roles.contains_key(&raw.default_role)
             || (raw.provider_roles.is_some() && is_provider_role(&raw.default_role));
@@ -185,7 +203,17 @@ impl Roles {
                 name: name.to_owned(),
                 description: p.description.clone(),
                 tables: vec!["*".into()],
-                hidden: p.hidden_columns.clone(),
+                hidden: p
+                    .hidden_columns
+                    .iter()
+                    .cloned()
+                    .chain(
+                        PROVIDER_HIDDEN
+                            .iter()
+                            .filter(|c| !p.grant_columns.iter().any(|g| g == *c))
+                            .map(|c| (*c).to_owned()),
+                    )
+                    .collect(),
                 filter: RowFilter::Provider {
                     code: code.to_owned(),
                     code_columns: p.code_columns.clone(),

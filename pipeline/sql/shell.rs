@@ -69,6 +69,8 @@ pub fn interactive(session: &Session, out: &mut Output) -> Result<()> {
             match run_item(session, &item, out) {
                 Ok(true) => {}
                 Ok(false) => return Ok(()),
+                // SIGTERM ends the shell; Ctrl-C only the statement, back to the prompt.
+                Err(e @ Error::Stopped { stop: super::Stop::Terminate, .. }) => return Err(e),
                 Err(e) => eprintln!("error: {}", redact(&e.to_string())),
             }
         }

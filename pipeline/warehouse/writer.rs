@@ -35,8 +35,11 @@ pub const DEFAULT_MEMORY_BUDGET: usize = 160 * 1024 * 1024;
 
 /// SHA-256 (hex) and size of a file, read in 1 MiB pieces.
 pub fn hash_file(path: &std::path::Path) -> std::io::Result<(String, u64)> {
-    use std::io::Read;
-    let mut f = File::open(path)?;
+    hash_reader(File::open(path)?)
+}
+
+/// SHA-256 (hex) and size of everything `f` reads, in 1 MiB pieces.
+pub fn hash_reader(mut f: impl std::io::Read) -> std::io::Result<(String, u64)> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut bytes = 0u64;
