@@ -15,6 +15,7 @@ pub mod recipients;
 pub mod record;
 pub mod risk;
 
+use std::collections::BTreeSet;
 use std::fs::File;
 
 use arrow::array::RecordBatch;
@@ -261,8 +262,9 @@ fn write(session: &Session, query: &str, dir: &Path, settings: &Settings) -> Res
     if let Some(f) = schema.fields().iter().find(|f| !names.insert(f.name())) {
         return Err(Error::DuplicateColumn { column: f.name().clone() });
     }
-    let (qi, person) = quasi_identifiers(session, query, settings)?;
-    let mut meter = RiskMeter::new(&schema, qi, person).map_err(write_error(dir))?;
+    let measured = quasi_identifiers(session, query, settings)?;
+    let mut meter =
+        RiskMeter::new(&schema, measured.qi, measured.person, measured.identity).map_err(write_error(dir))?;
     let mut index = record::PseudonymIndex::new(&schema);
     let csv_path = dir.join(CSV_FILE);
     let csv_file = File::create(&csv_path).map_err(write_error(&csv_path))?;
@@ -314,14 +316,26 @@ fn write(session: &Session, query: &str, dir: &Path, settings: &Settings) -> Res
     })
 }
 
-/// The result's quasi-identifier columns and its person column, by lineage:
-/// a column derived in any way from a quasi-identifier of a table
-/// (`release.quasi_identifiers`; `birth_year / 10`, a `CASE` on `sex`, a
-/// renamed `county`), or whose lineage cannot be decided, is one; the person
-/// column is the first that passes a table's personal-code pseudonyms on as
-/// they are, whatever its name.
-fn quasi_identifiers(session: &Session, query: &str, settings: &Settings) -> Result<(Vec<usize>, Option<usize>)> {
-    let lineage = session.lineage(query)?;
+/// What the risk is measured over, by lineage through the query's plan.
+struct Measured {
+    /// Columns derived in any way from a quasi-identifier of a table
+    /// (`release.quasi_identifiers`; `birth_year / 10`, a `CASE` on `sex`, a
+    /// renamed `county`), or whose lineage cannot be decided.
+    qi: Vec<usize>,
+    /// The first column that passes a table's personal-code pseudonyms on as
+    /// they are, whatever its name, read from the same rows as the
+    /// quasi-identifiers (the same scan, or one joined to it on the person):
+    /// a person column joined in from elsewhere would pad the groups.
+    person: Option<usize>,
+    /// Without a person column, the columns whose distinct values count as
+    /// persons: those read from the quasi-identifiers' rows (not literals, not
+    /// columns joined in from unrelated rows).
+    identity: Vec<usize>,
+}
+
+fn quasi_identifiers(session: &Session, query: &str, settings: &Settings) -> Result<Measured> {
+    let traced = session.trace(query)?;
+    let lineage = &traced.columns;
     let persons: std::collections::HashSet<(String, String)> = settings
         .sources
         .iter()
@@ -334,11 +348,46 @@ fn quasi_identifiers(session: &Session, query: &str, settings: &Settings) -> Res
             })
         })
         .collect();
-    let qi = (0..lineage.len()).filter(|&i| lineage[i].derives_from_any(&settings.release.quasi_identifiers)).collect();
-    let person = lineage
-        .iter()
-        .position(|l| l.plain && l.decided && l.sources.len() == 1 && l.sources.iter().all(|s| persons.contains(s)));
-    Ok((qi, person))
+    let qi: Vec<usize> =
+        (0..lineage.len()).filter(|&i| lineage[i].derives_from_any(&settings.release.quasi_identifiers)).collect();
+    let is_person = |l: &crate::sql::lineage::Lineage| {
+        l.plain && l.decided && l.sources.len() == 1 && l.sources.iter().all(|s| persons.contains(s))
+    };
+    // Scans whose rows are one person's: the same scan, or scans joined on their person columns.
+    let mut same: Vec<(usize, usize)> = Vec::new();
+    for (a, b) in traced.joined.iter().filter(|(a, b)| is_person(a) && is_person(b)) {
+        for (&x, &y) in a.rows.iter().zip(b.rows.iter()) {
+            same.push((x, y));
+        }
+    }
+    let qi_rows: BTreeSet<usize> = qi.iter().flat_map(|&i| lineage[i].rows.iter().copied()).collect();
+    let person = lineage.iter().position(|l| {
+        is_person(l) && l.rows.len() == 1 && qi_rows.iter().all(|r| l.rows.iter().all(|p| linked(&same, *p, *r)))
+    });
+    let identity = (0..lineage.len())
+        .filter(|&i| qi.contains(&i) || lineage[i].rows.iter().any(|r| qi_rows.contains(r)))
+        .collect();
+    Ok(Measured { qi, person, identity })
+}
+
+/// Are scans `a` and `b` one, or connected through `pairs`?
+fn linked(pairs: &[(usize, usize)], a: usize, b: usize) -> bool {
+    let mut reached = BTreeSet::from([a]);
+    loop {
+        let before = reached.len();
+        for &(x, y) in pairs {
+            if reached.contains(&x) || reached.contains(&y) {
+                reached.insert(x);
+                reached.insert(y);
+            }
+        }
+        if reached.contains(&b) {
+            return true;
+        }
+        if reached.len() == before {
+            return false;
+        }
+    }
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -5,7 +5,7 @@
 //! names the person, the release decides by lineage ([`crate::sql::lineage`]),
 //! not by name. A group's size counts distinct persons when the result has a
 //! person column (a row without one counts as a person of its own), else
-//! rows. The release's `k` is its smallest group; a group smaller than the
+//! distinct rows: identical rows (padding, a result repeated) count once. The release's `k` is its smallest group; a group smaller than the
 //! configured minimum could single a person out.
 
 use std::collections::{HashMap, HashSet};
@@ -23,7 +23,8 @@ use serde::Serialize;
 pub struct Risk {
     /// Quasi-identifier columns of the result (empty: nothing measured).
     pub quasi_identifiers: Vec<String>,
-    /// What a group's size counts: `persons` (distinct `person_id`) or `rows`.
+    /// What a group's size counts: `persons` (distinct pseudonyms of the person
+    /// column) or `distinct rows` (when no person column could be established).
     pub counted: &'static str,
     /// Combinations of quasi-identifier values in the result.
     pub groups: u64,
@@ -58,13 +59,30 @@ pub struct RiskMeter {
     /// (group, person) pairs: a pseudonym as its 16 bytes, any other text as it is.
     persons: foldhash::HashSet<(u32, u128)>,
     other_persons: HashSet<(u32, String)>,
+    /// Without a person column: the columns that tell rows apart, and each group's distinct rows.
+    identity: Option<(Vec<usize>, RowConverter)>,
+    distinct_rows: HashSet<(u32, Box<[u8]>)>,
     rows: u64,
 }
 
 impl RiskMeter {
     /// For results of `schema`, whose columns `qi` are the quasi-identifiers
-    /// and whose column `person`, if any, holds the person's pseudonym.
-    pub fn new(schema: &SchemaRef, qi: Vec<usize>, person: Option<usize>) -> Result<RiskMeter, ArrowError> {
+    /// and whose column `person`, if any, holds the person's pseudonym; with
+    /// no person column, each distinct row of the columns `identity` counts
+    /// as one person (identical rows count once).
+    pub fn new(
+        schema: &SchemaRef,
+        qi: Vec<usize>,
+        person: Option<usize>,
+        identity: Vec<usize>,
+    ) -> Result<RiskMeter, ArrowError> {
+        let identity = match person {
+            Some(_) => None,
+            None => {
+                let fields = identity.iter().map(|&i| SortField::new(schema.field(i).data_type().clone())).collect();
+                Some((identity, RowConverter::new(fields)?))
+            }
+        };
         let names = qi.iter().map(|&i| schema.field(i).name().clone()).collect();
         let converter = if qi.is_empty() {
             None
@@ -81,6 +99,8 @@ impl RiskMeter {
             unknown_of: Vec::new(),
             persons: foldhash::HashSet::default(),
             other_persons: HashSet::new(),
+            identity,
+            distinct_rows: HashSet::new(),
             rows: 0,
         })
     }
@@ -95,6 +115,12 @@ impl RiskMeter {
             None => None,
         };
         let persons = persons.as_ref().map(|p| p.as_string::<i32>());
+        let identities = match &self.identity {
+            Some((columns, converter)) => {
+                Some(converter.convert_columns(&columns.iter().map(|&i| batch.column(i).clone()).collect::<Vec<_>>())?)
+            }
+            None => None,
+        };
         for (row, key) in keys.iter().enumerate() {
             let group = match self.groups.get(key.as_ref()) {
                 Some(&g) => g,
@@ -107,6 +133,12 @@ impl RiskMeter {
                 }
             };
             self.rows_of[group as usize] += 1;
+            if let Some(identities) = &identities {
+                let id = identities.row(row);
+                if !self.distinct_rows.contains(&(group, Box::from(id.as_ref()))) {
+                    self.distinct_rows.insert((group, id.as_ref().into()));
+                }
+            }
             let Some(persons) = persons else { continue };
             if persons.is_null(row) {
                 self.unknown_of[group as usize] += 1;
@@ -139,13 +171,17 @@ impl RiskMeter {
             }
             sizes
         } else {
-            self.rows_of.clone()
+            let mut sizes = vec![0; self.rows_of.len()];
+            for (g, _) in &self.distinct_rows {
+                sizes[*g as usize] += 1;
+            }
+            sizes
         };
         let rows_in_small_groups: u64 =
             sizes.iter().zip(&self.rows_of).filter(|(size, _)| **size < min_group_size).map(|(_, rows)| rows).sum();
         Risk {
             quasi_identifiers: self.names,
-            counted: if by_person { "persons" } else { "rows" },
+            counted: if by_person { "persons" } else { "distinct rows" },
             groups: sizes.len() as u64,
             smallest_group: sizes.iter().copied().min(),
             min_group_size,
@@ -181,7 +217,7 @@ mod tests {
     /// The quasi-identifiers `Sex` and `birth_year`, and the person column when there is one.
     fn meter(b: &RecordBatch) -> RiskMeter {
         let person = b.schema().index_of("person_id").ok();
-        RiskMeter::new(&b.schema(), vec![0, 1], person).unwrap()
+        RiskMeter::new(&b.schema(), vec![0, 1], person, vec![0, 1]).unwrap()
     }
 
     #[test]
@@ -214,8 +250,9 @@ mod tests {
         let mut m = meter(&b);
         m.add(&b).unwrap();
         let r = m.finish(2);
-        assert_eq!((r.counted, r.smallest_group, r.too_high()), ("rows", Some(2), false));
-        let mut m = RiskMeter::new(&b.schema(), Vec::new(), None).unwrap();
+        // Two identical rows are one row, however often they are repeated.
+        assert_eq!((r.counted, r.smallest_group, r.too_high()), ("distinct rows", Some(1), true));
+        let mut m = RiskMeter::new(&b.schema(), Vec::new(), None, Vec::new()).unwrap();
         m.add(&b).unwrap();
         let r = m.finish(5);
         assert_eq!((r.smallest_group, r.too_high(), r.rows), (None, false, 2));

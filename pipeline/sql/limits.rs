@@ -3,16 +3,29 @@
 //! [`BoundedRecursion`] puts a [`DepthLimitExec`] over the recursive term of
 //! every `WITH RECURSIVE` query: the term is executed once per iteration,
 //! and the node stops the query when the iterations pass
-//! `sql.max_recursion_depth`.
+//! `sql.max_recursion_depth`. [`cap_values`] puts the functions that can
+//! make a value far larger than what they read (`lpad`, `repeat`,
+//! `replace`, `string_agg`, …) under `sql.max_value_bytes`, and has them take
+//! what their output needs from the memory pool before they make it.
 
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use arrow::array::{ArrayRef, AsArray};
+use arrow::datatypes::{DataType, FieldRef};
+use datafusion::common::ScalarValue;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
+use datafusion::logical_expr::utils::AggregateOrderSensitivity;
+use datafusion::logical_expr::{
+    Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs,
+    ScalarUDF, ScalarUDFImpl, Signature,
+};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
@@ -113,5 +126,333 @@ impl ExecutionPlan for DepthLimitExec {
             return Err(DataFusionError::Execution(format!("{RECURSION_STOPPED} ({})", self.max)));
         }
         self.input.execute(partition, context)
+    }
+}
+
+/// How a capped scalar function's output can grow, and so what is checked before it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Growth {
+    /// `lpad`, `rpad`: to the length its second argument asks for.
+    Pad,
+    /// `repeat`: its text times its count.
+    Repeat,
+    /// `replace`, `regexp_replace`: each match (an empty pattern matches everywhere) replaced.
+    Replace,
+    /// `concat`, `translate`, …: no more than its inputs together; checked after it ran.
+    Linear,
+}
+
+/// The scalar functions whose output can outgrow their input, and how.
+pub const GROWING: [(&str, Growth); 10] = [
+    ("lpad", Growth::Pad),
+    ("rpad", Growth::Pad),
+    ("repeat", Growth::Repeat),
+    ("replace", Growth::Replace),
+    ("regexp_replace", Growth::Replace),
+    ("concat", Growth::Linear),
+    ("concat_ws", Growth::Linear),
+    ("translate", Growth::Linear),
+    ("overlay", Growth::Linear),
+    ("to_hex", Growth::Linear),
+];
+
+/// The aggregates whose one value holds a whole group.
+pub const GATHERING: [&str; 2] = ["string_agg", "array_agg"];
+
+/// Replace each function of [`GROWING`] and [`GATHERING`] in `ctx` by one
+/// that makes no value larger than `cap` bytes, and (for [`GROWING`] ones
+/// that could make far more than they read) takes what its output will need
+/// from `pool` before it runs, so that `sql.memory_limit` bounds it too.
+pub fn cap_values(ctx: &datafusion::prelude::SessionContext, pool: Arc<dyn MemoryPool>, cap: u64) {
+    let state = ctx.state();
+    for (name, growth) in GROWING {
+        if let Some(inner) = state.scalar_functions().get(name) {
+            let capped = CappedScalar { inner: ScalarUDF::clone(inner), growth, cap, pool: Arc::clone(&pool) };
+            ctx.register_udf(ScalarUDF::new_from_impl(capped));
+        }
+    }
+    for name in GATHERING {
+        if let Some(inner) = state.aggregate_functions().get(name) {
+            ctx.register_udaf(AggregateUDF::new_from_impl(CappedAggregate { inner: AggregateUDF::clone(inner), cap }));
+        }
+    }
+}
+
+fn too_large(what: &str, bytes: u64, cap: u64) -> DataFusionError {
+    DataFusionError::Execution(format!(
+        "{what} would make a value of {bytes} bytes, more than `sql.max_value_bytes` ({cap}) allows"
+    ))
+}
+
+/// A scalar function whose values are capped and whose growth is paid for from the memory pool.
+#[derive(Debug)]
+struct CappedScalar {
+    inner: ScalarUDF,
+    growth: Growth,
+    cap: u64,
+    pool: Arc<dyn MemoryPool>,
+}
+
+impl PartialEq for CappedScalar {
+    fn eq(&self, other: &Self) -> bool {
+        self.inner == other.inner && self.cap == other.cap
+    }
+}
+
+impl Eq for CappedScalar {}
+
+impl std::hash::Hash for CappedScalar {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.inner.hash(state);
+        self.cap.hash(state);
+    }
+}
+
+/// Byte lengths of a text or binary argument, row by row (`None`: not text).
+fn lengths(arg: &ColumnarValue, rows: usize) -> Option<Vec<u64>> {
+    let array = arg.to_array(rows).ok()?;
+    let lengths: Vec<u64> = match array.data_type() {
+        DataType::Utf8 => array.as_string::<i32>().iter().map(|v| v.map_or(0, str::len) as u64).collect(),
+        DataType::LargeUtf8 => array.as_string::<i64>().iter().map(|v| v.map_or(0, str::len) as u64).collect(),
+        DataType::Utf8View => array.as_string_view().iter().map(|v| v.map_or(0, str::len) as u64).collect(),
+        DataType::Binary => array.as_binary::<i32>().iter().map(|v| v.map_or(0, <[u8]>::len) as u64).collect(),
+        _ => return None,
+    };
+    Some(lengths)
+}
+
+/// An integer argument, row by row (negative and null as 0).
+fn counts(arg: &ColumnarValue, rows: usize) -> Option<Vec<u64>> {
+    let array = arg.to_array(rows).ok()?;
+    let array = arrow::compute::cast(&array, &DataType::Int64).ok()?;
+    Some(array.as_primitive::<arrow::datatypes::Int64Type>().iter().map(|v| v.unwrap_or(0).max(0) as u64).collect())
+}
+
+/// Is every value of a text argument ASCII (one byte a character)?
+fn ascii(arg: &ColumnarValue, rows: usize) -> bool {
+    let Ok(array) = arg.to_array(rows) else { return false };
+    match array.data_type() {
+        DataType::Utf8 => array.as_string::<i32>().values().is_ascii(),
+        DataType::LargeUtf8 => array.as_string::<i64>().values().is_ascii(),
+        DataType::Utf8View => array.as_string_view().iter().flatten().all(str::is_ascii),
+        _ => false,
+    }
+}
+
+impl CappedScalar {
+    /// The most bytes each row's value can take, where the growth is known before running.
+    fn bound(&self, args: &ScalarFunctionArgs) -> Option<Vec<u64>> {
+        let rows = args.number_rows;
+        let a = &args.args;
+        match self.growth {
+            Growth::Pad => {
+                let n = counts(a.get(1)?, rows)?;
+                let width =
+                    if a.iter().enumerate().filter(|(i, _)| *i != 1).all(|(_, v)| ascii(v, rows)) { 1 } else { 4 };
+                Some(n.into_iter().map(|n| n.saturating_mul(width)).collect())
+            }
+            Growth::Repeat => {
+                let (text, n) = (lengths(a.first()?, rows)?, counts(a.get(1)?, rows)?);
+                Some(text.into_iter().zip(n).map(|(t, n)| t.saturating_mul(n)).collect())
+            }
+            Growth::Replace => {
+                let (text, to) = (lengths(a.first()?, rows)?, lengths(a.get(2)?, rows)?);
+                // A back-reference in a regex replacement may repeat the whole text.
+                let refs = match a.get(2)? {
+                    ColumnarValue::Scalar(s) => s.to_string().matches(['\\', '$']).count() as u64,
+                    ColumnarValue::Array(_) => 4,
+                };
+                Some(
+                    text.into_iter()
+                        .zip(to)
+                        .map(|(t, to)| t.saturating_add((t + 1).saturating_mul(to.saturating_add(refs * t))))
+                        .collect(),
+                )
+            }
+            Growth::Linear => None,
+        }
+    }
+}
+
+impl ScalarUDFImpl for CappedScalar {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn aliases(&self) -> &[String] {
+        self.inner.aliases()
+    }
+
+    fn signature(&self) -> &Signature {
+        self.inner.signature()
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
+        self.inner.inner().return_type(arg_types)
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> DfResult<FieldRef> {
+        self.inner.return_field_from_args(args)
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> DfResult<Vec<DataType>> {
+        self.inner.coerce_types(arg_types)
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        self.inner.documentation()
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        // Paid for before it is made: no value past the cap, no output past the pool.
+        let reservation = MemoryConsumer::new(format!("{} output", self.name())).register(&self.pool);
+        if let Some(bound) = self.bound(&args) {
+            if let Some(&largest) = bound.iter().max()
+                && largest > self.cap
+            {
+                return Err(too_large(self.name(), largest, self.cap));
+            }
+            let total = bound.iter().fold(0u64, |a, b| a.saturating_add(*b));
+            reservation.try_grow(usize::try_from(total).unwrap_or(usize::MAX))?;
+        }
+        let rows = args.number_rows;
+        let out = self.inner.invoke_with_args(args)?;
+        if let Some(largest) = lengths(&out, rows).and_then(|l| l.into_iter().max())
+            && largest > self.cap
+        {
+            return Err(too_large(self.name(), largest, self.cap));
+        }
+        Ok(out)
+    }
+}
+
+/// An aggregate whose one value (a whole group's text or list) is capped.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct CappedAggregate {
+    inner: AggregateUDF,
+    cap: u64,
+}
+
+impl AggregateUDFImpl for CappedAggregate {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn aliases(&self) -> &[String] {
+        self.inner.aliases()
+    }
+
+    fn signature(&self) -> &Signature {
+        self.inner.signature()
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
+        self.inner.return_type(arg_types)
+    }
+
+    fn return_field(&self, arg_fields: &[FieldRef]) -> DfResult<FieldRef> {
+        self.inner.return_field(arg_fields)
+    }
+
+    fn is_nullable(&self) -> bool {
+        self.inner.is_nullable()
+    }
+
+    fn accumulator(&self, acc_args: AccumulatorArgs) -> DfResult<Box<dyn Accumulator>> {
+        let inner = self.inner.accumulator(acc_args)?;
+        Ok(Box::new(CappedAccumulator {
+            base: inner.size() as u64,
+            inner,
+            cap: self.cap,
+            name: self.name().to_owned(),
+        }))
+    }
+
+    fn state_fields(&self, args: StateFieldsArgs) -> DfResult<Vec<FieldRef>> {
+        self.inner.state_fields(args)
+    }
+
+    fn order_sensitivity(&self) -> AggregateOrderSensitivity {
+        self.inner.order_sensitivity()
+    }
+
+    fn with_beneficial_ordering(
+        self: Arc<Self>,
+        beneficial_ordering: bool,
+    ) -> DfResult<Option<Arc<dyn AggregateUDFImpl>>> {
+        let inner = Arc::clone(self.inner.inner()).with_beneficial_ordering(beneficial_ordering)?;
+        Ok(inner.map(|inner| {
+            Arc::new(CappedAggregate { inner: AggregateUDF::new_from_shared_impl(inner), cap: self.cap })
+                as Arc<dyn AggregateUDFImpl>
+        }))
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> DfResult<Vec<DataType>> {
+        self.inner.coerce_types(arg_types)
+    }
+
+    fn default_value(&self, data_type: &DataType) -> DfResult<ScalarValue> {
+        self.inner.default_value(data_type)
+    }
+
+    fn supports_null_handling_clause(&self) -> bool {
+        self.inner.inner().supports_null_handling_clause()
+    }
+
+    fn supports_within_group_clause(&self) -> bool {
+        self.inner.inner().supports_within_group_clause()
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        self.inner.documentation()
+    }
+}
+
+/// Fails once what it holds for one group passes the cap.
+#[derive(Debug)]
+struct CappedAccumulator {
+    inner: Box<dyn Accumulator>,
+    /// Its size holding nothing.
+    base: u64,
+    cap: u64,
+    name: String,
+}
+
+impl CappedAccumulator {
+    fn check(&self) -> DfResult<()> {
+        let held = (self.inner.size() as u64).saturating_sub(self.base);
+        if held > self.cap { Err(too_large(&self.name, held, self.cap)) } else { Ok(()) }
+    }
+}
+
+impl Accumulator for CappedAccumulator {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> DfResult<()> {
+        self.inner.update_batch(values)?;
+        self.check()
+    }
+
+    fn evaluate(&mut self) -> DfResult<ScalarValue> {
+        self.inner.evaluate()
+    }
+
+    fn size(&self) -> usize {
+        self.inner.size()
+    }
+
+    fn state(&mut self) -> DfResult<Vec<ScalarValue>> {
+        self.inner.state()
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> DfResult<()> {
+        self.inner.merge_batch(states)?;
+        self.check()
+    }
+
+    fn retract_batch(&mut self, values: &[ArrayRef]) -> DfResult<()> {
+        self.inner.retract_batch(values)
+    }
+
+    fn supports_retract_batch(&self) -> bool {
+        self.inner.supports_retract_batch()
     }
 }

@@ -22,6 +22,9 @@ use super::tables::HISTORY_SUFFIX;
 pub struct Lineage {
     /// (table, column) it is computed from; `<table>_history` is named as `<table>`.
     pub sources: BTreeSet<(String, String)>,
+    /// Which scans of a table (numbered in the order they are met) its
+    /// values come from: two columns from one scan describe the same rows.
+    pub rows: BTreeSet<usize>,
     /// The source column's own values, passed on by column references alone.
     pub plain: bool,
     /// Could it be traced? Undecided lineage may come from anything.
@@ -29,22 +32,28 @@ pub struct Lineage {
 }
 
 impl Lineage {
-    fn column(table: &str, column: &str) -> Lineage {
+    fn column(table: &str, column: &str, scan: usize) -> Lineage {
         let table = table.strip_suffix(HISTORY_SUFFIX).unwrap_or(table);
-        Lineage { sources: BTreeSet::from([(table.to_owned(), column.to_owned())]), plain: true, decided: true }
+        Lineage {
+            sources: BTreeSet::from([(table.to_owned(), column.to_owned())]),
+            rows: BTreeSet::from([scan]),
+            plain: true,
+            decided: true,
+        }
     }
 
     fn undecided() -> Lineage {
-        Lineage { sources: BTreeSet::new(), plain: false, decided: false }
+        Lineage { sources: BTreeSet::new(), rows: BTreeSet::new(), plain: false, decided: false }
     }
 
     /// Computed from all of `parts`: their sources, plain only if `plain` and there is one part.
     fn derived<'a>(parts: impl IntoIterator<Item = &'a Lineage>, plain: bool) -> Lineage {
-        let mut out = Lineage { sources: BTreeSet::new(), plain, decided: true };
+        let mut out = Lineage { sources: BTreeSet::new(), rows: BTreeSet::new(), plain, decided: true };
         let mut n = 0;
         for p in parts {
             n += 1;
             out.sources.extend(p.sources.iter().cloned());
+            out.rows.extend(p.rows.iter().copied());
             out.plain &= p.plain;
             out.decided &= p.decided;
         }
@@ -58,129 +67,176 @@ impl Lineage {
     }
 }
 
-/// The lineage of each output column of `plan`, in order.
-pub fn of(plan: &LogicalPlan) -> Vec<Lineage> {
-    let width = plan.schema().fields().len();
-    let same_as_input = |input: &LogicalPlan| {
-        let l = of(input);
-        if l.len() == width { l } else { vec![Lineage::undecided(); width] }
-    };
-    match plan {
-        LogicalPlan::TableScan(scan) => {
-            // A curated view is traced through its own plan; a table ends the trace.
-            let full: Vec<Lineage> = match scan.source.get_logical_plan() {
-                Some(view) => of(&view),
-                None => {
-                    // ladu's tables are bare names; anything else keeps its schema in the name.
-                    let table = match scan.table_name.schema() {
-                        None => scan.table_name.table().to_owned(),
-                        Some(_) => scan.table_name.to_string(),
-                    };
-                    scan.source.schema().fields().iter().map(|f| Lineage::column(&table, f.name())).collect()
-                }
-            };
-            match &scan.projection {
-                Some(p) => p.iter().map(|&i| full.get(i).cloned().unwrap_or_else(Lineage::undecided)).collect(),
-                None => full,
-            }
-        }
-        LogicalPlan::Projection(p) => {
-            let input = of(&p.input);
-            p.expr.iter().map(|e| expression(e, &p.input, &input)).collect()
-        }
-        LogicalPlan::Filter(f) => same_as_input(&f.input),
-        LogicalPlan::Sort(s) => same_as_input(&s.input),
-        LogicalPlan::Limit(l) => same_as_input(&l.input),
-        LogicalPlan::Repartition(r) => same_as_input(&r.input),
-        LogicalPlan::SubqueryAlias(s) => same_as_input(&s.input),
-        LogicalPlan::Subquery(s) => same_as_input(&s.subquery),
-        LogicalPlan::Distinct(datafusion::logical_expr::Distinct::All(input)) => same_as_input(input),
-        LogicalPlan::Join(j) => {
-            let (left, right) = (of(&j.left), of(&j.right));
-            let mut out = match j.join_type {
-                JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => left,
-                JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => right,
-                _ => left.into_iter().chain(right).collect(),
-            };
-            // A mark column says whether a row found a match: derived from the join keys.
-            while out.len() < width {
-                let keys: Vec<Lineage> = j
-                    .on
-                    .iter()
-                    .flat_map(|(l, r)| [expression(l, &j.left, &of(&j.left)), expression(r, &j.right, &of(&j.right))])
-                    .collect();
-                out.push(Lineage::derived(&keys, false));
-            }
-            if out.len() == width { out } else { vec![Lineage::undecided(); width] }
-        }
-        LogicalPlan::Aggregate(a) => {
-            if a.group_expr.iter().any(|e| matches!(e, Expr::GroupingSet(_))) {
-                return vec![Lineage::undecided(); width];
-            }
-            let input = of(&a.input);
-            let mut out: Vec<Lineage> = a.group_expr.iter().map(|e| expression(e, &a.input, &input)).collect();
-            out.extend(a.aggr_expr.iter().map(|e| Lineage { plain: false, ..expression(e, &a.input, &input) }));
-            if out.len() == width { out } else { vec![Lineage::undecided(); width] }
-        }
-        LogicalPlan::Window(w) => {
-            let input = of(&w.input);
-            let mut out = input.clone();
-            out.extend(w.window_expr.iter().map(|e| Lineage { plain: false, ..expression(e, &w.input, &input) }));
-            if out.len() == width { out } else { vec![Lineage::undecided(); width] }
-        }
-        LogicalPlan::Union(u) => {
-            let inputs: Vec<Vec<Lineage>> = u.inputs.iter().map(|i| of(i)).collect();
-            (0..width)
-                .map(|i| {
-                    let parts: Vec<&Lineage> = inputs.iter().filter_map(|l| l.get(i)).collect();
-                    if parts.len() == inputs.len() { Lineage::derived(parts, false) } else { Lineage::undecided() }
-                })
-                .collect()
-        }
-        // Literals and nothing: derived from no column.
-        LogicalPlan::Values(_) | LogicalPlan::EmptyRelation(_) => {
-            vec![Lineage { sources: BTreeSet::new(), plain: false, decided: true }; width]
-        }
-        _ => vec![Lineage::undecided(); width],
-    }
+/// A plan's result columns traced, and the columns its joins equate.
+#[derive(Debug, Default)]
+pub struct Traced {
+    pub columns: Vec<Lineage>,
+    /// Pairs of plain columns an equi-join made equal (`a.person_id = b.person_id`).
+    pub joined: Vec<(Lineage, Lineage)>,
 }
 
-/// The lineage of `expr`, evaluated over `input` whose columns' lineages are `columns`.
-/// A subquery in it adds every column of its result, and the outer columns it reads.
-fn expression(expr: &Expr, input: &LogicalPlan, columns: &[Lineage]) -> Lineage {
-    let schema = input.schema();
-    let of_column = |c: &datafusion::common::Column| schema.index_of_column(c).ok().and_then(|i| columns.get(i));
-    let mut parts = Vec::new();
-    for c in expr.column_refs() {
-        match of_column(c) {
-            Some(l) => parts.push(l.clone()),
-            None => return Lineage::undecided(),
+/// The lineage of each output column of `plan`, in order.
+pub fn of(plan: &LogicalPlan) -> Vec<Lineage> {
+    trace(plan).columns
+}
+
+/// [`of`], with the equalities the plan's joins make.
+pub fn trace(plan: &LogicalPlan) -> Traced {
+    let mut tracer = Tracer::default();
+    let columns = tracer.of(plan);
+    Traced { columns, joined: tracer.joined }
+}
+
+#[derive(Default)]
+struct Tracer {
+    scans: usize,
+    joined: Vec<(Lineage, Lineage)>,
+}
+
+impl Tracer {
+    fn of(&mut self, plan: &LogicalPlan) -> Vec<Lineage> {
+        let width = plan.schema().fields().len();
+        let fits = |l: Vec<Lineage>| if l.len() == width { l } else { vec![Lineage::undecided(); width] };
+        match plan {
+            LogicalPlan::TableScan(scan) => {
+                // A curated view is traced through its own plan; a table ends the trace.
+                let full: Vec<Lineage> = match scan.source.get_logical_plan() {
+                    Some(view) => self.of(&view),
+                    None => {
+                        self.scans += 1;
+                        // ladu's tables are bare names; anything else keeps its schema in the name.
+                        let table = match scan.table_name.schema() {
+                            None => scan.table_name.table().to_owned(),
+                            Some(_) => scan.table_name.to_string(),
+                        };
+                        let fields = scan.source.schema();
+                        fields.fields().iter().map(|f| Lineage::column(&table, f.name(), self.scans)).collect()
+                    }
+                };
+                match &scan.projection {
+                    Some(p) => p.iter().map(|&i| full.get(i).cloned().unwrap_or_else(Lineage::undecided)).collect(),
+                    None => full,
+                }
+            }
+            LogicalPlan::Projection(p) => {
+                let input = self.of(&p.input);
+                p.expr.iter().map(|e| self.expression(e, &p.input, &input)).collect()
+            }
+            LogicalPlan::Filter(f) => fits(self.of(&f.input)),
+            LogicalPlan::Sort(s) => fits(self.of(&s.input)),
+            LogicalPlan::Limit(l) => fits(self.of(&l.input)),
+            LogicalPlan::Repartition(r) => fits(self.of(&r.input)),
+            LogicalPlan::SubqueryAlias(s) => fits(self.of(&s.input)),
+            LogicalPlan::Subquery(s) => fits(self.of(&s.subquery)),
+            LogicalPlan::Distinct(datafusion::logical_expr::Distinct::All(input)) => fits(self.of(input)),
+            LogicalPlan::Join(j) => {
+                let (left, right) = (self.of(&j.left), self.of(&j.right));
+                let mut keys: Vec<(Lineage, Lineage)> =
+                    j.on.iter()
+                        .map(|(l, r)| (self.expression(l, &j.left, &left), self.expression(r, &j.right, &right)))
+                        .collect();
+                // Before the optimizer, `ON a = b` is still a filter: its column equalities are keys too.
+                let conjuncts = j.filter.as_ref().map(datafusion::logical_expr::utils::split_conjunction);
+                for e in conjuncts.into_iter().flatten() {
+                    if let Expr::BinaryExpr(b) = e
+                        && b.op == datafusion::logical_expr::Operator::Eq
+                        && referenced(&b.left).is_some()
+                        && referenced(&b.right).is_some()
+                    {
+                        let side = |this: &mut Self, e: &Expr| {
+                            let l = this.expression(e, &j.left, &left);
+                            if l.decided { l } else { this.expression(e, &j.right, &right) }
+                        };
+                        let pair = (side(self, &b.left), side(self, &b.right));
+                        keys.push(pair);
+                    }
+                }
+                self.joined.extend(keys.iter().filter(|(l, r)| l.plain && r.plain).cloned());
+                let mut out = match j.join_type {
+                    JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => left,
+                    JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => right,
+                    _ => left.into_iter().chain(right).collect(),
+                };
+                // A mark column says whether a row found a match: derived from the join keys.
+                if out.len() < width {
+                    let mark = Lineage::derived(keys.iter().flat_map(|(l, r)| [l, r]), false);
+                    out.resize(width, mark);
+                }
+                fits(out)
+            }
+            LogicalPlan::Aggregate(a) => {
+                if a.group_expr.iter().any(|e| matches!(e, Expr::GroupingSet(_))) {
+                    return vec![Lineage::undecided(); width];
+                }
+                let input = self.of(&a.input);
+                let mut out: Vec<Lineage> = a.group_expr.iter().map(|e| self.expression(e, &a.input, &input)).collect();
+                for e in &a.aggr_expr {
+                    out.push(Lineage { plain: false, ..self.expression(e, &a.input, &input) });
+                }
+                fits(out)
+            }
+            LogicalPlan::Window(w) => {
+                let input = self.of(&w.input);
+                let mut out = input.clone();
+                for e in &w.window_expr {
+                    out.push(Lineage { plain: false, ..self.expression(e, &w.input, &input) });
+                }
+                fits(out)
+            }
+            LogicalPlan::Union(u) => {
+                let inputs: Vec<Vec<Lineage>> = u.inputs.iter().map(|i| self.of(i)).collect();
+                (0..width)
+                    .map(|i| {
+                        let parts: Vec<&Lineage> = inputs.iter().filter_map(|l| l.get(i)).collect();
+                        if parts.len() == inputs.len() { Lineage::derived(parts, false) } else { Lineage::undecided() }
+                    })
+                    .collect()
+            }
+            // Literals and nothing: derived from no column.
+            LogicalPlan::Values(_) | LogicalPlan::EmptyRelation(_) => {
+                vec![Lineage { decided: true, ..Lineage::default() }; width]
+            }
+            _ => vec![Lineage::undecided(); width],
         }
     }
-    let mut subqueries = Vec::new();
-    let _ = expr.apply(|e| {
-        match e {
-            Expr::ScalarSubquery(s) | Expr::Exists(datafusion::logical_expr::expr::Exists { subquery: s, .. }) => {
-                subqueries.push(s.clone())
-            }
-            Expr::InSubquery(i) => subqueries.push(i.subquery.clone()),
-            _ => {}
-        }
-        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
-    });
-    for s in &subqueries {
-        parts.extend(of(&s.subquery));
-        for outer in &s.outer_ref_columns {
-            match outer {
-                Expr::OuterReferenceColumn(_, c) => match of_column(c) {
-                    Some(l) => parts.push(l.clone()),
-                    None => return Lineage::undecided(),
-                },
-                _ => return Lineage::undecided(),
+
+    /// The lineage of `expr`, evaluated over `input` whose columns' lineages are `columns`.
+    /// A subquery in it adds every column of its result, and the outer columns it reads.
+    fn expression(&mut self, expr: &Expr, input: &LogicalPlan, columns: &[Lineage]) -> Lineage {
+        let schema = input.schema();
+        let of_column = |c: &datafusion::common::Column| schema.index_of_column(c).ok().and_then(|i| columns.get(i));
+        let mut parts = Vec::new();
+        for c in expr.column_refs() {
+            match of_column(c) {
+                Some(l) => parts.push(l.clone()),
+                None => return Lineage::undecided(),
             }
         }
+        let mut subqueries = Vec::new();
+        let _ = expr.apply(|e| {
+            match e {
+                Expr::ScalarSubquery(s) | Expr::Exists(datafusion::logical_expr::expr::Exists { subquery: s, .. }) => {
+                    subqueries.push(s.clone())
+                }
+                Expr::InSubquery(i) => subqueries.push(i.subquery.clone()),
+                _ => {}
+            }
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        });
+        for s in &subqueries {
+            for outer in &s.outer_ref_columns {
+                match outer {
+                    Expr::OuterReferenceColumn(_, c) => match of_column(c) {
+                        Some(l) => parts.push(l.clone()),
+                        None => return Lineage::undecided(),
+                    },
+                    _ => return Lineage::undecided(),
+                }
+            }
+            parts.extend(self.of(&s.subquery));
+        }
+        Lineage::derived(&parts, referenced(expr).is_some())
     }
-    Lineage::derived(&parts, referenced(expr).is_some())
 }
 
 /// The column an expression only names (perhaps under an alias).

@@ -43,7 +43,7 @@ use datafusion::datasource::provider_as_source;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, col, lit};
@@ -448,8 +448,13 @@ impl Session {
     /// The lineage of each column of `statement`'s result ([`lineage`]),
     /// checked and planned as [`Session::run`] would, without running it.
     pub fn lineage(&self, statement: &str) -> Result<Vec<lineage::Lineage>> {
+        Ok(self.trace(statement)?.columns)
+    }
+
+    /// [`Session::lineage`], with the columns the statement's joins equate.
+    pub fn trace(&self, statement: &str) -> Result<lineage::Traced> {
         let (plan, _) = self.runtime.block_on(self.plan(statement, &mut BTreeSet::new()))?;
-        Ok(lineage::of(&plan))
+        Ok(lineage::trace(&plan))
     }
 
     /// Check and plan one statement; returns its result stream.
@@ -683,8 +688,9 @@ fn new_context(settings: &Settings) -> Result<SessionContext> {
         Some(dir) => DiskManagerMode::Directories(vec![dir.clone()]),
         None => DiskManagerMode::OsTmpDirectory,
     };
+    let pool: Arc<dyn MemoryPool> = Arc::new(FairSpillPool::new(settings.sql.memory_limit as usize));
     let runtime = RuntimeEnvBuilder::new()
-        .with_memory_pool(Arc::new(FairSpillPool::new(settings.sql.memory_limit as usize)))
+        .with_memory_pool(Arc::clone(&pool))
         .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(disk))
         .build_arc()
         .map_err(engine)?;
@@ -717,7 +723,9 @@ fn new_context(settings: &Settings) -> Result<SessionContext> {
             max_depth: settings.sql.max_recursion_depth,
         }))
         .build();
-    Ok(SessionContext::new_with_state(state))
+    let ctx = SessionContext::new_with_state(state);
+    limits::cap_values(&ctx, pool, settings.sql.max_value_bytes);
+    Ok(ctx)
 }
 
 /// A role's row condition as an expression over the table's columns.
