@@ -412,9 +412,13 @@ fn sql(
     let force = output.as_ref().is_some_and(|(_, f)| *f);
     let path = output.map(|(p, _)| p);
     let mut out = sql::Output::new(format, path.as_deref(), force).map_err(|e| (Exit::Usage, e))?;
-    let mut session = sql::Session::open(&settings, AuditLog::new(&settings.paths.audit), role.as_deref())
+    let session = sql::Session::open(&settings, AuditLog::new(&settings.paths.audit), role.as_deref())
         .map_err(|e| (sql_exit(&e), e))?;
-    session.stop_on_signals().map_err(|e| (sql_exit(&e), e))?;
+    let interactive = command.is_none() && file.is_none() && std::io::stdin().is_terminal();
+    if !interactive {
+        // The shell listens once its line editor has taken the terminal's signals.
+        session.stop_on_signals().map_err(|e| (sql_exit(&e), e))?;
+    }
     let result = if let Some(text) = command {
         sql::shell::run_text(&session, &text, &mut out)
     } else if let Some(path) = file {

@@ -298,25 +298,9 @@ impl Settings {
     /// that already exists.
     pub fn check_output(&self, path: &Path, force: bool) -> Result<()> {
         let err = |source| Error::Output { path: path.to_owned(), source };
-        let absolute = std::path::absolute(path).map_err(err)?;
-        // The nearest existing ancestor, with links resolved; the rest as named.
-        let mut existing = absolute.as_path();
-        let mut rest = Vec::new();
-        let resolved = loop {
-            match existing.canonicalize() {
-                Ok(p) => break p,
-                Err(_) => match (existing.parent(), existing.file_name()) {
-                    (Some(parent), Some(name)) => {
-                        rest.push(name.to_owned());
-                        existing = parent;
-                    }
-                    _ => break existing.to_owned(),
-                },
-            }
-        };
-        let target = rest.iter().rev().fold(resolved, |p, n| p.join(n));
+        let target = resolved(path).map_err(err)?;
         for (folder, what) in self.managed_folders() {
-            let Ok(folder) = folder.canonicalize() else { continue };
+            let Ok(folder) = resolved(folder) else { continue };
             if folder.parent().is_none() {
                 continue;
             }
@@ -465,6 +449,27 @@ enum MemoryLimitError {
     TooSmall(String),
     #[error("`{0}` is not a size such as 4GiB or 50%")]
     NotASize(String),
+}
+
+/// `path` made absolute, with the links of its nearest existing ancestor
+/// resolved and the rest (which does not exist yet) as named.
+fn resolved(path: &Path) -> std::io::Result<PathBuf> {
+    let absolute = std::path::absolute(path)?;
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    let base = loop {
+        match existing.canonicalize() {
+            Ok(p) => break p,
+            Err(_) => match (existing.parent(), existing.file_name()) {
+                (Some(parent), Some(name)) => {
+                    rest.push(name.to_owned());
+                    existing = parent;
+                }
+                _ => break existing.to_owned(),
+            },
+        }
+    };
+    Ok(rest.iter().rev().fold(base, |p, n| p.join(n)))
 }
 
 /// `"90s"`, `"15min"`, `"2h"`: a positive duration.

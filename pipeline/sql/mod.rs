@@ -127,10 +127,49 @@ impl std::fmt::Display for Stop {
     }
 }
 
-/// SIGINT and SIGTERM, listened to while a statement runs.
-struct Signals {
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
+/// What stops a running statement: set by its time limit's watchdog or by a
+/// signal, each on a thread of its own, so that a step of a query that runs
+/// for minutes without yielding cannot keep them from it.
+#[derive(Default)]
+struct StopFlag {
+    /// A statement is running (signals outside statements end the process).
+    running: std::sync::atomic::AtomicBool,
+    stop: std::sync::Mutex<Option<Stop>>,
+    arrived: tokio::sync::Notify,
+}
+
+impl StopFlag {
+    fn raise(&self, stop: Stop) {
+        self.stop.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get_or_insert(stop);
+        self.arrived.notify_one();
+    }
+
+    /// Resolves when the running statement is to stop.
+    async fn wait(&self) -> Stop {
+        loop {
+            self.arrived.notified().await;
+            if let Some(stop) = self.stop.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+                return stop;
+            }
+        }
+    }
+
+    /// Mark a statement as running (or not), forgetting any earlier stop.
+    fn running(&self, running: bool) {
+        self.stop.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        self.running.store(running, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Stop {
+    /// The exit code of a process a signal ended: 128 and the signal's number.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Stop::Interrupt => 128 + 2,
+            Stop::Terminate => 128 + 15,
+            Stop::Timeout(_) => 1,
+        }
+    }
 }
 
 /// What a table is, for `\d`.
@@ -160,7 +199,10 @@ impl Kind {
 /// A SQL session as one role.
 pub struct Session {
     ctx: SessionContext,
-    runtime: tokio::runtime::Runtime,
+    /// Always `Some` until dropped; replaced after a statement is stopped.
+    runtime: std::sync::RwLock<Option<Arc<tokio::runtime::Runtime>>>,
+    /// Worker threads of a runtime.
+    workers: usize,
     role: Role,
     audit: AuditLog,
     /// Manifest version the session reads.
@@ -175,8 +217,8 @@ pub struct Session {
     waiting: BTreeMap<String, String>,
     /// A statement running longer is stopped.
     timeout: std::time::Duration,
-    /// Set by [`Session::stop_on_signals`].
-    signals: Option<tokio::sync::Mutex<Signals>>,
+    /// What stops the running statement.
+    stops: Arc<StopFlag>,
     /// Rows of the running statement's result written so far.
     rows_sent: std::sync::atomic::AtomicU64,
 }
@@ -227,13 +269,7 @@ impl Session {
         audit.check_appendable()?;
         let root = &settings.paths.warehouse;
         let table_names = table_names(settings, &manifest);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_time()
-            .enable_io()
-            .worker_threads(settings.sql.target_partitions)
-            .thread_name("ladu-sql")
-            .build()
-            .map_err(|e| Error::Engine(e.to_string()))?;
+        let runtime = new_runtime(settings.sql.target_partitions)?;
         let pseudonyms: HashMap<&str, Vec<&str>> =
             settings.sources.iter().map(|s| (s.table.as_str(), s.pseudonym_columns().collect())).collect();
         let committed = tables::committed_tables(root, &manifest, &pseudonyms)?;
@@ -270,7 +306,8 @@ impl Session {
         }
         Ok(Session {
             ctx,
-            runtime,
+            runtime: std::sync::RwLock::new(Some(Arc::new(runtime))),
+            workers: settings.sql.target_partitions,
             role,
             audit,
             version: manifest.version,
@@ -279,32 +316,101 @@ impl Session {
             empty,
             waiting,
             timeout: settings.sql.statement_timeout,
-            signals: None,
+            stops: Arc::new(StopFlag::default()),
             rows_sent: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
     /// From now on, SIGINT and SIGTERM stop a running statement (audited as
-    /// `interrupted`, with the rows sent so far) instead of the process.
-    pub fn stop_on_signals(&mut self) -> Result<()> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let _runtime = self.runtime.enter();
-        let listen = |kind| signal(kind).map_err(|e| Error::Engine(format!("cannot listen for signals: {e}")));
-        let signals =
-            Signals { interrupt: listen(SignalKind::interrupt())?, terminate: listen(SignalKind::terminate())? };
-        self.signals = Some(tokio::sync::Mutex::new(signals));
+    /// `interrupted`, with the rows sent so far) instead of the process;
+    /// between statements they end the process as they would have.
+    /// Call it after anything else that takes these signals (the shell's
+    /// line editor), which this chains to.
+    pub fn stop_on_signals(&self) -> Result<()> {
+        let engine = |e: std::io::Error| Error::Engine(format!("cannot listen for signals: {e}"));
+        // The handler only writes the signal's number to a pipe (all a handler may safely do);
+        // a thread reads it and acts.
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe(2) writes.
+        if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+            return Err(engine(std::io::Error::last_os_error()));
+        }
+        let [read, write] = fds;
+        for signal in [libc::SIGINT, libc::SIGTERM] {
+            let byte = signal as u8;
+            // SAFETY: the action only calls write(2), which is async-signal-safe, on a pipe that is never closed.
+            unsafe {
+                signal_hook_registry::register(signal, move || {
+                    libc::write(write, (&raw const byte).cast(), 1);
+                })
+            }
+            .map_err(engine)?;
+        }
+        let stops = Arc::clone(&self.stops);
+        std::thread::Builder::new()
+            .name("ladu-signals".into())
+            .spawn(move || {
+                let mut byte = 0u8;
+                // SAFETY: reads one byte into `byte` from the pipe this thread owns the read end of.
+                while unsafe { libc::read(read, (&raw mut byte).cast(), 1) } == 1 {
+                    let stop = if i32::from(byte) == libc::SIGINT { Stop::Interrupt } else { Stop::Terminate };
+                    if !stops.running.load(std::sync::atomic::Ordering::SeqCst) {
+                        std::process::exit(stop.exit_code());
+                    }
+                    stops.raise(stop);
+                }
+            })
+            .map_err(engine)?;
         Ok(())
     }
 
-    /// Resolves when a signal asks the running statement to stop (never, unless listening).
-    async fn stop_signal(&self) -> Stop {
-        let Some(signals) = &self.signals else { return std::future::pending().await };
-        let mut guard = signals.lock().await;
-        let Signals { interrupt, terminate } = &mut *guard;
-        tokio::select! {
-            _ = interrupt.recv() => Stop::Interrupt,
-            _ = terminate.recv() => Stop::Terminate,
+    /// `stream`, computed by a task of its own and handed over through a small
+    /// channel: one step of a query (a join's probe, say) can take minutes
+    /// without yielding, and the statement must still stop at its time limit
+    /// or a signal. Dropping the returned stream ends the task at its next
+    /// batch.
+    fn detached(&self, mut stream: SendableRecordBatchStream) -> SendableRecordBatchStream {
+        let schema = stream.schema();
+        let (to, mut from) = tokio::sync::mpsc::channel(2);
+        let task = self.runtime().spawn(async move {
+            while let Some(batch) = stream.next().await {
+                if to.send(batch).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let abort = task.abort_handle();
+        let batches = futures::stream::poll_fn(move |cx| {
+            let next = from.poll_recv(cx);
+            if matches!(next, std::task::Poll::Ready(None)) {
+                abort.abort();
+            }
+            next
+        });
+        // Dropped with the stream: the task is told to stop.
+        let guard = AbortOnDrop(task.abort_handle());
+        let batches = batches.map(move |b| {
+            let _keep = &guard;
+            b
+        });
+        Box::pin(RecordBatchStreamAdapter::new(schema, batches))
+    }
+
+    fn runtime(&self) -> Arc<tokio::runtime::Runtime> {
+        let runtime = self.runtime.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(runtime.as_ref().expect("the runtime lives as long as the session"))
+    }
+
+    /// A fresh runtime for the statements after a stopped one: the stopped
+    /// one's work may hold the old one's threads for a while yet, and is
+    /// left to end on them in the background.
+    fn renew_runtime(&self) -> Result<()> {
+        let fresh = Arc::new(new_runtime(self.workers)?);
+        let old = self.runtime.write().unwrap_or_else(std::sync::PoisonError::into_inner).replace(fresh);
+        if let Some(Ok(old)) = old.map(Arc::try_unwrap) {
+            old.shutdown_background();
         }
+        Ok(())
     }
 
     pub fn role(&self) -> &Role {
@@ -326,7 +432,7 @@ impl Session {
         if !self.catalog.contains_key(name) {
             return None;
         }
-        let provider = self.runtime.block_on(self.ctx.table_provider(name)).ok()?;
+        let provider = self.runtime().block_on(self.ctx.table_provider(name)).ok()?;
         Some(provider.schema())
     }
 
@@ -383,24 +489,37 @@ impl Session {
         let mut read = BTreeSet::new();
         let mut started_seq = None;
         self.rows_sent.store(0, std::sync::atomic::Ordering::Relaxed);
-        let result = self.runtime.block_on(async {
+        self.stops.running(true);
+        // The time limit's watchdog: told the statement ended when `_ended` is dropped.
+        let (_ended, ending) = std::sync::mpsc::channel::<()>();
+        let (stops, timeout) = (Arc::clone(&self.stops), self.timeout);
+        std::thread::spawn(move || {
+            if ending.recv_timeout(timeout) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                stops.raise(Stop::Timeout(timeout));
+            }
+        });
+        let result = self.runtime().block_on(async {
             let run = async {
                 let stream = self.execute(record.statement, &mut read).await?;
                 if record.announce {
                     let entry = self.entry(&record, &read, "started", 0, None);
                     started_seq = Some(self.audit.append(AUDIT_KIND, entry)?);
                 }
-                consume(stream).await
+                consume(self.detached(stream)).await
             };
             // Whichever ends first; the others, and the query's work, are dropped.
             let stop = tokio::select! {
                 done = run => return done,
-                () = tokio::time::sleep(self.timeout) => Stop::Timeout(self.timeout),
-                stop = self.stop_signal() => stop,
+                stop = self.stops.wait() => stop,
             };
             let rows = self.rows_sent.load(std::sync::atomic::Ordering::Relaxed);
             Err(Error::Stopped { statement: record.statement.to_owned(), stop, rows })
         });
+        if matches!(result, Err(Error::Stopped { .. }))
+            && let Err(e) = self.renew_runtime()
+        {
+            tracing::warn!(error = %e, "the next statements share threads with the stopped one's work");
+        }
         let (outcome, rows, problem) = match &result {
             Ok((_, rows)) => ("ok", *rows, None),
             Err(Error::Refused { reason, .. }) => ("refused", 0, Some(reason.clone())),
@@ -415,7 +534,10 @@ impl Session {
         if let Some(seq) = started_seq {
             fields.insert("started_seq".into(), Value::from(seq));
         }
-        self.audit.append(AUDIT_KIND, fields)?;
+        // Until its last entry is written, a signal does not end the process.
+        let appended = self.audit.append(AUDIT_KIND, fields);
+        self.stops.running(false);
+        appended?;
         result.map(|(value, _)| (value, read))
     }
 
@@ -453,7 +575,7 @@ impl Session {
 
     /// [`Session::lineage`], with the columns the statement's joins equate.
     pub fn trace(&self, statement: &str) -> Result<lineage::Traced> {
-        let (plan, _) = self.runtime.block_on(self.plan(statement, &mut BTreeSet::new()))?;
+        let (plan, _) = self.runtime().block_on(self.plan(statement, &mut BTreeSet::new()))?;
         Ok(lineage::trace(&plan))
     }
 
@@ -526,6 +648,26 @@ impl Session {
     }
 }
 
+impl Drop for Session {
+    /// A stopped statement's work may be inside a step that runs for minutes
+    /// without yielding: the session ends without waiting for it.
+    fn drop(&mut self) {
+        let runtime = self.runtime.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(Ok(runtime)) = runtime.map(Arc::try_unwrap) {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What a statement's audit entries record besides its outcome.
 struct Record<'a> {
     statement: &'a str,
@@ -533,6 +675,15 @@ struct Record<'a> {
     output: Option<&'a Path>,
     /// Write an entry before the result is consumed.
     announce: bool,
+}
+
+/// The runtime statements run on.
+fn new_runtime(workers: usize) -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("ladu-sql")
+        .build()
+        .map_err(|e| Error::Engine(e.to_string()))
 }
 
 /// A failed statement: DataFusion's message, with advice where there is some.

@@ -45,6 +45,8 @@ pub fn interactive(session: &Session, out: &mut Output) -> Result<()> {
     use rustyline::error::ReadlineError;
     let mut editor =
         rustyline::DefaultEditor::new().map_err(|e| Error::Engine(format!("cannot start line editing: {e}")))?;
+    // After the editor, which takes SIGINT for itself: Ctrl-C stops a running statement.
+    session.stop_on_signals()?;
     eprintln!(
         "ladu sql: role {}, warehouse version {}. End statements with `;`; \\? for help, \\q to quit.",
         session.role().name,

@@ -7,6 +7,7 @@ mod util;
 mod check;
 mod crash;
 mod hardening;
+mod hostile;
 mod ingest;
 mod keys;
 mod open_data;
