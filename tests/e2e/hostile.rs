@@ -334,7 +334,7 @@ fn padded_releases_are_refused() {
     let ws = Workspace::new();
     ws.sample(300, 17, &["--only", "population", "--invalid", "0"]);
     ws.ok(&["ingest"]);
-    let copies = vec!["select birth_year, sex, county from population"; 5].join(" union all ");
+    let copies = ["select birth_year, sex, county from population"; 5].join(" union all ");
     for (name, query) in [
         (
             "constants",
