@@ -123,14 +123,10 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, opts: &Options) -> 
         let file = match delivery::open(&d.path).map_err(read_err)? {
             Ok(file) => file,
             Err(what) => {
-                let outcome = refuse_whole(settings, d, format!("not a delivery: {what}")).map_err(outbox_err)?;
-                audit_entries.push(delivery_audit(d, None, &outcome));
-                results.push(DeliveryResult {
-                    source: d.source.clone(),
-                    file: d.path.clone(),
-                    outcome,
-                    seconds: started.elapsed().as_secs_f64(),
-                });
+                let (entry, result) =
+                    refuse_whole(settings, d, format!("not a delivery: {what}"), None, started).map_err(outbox_err)?;
+                audit_entries.push(entry);
+                results.push(result);
                 continue;
             }
         };
@@ -177,14 +173,9 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, opts: &Options) -> 
                 d.source,
                 d.extract_date.format("%Y%m%d")
             );
-            let outcome = refuse_whole(settings, d, reason).map_err(outbox_err)?;
-            audit_entries.push(delivery_audit(d, Some(hash), &outcome));
-            results.push(DeliveryResult {
-                source: d.source.clone(),
-                file: d.path.clone(),
-                outcome,
-                seconds: started.elapsed().as_secs_f64(),
-            });
+            let (entry, result) = refuse_whole(settings, d, reason, Some(hash), started).map_err(outbox_err)?;
+            audit_entries.push(entry);
+            results.push(result);
             continue;
         }
         let mark = tx.mark();
@@ -399,13 +390,28 @@ fn mask_digit_runs(text: &str) -> String {
     out
 }
 
-/// Refuse a whole delivery before reading it: one line in its report, saying why.
-fn refuse_whole(settings: &Settings, d: &DeliveryFile, reason: String) -> std::io::Result<Outcome> {
+/// Refuse a whole delivery before reading it (its bytes' `hash`, if it is a
+/// file): one line in its report, saying why; returns its audit entry and result.
+fn refuse_whole(
+    settings: &Settings,
+    d: &DeliveryFile,
+    reason: String,
+    hash: Option<&str>,
+    started: Instant,
+) -> std::io::Result<(Map<String, Value>, DeliveryResult)> {
     let mut report = RejectionReport::create(&settings.paths.outbox, &d.source, &d.name)?;
     report.add(1, "", &format!("file refused: {reason}"))?;
     let report = report.finish()?;
     tracing::warn!(source = %d.source, file = %d.name, %reason, "delivery refused");
-    Ok(Outcome::Refused { reason, report })
+    let outcome = Outcome::Refused { reason, report };
+    let entry = delivery_audit(d, hash, &outcome);
+    let result = DeliveryResult {
+        source: d.source.clone(),
+        file: d.path.clone(),
+        outcome,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    Ok((entry, result))
 }
 
 struct Done {
