@@ -372,20 +372,30 @@ impl Session {
     fn detached(&self, mut stream: SendableRecordBatchStream) -> SendableRecordBatchStream {
         let schema = stream.schema();
         let (to, mut from) = tokio::sync::mpsc::channel(2);
+        // Set once the whole result was sent: a task that ended otherwise (a panic) is no result.
+        let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = Arc::clone(&finished);
         let task = self.runtime().spawn(async move {
             while let Some(batch) = stream.next().await {
                 if to.send(batch).await.is_err() {
                     return;
                 }
             }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
         });
         let abort = task.abort_handle();
-        let batches = futures::stream::poll_fn(move |cx| {
-            let next = from.poll_recv(cx);
-            if matches!(next, std::task::Poll::Ready(None)) {
+        let batches = futures::stream::poll_fn(move |cx| match from.poll_recv(cx) {
+            std::task::Poll::Ready(None) => {
                 abort.abort();
+                if finished.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::task::Poll::Ready(None)
+                } else {
+                    finished.store(true, std::sync::atomic::Ordering::SeqCst);
+                    let e = DataFusionError::Execution("the query's work ended before its result was complete".into());
+                    std::task::Poll::Ready(Some(Err(e)))
+                }
             }
-            next
+            next => next,
         });
         // Dropped with the stream: the task is told to stop.
         let guard = AbortOnDrop(task.abort_handle());
