@@ -116,7 +116,7 @@ fn folder(path: &Path) -> &Path {
 }
 
 /// A name beside `path` for writing it aside: hidden, ending in `.tmp`, this process's own.
-pub fn aside(path: &Path) -> PathBuf {
+fn aside(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     folder(path).join(format!(".{name}.{}.tmp", std::process::id()))
 }

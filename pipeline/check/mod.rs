@@ -84,7 +84,6 @@ fn warehouse(root: &Path, key: Option<&Key>, f: &mut Findings) {
             for (file, standing) in unnamed {
                 let path = root.join(&file);
                 match standing {
-                    Standing::Committed => {}
                     // Named by the version before; removal was interrupted, the next writer finishes it.
                     Standing::Replaced => replaced += 1,
                     Standing::Uncommitted => f.problems.push(format!(

@@ -211,14 +211,17 @@ impl std::hash::Hash for CappedScalar {
 /// Byte lengths of a text or binary argument, row by row (`None`: not text).
 fn lengths(arg: &ColumnarValue, rows: usize) -> Option<Vec<u64>> {
     let array = arg.to_array(rows).ok()?;
-    let lengths: Vec<u64> = match array.data_type() {
-        DataType::Utf8 => array.as_string::<i32>().iter().map(|v| v.map_or(0, str::len) as u64).collect(),
-        DataType::LargeUtf8 => array.as_string::<i64>().iter().map(|v| v.map_or(0, str::len) as u64).collect(),
-        DataType::Utf8View => array.as_string_view().iter().map(|v| v.map_or(0, str::len) as u64).collect(),
-        DataType::Binary => array.as_binary::<i32>().iter().map(|v| v.map_or(0, <[u8]>::len) as u64).collect(),
+    // From the offsets or views alone: no value is read.
+    fn spans<O: arrow::array::OffsetSizeTrait>(offsets: &[O]) -> Vec<u64> {
+        offsets.windows(2).map(|w| (w[1] - w[0]).as_usize() as u64).collect()
+    }
+    Some(match array.data_type() {
+        DataType::Utf8 => spans(array.as_string::<i32>().value_offsets()),
+        DataType::LargeUtf8 => spans(array.as_string::<i64>().value_offsets()),
+        DataType::Binary => spans(array.as_binary::<i32>().value_offsets()),
+        DataType::Utf8View => array.as_string_view().views().iter().map(|v| u64::from(*v as u32)).collect(),
         _ => return None,
-    };
-    Some(lengths)
+    })
 }
 
 /// An integer argument, row by row (negative and null as 0).

@@ -577,13 +577,9 @@ impl Session {
         fields
     }
 
-    /// The lineage of each column of `statement`'s result ([`lineage`]),
-    /// checked and planned as [`Session::run`] would, without running it.
-    pub fn lineage(&self, statement: &str) -> Result<Vec<lineage::Lineage>> {
-        Ok(self.trace(statement)?.columns)
-    }
-
-    /// [`Session::lineage`], with the columns the statement's joins equate.
+    /// The lineage of each column of `statement`'s result, and the columns its
+    /// joins equate ([`lineage`]), checked and planned as [`Session::run`]
+    /// would, without running it.
     pub fn trace(&self, statement: &str) -> Result<lineage::Traced> {
         let (plan, _) = self.runtime().block_on(self.plan(statement, &mut BTreeSet::new()))?;
         Ok(lineage::trace(&plan))

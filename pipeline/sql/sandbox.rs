@@ -71,12 +71,13 @@ pub fn explains(statement: &DfStatement) -> bool {
 /// plan in a form whose scans ladu cannot hide (`FORMAT tree`, …). `None`
 /// for a plain `EXPLAIN` or no `EXPLAIN` at all.
 pub fn plan_detail(statement: &DfStatement) -> Option<&'static str> {
+    if analyzes(statement) {
+        return Some("`EXPLAIN ANALYZE` counts rows beneath the role's restrictions");
+    }
     match statement {
         DfStatement::Explain(e) => {
             let o = &e.options;
-            if o.analyze {
-                Some("`EXPLAIN ANALYZE` counts rows beneath the role's restrictions")
-            } else if o.verbose || o.show_statistics == Some(true) {
+            if o.verbose || o.show_statistics == Some(true) {
                 Some("`EXPLAIN VERBOSE` and `(COSTS)` show statistics of rows beneath the role's restrictions")
             } else if o.format.as_ref().is_some_and(|f| *f != ExplainFormat::Indent) {
                 Some("`EXPLAIN FORMAT` other than `indent` shows the scans beneath the role's restrictions")

@@ -16,11 +16,9 @@ use super::manifest::Manifest;
 use super::{Error, META_DIR, Result, io};
 use crate::durable::{Durable, Place};
 
-/// What a data file is to the newest manifest.
+/// What a data file the newest manifest does not name is to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Standing {
-    /// Named by the newest manifest.
-    Committed,
     /// Named by an earlier version, replaced by the newest: removed once that version is durable.
     Replaced,
     /// Written by a run that died before committing (listed by its intent).
@@ -153,15 +151,12 @@ pub fn unnamed(root: &Path, m: &Manifest) -> Result<Vec<(String, Standing)>> {
 
 /// Remove what provably is not committed data: the files of uncommitted
 /// runs and their staging, and the files the newest version replaced.
-/// Returns what was removed.
-pub fn recover(root: &Path, m: &Manifest) -> Result<Vec<String>> {
-    let mut removed = Vec::new();
+pub fn recover(root: &Path, m: &Manifest) -> Result<()> {
     for (file, standing) in unnamed(root, m)? {
         if matches!(standing, Standing::Uncommitted | Standing::Replaced) {
             let path = root.join(&file);
             tracing::info!(file = %path.display(), ?standing, "removing a data file that is not committed data");
             remove(&path)?;
-            removed.push(file);
         }
     }
     let staging = staging(root);
@@ -172,13 +167,13 @@ pub fn recover(root: &Path, m: &Manifest) -> Result<Vec<String>> {
     let meta = root.join(META_DIR);
     if let Ok(entries) = std::fs::read_dir(&meta) {
         for entry in entries.flatten() {
-            // Manifests written aside (`durable::aside`) by a writer that died.
+            // Manifests written aside (by `durable`) by a writer that died.
             if entry.file_name().to_string_lossy().ends_with(".tmp") {
                 remove(&entry.path())?;
             }
         }
     }
-    Ok(removed)
+    Ok(())
 }
 
 /// Remove the files the newest version replaced, now that it is durable.

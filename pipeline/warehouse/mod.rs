@@ -161,7 +161,7 @@ impl Warehouse {
 
     /// Remove what runs that died before their commit left, and finish removing what the newest version replaced.
     fn recover(&self) -> Result<()> {
-        files::recover(&self.root, &self.manifest).map(drop)
+        files::recover(&self.root, &self.manifest)
     }
 
     /// Start a transaction that will commit as the next manifest version.

@@ -359,8 +359,8 @@ fn a_statement_is_in_the_audit_log_before_its_first_row_is_shown() {
     ws.sample(4000, 7, &["--only", "treatment_invoices"]);
     ws.ok(&["ingest"]);
     let before = ws.audit_entries().len();
-    let mut child = ws
-        .command(&[
+    let mut child = Killed(
+        ws.command(&[
             "sql",
             "--format",
             "csv",
@@ -370,16 +370,16 @@ fn a_statement_is_in_the_audit_log_before_its_first_row_is_shown() {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap(),
+    );
     let mut first = [0u8; 64];
     use std::io::Read as _;
-    child.stdout.as_mut().unwrap().read_exact(&mut first).unwrap();
+    child.0.stdout.as_mut().unwrap().read_exact(&mut first).unwrap();
     // The reader has a result's first bytes, and the process waits to write more: its entry is already there.
     let entries = ws.audit_entries();
     let started = entries[before..].iter().find(|e| e["kind"] == "sql").expect("an entry before the first row");
     assert_eq!(started["outcome"], "started");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
     // A finished statement's final entry points back at its start.
     ws.ok(&["sql", "-c", "SELECT 1"]);
     let entries = ws.audit_entries();

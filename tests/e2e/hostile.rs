@@ -32,16 +32,6 @@ fn wait_with_peak(child: std::process::Child) -> (i32, i64) {
     (libc::WEXITSTATUS(status), usage.ru_maxrss)
 }
 
-/// Kills the process it holds when dropped (a failed assertion included), so no test leaves one running.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Item 1: SIGINT and SIGTERM stop a running statement, which is audited as interrupted with the
 /// rows sent so far; SIGKILL leaves the entry written before its first row.
 #[test]
@@ -54,20 +44,21 @@ fn signals_stop_a_statement_and_it_is_audited() {
         [(libc::SIGINT, 130, "SIGINT"), (libc::SIGTERM, 143, "SIGTERM"), (libc::SIGKILL, -1, "")]
     {
         let before = ws.audit_entries().len();
-        let mut child = ws
-            .command(&["sql", "--format", "csv", "-c", query])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdout = child.stdout.take().unwrap();
+        let mut child = Killed(
+            ws.command(&["sql", "--format", "csv", "-c", query])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let mut stdout = child.0.stdout.take().unwrap();
         let mut first = vec![0u8; 1 << 20];
         stdout.read_exact(&mut first).unwrap();
         // SAFETY: signals our own child.
-        unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        unsafe { libc::kill(child.0.id() as libc::pid_t, signal) };
         // Keep reading, so that nothing blocks on a full pipe while the statement stops.
         let drain = std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-        let status = child.wait().unwrap();
+        let status = child.0.wait().unwrap();
         drain.join().unwrap().unwrap();
         let entries = sql_entries(&ws, before);
         assert_eq!(entries[0]["outcome"], "started", "{entries:?}");

@@ -220,6 +220,16 @@ pub fn py_output(script: &str, args: &[&str]) -> Output {
         .expect("run python")
 }
 
+/// Kills the process it holds when dropped (a failed assertion included), so no test leaves one running.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Running in CI (`CI=true`), where a test whose tool is missing fails instead of skipping.
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
