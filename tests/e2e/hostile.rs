@@ -83,7 +83,9 @@ fn ctrl_c_in_the_shell_cancels_the_statement_and_the_shell_goes_on() {
     let ws = Workspace::new();
     ws.sample(3000, 12, &["--only", "treatment_invoices"]);
     ws.ok(&["ingest"]);
-    let cmd = format!("{BIN} --config {} sql", ws.config().display());
+    // `exec`: script(1) runs the command with `$SHELL -c`, and a shell that stays
+    // between it and ladu (dash does) would die of the Ctrl-C meant for ladu.
+    let cmd = format!("exec {BIN} --config {} sql", ws.config().display());
     let mut child = Killed(
         std::process::Command::new("script")
             .args(["-qec", &cmd, "/dev/null"])
@@ -139,8 +141,8 @@ fn ctrl_c_in_the_shell_cancels_the_statement_and_the_shell_goes_on() {
         assert!(std::time::Instant::now() < deadline, "the shell did not quit");
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
-    assert!(status.success());
     let text = screen.lock().unwrap().clone();
+    assert!(status.success(), "{status}: {text}");
     assert!(text.contains("interrupted (SIGINT)") && text.contains("| 42     |"), "{text}");
     let entries = sql_entries(&ws, before);
     let outcomes: Vec<&str> = entries.iter().map(|e| e["outcome"].as_str().unwrap()).collect();

@@ -529,7 +529,7 @@ fn audit_verify_names_the_first_bad_line_of_each_tampering() {
 #[test]
 fn the_interactive_shell_edits_lines_and_lists_tables() {
     let ws = warehouse();
-    let cmd = format!("{BIN} --config {} sql", ws.config().display());
+    let cmd = format!("exec {BIN} --config {} sql", ws.config().display());
     let mut child = std::process::Command::new("script")
         .args(["-qec", &cmd, "/dev/null"])
         .current_dir(ws.root())
