@@ -10,6 +10,7 @@
 //! - [`sql`]: read-only SQL over the committed warehouse, as a role, every statement audited.
 //! - [`stats`]: statistics computed through `sql`, committed through `warehouse`.
 //! - [`publish`]: open data computed through `sql`, disclosure-controlled, written to the site.
+//! - [`serve`]: `ladu serve`, the warehouse over the PostgreSQL protocol: logins, a `sql` session per connection.
 //! - [`run`]: the nightly job: ingest, statistics, publish, a run report.
 //! - [`check`]: verifies the warehouse, the audit chain and the site (reads only).
 //! - [`audit`]: the hash-chained log of every processing step; used by every stage.
@@ -33,6 +34,7 @@ pub mod release;
 pub mod report;
 pub mod run;
 pub mod sample_data;
+pub mod serve;
 pub mod sql;
 pub mod stats;
 pub mod subject;

@@ -229,6 +229,20 @@ enum Command {
         #[arg(long, value_name = "DATE")]
         received: Option<chrono::NaiveDate>,
     },
+    /// Serve the warehouse over the PostgreSQL protocol to the users of the users file.
+    ///
+    /// Each login gets its own session as the user's role, as `ladu sql --role`
+    /// would; logins, statements and disconnects are audited. Stops on SIGTERM.
+    Serve {
+        /// Address to listen on (default: `serve.listen`; port 0 picks a free port).
+        #[arg(long, value_name = "HOST:PORT")]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// The users of `ladu serve`: their roles and how they log in.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
     /// Reports for a supervisory authority.
     Report {
         #[command(subcommand)]
@@ -252,6 +266,41 @@ enum Report {
         #[arg(long)]
         to: Option<chrono::NaiveDate>,
     },
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// Add a user; the password is typed twice without echo, or read from --password-file.
+    Add {
+        name: String,
+        /// A role of the roles file, or provider:<regcode>.
+        #[arg(long)]
+        role: String,
+        /// Read the password from this file (`-`: standard input) instead of the terminal.
+        #[arg(long, value_name = "FILE", conflicts_with = "no_password")]
+        password_file: Option<PathBuf>,
+        /// No password: the user logs in with a client certificate only.
+        #[arg(long, requires = "certificate_file")]
+        no_password: bool,
+        /// A file (`-`: standard input) holding the value of the certificate subject field
+        /// (`serve.certificate_user_field`) that logs this user in; kept only as its SHA-256.
+        #[arg(long, value_name = "FILE")]
+        certificate_file: Option<PathBuf>,
+        /// An operating-system user who may run `ladu sql --role <role>` on the host (repeatable).
+        #[arg(long = "os-user", value_name = "NAME")]
+        os_users: Vec<String>,
+    },
+    /// Set a user's password.
+    Passwd {
+        name: String,
+        /// Read the password from this file (`-`: standard input) instead of the terminal.
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+    },
+    /// Remove a user.
+    Remove { name: String },
+    /// List the users, their roles and login methods (never a verifier).
+    List,
 }
 
 #[derive(Subcommand)]
@@ -370,6 +419,8 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
             subject(config, isikukood, isikukood_file.as_deref(), out.as_deref(), request_id.as_deref(), received)
         }
         Command::Report { report: Report::Processing { from, to } } => report_processing(config, from, to),
+        Command::Serve { listen } => serve(config, listen),
+        Command::User { action } => user(config, action),
         Command::Audit { action } => audit(config, action),
     }
 }
@@ -397,6 +448,165 @@ fn ingest(config: Option<&Path>, opts: ingest::Options) -> Result<Exit, Failed> 
     Ok(if summary.refused() > 0 { Exit::Refused } else { Exit::Ok })
 }
 
+/// Once `ladu serve` has users, `ladu sql` on the host is for operators: a
+/// role is taken only by an OS user the users file lists for it, or by the
+/// service user (`serve.service_user`).
+fn check_os_user(settings: &Settings, role: Option<&str>) -> Result<(), Failed> {
+    use ladu::serve::users::Users;
+    if !settings.serve.users_file.exists() {
+        return Ok(());
+    }
+    let users = Users::load(&settings.serve.users_file).map_err(|e| (Exit::Config, e))?;
+    let me = ladu::audit::os_user();
+    if settings.serve.service_user.as_deref() == Some(me.as_str()) {
+        return Ok(());
+    }
+    let tables: Vec<String> = settings.sources.iter().map(|s| s.table.clone()).collect();
+    let roles = sql::roles::Roles::load(&settings.sql.roles_file, &tables).map_err(|e| (Exit::Config, e))?;
+    let wanted = roles.role(role).map_err(|e| (Exit::Config, e))?.name;
+    if users.roles_of_os_user(&me).any(|r| r == wanted) {
+        return Ok(());
+    }
+    Err(Failed(
+        Exit::Config,
+        format!(
+            "OS user {me} may not use role {wanted}: {} lists the OS users of each role (`ladu user add … --os-user {me}`), \
+             and serve.service_user may take any",
+            settings.serve.users_file.display()
+        ),
+    ))
+}
+
+fn serve(config: Option<&Path>, listen: Option<std::net::SocketAddr>) -> Result<Exit, Failed> {
+    let settings = load_settings(config)?;
+    ladu::serve::serve(&settings, listen).map_err(|e| {
+        let code = match &e {
+            ladu::serve::Error::Bind { .. } | ladu::serve::Error::Runtime(_) | ladu::serve::Error::Audit(_) => {
+                Exit::Failure
+            }
+            ladu::serve::Error::Sql(e) => sql_exit(e),
+            ladu::serve::Error::Warehouse(e) => warehouse_exit(e),
+            _ => Exit::Config,
+        };
+        Failed(code, e.to_string())
+    })?;
+    Ok(Exit::Ok)
+}
+
+fn user(config: Option<&Path>, action: UserAction) -> Result<Exit, Failed> {
+    use ladu::serve::users::{self, User, Users};
+    let settings = load_settings(config)?;
+    let path = &settings.serve.users_file;
+    let mut all = Users::load(path).map_err(|e| (Exit::Config, e))?;
+    let failed = |e: users::Error| match e {
+        users::Error::Read { .. } | users::Error::Parse { .. } | users::Error::Invalid { .. } => {
+            Failed(Exit::Config, e.to_string())
+        }
+        users::Error::Write { .. } => Failed(Exit::Failure, e.to_string()),
+        _ => Failed(Exit::Usage, e.to_string()),
+    };
+    let check_role = |role: &str| -> Result<(), Failed> {
+        let tables: Vec<String> = settings.sources.iter().map(|s| s.table.clone()).collect();
+        let roles = sql::roles::Roles::load(&settings.sql.roles_file, &tables).map_err(|e| (Exit::Config, e))?;
+        roles.role(Some(role)).map(drop).map_err(|e| (Exit::Usage, e).into())
+    };
+    let mut fields = serde_json::Map::new();
+    let action_name = match action {
+        UserAction::Add { name, role, password_file, no_password, certificate_file, os_users } => {
+            check_role(&role)?;
+            let password = if no_password { None } else { Some(new_password(password_file.as_deref())?) };
+            let certificate = match certificate_file {
+                None => None,
+                Some(p) => {
+                    let text = read_secret(&p, "the certificate field")?;
+                    Some(users::certificate_digest(text.trim()))
+                }
+            };
+            let user = User {
+                role: role.clone(),
+                password: password.map(|p| users::Verifier::new(&p).to_string()),
+                certificate,
+                os_users,
+            };
+            all.add(&name, user).map_err(failed)?;
+            fields.insert("name".into(), name.clone().into());
+            fields.insert("role".into(), role.into());
+            "add"
+        }
+        UserAction::Passwd { name, password_file } => {
+            all.get_mut(&name, path).map_err(failed)?;
+            let password = new_password(password_file.as_deref())?;
+            all.get_mut(&name, path).map_err(failed)?.password = Some(users::Verifier::new(&password).to_string());
+            fields.insert("name".into(), name.clone().into());
+            "passwd"
+        }
+        UserAction::Remove { name } => {
+            let removed = all.remove(&name, path).map_err(failed)?;
+            fields.insert("name".into(), name.clone().into());
+            fields.insert("role".into(), removed.role.into());
+            "remove"
+        }
+        UserAction::List => {
+            out!("{:<24} {:<24} {:<22} os users", "user", "role", "login");
+            for (name, u) in &all.users {
+                let methods: Vec<&str> =
+                    [u.password.as_ref().map(|_| "password"), u.certificate.as_ref().map(|_| "certificate")]
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                out!("{name:<24} {:<24} {:<22} {}", u.role, methods.join(", "), u.os_users.join(", "));
+            }
+            return Ok(Exit::Ok);
+        }
+    };
+    all.save(path).map_err(failed)?;
+    fields.insert("action".into(), action_name.into());
+    fields.insert("users_file".into(), path.display().to_string().into());
+    AuditLog::new(&settings.paths.audit).append("user", fields).map_err(|e| (Exit::Failure, e))?;
+    eprintln!("{action_name}: {} updated", path.display());
+    Ok(Exit::Ok)
+}
+
+/// A new password: from a file (`-`: standard input), else typed twice without echo.
+fn new_password(file: Option<&Path>) -> Result<zeroize::Zeroizing<String>, Failed> {
+    use ladu::serve::users::check_password;
+    let password = match file {
+        Some(p) => {
+            let text = zeroize::Zeroizing::new(read_secret(p, "the password")?);
+            zeroize::Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_owned())
+        }
+        None if std::io::stdin().is_terminal() => {
+            let read = |prompt: &str| {
+                rpassword::prompt_password(prompt)
+                    .map(zeroize::Zeroizing::new)
+                    .map_err(|e| Failed(Exit::Usage, format!("cannot read the password: {e}")))
+            };
+            let first = read("new password (not shown): ")?;
+            let again = read("the same again: ")?;
+            check_password(&first, Some(&again)).map_err(|e| (Exit::Usage, e))?;
+            first
+        }
+        None => {
+            return Err(Failed(
+                Exit::Usage,
+                "standard input is not a terminal: give the password with --password-file FILE (or - for standard input)".into(),
+            ));
+        }
+    };
+    check_password(&password, None).map_err(|e| (Exit::Usage, e))?;
+    Ok(password)
+}
+
+/// A short secret from a file, `-` meaning standard input.
+fn read_secret(path: &Path, value: &str) -> Result<String, Failed> {
+    if path == Path::new("-") {
+        return read_bounded(std::io::stdin().lock(), "standard input", value);
+    }
+    let file =
+        std::fs::File::open(path).map_err(|e| Failed(Exit::Usage, format!("cannot read {}: {e}", path.display())))?;
+    read_bounded(file, &path.display().to_string(), value)
+}
+
 fn sql(
     config: Option<&Path>,
     command: Option<String>,
@@ -412,6 +622,7 @@ fn sql(
     let force = output.as_ref().is_some_and(|(_, f)| *f);
     let path = output.map(|(p, _)| p);
     let mut out = sql::Output::new(format, path.as_deref(), force).map_err(|e| (Exit::Usage, e))?;
+    check_os_user(&settings, role.as_deref())?;
     let session = sql::Session::open(&settings, AuditLog::new(&settings.paths.audit), role.as_deref())
         .map_err(|e| (sql_exit(&e), e))?;
     let interactive = command.is_none() && file.is_none() && std::io::stdin().is_terminal();
@@ -747,7 +958,7 @@ fn read_code(flag: Option<String>, file: Option<&Path>) -> Result<String, Failed
             rpassword::prompt_password("personal code (not shown): ")
                 .map_err(|e| Failed(Exit::Usage, format!("cannot read the personal code: {e}")))
         } else {
-            read_bounded(std::io::stdin().lock(), "standard input")
+            read_bounded(std::io::stdin().lock(), "standard input", "one personal code")
         }
     };
     match (flag, file) {
@@ -756,7 +967,7 @@ fn read_code(flag: Option<String>, file: Option<&Path>) -> Result<String, Failed
         (None, Some(p)) => {
             let file = std::fs::File::open(p)
                 .map_err(|e| Failed(Exit::Usage, format!("cannot read the personal code from {}: {e}", p.display())))?;
-            read_bounded(file, &p.display().to_string())
+            read_bounded(file, &p.display().to_string(), "one personal code")
         }
         (None, None) => from_stdin(),
     }
@@ -766,21 +977,21 @@ fn read_code(flag: Option<String>, file: Option<&Path>) -> Result<String, Failed
 /// code, whitespace, a line ending): more is refused at once, unread.
 const CODE_INPUT_BYTES: u64 = 256;
 
-/// The text of `input`, which may hold at most [`CODE_INPUT_BYTES`].
-fn read_bounded(input: impl std::io::Read, what: &str) -> Result<String, Failed> {
+/// The text of `input` (`what`), which may hold at most [`CODE_INPUT_BYTES`] and should hold `value`.
+fn read_bounded(input: impl std::io::Read, what: &str, value: &str) -> Result<String, Failed> {
     use std::io::Read;
     let mut bytes = Vec::new();
     input
         .take(CODE_INPUT_BYTES + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| Failed(Exit::Usage, format!("cannot read the personal code from {what}: {e}")))?;
+        .map_err(|e| Failed(Exit::Usage, format!("cannot read {what}: {e}")))?;
     if bytes.len() as u64 > CODE_INPUT_BYTES {
         return Err(Failed(
             Exit::Usage,
-            format!("{what} holds more than {CODE_INPUT_BYTES} bytes: give a file or input holding one personal code"),
+            format!("{what} holds more than {CODE_INPUT_BYTES} bytes: give a file or input holding {value}"),
         ));
     }
-    String::from_utf8(bytes).map_err(|_| Failed(Exit::Usage, format!("{what} is not text: give one personal code")))
+    String::from_utf8(bytes).map_err(|_| Failed(Exit::Usage, format!("{what} is not text: give {value}")))
 }
 
 fn load_settings(flag: Option<&Path>) -> Result<Settings, Failed> {

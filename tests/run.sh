@@ -2,7 +2,8 @@
 # The test command (README, `.ci/run`): install what the tests need, then run every test.
 #
 # Installs, where missing: Debian's chromium (the open-data page in a real
-# browser) and systemd-analyze (the systemd units), with apt-get as root or
+# browser), systemd-analyze (the systemd units), psql (`ladu serve` through a
+# real client) and openssl (the server's test certificates), with apt-get as root or
 # through sudo; and the Python virtualenv the tests cross-check against
 # (tests/python-env.sh). Then `cargo test`, with any arguments given here.
 set -euo pipefail
@@ -11,6 +12,8 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v chromium >/dev/null || [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/systemd-analyze ] || missing+=(systemd)
+command -v psql >/dev/null || missing+=(postgresql-client)
+command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=$([ "$(id -u)" = 0 ] || echo sudo)
   echo "tests/run.sh: installing ${missing[*]} with apt-get" >&2

@@ -1,11 +1,13 @@
 //! Configuration: `ladu.toml` (paths, key) and one file per source in `sources/`.
 
+pub mod serve;
 pub mod source;
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use serve::ServeSettings;
 pub use source::{ColumnRule, Generalisation, SourceConfig, ValueType};
 
 /// Config file used when neither `--config` nor `$LADU_CONFIG` names one.
@@ -112,6 +114,9 @@ struct RawSettings {
     /// Releases to named recipients.
     #[serde(default)]
     release: RawReleaseSettings,
+    /// `ladu serve`.
+    #[serde(default)]
+    serve: serve::RawServeSettings,
 }
 
 /// `[release]` as written.
@@ -270,6 +275,7 @@ pub struct Settings {
     pub sql: SqlSettings,
     pub publish: PublishSettings,
     pub release: ReleaseSettings,
+    pub serve: ServeSettings,
     /// Every source, sorted by name.
     pub sources: Vec<SourceConfig>,
 }
@@ -373,6 +379,7 @@ impl Settings {
         if raw.release.min_group_size.is_some_and(|k| k < 2) {
             problems.push("release.min_group_size: must be at least 2 (a group of 1 is a person)".to_owned());
         }
+        let serve = raw.serve.resolve(&resolve, statement_timeout, &mut problems);
         if !problems.is_empty() {
             return Err(Error::Invalid { path: path.to_owned(), problems });
         }
@@ -415,6 +422,7 @@ impl Settings {
                     .unwrap_or_else(|| DEFAULT_QUASI_IDENTIFIERS.map(str::to_owned).to_vec()),
                 min_group_size: raw.release.min_group_size.unwrap_or(DEFAULT_MIN_GROUP_SIZE),
             },
+            serve,
             sources,
         })
     }
@@ -447,7 +455,7 @@ enum MemoryLimitError {
     Unit(String),
     #[error("`{0}` is below the minimum of 4MiB")]
     TooSmall(String),
-    #[error("`{0}` is not a size such as 4GiB or 50%")]
+    #[error("`{0}` is not a size such as 4GiB or 64KiB")]
     NotASize(String),
 }
 
@@ -496,6 +504,15 @@ fn parse_memory_limit(text: &str) -> Result<u64, MemoryLimitError> {
             _ => Err(MemoryLimitError::Share(text.to_owned())),
         };
     }
+    match parse_size(t)? {
+        bytes if bytes >= 4 << 20 => Ok(bytes),
+        _ => Err(MemoryLimitError::TooSmall(text.to_owned())),
+    }
+}
+
+/// A size such as `"1MiB"`, `"64KiB"` or `"1000000"` bytes.
+fn parse_size(text: &str) -> Result<u64, MemoryLimitError> {
+    let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
     let unit_bytes: u64 = match unit.trim() {
@@ -507,9 +524,8 @@ fn parse_memory_limit(text: &str) -> Result<u64, MemoryLimitError> {
         other => return Err(MemoryLimitError::Unit(other.to_owned())),
     };
     match number.parse::<u64>().ok().and_then(|n| n.checked_mul(unit_bytes)) {
-        Some(bytes) if bytes >= 4 << 20 => Ok(bytes),
-        Some(_) => Err(MemoryLimitError::TooSmall(text.to_owned())),
-        None => Err(MemoryLimitError::NotASize(text.to_owned())),
+        Some(bytes) if bytes > 0 => Ok(bytes),
+        _ => Err(MemoryLimitError::NotASize(text.to_owned())),
     }
 }
 

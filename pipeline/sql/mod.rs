@@ -115,6 +115,10 @@ pub enum Stop {
     Interrupt,
     /// SIGTERM.
     Terminate,
+    /// Its client asked for it to be cancelled (`ladu serve`).
+    Cancel,
+    /// The server is shutting down and its grace period is over (`ladu serve`).
+    Shutdown,
 }
 
 impl std::fmt::Display for Stop {
@@ -123,6 +127,8 @@ impl std::fmt::Display for Stop {
             Stop::Timeout(d) => write!(f, "it ran longer than `sql.statement_timeout` ({} s)", d.as_secs()),
             Stop::Interrupt => f.write_str("interrupted (SIGINT)"),
             Stop::Terminate => f.write_str("terminated (SIGTERM)"),
+            Stop::Cancel => f.write_str("cancelled at its client's request"),
+            Stop::Shutdown => f.write_str("the server is shutting down"),
         }
     }
 }
@@ -167,9 +173,66 @@ impl Stop {
         match self {
             Stop::Interrupt => 128 + 2,
             Stop::Terminate => 128 + 15,
-            Stop::Timeout(_) => 1,
+            Stop::Timeout(_) | Stop::Cancel | Stop::Shutdown => 1,
         }
     }
+
+    /// The outcome an audit entry gives a statement stopped so.
+    fn outcome(self) -> &'static str {
+        match self {
+            Stop::Timeout(_) => "timeout",
+            Stop::Cancel => "cancelled",
+            Stop::Interrupt | Stop::Terminate | Stop::Shutdown => "interrupted",
+        }
+    }
+}
+
+/// Stops the statement a session is running, from anywhere (a cancel request, a shutdown).
+#[derive(Clone)]
+pub struct Stopper(Arc<StopFlag>);
+
+impl Stopper {
+    pub fn stop(&self, stop: Stop) {
+        if self.0.running.load(std::sync::atomic::Ordering::SeqCst) {
+            self.0.raise(stop);
+        }
+    }
+}
+
+/// A statement checked by the sandbox and planned, its `$n` parameters not
+/// yet bound (`ladu serve`'s prepared statements).
+#[derive(Clone)]
+pub struct Prepared {
+    statement: String,
+    plan: LogicalPlan,
+    explain: bool,
+    read: BTreeSet<String>,
+}
+
+impl Prepared {
+    pub fn statement(&self) -> &str {
+        &self.statement
+    }
+
+    /// Columns of its result.
+    pub fn schema(&self) -> SchemaRef {
+        Arc::clone(self.plan.schema().inner())
+    }
+
+    /// The type of each parameter `$1`, `$2`, …, where the plan tells it.
+    pub fn parameter_types(&self) -> Vec<Option<arrow::datatypes::DataType>> {
+        let types = self.plan.get_parameter_types().unwrap_or_default();
+        let count = types.keys().filter_map(|k| k.strip_prefix('$')?.parse::<usize>().ok()).max().unwrap_or(0);
+        (1..=count).map(|i| types.get(&format!("${i}")).cloned().flatten()).collect()
+    }
+}
+
+/// A running statement's result, for a client that takes it at its own pace.
+/// Its last audit entry is written when the stream ends, fails, is stopped,
+/// or is dropped before its end (the client went away).
+pub struct Running {
+    pub schema: SchemaRef,
+    pub batches: futures::stream::BoxStream<'static, Result<RecordBatch>>,
 }
 
 /// What a table is, for `\d`.
@@ -199,8 +262,11 @@ impl Kind {
 /// A SQL session as one role.
 pub struct Session {
     ctx: SessionContext,
-    /// Always `Some` until dropped; replaced after a statement is stopped.
+    /// Always `Some` until dropped; replaced after a statement is stopped
+    /// unless `shared`.
     runtime: std::sync::RwLock<Option<Arc<tokio::runtime::Runtime>>>,
+    /// The runtime and memory pool are other sessions' too (`ladu serve`).
+    shared: bool,
     /// Worker threads of a runtime.
     workers: usize,
     role: Role,
@@ -221,6 +287,62 @@ pub struct Session {
     stops: Arc<StopFlag>,
     /// Rows of the running statement's result written so far.
     rows_sent: std::sync::atomic::AtomicU64,
+    /// Added to every audit entry (`ladu serve`: the login, client and connection).
+    audit_fields: Map<String, Value>,
+}
+
+/// Threads and memory that sessions run on: one session's own, or shared
+/// by all of `ladu serve`'s connections (one memory pool for all, spilling).
+pub struct Engine {
+    runtime: Arc<tokio::runtime::Runtime>,
+    env: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+}
+
+impl Engine {
+    pub fn new(settings: &Settings) -> Result<Engine> {
+        Ok(Engine { runtime: Arc::new(new_runtime(settings.sql.target_partitions)?), env: new_env(settings)? })
+    }
+
+    pub fn runtime(&self) -> &Arc<tokio::runtime::Runtime> {
+        &self.runtime
+    }
+
+    /// Bytes the engine's memory pool holds now.
+    pub fn memory_reserved(&self) -> usize {
+        self.env.memory_pool.reserved()
+    }
+}
+
+/// One committed warehouse version, opened: its tables and which of their
+/// rows later versions supersede. Sessions reading that version share it.
+pub struct Snapshot {
+    manifest: manifest::Manifest,
+    committed: BTreeMap<String, Arc<tables::CommittedTable>>,
+    superseded: BTreeMap<String, versions::Superseded>,
+}
+
+impl Snapshot {
+    /// Open `manifest`'s version. Call it where blocking is allowed.
+    pub fn open(settings: &Settings, engine: &Engine, manifest: manifest::Manifest) -> Result<Snapshot> {
+        let root = &settings.paths.warehouse;
+        let pseudonyms: HashMap<&str, Vec<&str>> =
+            settings.sources.iter().map(|s| (s.table.as_str(), s.pseudonym_columns().collect())).collect();
+        let committed = tables::committed_tables(root, &manifest, &pseudonyms)?;
+        let committed: BTreeMap<String, Arc<tables::CommittedTable>> =
+            committed.into_iter().map(|(n, t)| (n, Arc::new(t))).collect();
+        let ctx = new_context(settings, Arc::clone(&engine.env))?;
+        let superseded = engine.runtime.block_on(find_superseded(&ctx, root, manifest.version, &committed))?;
+        Ok(Snapshot { manifest, committed, superseded })
+    }
+
+    pub fn version(&self) -> u64 {
+        self.manifest.version
+    }
+
+    /// The committed tables (statistics included).
+    pub fn tables(&self) -> impl Iterator<Item = &str> {
+        self.manifest.tables.keys().map(String::as_str)
+    }
 }
 
 impl Session {
@@ -267,32 +389,55 @@ impl Session {
     ) -> Result<Session> {
         // Nothing is shown that cannot be logged.
         audit.check_appendable()?;
-        let root = &settings.paths.warehouse;
-        let table_names = table_names(settings, &manifest);
-        let runtime = new_runtime(settings.sql.target_partitions)?;
-        let pseudonyms: HashMap<&str, Vec<&str>> =
-            settings.sources.iter().map(|s| (s.table.as_str(), s.pseudonym_columns().collect())).collect();
-        let committed = tables::committed_tables(root, &manifest, &pseudonyms)?;
-        let committed: BTreeMap<String, Arc<tables::CommittedTable>> =
-            committed.into_iter().map(|(n, t)| (n, Arc::new(t))).collect();
-        let ctx = new_context(settings)?;
-        let superseded = runtime.block_on(find_superseded(&ctx, root, manifest.version, &committed))?;
-        let mut catalog = register_tables(&ctx, settings, &manifest, &committed, &superseded, &role, recode.as_ref())?;
+        let engine = Engine::new(settings)?;
+        let snapshot = Arc::new(Snapshot::open(settings, &engine, manifest)?);
+        Self::assemble(settings, audit, &engine, snapshot, role, recode, false)
+    }
+
+    /// A session as `role` on an engine and warehouse version that other
+    /// sessions share (`ladu serve`: one per connection). Call it where
+    /// blocking is allowed (not on one of the engine's tasks).
+    pub fn open_shared(
+        settings: &Settings,
+        audit: AuditLog,
+        engine: &Engine,
+        snapshot: Arc<Snapshot>,
+        role: Role,
+    ) -> Result<Session> {
+        audit.check_appendable()?;
+        Self::assemble(settings, audit, engine, snapshot, role, None, true)
+    }
+
+    fn assemble(
+        settings: &Settings,
+        audit: AuditLog,
+        engine: &Engine,
+        snapshot: Arc<Snapshot>,
+        role: Role,
+        recode: Option<Arc<Pseudonymiser>>,
+        shared: bool,
+    ) -> Result<Session> {
+        let manifest = &snapshot.manifest;
+        let table_names = table_names(settings, manifest);
+        let committed = &snapshot.committed;
+        let ctx = new_context(settings, Arc::clone(&engine.env))?;
+        let superseded = &snapshot.superseded;
+        let mut catalog = register_tables(&ctx, settings, manifest, committed, superseded, &role, recode.as_ref())?;
         // Views are checked against every table when the role sees less.
         let full = if role.sees_everything() {
             None
         } else {
-            let full = new_context(settings)?;
-            register_tables(&full, settings, &manifest, &committed, &superseded, &Role::everything(), None)?;
+            let full = new_context(settings, Arc::clone(&engine.env))?;
+            register_tables(&full, settings, manifest, committed, superseded, &Role::everything(), None)?;
             Some(full)
         };
         let dir = settings.paths.queries.join(views::DIR);
         let mut everything: BTreeSet<String> =
             committed.keys().flat_map(|t| [t.clone(), format!("{t}{}", tables::HISTORY_SUFFIX)]).collect();
         let empty: BTreeSet<String> = table_names.iter().filter(|t| !committed.contains_key(*t)).cloned().collect();
-        everything.retain(|t| !statistic_history(&manifest, t));
+        everything.retain(|t| !statistic_history(manifest, t));
         let mut waiting = BTreeMap::new();
-        for (name, description, readable) in views::load(&runtime, &ctx, full.as_ref(), &dir, &empty)? {
+        for (name, description, readable) in views::load(&engine.runtime, &ctx, full.as_ref(), &dir, &empty)? {
             match readable {
                 views::Readable::Yes => {
                     catalog.insert(name.clone(), (Kind::View, description));
@@ -306,7 +451,8 @@ impl Session {
         }
         Ok(Session {
             ctx,
-            runtime: std::sync::RwLock::new(Some(Arc::new(runtime))),
+            runtime: std::sync::RwLock::new(Some(Arc::clone(&engine.runtime))),
+            shared,
             workers: settings.sql.target_partitions,
             role,
             audit,
@@ -318,6 +464,7 @@ impl Session {
             timeout: settings.sql.statement_timeout,
             stops: Arc::new(StopFlag::default()),
             rows_sent: std::sync::atomic::AtomicU64::new(0),
+            audit_fields: Map::new(),
         })
     }
 
@@ -415,6 +562,9 @@ impl Session {
     /// one's work may hold the old one's threads for a while yet, and is
     /// left to end on them in the background.
     fn renew_runtime(&self) -> Result<()> {
+        if self.shared {
+            return Ok(());
+        }
         let fresh = Arc::new(new_runtime(self.workers)?);
         let old = self.runtime.write().unwrap_or_else(std::sync::PoisonError::into_inner).replace(fresh);
         if let Some(Ok(old)) = old.map(Arc::try_unwrap) {
@@ -533,10 +683,7 @@ impl Session {
         let (outcome, rows, problem) = match &result {
             Ok((_, rows)) => ("ok", *rows, None),
             Err(Error::Refused { reason, .. }) => ("refused", 0, Some(reason.clone())),
-            Err(Error::Stopped { stop, rows, .. }) => {
-                let outcome = if matches!(stop, Stop::Timeout(_)) { "timeout" } else { "interrupted" };
-                (outcome, *rows, Some(stop.to_string()))
-            }
+            Err(Error::Stopped { stop, rows, .. }) => (stop.outcome(), *rows, Some(stop.to_string())),
             Err(e) => ("error", 0, Some(e.to_string())),
         };
         let mut fields = self.entry(&record, &read, outcome, rows, problem.as_deref());
@@ -574,7 +721,139 @@ impl Session {
         if let Some(p) = record.output {
             fields.insert("output".into(), Value::from(redact(&p.display().to_string()).into_owned()));
         }
+        for (k, v) in &self.audit_fields {
+            fields.insert(k.clone(), v.clone());
+        }
         fields
+    }
+
+    /// Audit a session command answered outside the engine (`ladu serve`'s `SET`, `SHOW`, `BEGIN`, …).
+    pub fn audit_command(&self, statement: &str, outcome: &str, problem: Option<&str>) -> Result<()> {
+        let record = Record { statement, format: WIRE, output: None, announce: false };
+        let entry = self.entry(&record, &BTreeSet::new(), outcome, 0, problem);
+        self.audit.append(AUDIT_KIND, entry)?;
+        Ok(())
+    }
+
+    /// Fields added to every audit entry from now on.
+    pub fn set_audit_fields(&mut self, fields: Map<String, Value>) {
+        self.audit_fields = fields;
+    }
+
+    pub fn stopper(&self) -> Stopper {
+        Stopper(Arc::clone(&self.stops))
+    }
+
+    /// Check and plan `statement` for later runs with parameters; a refused
+    /// or failing statement is audited as `ladu sql` audits it.
+    pub async fn prepare(&self, statement: &str) -> Result<Prepared> {
+        let mut read = BTreeSet::new();
+        match self.plan(statement, &mut read).await {
+            Ok((plan, explain)) => Ok(Prepared { statement: statement.to_owned(), plan, explain, read }),
+            Err(e) => {
+                let record = Record { statement, format: WIRE, output: None, announce: false };
+                let outcome = if matches!(e, Error::Refused { .. }) { "refused" } else { "error" };
+                let problem = match &e {
+                    Error::Refused { reason, .. } => reason.clone(),
+                    other => other.to_string(),
+                };
+                let entry = self.entry(&record, &read, outcome, 0, Some(&problem));
+                block_in_place(|| self.audit.append(AUDIT_KIND, entry))?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Run `prepared` with `parameters` bound (shown in the audit entry as
+    /// `shown`, redacted): its `started` entry is in the log before this
+    /// returns, and the statement is bounded by the time limit and the
+    /// session's [`Stopper`] while its rows are taken.
+    pub async fn start(
+        &self,
+        prepared: &Prepared,
+        parameters: Vec<datafusion::scalar::ScalarValue>,
+        shown: &[String],
+    ) -> Result<Running> {
+        let started = Instant::now();
+        self.stops.running(true);
+        let statement = prepared.statement.as_str();
+        let record = Record { statement, format: WIRE, output: None, announce: true };
+        let mut base = self.entry(&record, &prepared.read, "started", 0, None);
+        if !shown.is_empty() {
+            let shown: Vec<Value> = shown.iter().map(|p| Value::from(redact(p).into_owned())).collect();
+            base.insert("parameters".into(), Value::from(shown));
+        }
+        let run = async {
+            let failed = |e: DataFusionError| query_error(statement, e);
+            let plan = if parameters.is_empty() {
+                prepared.plan.clone()
+            } else {
+                prepared.plan.clone().with_param_values(parameters).map_err(failed)?
+            };
+            let frame = self.ctx.execute_logical_plan(plan).await.map_err(failed)?;
+            let stream = frame.execute_stream().await.map_err(failed)?;
+            Ok::<_, Error>(self.shown_plan(stream, prepared.explain))
+        };
+        let stream = match run.await {
+            Ok(stream) => stream,
+            Err(e) => {
+                self.stops.running(false);
+                let mut entry = base;
+                entry.insert("outcome".into(), Value::from("error"));
+                entry.insert("error".into(), Value::from(redact(&e.to_string()).into_owned()));
+                block_in_place(|| self.audit.append(AUDIT_KIND, entry))?;
+                return Err(e);
+            }
+        };
+        let seq = block_in_place(|| self.audit.append(AUDIT_KIND, base.clone()));
+        let seq = match seq {
+            Ok(seq) => seq,
+            Err(e) => {
+                self.stops.running(false);
+                return Err(e.into());
+            }
+        };
+        base.insert("started_seq".into(), Value::from(seq));
+        let schema = stream.schema();
+        let ending =
+            Ending { audit: self.audit.clone(), fields: Some(base), started, rows: 0, stops: Arc::clone(&self.stops) };
+        let state = Streaming {
+            batches: self.detached(stream),
+            ending,
+            deadline: tokio::time::Instant::now() + self.timeout,
+            timeout: self.timeout,
+            statement: statement.to_owned(),
+        };
+        let batches = futures::stream::unfold(Some(state), |state| async move {
+            let mut st = state?;
+            let next = tokio::select! {
+                biased;
+                stop = st.ending.stops.wait() => Err(stop),
+                _ = tokio::time::sleep_until(st.deadline) => Err(Stop::Timeout(st.timeout)),
+                batch = st.batches.next() => Ok(batch),
+            };
+            match next {
+                Ok(Some(Ok(batch))) => {
+                    st.ending.rows += batch.num_rows() as u64;
+                    Some((Ok(batch), Some(st)))
+                }
+                Ok(Some(Err(e))) => {
+                    let e = query_error(&st.statement, e);
+                    let _ = st.ending.finish("error", Some(&e.to_string()));
+                    Some((Err(e), None))
+                }
+                Ok(None) => match st.ending.finish("ok", None) {
+                    Ok(()) => None,
+                    Err(e) => Some((Err(e.into()), None)),
+                },
+                Err(stop) => {
+                    let _ = st.ending.finish(stop.outcome(), Some(&stop.to_string()));
+                    let rows = st.ending.rows;
+                    Some((Err(Error::Stopped { statement: st.statement.clone(), stop, rows }), None))
+                }
+            }
+        });
+        Ok(Running { schema, batches: Box::pin(batches) })
     }
 
     /// The lineage of each column of `statement`'s result, and the columns its
@@ -591,10 +870,14 @@ impl Session {
         let (plan, explain) = self.plan(statement, read).await?;
         let frame = self.ctx.execute_logical_plan(plan).await.map_err(failed)?;
         let stream = frame.execute_stream().await.map_err(failed)?;
+        Ok(self.shown_plan(stream, explain))
+    }
+
+    /// An `EXPLAIN`'s plan as the role may see it: nothing of the scans beneath its restrictions.
+    fn shown_plan(&self, stream: SendableRecordBatchStream, explain: bool) -> SendableRecordBatchStream {
         if self.role.sees_everything() || !explain {
-            return Ok(stream);
+            return stream;
         }
-        // The plan as the role may see it: nothing of the scans beneath its restrictions.
         let schema = stream.schema();
         let hidden = stream.map(|batch| {
             let batch = batch?;
@@ -610,7 +893,7 @@ impl Session {
                 .collect();
             Ok(RecordBatch::try_new(batch.schema(), columns)?)
         });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, hidden)))
+        Box::pin(RecordBatchStreamAdapter::new(schema, hidden))
     }
 
     /// Check one statement and plan it; returns the plan and whether it is an `EXPLAIN`.
@@ -674,6 +957,64 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// The `format` of a statement's audit entry when its rows went over the wire.
+const WIRE: &str = "wire";
+
+/// Run blocking work (an audit entry's fsync) from a task of the engine.
+fn block_in_place<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
+/// A running statement for [`Session::start`]'s stream.
+struct Streaming {
+    batches: SendableRecordBatchStream,
+    ending: Ending,
+    deadline: tokio::time::Instant,
+    timeout: std::time::Duration,
+    statement: String,
+}
+
+/// Writes a started statement's last audit entry, once: when it ends, or
+/// (as interrupted) when dropped before.
+struct Ending {
+    audit: AuditLog,
+    /// The `started` entry's fields; taken when the last entry is written.
+    fields: Option<Map<String, Value>>,
+    started: Instant,
+    rows: u64,
+    stops: Arc<StopFlag>,
+}
+
+impl Ending {
+    fn finish(&mut self, outcome: &str, problem: Option<&str>) -> Result<(), crate::audit::Error> {
+        let Some(mut fields) = self.fields.take() else { return Ok(()) };
+        self.stops.running(false);
+        fields.insert("outcome".into(), Value::from(outcome));
+        fields.insert("rows".into(), Value::from(self.rows));
+        fields.insert("duration_ms".into(), Value::from(self.started.elapsed().as_millis() as u64));
+        if let Some(p) = problem {
+            fields.insert("error".into(), Value::from(redact(p).into_owned()));
+        }
+        block_in_place(|| self.audit.append(AUDIT_KIND, fields)).map(drop)
+    }
+}
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        if self.fields.is_some()
+            && let Err(e) = self.finish(
+                "interrupted",
+                Some("its result was not taken to the end (the client left, or a limit of the server ended it)"),
+            )
+        {
+            tracing::error!(error = %e, "cannot audit the end of a statement");
+        }
+    }
+}
+
 /// What a statement's audit entries record besides its outcome.
 struct Record<'a> {
     statement: &'a str,
@@ -688,6 +1029,8 @@ fn new_runtime(workers: usize) -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .thread_name("ladu-sql")
+        // Timers for statement time limits; I/O for `ladu serve`'s connections.
+        .enable_all()
         .build()
         .map_err(|e| Error::Engine(e.to_string()))
 }
@@ -839,18 +1182,11 @@ fn register_tables(
 
 /// A DataFusion context with ladu's limits: bounded memory that spills, no
 /// URL tables, no table functions, no table factories.
-fn new_context(settings: &Settings) -> Result<SessionContext> {
-    let engine = |e: DataFusionError| Error::Engine(e.to_string());
-    let disk = match &settings.sql.spill_dir {
-        Some(dir) => DiskManagerMode::Directories(vec![dir.clone()]),
-        None => DiskManagerMode::OsTmpDirectory,
-    };
-    let pool: Arc<dyn MemoryPool> = Arc::new(FairSpillPool::new(settings.sql.memory_limit as usize));
-    let runtime = RuntimeEnvBuilder::new()
-        .with_memory_pool(Arc::clone(&pool))
-        .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(disk))
-        .build_arc()
-        .map_err(engine)?;
+fn new_context(
+    settings: &Settings,
+    env: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+) -> Result<SessionContext> {
+    let pool = Arc::clone(&env.memory_pool);
     let mut config = SessionConfig::new()
         .with_information_schema(true)
         .with_target_partitions(settings.sql.target_partitions)
@@ -869,7 +1205,7 @@ fn new_context(settings: &Settings) -> Result<SessionContext> {
         .collect();
     let state = SessionStateBuilder::new()
         .with_config(config)
-        .with_runtime_env(runtime)
+        .with_runtime_env(env)
         .with_default_features()
         .with_optimizer_rule(Arc::new(pseudonym_keys::PseudonymGroupKeys::new(pseudonym_columns)))
         .with_table_functions(HashMap::new())
@@ -883,6 +1219,20 @@ fn new_context(settings: &Settings) -> Result<SessionContext> {
     let ctx = SessionContext::new_with_state(state);
     limits::cap_values(&ctx, pool, settings.sql.max_value_bytes);
     Ok(ctx)
+}
+
+/// The memory pool (bounded, spilling) and spill folder of an engine.
+fn new_env(settings: &Settings) -> Result<Arc<datafusion::execution::runtime_env::RuntimeEnv>> {
+    let disk = match &settings.sql.spill_dir {
+        Some(dir) => DiskManagerMode::Directories(vec![dir.clone()]),
+        None => DiskManagerMode::OsTmpDirectory,
+    };
+    let pool: Arc<dyn MemoryPool> = Arc::new(FairSpillPool::new(settings.sql.memory_limit as usize));
+    RuntimeEnvBuilder::new()
+        .with_memory_pool(pool)
+        .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(disk))
+        .build_arc()
+        .map_err(|e| Error::Engine(e.to_string()))
 }
 
 /// A role's row condition as an expression over the table's columns.

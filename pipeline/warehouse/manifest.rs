@@ -115,23 +115,7 @@ fn version_path(root: &Path, version: u64) -> PathBuf {
 /// (beyond an uncommitted first run's): one that does is damaged, and is
 /// refused rather than treated as new.
 pub fn load_latest(root: &Path) -> Result<Manifest> {
-    let dir = manifest_dir(root);
-    let unreadable = |problem: String| Error::Corrupt { path: dir.clone(), problem };
-    let newest = match std::fs::read_dir(&dir) {
-        Ok(entries) => {
-            let mut newest: Option<u64> = None;
-            for entry in entries {
-                let entry = entry.map_err(|e| unreadable(e.to_string()))?;
-                let name = entry.file_name();
-                if let Some(v) = name.to_string_lossy().strip_suffix(".json").and_then(|n| n.parse::<u64>().ok()) {
-                    newest = newest.max(Some(v));
-                }
-            }
-            newest
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(unreadable(e.to_string())),
-    };
+    let newest = newest_version(root)?;
     let Some(v) = newest else {
         let uncommitted = super::files::uncommitted(root, 0)?;
         let files = super::files::data_files(root)?.into_iter().filter(|f| !uncommitted.contains(f)).count();
@@ -148,6 +132,31 @@ pub fn load_latest(root: &Path) -> Result<Manifest> {
         return Err(Error::Corrupt { path, problem: format!("holds version {} format {}", m.version, m.format) });
     }
     Ok(m)
+}
+
+/// The newest committed version (0 for a warehouse with none), without reading its manifest.
+pub fn latest_version(root: &Path) -> Result<u64> {
+    Ok(newest_version(root)?.unwrap_or(0))
+}
+
+fn newest_version(root: &Path) -> Result<Option<u64>> {
+    let dir = manifest_dir(root);
+    let unreadable = |problem: String| Error::Corrupt { path: dir.clone(), problem };
+    match std::fs::read_dir(&dir) {
+        Ok(entries) => {
+            let mut newest: Option<u64> = None;
+            for entry in entries {
+                let entry = entry.map_err(|e| unreadable(e.to_string()))?;
+                let name = entry.file_name();
+                if let Some(v) = name.to_string_lossy().strip_suffix(".json").and_then(|n| n.parse::<u64>().ok()) {
+                    newest = newest.max(Some(v));
+                }
+            }
+            Ok(newest)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(unreadable(e.to_string())),
+    }
 }
 
 /// Commit `m` as version `m.version`; fails if that version exists.
