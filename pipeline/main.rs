@@ -449,9 +449,9 @@ fn ingest(config: Option<&Path>, opts: ingest::Options) -> Result<Exit, Failed> 
 }
 
 /// Once `ladu serve` has users, `ladu sql` on the host is for operators: a
-/// role is taken only by an OS user the users file lists for it, or by the
-/// service user (`serve.service_user`).
-fn check_os_user(settings: &Settings, role: Option<&str>) -> Result<(), Failed> {
+/// `--role` is taken only by an OS user the users file lists for it, or by
+/// the service user (`serve.service_user`).
+fn check_os_user(settings: &Settings, role: &str) -> Result<(), Failed> {
     use ladu::serve::users::Users;
     if !settings.serve.users_file.exists() {
         return Ok(());
@@ -463,7 +463,7 @@ fn check_os_user(settings: &Settings, role: Option<&str>) -> Result<(), Failed> 
     }
     let tables: Vec<String> = settings.sources.iter().map(|s| s.table.clone()).collect();
     let roles = sql::roles::Roles::load(&settings.sql.roles_file, &tables).map_err(|e| (Exit::Config, e))?;
-    let wanted = roles.role(role).map_err(|e| (Exit::Config, e))?.name;
+    let wanted = roles.role(Some(role)).map_err(|e| (Exit::Config, e))?.name;
     if users.roles_of_os_user(&me).any(|r| r == wanted) {
         return Ok(());
     }
@@ -622,7 +622,9 @@ fn sql(
     let force = output.as_ref().is_some_and(|(_, f)| *f);
     let path = output.map(|(p, _)| p);
     let mut out = sql::Output::new(format, path.as_deref(), force).map_err(|e| (Exit::Usage, e))?;
-    check_os_user(&settings, role.as_deref())?;
+    if let Some(role) = role.as_deref() {
+        check_os_user(&settings, role)?;
+    }
     let session = sql::Session::open(&settings, AuditLog::new(&settings.paths.audit), role.as_deref())
         .map_err(|e| (sql_exit(&e), e))?;
     let interactive = command.is_none() && file.is_none() && std::io::stdin().is_terminal();

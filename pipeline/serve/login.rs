@@ -16,7 +16,7 @@ use pgwire::api::cancel::CancelHandler;
 use pgwire::api::{ClientInfo, METADATA_USER, PgWireConnectionState};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::cancel::CancelRequest;
-use pgwire::messages::startup::{Authentication, SecretKey};
+use pgwire::messages::startup::{Authentication, PasswordMessageFamily, SecretKey};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage, ProtocolVersion};
 use serde_json::Value;
 
@@ -217,6 +217,27 @@ impl Handlers {
     }
 }
 
+/// A SASL initial response's mechanism and data, read without trusting its
+/// lengths (pgwire's own reading panics on a short message).
+fn initial_response(message: PasswordMessageFamily) -> Option<(String, bytes::Bytes)> {
+    match message {
+        PasswordMessageFamily::Raw(body) => {
+            let nul = body.iter().position(|b| *b == 0)?;
+            let method = std::str::from_utf8(&body[..nul]).ok()?.to_owned();
+            let rest = &body[nul + 1..];
+            let length = i32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+            let data = &rest[4..];
+            match length {
+                -1 if data.is_empty() => Some((method, bytes::Bytes::new())),
+                n if usize::try_from(n).ok() == Some(data.len()) => Some((method, bytes::Bytes::copy_from_slice(data))),
+                _ => None,
+            }
+        }
+        PasswordMessageFamily::SASLInitialResponse(m) => Some((m.auth_method, m.data.unwrap_or_default())),
+        _ => None,
+    }
+}
+
 fn lockout_keys(user: &str, conn: &Conn) -> Vec<String> {
     vec![format!("user:{user}"), format!("address:{}", conn.peer.ip())]
 }
@@ -282,12 +303,14 @@ impl pgwire::api::auth::StartupHandler for Handlers {
                 let failed = || fatal("28P01", format!("password authentication failed for user \"{user}\""));
                 match step {
                     Auth::ScramFirst { verifier, known } => {
-                        let first = message.into_sasl_initial_response()?;
-                        if first.auth_method != SCRAM {
-                            let why = format!("{} is not offered; use SCRAM-SHA-256", first.auth_method);
+                        let Some((method, data)) = initial_response(message) else {
+                            let why = "not a SASL initial response: only SCRAM-SHA-256 is offered";
+                            return Err(self.refuse(&conn, &user, "password", why, fatal("28000", why.into())));
+                        };
+                        if method != SCRAM {
+                            let why = format!("{} is not offered; use SCRAM-SHA-256", redact(&method));
                             return Err(self.refuse(&conn, &user, "password", &why, fatal("28000", why.clone())));
                         }
-                        let data = first.data.unwrap_or_default();
                         let (server_first, waiting) = ScramServerAuth::new()
                             .on_client_first_message_with_secret(&data, verifier.secret())
                             .map_err(|e| self.refuse(&conn, &user, "password", &e.to_string(), failed()))?;
@@ -301,8 +324,12 @@ impl pgwire::api::auth::StartupHandler for Handlers {
                         Ok(())
                     }
                     Auth::ScramFinal { waiting, known } => {
-                        let last = message.into_sasl_response()?;
-                        match waiting.on_client_final_message(&last.data) {
+                        let last = match message {
+                            PasswordMessageFamily::Raw(body) => body.freeze(),
+                            PasswordMessageFamily::SASLResponse(r) => r.data,
+                            _ => bytes::Bytes::new(),
+                        };
+                        match waiting.on_client_final_message(&last) {
                             Ok(server_final) if known => {
                                 client
                                     .feed(PgWireBackendMessage::Authentication(Authentication::SASLFinal(
@@ -334,11 +361,14 @@ impl CancelHandler for Handlers {
             u64::try_from(request.pid).ok().and_then(|id| connections.get(&id)).and_then(std::sync::Weak::upgrade)
         };
         // A wrong key is ignored, as PostgreSQL ignores it: nothing is told to whoever sent it.
-        if let Some(conn) = target
-            && conn.cancel_key_matches(&request.secret_key)
-            && let Some(stopper) = conn.stopper()
-        {
-            stopper.stop(Stop::Cancel);
+        match target {
+            Some(conn) if conn.cancel_key_matches(&request.secret_key) => {
+                tracing::debug!(connection = conn.id, "cancel request");
+                if let Some(stopper) = conn.stopper() {
+                    stopper.stop(Stop::Cancel);
+                }
+            }
+            _ => tracing::debug!(pid = request.pid, "cancel request for no connection of this key"),
         }
     }
 }

@@ -187,8 +187,24 @@ pub fn serve(settings: &Settings, listen: Option<SocketAddr>) -> Result<()> {
         return Err(Error::PlainOnNetwork { addr });
     }
     let server = Arc::new(Server::new(settings)?);
-    let runtime = Arc::clone(server.engine.runtime());
-    runtime.block_on(async move {
+    // A connection that fails on an internal error ends alone; what it was
+    // handling may hold anything a client sent, so only the place is told.
+    std::panic::set_hook(Box::new(|info| {
+        let place = info.location().map_or_else(String::new, |l| format!(" at {}:{}", l.file(), l.line()));
+        eprintln!("ladu serve: a connection ended on an internal error{place}");
+    }));
+    // Connections run on threads of their own, apart from the engine's: a
+    // query step that holds an engine thread for minutes must not keep a
+    // cancel request, a time limit or another client waiting.
+    let connections = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("ladu-serve")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Runtime(e.to_string()))?;
+    // The last hold on the engine is let go here, outside the runtime, which may not drop it.
+    let keep = Arc::clone(&server);
+    let served = connections.block_on(async move {
         let listener =
             tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
         let local = listener.local_addr().map_err(|source| Error::Bind { addr, source })?;
@@ -255,7 +271,10 @@ pub fn serve(settings: &Settings, listen: Option<SocketAddr>) -> Result<()> {
         fields.insert("signal".into(), Value::from(signal));
         server.audit(AUDIT_SERVE, fields);
         Ok(())
-    })
+    });
+    connections.shutdown_timeout(Duration::from_secs(5));
+    drop(keep);
+    served
 }
 
 /// Audit fields naming a connection.

@@ -8,16 +8,18 @@ use std::sync::atomic::Ordering;
 use async_trait::async_trait;
 use bytes::{BufMut, BytesMut};
 use futures::stream::{self, BoxStream};
-use futures::{Sink, StreamExt};
-use pgwire::api::portal::{Format, Portal};
-use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use futures::{Sink, SinkExt, StreamExt};
+use pgwire::api::portal::{Format, Portal, PortalExecutionState};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler, send_execution_response, send_query_response};
 use pgwire::api::results::{FieldFormat, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
-use pgwire::api::store::PortalStore;
-use pgwire::api::{ClientInfo, ClientPortalStore, Type};
+use pgwire::api::store::{Entry, PortalStore};
+use pgwire::api::{ClientInfo, ClientPortalStore, DEFAULT_NAME, PgWireConnectionState, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::data::DataRow;
+use pgwire::messages::extendedquery::Execute;
+use pgwire::messages::response::EmptyQueryResponse;
 
 use super::encode::{self, Encoder};
 use super::wire::{Conn, Handlers};
@@ -454,6 +456,59 @@ impl ExtendedQueryHandler for Handlers {
 
     fn query_parser(&self) -> Arc<Parser> {
         Arc::new(Parser { handlers: Arc::new(Handlers { server: Arc::clone(&self.server) }) })
+    }
+
+    /// An `Execute` without a row limit streams its rows to the client as they
+    /// come (pgwire's own would gather the whole result first); with a limit,
+    /// and for a portal already suspended, pgwire's (which holds at most that
+    /// many rows).
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+        let portal = match client.portal_store().get_portal(name) {
+            Some(Entry::Value(p)) if message.max_rows <= 0 => p,
+            _ => return self._on_execute(client, message).await,
+        };
+        if !matches!(*portal.state().lock().await, PortalExecutionState::Initial) {
+            return self._on_execute(client, message).await;
+        }
+        if !matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+            return Err(PgWireError::NotReadyForQuery);
+        }
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        let mut status = client.transaction_status();
+        let response = ExtendedQueryHandler::do_query(self, client, &portal, 0).await;
+        *portal.state().lock().await = PortalExecutionState::Finished;
+        let sent = match response {
+            Err(e) => Err(e),
+            Ok(Response::Query(results)) => send_query_response(client, results, false).await,
+            Ok(Response::EmptyQuery) => client
+                .feed(PgWireBackendMessage::EmptyQueryResponse(EmptyQueryResponse::new()))
+                .await
+                .map_err(PgWireError::from),
+            Ok(Response::Execution(tag)) => send_execution_response(client, tag).await,
+            Ok(Response::TransactionStart(tag)) => {
+                status = status.to_in_transaction_state();
+                send_execution_response(client, tag).await
+            }
+            Ok(Response::TransactionEnd(tag)) => {
+                status = status.to_idle_state();
+                send_execution_response(client, tag).await
+            }
+            Ok(Response::Error(e)) => {
+                status = status.to_error_state();
+                client.feed(PgWireBackendMessage::ErrorResponse((*e).into())).await.map_err(PgWireError::from)
+            }
+            Ok(_) => Err(error("0A000", "COPY is not offered".into())),
+        };
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        client.set_transaction_status(status);
+        sent
     }
 
     async fn do_query<C>(&self, client: &mut C, portal: &Portal<Statement>, _max_rows: usize) -> PgWireResult<Response>

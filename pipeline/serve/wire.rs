@@ -235,6 +235,12 @@ where
         )
         .await;
         if let Err(e) = result {
+            if conn.user().is_none() {
+                // Any error before login ends the connection: it never reaches a state that takes queries.
+                let mut info = ErrorInfo::from(e);
+                info.severity = "FATAL".into();
+                return Some(info);
+            }
             let fatal = e.is_fatal();
             if process_error(socket, e, extended).await.is_err() || fatal {
                 return None;

@@ -7,6 +7,7 @@
 //! make a value far larger than what they read (`lpad`, `repeat`,
 //! `replace`, `string_agg`, …) under `sql.max_value_bytes`, and has them take
 //! what their output needs from the memory pool before they make it.
+//! [`Interruptible`] lets a stopped statement's joins end at once.
 
 use std::fmt;
 use std::sync::Arc;
@@ -58,6 +59,36 @@ impl PhysicalOptimizerRule for BoundedRecursion {
 
     fn name(&self) -> &str {
         "ladu_bounded_recursion"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// Physical optimizer rule: every node that reads two inputs or more (a join,
+/// a union) hands out its batches cooperatively, each taking from its task's
+/// tokio budget. A join can make millions of rows from one batch of each
+/// input without ever waiting; so marked, its task yields every so many
+/// batches, and a statement stopped (by its time limit, a signal, a client's
+/// cancel request) ends there instead of holding a thread until it is done.
+#[derive(Debug)]
+pub struct Interruptible;
+
+impl PhysicalOptimizerRule for Interruptible {
+    fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> DfResult<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|node| {
+            if node.children().len() < 2 {
+                return Ok(Transformed::no(node));
+            }
+            let node: Arc<dyn ExecutionPlan> = Arc::new(datafusion::physical_plan::coop::CooperativeExec::new(node));
+            Ok(Transformed::yes(node))
+        })
+        .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "ladu_interruptible"
     }
 
     fn schema_check(&self) -> bool {

@@ -313,6 +313,22 @@ impl Engine {
     }
 }
 
+impl Drop for Engine {
+    /// A stopped statement's work may hold a thread in a step that runs for
+    /// minutes without yielding: the engine ends without waiting for it.
+    fn drop(&mut self) {
+        let runtime = std::mem::replace(&mut self.runtime, Arc::new(placeholder_runtime()));
+        if let Ok(runtime) = Arc::try_unwrap(runtime) {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// A runtime with no threads, to take an engine's place while it is dropped.
+fn placeholder_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().build().expect("a runtime without threads")
+}
+
 /// One committed warehouse version, opened: its tables and which of their
 /// rows later versions supersede. Sessions reading that version share it.
 pub struct Snapshot {
@@ -791,7 +807,14 @@ impl Session {
                 prepared.plan.clone().with_param_values(parameters).map_err(failed)?
             };
             let frame = self.ctx.execute_logical_plan(plan).await.map_err(failed)?;
-            let stream = frame.execute_stream().await.map_err(failed)?;
+            let task = frame.task_ctx();
+            let physical = frame.create_physical_plan().await.map_err(failed)?;
+            // Operators start their tasks as the plan is executed: on the engine's
+            // threads, not the caller's (`ladu serve`'s connections).
+            let stream = {
+                let _engine = self.runtime().enter();
+                datafusion::physical_plan::execute_stream(physical, Arc::new(task)).map_err(failed)?
+            };
             Ok::<_, Error>(self.shown_plan(stream, prepared.explain))
         };
         let stream = match run.await {
@@ -1212,6 +1235,7 @@ fn new_context(
         .with_table_factories(HashMap::new())
         .with_physical_optimizer_rule(Arc::new(packed_sort::PackedSort))
         .with_physical_optimizer_rule(Arc::new(row_number::SortedRowNumber))
+        .with_physical_optimizer_rule(Arc::new(limits::Interruptible))
         .with_physical_optimizer_rule(Arc::new(limits::BoundedRecursion {
             max_depth: settings.sql.max_recursion_depth,
         }))

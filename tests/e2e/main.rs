@@ -15,5 +15,6 @@ mod privacy;
 mod pseudonym;
 mod release;
 mod run;
+mod serve;
 mod sql;
 mod subject;
