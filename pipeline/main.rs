@@ -856,7 +856,7 @@ fn report_processing(
     let md = ladu::report::processing(&settings, &audit, from, to).map_err(|e| {
         let code = match &e {
             ladu::report::Error::Sql(e) => sql_exit(e),
-            ladu::report::Error::Roles(_) => Exit::Config,
+            ladu::report::Error::Roles(_) | ladu::report::Error::Users(_) => Exit::Config,
             ladu::report::Error::Period { .. } => Exit::Usage,
             ladu::report::Error::Audit(_) => Exit::Failure,
         };

@@ -22,7 +22,7 @@ use crate::sql::{self, Session};
 use crate::warehouse::manifest::{self, Manifest};
 
 /// The audit log's kinds, as the report names them.
-const KINDS: [(&str, &str); 8] = [
+const KINDS: [(&str, &str); 12] = [
     ("ingest", "deliveries ingested"),
     ("sql", "SQL statements"),
     ("stats", "statistics runs"),
@@ -31,6 +31,10 @@ const KINDS: [(&str, &str); 8] = [
     ("release", "releases to recipients (and refusals)"),
     ("subject", "subject-access look-ups"),
     ("report", "processing reports"),
+    ("serve", "starts and stops of `ladu serve`"),
+    ("login", "logins over the network (and refusals)"),
+    ("disconnect", "network sessions ended"),
+    ("user", "changes to the users of `ladu serve`"),
 ];
 /// Audit entry kind of a report.
 pub const AUDIT_KIND: &str = "report";
@@ -43,6 +47,8 @@ pub enum Error {
     Roles(#[from] sql::roles::Error),
     #[error(transparent)]
     Audit(#[from] crate::audit::Error),
+    #[error(transparent)]
+    Users(#[from] crate::serve::users::Error),
     #[error("the period is empty: --from {from} is after --to {to}")]
     Period { from: NaiveDate, to: NaiveDate },
 }
@@ -73,6 +79,7 @@ pub fn processing(settings: &Settings, audit: &AuditLog, from: NaiveDate, to: Na
     stored(&mut md, settings, audit, &manifest)?;
     retention(&mut md, settings);
     access(&mut md, settings, &manifest)?;
+    logins(&mut md, settings, &in_period)?;
     logging(&mut md, audit, &chain, &in_period);
     releases(&mut md, &in_period);
     subject_requests(&mut md, &in_period);
@@ -269,7 +276,7 @@ fn access(md: &mut String, settings: &Settings, manifest: &Manifest) -> Result<(
     let _ = writeln!(md, "## 3. Who has access, and how they log in\n");
     let _ = writeln!(
         md,
-        "ladu has no accounts or passwords of its own. A person uses it under their own operating-system account, and who may run it and read the warehouse files is set by the file system's permissions on `{}` (the nightly service runs as its own user). Every audit entry names the operating-system account by its user id, not by the `USER` variable, which anyone can set. A SQL session runs as one role of `{}` (`--role`; default `{}`), enforced beneath every query: a role sees only its tables, never its hidden columns, and only the rows its filter lets through.\n",
+        "On the host, a person uses ladu under their own operating-system account, and who may run it and read the warehouse files is set by the file system's permissions on `{}` (the nightly service runs as its own user). Every audit entry names the operating-system account by its user id, not by the `USER` variable, which anyone can set. A SQL session runs as one role of `{}` (`--role`; default `{}`), enforced beneath every query: a role sees only its tables, never its hidden columns, and only the rows its filter lets through.\n",
         settings.paths.warehouse.display(),
         settings.sql.roles_file.display(),
         roles.default_role
@@ -301,6 +308,59 @@ fn access(md: &mut String, settings: &Settings, manifest: &Manifest) -> Result<(
             code_columns.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(" or "),
             if grant.is_empty() { "none".to_owned() } else { grant.join(", ") }
         );
+    }
+    let _ = writeln!(md);
+    Ok(())
+}
+
+/// q6 and q9 for `ladu serve`: the users file's login methods and users per
+/// role, and the logins of the period from the audit log.
+fn logins(md: &mut String, settings: &Settings, in_period: &[&Value]) -> Result<()> {
+    let users = crate::serve::users::Users::load(&settings.serve.users_file)?;
+    let _ = writeln!(
+        md,
+        "### Logins over the network (`ladu serve`)
+"
+    );
+    if users.users.is_empty() {
+        let _ = writeln!(
+            md,
+            "No users in `{}`: no one logs in over the network.
+",
+            settings.serve.users_file.display()
+        );
+    } else {
+        let _ = writeln!(
+            md,
+            "Users of `{}` log in with a personal login, SCRAM-SHA-256 password (only its verifier is kept) or a client certificate issued by the configured CA{}; cleartext and MD5 passwords are not offered. Each connection is a session of the user's role, as above.\n",
+            settings.serve.users_file.display(),
+            if settings.serve.tls.is_some() { ", over TLS only" } else { " (TLS is not configured: loopback only)" }
+        );
+        let mut per_role: BTreeMap<&str, (u64, u64, u64)> = BTreeMap::new();
+        for u in users.users.values() {
+            let counts = per_role.entry(u.role.as_str()).or_default();
+            counts.0 += 1;
+            counts.1 += u64::from(u.password.is_some());
+            counts.2 += u64::from(u.certificate.is_some());
+        }
+        let _ = writeln!(md, "| role | users | with a password | with a certificate |\n|---|---|---|---|");
+        for (role, (n, password, certificate)) in per_role {
+            let _ = writeln!(md, "| `{role}` | {n} | {password} | {certificate} |");
+        }
+        let _ = writeln!(md);
+    }
+    let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+    for e in in_period.iter().filter(|e| e.get("kind").and_then(Value::as_str) == Some(crate::serve::AUDIT_LOGIN)) {
+        let outcome = e.get("outcome").and_then(Value::as_str).unwrap_or("?");
+        let method = e.get("method").and_then(Value::as_str).unwrap_or("-");
+        *outcomes.entry(format!("{outcome} | {method}")).or_default() += 1;
+    }
+    let _ = writeln!(md, "| logins in the period: outcome | method | count |\n|---|---|---|");
+    for (what, n) in &outcomes {
+        let _ = writeln!(md, "| {what} | {n} |");
+    }
+    if outcomes.is_empty() {
+        let _ = writeln!(md, "| none | | 0 |");
     }
     let _ = writeln!(md);
     Ok(())

@@ -95,7 +95,7 @@ fn the_systemd_units_are_valid() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    for unit in ["ladu-nightly.service", "ladu-nightly.timer"] {
+    for unit in ["ladu-nightly.service", "ladu-nightly.timer", "ladu-serve.service"] {
         let text = std::fs::read_to_string(std::path::Path::new(REPO).join("config/systemd").join(unit)).unwrap();
         // Verified against the binary under test, where the unit expects the installed one.
         std::fs::write(dir.path().join(unit), text.replace("/usr/local/bin/ladu", BIN)).unwrap();
@@ -104,6 +104,7 @@ fn the_systemd_units_are_valid() {
         .args(["verify", "--man=no"])
         .arg(dir.path().join("ladu-nightly.service"))
         .arg(dir.path().join("ladu-nightly.timer"))
+        .arg(dir.path().join("ladu-serve.service"))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));

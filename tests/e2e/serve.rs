@@ -338,10 +338,17 @@ fn logins_are_checked_refused_and_audited() {
     assert!(methods.contains(&"password") && methods.contains(&"certificate"), "{methods:?}");
     assert!(logins.iter().all(|e| e["client"] == "127.0.0.1" && e["connection"].is_u64()));
     assert!(!entries(&ws, "disconnect").is_empty());
+    let served_log = served.log();
     drop(served);
+    // q6 and q9 of the inspectorate, from the users file and the audit log.
+    let report = stdout(&ws.ok(&["report", "processing"]));
+    assert!(report.contains("### Logins over the network (`ladu serve`)"), "{report}");
+    assert!(report.contains("| `analyst` | 2 | 1 | 1 |"), "users per role and method: {report}");
+    assert!(report.contains("| failed | password |") && report.contains("| ok | certificate | 1 |"), "{report}");
     let audit = std::fs::read_to_string(ws.root().join("audit/audit.jsonl")).unwrap();
     let users = std::fs::read_to_string(ws.root().join("config/users.toml")).unwrap();
-    for (what, text) in [("audit log", &audit), ("users file", &users)] {
+    let log = served_log;
+    for (what, text) in [("audit log", &audit), ("users file", &users), ("server's log", &log)] {
         assert!(!text.contains(code), "the personal code is in the {what}");
         assert!(!text.contains(ANALYST_PASSWORD), "the password is in the {what}");
     }
