@@ -36,14 +36,7 @@ rm -rf "$work/warehouse/_ladu/superseded"
   -c "SELECT 1" --output /dev/null --format csv
 threads=$(nproc)
 # Split the statements into one file each.
-"$python" - "$work/queries" <<'PY'
-import pathlib, re, sys
-text = pathlib.Path("benches/sql_queries.sql").read_text()
-for block in re.split(r";\s*\n", text):
-    m = re.search(r"--\s*(q\d+)", block)
-    if m:
-        pathlib.Path(sys.argv[1], m.group(1) + ".sql").write_text(block.strip() + "\n")
-PY
+split_bench_queries "$python" "$work/queries"
 for _ in $(seq "${LADU_BENCH_REPEAT:-1}"); do
   for q in $(ls "$work/queries" | sort -V); do
     name=${q%.sql}

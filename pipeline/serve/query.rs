@@ -298,30 +298,36 @@ impl Handlers {
                 let encoder = Encoder::new(Arc::clone(&described));
                 running
                     .batches
-                    .map(move |batch| {
+                    .map(move |batch| -> Vec<PgWireResult<DataRow>> {
                         let _keep = &session;
-                        let batch = batch.map_err(|e| wire_error(&e))?;
-                        let (rows, bytes) = encoder.rows(&batch).map_err(|e| error("XX000", e.to_string()))?;
+                        let encoded = batch
+                            .map_err(|e| wire_error(&e))
+                            .and_then(|b| encoder.rows(&b).map_err(|e| error("XX000", e.to_string())));
+                        let (mut rows, bytes) = match encoded {
+                            Ok(r) => r,
+                            Err(e) => return vec![Err(e)],
+                        };
+                        // The rows within the limits are sent; then the error.
+                        let mut over = None;
+                        if let Some(max) = max_rows.filter(|m| rows_sent + rows.len() as u64 > *m) {
+                            rows.truncate(max.saturating_sub(rows_sent) as usize);
+                            over = Some(format!("the result has more than {max} rows (serve.max_result_rows)"));
+                        }
+                        if let Some(max) = max_bytes.filter(|m| bytes_sent + bytes > *m) {
+                            let mut kept = 0;
+                            rows.retain(|r| {
+                                kept += r.data.len() as u64 + 7;
+                                bytes_sent + kept <= max
+                            });
+                            over = Some(format!("the result is larger than {max} bytes (serve.max_result_bytes)"));
+                        }
                         rows_sent += rows.len() as u64;
                         bytes_sent += bytes;
-                        if let Some(max) = max_rows.filter(|m| rows_sent > *m) {
-                            return Err(error(
-                                "54000",
-                                format!("the result has more than {max} rows (serve.max_result_rows)"),
-                            ));
-                        }
-                        if let Some(max) = max_bytes.filter(|m| bytes_sent > *m) {
-                            return Err(error(
-                                "54000",
-                                format!("the result is larger than {max} bytes (serve.max_result_bytes)"),
-                            ));
-                        }
-                        Ok(rows)
+                        let mut out: Vec<PgWireResult<DataRow>> = rows.into_iter().map(Ok).collect();
+                        out.extend(over.map(|m| Err(error("54000", m))));
+                        out
                     })
-                    .flat_map(|rows| match rows {
-                        Ok(rows) => stream::iter(rows.into_iter().map(Ok).collect::<Vec<_>>()),
-                        Err(e) => stream::iter(vec![Err(e)]),
-                    })
+                    .flat_map(stream::iter)
                     .boxed()
             })
             .flatten();

@@ -481,7 +481,7 @@ fn cancel_timeout_and_limits() {
 /// Malformed input closes its own connection only; nothing is allocated for what a message only claims.
 #[test]
 fn malformed_input_closes_only_its_connection() {
-    let ws = installation("login_timeout = \"2s\"\n");
+    let ws = installation("login_timeout = \"2s\"\nmax_result_rows = 1000\n");
     let mut served = Served::start(&ws);
     let before = served.rss_kib();
     let got = client(&served, "maria", "", &["malformed"]);
@@ -498,6 +498,9 @@ fn malformed_input_closes_only_its_connection() {
     assert!(after < before + 64 * 1024, "the server grew from {before} to {after} KiB on claimed lengths");
     let got = client(&served, "maria", ANALYST_PASSWORD, &["rows", r#"["SELECT 6 * 7"]"#]);
     assert_eq!(got[0]["rows"], serde_json::json!([["42"]]), "the server serves on");
+    let got =
+        client(&served, "maria", ANALYST_PASSWORD, &["error", "SELECT record_id FROM treatment_invoices_history"]);
+    assert_eq!(got["sqlstate"], "54000", "serve.max_result_rows: {got}");
     let status = served.stop();
     assert!(status.success(), "SIGTERM ends the server cleanly: {status}\n{}", served.log());
     assert!(!served.log().contains("internal error"), "{}", served.log());
