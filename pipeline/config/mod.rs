@@ -301,7 +301,7 @@ impl Settings {
 
     /// Refuse an output path a user named that lies inside a folder ladu
     /// manages (after following any symbolic links), or, unless `force`,
-    /// that already exists.
+    /// that names an existing file or folder.
     pub fn check_output(&self, path: &Path, force: bool) -> Result<()> {
         let err = |source| Error::Output { path: path.to_owned(), source };
         let target = resolved(path).map_err(err)?;
@@ -314,7 +314,12 @@ impl Settings {
                 return Err(Error::ManagedOutput { path: path.to_owned(), folder, what });
             }
         }
-        if !force && std::fs::symlink_metadata(path).is_ok() {
+        // A device or a pipe (`/dev/null`, a FIFO) is written to, not replaced.
+        let replaces = match std::fs::metadata(path) {
+            Ok(m) => m.is_file() || m.is_dir(),
+            Err(_) => std::fs::symlink_metadata(path).is_ok(),
+        };
+        if !force && replaces {
             return Err(Error::OutputExists { path: path.to_owned() });
         }
         Ok(())

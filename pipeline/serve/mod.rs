@@ -7,6 +7,7 @@
 //! warehouse version; a new version is opened for the statements that start
 //! after it is committed. Logins, statements and disconnects are audited.
 
+mod catalog;
 pub mod encode;
 pub mod login;
 mod query;
@@ -82,6 +83,8 @@ pub struct Server {
     /// Live connections: their cancel keys and sessions' stoppers.
     connections: Mutex<HashMap<u64, Weak<wire::Conn>>>,
     shutdown: tokio::sync::watch::Sender<bool>,
+    /// Reads what clients ask of `pg_catalog`.
+    catalog: catalog::Parser,
 }
 
 impl Server {
@@ -109,6 +112,7 @@ impl Server {
             next_connection: AtomicU64::new(1),
             connections: Mutex::new(HashMap::new()),
             shutdown: tokio::sync::watch::channel(false).0,
+            catalog: catalog::Parser::new(),
             settings,
         })
     }

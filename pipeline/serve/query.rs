@@ -21,6 +21,7 @@ use pgwire::messages::data::DataRow;
 use pgwire::messages::extendedquery::Execute;
 use pgwire::messages::response::EmptyQueryResponse;
 
+use super::catalog;
 use super::encode::{self, Encoder};
 use super::wire::{Conn, Handlers};
 use crate::pseudonym::isikukood::redact;
@@ -204,6 +205,27 @@ impl Handlers {
         let opened = Arc::new(opened);
         conn.replace_session(Arc::clone(&opened));
         Ok(opened)
+    }
+
+    /// Check and plan a statement: a catalog query in the connection's
+    /// catalog context ([`catalog`]), anything else in its session.
+    async fn prepare(&self, conn: &Conn, session: &Arc<Session>, text: &str) -> PgWireResult<Prepared> {
+        let Some(parsed) = self.server.catalog.catalog_statement(text, session) else {
+            return session.prepare(text).await.map_err(|e| wire_error(&e));
+        };
+        let version = session.warehouse_version();
+        let cached = conn.catalog.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let ctx = match cached {
+            Some((v, ctx)) if v == version => ctx,
+            _ => {
+                let user = conn.user().unwrap_or_default();
+                let cap = self.server.settings.sql.max_value_bytes;
+                let ctx = catalog::context(session, user, cap).await.map_err(|e| error("XX000", e.to_string()))?;
+                *conn.catalog.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((version, ctx.clone()));
+                ctx
+            }
+        };
+        session.prepare_beside(&ctx, text, parsed).await.map_err(|e| wire_error(&e))
     }
 
     /// Answer a session command; the caller forgets what `DISCARD ALL` and `DEALLOCATE` name.
@@ -391,12 +413,12 @@ impl SimpleQueryHandler for Handlers {
                     forget(client.portal_store(), &c);
                     self.command(&conn, &session, &text, c)
                 }
-                None => match session.prepare(&text).await {
+                None => match self.prepare(&conn, &session, &text).await {
                     Ok(prepared) => {
                         let fields = Arc::new(encode::fields(&prepared.schema(), |_| FieldFormat::Text));
                         Ok(self.rows(&conn, session, Arc::new(prepared), Vec::new(), Vec::new(), fields))
                     }
-                    Err(e) => Err(wire_error(&e)),
+                    Err(e) => Err(e),
                 },
             };
             match response {
@@ -430,7 +452,7 @@ impl QueryParser for Parser {
         }
         let conn = Conn::of(client)?;
         let session = self.handlers.session(&conn).await?;
-        let prepared = session.prepare(sql).await.map_err(|e| wire_error(&e))?;
+        let prepared = self.handlers.prepare(&conn, &session, sql).await?;
         Ok(Some(Statement::Sql { prepared: Arc::new(prepared), version: session.warehouse_version() }))
     }
 

@@ -56,6 +56,8 @@ pub struct Conn {
     pub auth: Mutex<Auth>,
     login: OnceLock<Login>,
     session: Mutex<Option<Arc<Session>>>,
+    /// The catalog context of the session's warehouse version, once a statement needed it.
+    pub catalog: Mutex<Option<(u64, datafusion::prelude::SessionContext)>>,
     /// Session parameters the client set (`SET`), answered by `SHOW`.
     pub parameters: Mutex<BTreeMap<String, String>>,
     pub statements: AtomicU64,
@@ -147,6 +149,7 @@ pub async fn connection(server: Arc<Server>, tcp: tokio::net::TcpStream, peer: S
         auth: Mutex::new(Auth::Done),
         login: OnceLock::new(),
         session: Mutex::new(None),
+        catalog: Mutex::new(None),
         parameters: Mutex::new(BTreeMap::new()),
         statements: AtomicU64::new(0),
     });

@@ -174,7 +174,7 @@ pub enum Growth {
 }
 
 /// The scalar functions whose output can outgrow their input, and how.
-pub const GROWING: [(&str, Growth); 10] = [
+pub const GROWING: [(&str, Growth); 11] = [
     ("lpad", Growth::Pad),
     ("rpad", Growth::Pad),
     ("repeat", Growth::Repeat),
@@ -185,6 +185,8 @@ pub const GROWING: [(&str, Growth); 10] = [
     ("translate", Growth::Linear),
     ("overlay", Growth::Linear),
     ("to_hex", Growth::Linear),
+    // `ladu serve`'s catalog only.
+    ("array_to_string", Growth::Linear),
 ];
 
 /// The aggregates whose one value holds a whole group.

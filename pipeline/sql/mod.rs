@@ -49,6 +49,7 @@ use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, col, lit};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DfStatement;
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{Map, Value};
 
@@ -207,6 +208,8 @@ pub struct Prepared {
     plan: LogicalPlan,
     explain: bool,
     read: BTreeSet<String>,
+    /// The context it was planned in, when not the session's own (`ladu serve`'s catalog).
+    ctx: Option<SessionContext>,
 }
 
 impl Prepared {
@@ -764,8 +767,48 @@ impl Session {
     /// or failing statement is audited as `ladu sql` audits it.
     pub async fn prepare(&self, statement: &str) -> Result<Prepared> {
         let mut read = BTreeSet::new();
-        match self.plan(statement, &mut read).await {
-            Ok((plan, explain)) => Ok(Prepared { statement: statement.to_owned(), plan, explain, read }),
+        let planned = self.plan(statement, &mut read).await;
+        self.prepared(statement, planned, read, None)
+    }
+
+    /// [`Session::prepare`] for a statement already parsed, planned in `ctx`:
+    /// a context beside the session's with no rows of the warehouse in it
+    /// (`ladu serve`'s PostgreSQL catalog over empty tables of this role's).
+    /// The same sandbox holds, and the statement may name, besides the
+    /// role's tables, only what `ctx` has in `pg_catalog` and `information_schema`.
+    pub async fn prepare_beside(&self, ctx: &SessionContext, statement: &str, parsed: DfStatement) -> Result<Prepared> {
+        let mut read = BTreeSet::new();
+        let planned = self.plan_parsed(ctx, statement, parsed, &mut read, true).await;
+        self.prepared(statement, planned, read, Some(ctx.clone()))
+    }
+
+    /// Whether this role can read a table or view of this name.
+    pub fn can_read(&self, name: &str) -> bool {
+        self.catalog.contains_key(name)
+    }
+
+    /// The columns of a table or view this role can read, from a task.
+    pub async fn schema_of(&self, name: &str) -> Option<SchemaRef> {
+        if !self.catalog.contains_key(name) {
+            return None;
+        }
+        Some(self.ctx.table_provider(name).await.ok()?.schema())
+    }
+
+    /// The threads' memory pool and spill folder statements of this session run with.
+    pub fn runtime_env(&self) -> Arc<datafusion::execution::runtime_env::RuntimeEnv> {
+        self.ctx.runtime_env()
+    }
+
+    fn prepared(
+        &self,
+        statement: &str,
+        planned: Result<(LogicalPlan, bool)>,
+        read: BTreeSet<String>,
+        ctx: Option<SessionContext>,
+    ) -> Result<Prepared> {
+        match planned {
+            Ok((plan, explain)) => Ok(Prepared { statement: statement.to_owned(), plan, explain, read, ctx }),
             Err(e) => {
                 let record = Record { statement, format: WIRE, output: None, announce: false };
                 let outcome = if matches!(e, Error::Refused { .. }) { "refused" } else { "error" };
@@ -806,7 +849,8 @@ impl Session {
             } else {
                 prepared.plan.clone().with_param_values(parameters).map_err(failed)?
             };
-            let frame = self.ctx.execute_logical_plan(plan).await.map_err(failed)?;
+            let ctx = prepared.ctx.as_ref().unwrap_or(&self.ctx);
+            let frame = ctx.execute_logical_plan(plan).await.map_err(failed)?;
             let task = frame.task_ctx();
             let physical = frame.create_physical_plan().await.map_err(failed)?;
             // Operators start their tasks as the plan is executed: on the engine's
@@ -921,12 +965,28 @@ impl Session {
 
     /// Check one statement and plan it; returns the plan and whether it is an `EXPLAIN`.
     async fn plan(&self, statement: &str, read: &mut BTreeSet<String>) -> Result<(LogicalPlan, bool)> {
+        let state = self.ctx.state();
+        let parsed = state
+            .sql_to_statement(statement, &state.config().options().sql_parser.dialect)
+            .map_err(|e| query_error(statement, e))?;
+        self.plan_parsed(&self.ctx, statement, parsed, read, false).await
+    }
+
+    /// Check a parsed statement and plan it in `ctx`; `beside` says that `ctx`
+    /// is a context beside the session's ([`Session::prepare_beside`]).
+    async fn plan_parsed(
+        &self,
+        ctx: &SessionContext,
+        statement: &str,
+        parsed: DfStatement,
+        read: &mut BTreeSet<String>,
+        beside: bool,
+    ) -> Result<(LogicalPlan, bool)> {
         // Errors quote the statement as typed: the audit entry, and whoever prints them, redact it.
         let shown = || statement.to_owned();
         let failed = |e: DataFusionError| query_error(statement, e);
         let refused = |reason: String| Error::Refused { statement: shown(), reason };
-        let state = self.ctx.state();
-        let parsed = state.sql_to_statement(statement, &state.config().options().sql_parser.dialect).map_err(failed)?;
+        let state = ctx.state();
         if let Some(reason) = sandbox::refusal(&parsed) {
             return Err(refused(reason));
         }
@@ -937,7 +997,17 @@ impl Session {
         let explain = sandbox::explains(&parsed);
         for reference in state.resolve_table_references(&parsed).map_err(failed)? {
             let name = reference.table();
-            if reference.schema().is_some_and(|s| s == "information_schema") || self.catalog.contains_key(name) {
+            let schema = reference.schema();
+            if beside && self.catalog.contains_key(name) && schema.is_none_or(|s| s == "public") {
+                // Its tables there are empty: an answer from them would look like the warehouse's.
+                return Err(refused(format!(
+                    "a statement on pg_catalog reads no table of the warehouse (`{name}`): query it on its own"
+                )));
+            }
+            if schema.is_some_and(|s| s == "information_schema") || self.catalog.contains_key(name) {
+                continue;
+            }
+            if beside && schema.is_some_and(|s| s == "pg_catalog") {
                 continue;
             }
             if let Some(table) = self.waiting.get(name) {
@@ -1241,6 +1311,7 @@ fn new_context(
         }))
         .build();
     let ctx = SessionContext::new_with_state(state);
+    sandbox::remove_unoffered_functions(&ctx, &[]);
     limits::cap_values(&ctx, pool, settings.sql.max_value_bytes);
     Ok(ctx)
 }

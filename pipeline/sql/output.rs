@@ -70,13 +70,15 @@ impl Output {
         Ok(Output { format, path: path.map(Path::to_owned), force, sink: None, results: 0 })
     }
 
-    /// The output file, opened new (or replaced, with `force`).
+    /// The output file, opened new (or replaced, with `force`), or an existing device.
     fn open(&self, path: &Path) -> std::io::Result<File> {
         let mut options = std::fs::OpenOptions::new();
         options.write(true);
+        // A device or a pipe (`/dev/null`, a FIFO) is written to as it is; nothing is replaced.
+        let device = std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir());
         if self.force {
             options.create(true).truncate(true);
-        } else {
+        } else if !device {
             options.create_new(true);
         }
         options.open(path)

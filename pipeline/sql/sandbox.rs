@@ -131,6 +131,23 @@ pub fn names_a_file(reference: &TableReference) -> bool {
     t.contains('/') || t.contains('\\') || t.contains(':') || t.rsplit_once('.').is_some_and(|(_, ext)| !ext.is_empty())
 }
 
+/// Remove DataFusion's array, hash and encoding functions from `ctx`, but
+/// those `keep` names. Sessions have never offered them: `array_repeat`,
+/// `range` and the like make values as large as asked, outside the memory
+/// pool. They are built only because `ladu serve`'s PostgreSQL catalog
+/// needs a few array functions for the queries clients send it.
+pub fn remove_unoffered_functions(ctx: &datafusion::prelude::SessionContext, keep: &[&str]) {
+    let unoffered = datafusion::functions_nested::all_default_nested_functions()
+        .into_iter()
+        .chain(datafusion::functions::crypto::functions())
+        .chain(datafusion::functions::encoding::functions());
+    for function in unoffered {
+        if !keep.contains(&function.name()) {
+            ctx.deregister_udf(function.name());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

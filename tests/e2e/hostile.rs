@@ -243,6 +243,8 @@ fn outputs_never_replace_what_ladu_manages() {
     assert_eq!(std::fs::read_to_string(&mine).unwrap(), "precious\n");
     ws.ok(&["sql", "--format", "csv", "--output", mine.to_str().unwrap(), "--force", "-c", "SELECT 1 AS x"]);
     assert_eq!(std::fs::read_to_string(&mine).unwrap(), "x\n1\n");
+    // A device is written to, not replaced: no --force needed.
+    ws.ok(&["sql", "--format", "csv", "--output", "/dev/null", "-c", "SELECT 1 AS x"]);
 }
 
 /// Item 5: a personal code is read from at most a few hundred bytes; more is refused at once.

@@ -528,3 +528,96 @@ fn ladu_sql_roles_follow_the_users_file() {
     let out = ws.expect(&["user", "remove", "prov"], 2);
     assert!(stderr(&out).contains("no user `prov`"), "{}", stderr(&out));
 }
+
+/// Item 4: psql's `\d` family and the catalog functions clients call, each
+/// listing only what the role may read, and no warehouse row reached through them.
+#[test]
+fn psql_describes_what_the_role_may_read() {
+    if !psql_present() {
+        return;
+    }
+    let ws = installation("");
+    let served = Served::start(&ws);
+    let port = served.port();
+    let provider = format!("provider:{PROVIDER}");
+    let lines = |out: &std::process::Output, what: &str| -> Vec<String> {
+        assert!(out.status.success(), "{what}: {}", stderr(out));
+        stdout(out).lines().filter(|l| !l.is_empty()).map(str::to_owned).collect()
+    };
+    let mut seen = Vec::new();
+    for (user, password, role) in
+        [("maria", ANALYST_PASSWORD, "analyst"), ("prov", PROVIDER_PASSWORD, provider.as_str())]
+    {
+        let mut expected: Vec<String> = ws
+            .sql_rows(Some(role), "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
+            .into_iter()
+            .map(|r| r[0].clone())
+            .collect();
+        expected.sort();
+        let listed = lines(&psql(&port, user, password, "", "\\dt"), "\\dt");
+        let mut names: Vec<String> = listed
+            .iter()
+            .map(|l| {
+                let fields: Vec<&str> = l.split('|').collect();
+                assert_eq!((fields[0], fields[2], fields[3]), ("public", "table", "ladu"), "{role}: {l}");
+                fields[1].to_owned()
+            })
+            .collect();
+        names.sort();
+        assert_eq!(names, expected, "{role}: \\dt lists what the role may read");
+        // \d NAME: the columns the role sees, in order, with PostgreSQL's type names.
+        let columns: Vec<String> = ws
+            .sql_rows(
+                Some(role),
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'treatment_invoices' \
+                 ORDER BY ordinal_position",
+            )
+            .into_iter()
+            .map(|r| r[0].clone())
+            .collect();
+        let described = lines(&psql(&port, user, password, "", "\\d treatment_invoices"), "\\d NAME");
+        let shown: Vec<&str> = described.iter().filter_map(|l| l.split('|').next()).take(columns.len()).collect();
+        assert_eq!(shown, columns, "{role}: \\d treatment_invoices");
+        assert!(described.iter().any(|l| l.starts_with("amount|numeric")), "{described:?}");
+        assert!(described.iter().any(|l| l.starts_with("record_id|")), "{described:?}");
+        let databases = lines(&psql(&port, user, password, "", "\\l"), "\\l");
+        assert!(databases.iter().any(|l| l.starts_with("ladu|")), "{databases:?}");
+        let schemas = lines(&psql(&port, user, password, "", "\\dn"), "\\dn");
+        assert!(schemas.iter().any(|l| l.starts_with("public|")), "{schemas:?}");
+        assert!(lines(&psql(&port, user, password, "", "\\d"), "\\d").iter().all(|l| {
+            let name = l.split('|').nth(1).unwrap_or_default();
+            expected.iter().any(|e| e == name)
+        }));
+        let functions = lines(
+            &psql(&port, user, password, "", "SELECT version(), current_schema(), current_database()"),
+            "functions",
+        );
+        assert!(functions[0].starts_with("PostgreSQL ") && functions[0].ends_with("|public|ladu"), "{functions:?}");
+        seen.push(names);
+    }
+    // A table the analyst may read and the provider may not: not described to the provider.
+    let hidden = seen[0].iter().find(|t| !seen[1].contains(t)).expect("the provider reads fewer tables").clone();
+    let out = psql(&port, "prov", PROVIDER_PASSWORD, "", &format!("\\d {hidden}"));
+    assert!(stderr(&out).contains("Did not find any relation"), "{}", stderr(&out));
+    let out = psql(
+        &port,
+        "prov",
+        PROVIDER_PASSWORD,
+        "",
+        &format!("SELECT count(*) FROM pg_catalog.pg_class WHERE relname = '{hidden}'"),
+    );
+    assert_eq!(stdout(&out).trim(), "0");
+    // The catalog's tables hold no rows: a statement that mixes them with the warehouse is refused.
+    let out =
+        psql(&port, "maria", ANALYST_PASSWORD, "", "SELECT count(*) FROM pg_catalog.pg_class, treatment_invoices");
+    assert!(!out.status.success() && stderr(&out).contains("reads no table of the warehouse"), "{}", stderr(&out));
+    // Catalog statements are audited like any other; no array function beyond the catalog's few.
+    let out = psql(&port, "maria", ANALYST_PASSWORD, "", "SELECT array_repeat('x', 3) FROM pg_catalog.pg_class");
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let audited: Vec<Value> = entries(&ws, "sql")
+        .into_iter()
+        .filter(|e| e["statement"].as_str().is_some_and(|s| s.contains("pg_catalog.pg_class")))
+        .collect();
+    assert!(audited.iter().any(|e| e["outcome"] == "ok" && e["login"] == "maria"), "{audited:?}");
+    assert!(audited.iter().any(|e| e["outcome"] == "refused"), "{audited:?}");
+}
