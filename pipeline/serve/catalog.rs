@@ -51,7 +51,7 @@ const ARRAY_FUNCTIONS: [&str; 10] = [
 ];
 
 /// Functions that only the catalog context has: a statement calling one is a catalog statement.
-const CATALOG_FUNCTIONS: [&str; 16] = [
+const CATALOG_FUNCTIONS: [&str; 13] = [
     "version",
     "current_database",
     "current_schema",
@@ -65,9 +65,6 @@ const CATALOG_FUNCTIONS: [&str; 16] = [
     "format_type",
     "quote_ident",
     "parse_ident",
-    "array_upper",
-    "array_lower",
-    "array_to_string",
 ];
 
 /// Parses statements as PostgreSQL clients write their catalog queries.
