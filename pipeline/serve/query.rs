@@ -322,9 +322,9 @@ impl Handlers {
                     .batches
                     .map(move |batch| -> Vec<PgWireResult<DataRow>> {
                         let _keep = &session;
-                        let encoded = batch
-                            .map_err(|e| wire_error(&e))
-                            .and_then(|b| encoder.rows(&b).map_err(|e| error("XX000", e.to_string())));
+                        let encoded = batch.map_err(|e| wire_error(&e)).and_then(|b| {
+                            encoder.rows(&b).map_err(|e| error("XX000", redact(&e.to_string()).into_owned()))
+                        });
                         let (mut rows, bytes) = match encoded {
                             Ok(r) => r,
                             Err(e) => return vec![Err(e)],
