@@ -1,8 +1,10 @@
 """Clients for the `ladu serve` bench (benches/serve_e2e.sh): psycopg 3 against a running server.
 
-usage: serve_load.py PORT PID USER PASSWORD queries QUERY_DIR    each query once, timed, after connecting
+usage: serve_load.py PORT PID USER PASSWORD queries QUERY_DIR ROUNDS  each query ROUNDS times, timed after connecting
        serve_load.py PORT PID USER PASSWORD load CLIENTS SECONDS QUERY_DIR
        serve_load.py PORT PID USER PASSWORD stream SQL
+       serve_load.py compare                  reads measure.py's `ladu-sql:*` lines and this script's
+                                              `queries` lines on stdin; prints medians and ratios
 PID is the server's: its resident memory is sampled while the clients run. Prints JSON lines.
 """
 import json
@@ -46,8 +48,8 @@ def queries(query_dir):
                   key=lambda q: int(q[0][1:]))
 
 
-def timed_queries(port, pid, user, password, query_dir):
-    for name, sql in queries(query_dir):
+def timed_queries(port, pid, user, password, query_dir, rounds):
+    for name, sql in queries(query_dir) * rounds:
         memory = Memory(pid)
         memory.start()
         start = time.perf_counter()
@@ -113,6 +115,7 @@ def load(port, pid, user, password, clients, seconds, query_dir):
 
 def stream(port, pid, user, password, sql):
     """A large result streamed row by row (single-row mode: the client holds one row at a time)."""
+    before = next(int(l.split()[1]) for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS:")) / 1024
     memory = Memory(pid)
     memory.start()
     start = time.perf_counter()
@@ -122,14 +125,36 @@ def stream(port, pid, user, password, sql):
             rows += 1
     elapsed = time.perf_counter() - start
     print(json.dumps({"rows": rows, "seconds": elapsed, "rows_per_s": rows / elapsed,
-                      "server_peak_mib": memory.stop()}), flush=True)
+                      "server_rss_before_mib": before, "server_peak_mib": memory.stop()}), flush=True)
+
+
+def compare():
+    """Per query: the median over the wire (query only) against `ladu sql`'s median less its `SELECT 1`."""
+    wire, process = {}, {}
+    for line in sys.stdin:
+        r = json.loads(line)
+        if "query" in r:
+            wire.setdefault(r["query"], []).append(r["query_s"])
+        elif r.get("name", "").startswith("ladu-sql:"):
+            process.setdefault(r["name"].split(":", 1)[1], []).append(r["seconds"])
+    start = statistics.median(process.pop("start"))
+    print(f"ladu sql's start (SELECT 1, a process and a session): {start * 1000:.1f} ms (median)")
+    print("query   ladu sql - start   wire (query only)   wire / ladu sql")
+    total_wire = total_process = 0
+    for q in sorted(wire, key=lambda q: int(q[1:])):
+        p, w = statistics.median(process[q]) - start, statistics.median(wire[q])
+        total_wire, total_process = total_wire + w, total_process + p
+        print(f"{q:5}   {p * 1000:12.1f} ms   {w * 1000:14.1f} ms   {w / p:12.2f}x")
+    print(f"all     {total_process * 1000:12.1f} ms   {total_wire * 1000:14.1f} ms   {total_wire / total_process:12.2f}x")
 
 
 def main():
+    if sys.argv[1:] == ["compare"]:
+        return compare()
     port, pid, user, password, what = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
     args = sys.argv[6:]
     if what == "queries":
-        timed_queries(port, pid, user, password, args[0])
+        timed_queries(port, pid, user, password, args[0], int(args[1]))
     elif what == "load":
         load(port, pid, user, password, int(args[0]), float(args[1]), args[2])
     elif what == "stream":

@@ -81,6 +81,13 @@ impl Parser {
     /// statement for the catalog; `None` for every other statement, which the
     /// session plans as `ladu sql` would.
     pub fn catalog_statement(&self, sql: &str, session: &Session) -> Option<DfStatement> {
+        // Most statements name nothing of the catalog: spare them both parses. A
+        // catalog statement names `pg_…`, a catalog function, or a `reg…` type
+        // (`'t'::regclass`, which the rewriting makes a pg_class lookup).
+        let lower = sql.to_ascii_lowercase();
+        if !lower.contains("pg_") && !lower.contains("reg") && !CATALOG_FUNCTIONS.iter().any(|f| lower.contains(f)) {
+            return None;
+        }
         let mut statements = self.inner.parse(sql).ok()?;
         if statements.len() != 1 {
             return None;
@@ -208,6 +215,9 @@ pub async fn context(session: &Session, user: &str, max_value_bytes: u64) -> Res
         "version",
         format!("PostgreSQL {SERVER_VERSION}, ladu {}", env!("CARGO_PKG_VERSION")),
     ));
+    // The login, where the crate would answer `postgres`.
+    ctx.register_udf(constant_text("session_user", user.to_owned()));
+    ctx.register_udf(constant_text("current_user", user.to_owned()));
     ctx.register_udf(owner());
     sandbox::remove_unoffered_functions(&ctx, &ARRAY_FUNCTIONS);
     limits::cap_values(&ctx, pool, max_value_bytes);

@@ -36,8 +36,8 @@ pub const SERVER_VERSION: &str = "16.6 (ladu)";
 pub enum Statement {
     /// A query, planned on a session of the warehouse version `version`.
     Sql { prepared: Arc<Prepared>, version: u64 },
-    /// A session command, answered without the warehouse.
-    Command(Command),
+    /// A session command, answered without the warehouse; `text` as the client sent it, for the audit.
+    Command { command: Command, text: String },
 }
 
 /// Session commands the server answers itself.
@@ -448,7 +448,7 @@ impl QueryParser for Parser {
         C: ClientInfo + Unpin + Send + Sync,
     {
         if let Some(c) = command(sql) {
-            return Ok(Some(Statement::Command(c)));
+            return Ok(Some(Statement::Command { command: c, text: sql.to_owned() }));
         }
         let conn = Conn::of(client)?;
         let session = self.handlers.session(&conn).await?;
@@ -461,7 +461,7 @@ impl QueryParser for Parser {
             Statement::Sql { prepared, .. } => {
                 prepared.parameter_types().iter().map(|t| t.as_ref().map_or(Type::UNKNOWN, encode::pg_type)).collect()
             }
-            Statement::Command(_) => Vec::new(),
+            Statement::Command { .. } => Vec::new(),
         })
     }
 
@@ -469,10 +469,10 @@ impl QueryParser for Parser {
         let format = |i: usize| format.map_or(FieldFormat::Text, |f| f.format_for(i));
         Ok(match statement {
             Statement::Sql { prepared, .. } => encode::fields(&prepared.schema(), format),
-            Statement::Command(Command::Show(name)) => {
+            Statement::Command { command: Command::Show(name), .. } => {
                 vec![FieldInfo::new(name.clone(), None, None, Type::TEXT, FieldFormat::Text)]
             }
-            Statement::Command(_) => Vec::new(),
+            Statement::Command { .. } => Vec::new(),
         })
     }
 }
@@ -550,17 +550,17 @@ impl ExtendedQueryHandler for Handlers {
         let session = self.session(&conn).await?;
         let stored = &portal.statement;
         let (prepared, version) = match &stored.statement {
-            Statement::Command(c) => {
-                forget(client.portal_store(), c);
-                return self.command(&conn, &session, &format!("{c:?}"), c.clone());
+            Statement::Command { command, text } => {
+                forget(client.portal_store(), command);
+                return self.command(&conn, &session, text, command.clone());
             }
             Statement::Sql { prepared, version } => (Arc::clone(prepared), *version),
         };
-        // Planned on an older warehouse version: planned again on the newest.
+        // Planned on an older warehouse version: planned again on the newest (a catalog statement in its context).
         let prepared = if version == session.warehouse_version() {
             prepared
         } else {
-            Arc::new(session.prepare(prepared.statement()).await.map_err(|e| wire_error(&e))?)
+            Arc::new(self.prepare(&conn, &session, prepared.statement()).await?)
         };
         let expected = prepared.parameter_types();
         if portal.parameters.len() != expected.len() {

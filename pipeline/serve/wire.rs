@@ -154,7 +154,7 @@ pub async fn connection(server: Arc<Server>, tcp: tokio::net::TcpStream, peer: S
         statements: AtomicU64::new(0),
     });
     server.connections.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, Arc::downgrade(&conn));
-    let limited = Limited::new(io, serve.max_message_bytes);
+    let limited = Limited::new(io, serve.max_message_bytes, serve.statement_timeout);
     let mut socket = Framed::new(limited, PgWireMessageServerCodec::new(DefaultClient::new(peer, secure)));
     socket.set_state(PgWireConnectionState::AwaitingStartup);
     socket.session_extensions().insert(Arc::clone(&conn));
@@ -166,12 +166,17 @@ pub async fn connection(server: Arc<Server>, tcp: tokio::net::TcpStream, peer: S
         let _ = socket.send(PgWireBackendMessage::ErrorResponse(reason.into())).await;
     }
     let _ = socket.close().await;
+    let stalled = socket.get_ref().stalled_out();
     server.connections.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
     if let Some(user) = conn.user() {
         let mut fields = connection_fields(id, peer, Some(user));
         fields.insert("role".into(), Value::from(conn.role().unwrap_or_default()));
         fields.insert("statements".into(), Value::from(conn.statements.load(Ordering::Relaxed)));
         fields.insert("seconds".into(), Value::from(seconds_since(conn.connected)));
+        if stalled {
+            fields
+                .insert("reason".into(), Value::from("the client took no result bytes within serve.statement_timeout"));
+        }
         server.audit(AUDIT_DISCONNECT, fields);
     }
     drop(admission);
@@ -337,10 +342,20 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
 /// Reads a client's messages through, refusing any whose length field
 /// claims more than `max` bytes (or less than its own four) as soon as the
 /// length is read: nothing is buffered for what a message only claims.
+///
+/// Writes are watched too: a client that takes no bytes of what it is sent
+/// for `stall` (the statement timeout) has its connection ended, since a
+/// statement blocked on the socket is never polled and its own time limit
+/// and cancel requests cannot reach it.
 pub struct Limited {
     inner: Box<dyn Io>,
     max: u64,
     framing: Framing,
+    stall: std::time::Duration,
+    /// Armed while a write waits for the client.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Set once the client took nothing for `stall`: every later write fails at once.
+    stalled_out: bool,
 }
 
 /// Where the bytes read so far stand in the message framing.
@@ -399,8 +414,35 @@ impl Default for Framing {
 }
 
 impl Limited {
-    fn new(inner: Box<dyn Io>, max: u64) -> Limited {
-        Limited { inner, max, framing: Framing::new() }
+    fn new(inner: Box<dyn Io>, max: u64, stall: std::time::Duration) -> Limited {
+        Limited { inner, max, framing: Framing::new(), stall, stalled: None, stalled_out: false }
+    }
+
+    /// Whether the connection ended because the client stopped taking what it was sent.
+    pub fn stalled_out(&self) -> bool {
+        self.stalled_out
+    }
+
+    fn stalled_error(&self) -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the client took nothing it was sent for {} s (serve.statement_timeout)", self.stall.as_secs()),
+        )
+    }
+
+    /// A write's outcome, failed once it has waited for the client longer than `stall`.
+    fn watch<T>(&mut self, cx: &mut Context<'_>, polled: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let stall = self.stall;
+        let timer = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        if timer.as_mut().poll(cx).is_ready() {
+            self.stalled_out = true;
+            return Poll::Ready(Err(self.stalled_error()));
+        }
+        Poll::Pending
     }
 }
 
@@ -421,15 +463,28 @@ impl AsyncRead for Limited {
 
 impl AsyncWrite for Limited {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        if self.stalled_out {
+            return Poll::Ready(Err(self.stalled_error()));
+        }
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, polled)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        if self.stalled_out {
+            return Poll::Ready(Err(self.stalled_error()));
+        }
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        if self.stalled_out {
+            // Nothing more reaches this client; the socket is closed when dropped.
+            return Poll::Ready(Ok(()));
+        }
+        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.watch(cx, polled)
     }
 }
 

@@ -474,6 +474,19 @@ fn cancel_timeout_and_limits() {
         assert!(Instant::now() < deadline, "the abandoned statement was not audited as interrupted");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // A client that takes none of its result: its statement is stopped and the connection
+    // ended once it has taken nothing for the statement timeout.
+    // (Its statement ends as `interrupted`, or as `timeout` where its own time ran out first.)
+    let interrupted = |ws: &Workspace| {
+        entries(ws, "sql").iter().filter(|e| e["outcome"] == "interrupted" || e["outcome"] == "timeout").count()
+    };
+    let before = interrupted(&ws);
+    let got = client(&served, "maria", ANALYST_PASSWORD, &["stall", big, "9"]);
+    assert_eq!(got["closed"], true, "the server ended a connection that took nothing for 4 s: {got}");
+    let outcomes: Vec<Value> = entries(&ws, "sql").iter().map(|e| e["outcome"].clone()).collect();
+    assert_eq!(interrupted(&ws), before + 1, "{outcomes:?}");
+    let ended = entries(&ws, "disconnect");
+    assert!(ended.iter().any(|e| e["reason"].as_str().is_some_and(|r| r.contains("statement_timeout"))), "{ended:?}");
     let got = client(&served, "maria", ANALYST_PASSWORD, &["rows", r#"["SELECT 6 * 7"]"#]);
     assert_eq!(got[0]["rows"], serde_json::json!([["42"]]));
 }
@@ -620,4 +633,63 @@ fn psql_describes_what_the_role_may_read() {
         .collect();
     assert!(audited.iter().any(|e| e["outcome"] == "ok" && e["login"] == "maria"), "{audited:?}");
     assert!(audited.iter().any(|e| e["outcome"] == "refused"), "{audited:?}");
+}
+
+/// Item 4: what DBeaver and RPostgres ask when connecting and browsing
+/// answers, listing exactly the tables and columns the role may read.
+#[test]
+fn browsing_tools_see_what_the_role_may_read() {
+    let ws = installation("");
+    let served = Served::start(&ws);
+    let provider = format!("provider:{PROVIDER}");
+    let column = |answer: &Value, name: &str| -> Vec<String> {
+        assert!(answer.get("error").is_none(), "{answer}");
+        let columns = answer["columns"].as_array().unwrap();
+        let at = columns.iter().position(|c| c == name).unwrap_or_else(|| panic!("no column {name}: {answer}"));
+        answer["rows"].as_array().unwrap().iter().map(|r| r[at].as_str().unwrap_or_default().to_owned()).collect()
+    };
+    let mut seen = Vec::new();
+    for (user, password, role) in
+        [("maria", ANALYST_PASSWORD, "analyst"), ("prov", PROVIDER_PASSWORD, provider.as_str())]
+    {
+        let tables = |sql: &str| -> Vec<String> {
+            let mut t: Vec<String> = ws.sql_rows(Some(role), sql).into_iter().map(|r| r[0].clone()).collect();
+            t.sort();
+            t
+        };
+        let expected = tables("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'");
+        let columns: Vec<String> = ws
+            .sql_rows(
+                Some(role),
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'treatment_invoices' \
+                 ORDER BY ordinal_position",
+            )
+            .into_iter()
+            .map(|r| r[0].clone())
+            .collect();
+        let got = client(&served, user, password, &["browse", "treatment_invoices"]);
+        for tool in ["dbeaver", "rpostgres"] {
+            for answer in got[tool].as_array().unwrap() {
+                assert!(answer.get("error").is_none(), "{role}, {tool}: {answer}");
+            }
+        }
+        let dbeaver = got["dbeaver"].as_array().unwrap();
+        assert_eq!(dbeaver[2]["rows"], serde_json::json!([["public", user]]), "{}", dbeaver[2]);
+        assert!(column(&dbeaver[4], "datname").contains(&"ladu".to_owned()), "{}", dbeaver[4]);
+        assert!(column(&dbeaver[5], "nspname").contains(&"public".to_owned()), "{}", dbeaver[5]);
+        let mut listed = column(&dbeaver[6], "relname");
+        listed.sort();
+        assert_eq!(listed, expected, "{role}: DBeaver's table list");
+        assert_eq!(column(&dbeaver[7], "attname"), columns, "{role}: DBeaver's columns");
+        let rpostgres = got["rpostgres"].as_array().unwrap();
+        assert!(column(&rpostgres[0], "typname").contains(&"int8".to_owned()));
+        assert_eq!(column(&rpostgres[1], "name"), expected, "{role}: dbListTables");
+        assert_eq!(column(&rpostgres[2], "column_name"), columns, "{role}: dbListFields");
+        seen.push(expected);
+    }
+    // A table the provider may not read: nothing of it through either tool's queries.
+    let hidden = seen[0].iter().find(|t| !seen[1].contains(t)).expect("the provider reads fewer tables").clone();
+    let got = client(&served, "prov", PROVIDER_PASSWORD, &["browse", &hidden]);
+    assert_eq!(got["dbeaver"][7]["rows"], serde_json::json!([]), "{got}");
+    assert_eq!(got["rpostgres"][2]["rows"], serde_json::json!([]), "{got}");
 }

@@ -141,6 +141,84 @@ def leave_midway(port, user, password, query):
     return {"read": len(first)}
 
 
+# What DBeaver (through pgjdbc) and R's RPostgres send when connecting and
+# browsing, as they send it; `{ns}` and `{table}` are the oids they bind.
+DBEAVER = [
+    "SET extra_float_digits = 3",
+    "SET application_name = 'DBeaver 24.3.0 - Main'",
+    "SELECT current_schema(),session_user",
+    "SHOW search_path",
+    "SELECT db.oid,db.* FROM pg_catalog.pg_database db WHERE datallowconn AND NOT datistemplate "
+    "OR db.datname=%s ORDER BY db.datname",
+    "SELECT n.oid,n.*,d.description FROM pg_catalog.pg_namespace n LEFT OUTER JOIN pg_catalog.pg_description d "
+    "ON d.objoid=n.oid AND d.objsubid=0 AND d.classoid='pg_namespace'::regclass ORDER BY nspname",
+    "SELECT c.oid,c.*,d.description FROM pg_catalog.pg_class c LEFT OUTER JOIN pg_catalog.pg_description d "
+    "ON d.objoid=c.oid AND d.objsubid=0 AND d.classoid='pg_class'::regclass "
+    "WHERE c.relnamespace=%s AND c.relkind not in ('i','I','c')",
+    "SELECT c.relname,a.*,pg_catalog.pg_get_expr(ad.adbin, ad.adrelid, true) as def_value,dsc.description "
+    "FROM pg_catalog.pg_attribute a INNER JOIN pg_catalog.pg_class c ON (a.attrelid=c.oid) "
+    "LEFT OUTER JOIN pg_catalog.pg_attrdef ad ON (a.attrelid=ad.adrelid AND a.attnum = ad.adnum) "
+    "LEFT OUTER JOIN pg_catalog.pg_description dsc ON (c.oid=dsc.objoid AND a.attnum = dsc.objsubid) "
+    "WHERE NOT a.attisdropped AND c.relkind not in ('i','I','c') AND c.oid=%s ORDER BY a.attnum",
+]
+RPOSTGRES = [
+    "SELECT oid, typname FROM pg_type",
+    "SELECT cl.relname AS name FROM pg_class AS cl JOIN pg_namespace AS n ON cl.relnamespace = n.oid "
+    "WHERE (n.nspname = ANY (current_schemas(true))) AND (n.nspname <> 'pg_catalog') "
+    "AND (cl.relkind IN ('r', 'p', 'f', 'v', 'm')) ORDER BY name",
+    "SELECT column_name FROM information_schema.columns WHERE table_name = %s ORDER BY ordinal_position",
+]
+
+
+def browse(port, user, password, table):
+    """Each tool's queries in turn: rows (as strings) or the error; parameters bound as the tools bind them."""
+    out = {"dbeaver": [], "rpostgres": []}
+    with connect(port, user, password, autocommit=True) as c, c.cursor() as cur:
+        def run(tool, query, params=None):
+            try:
+                cur.execute(query, params)
+                got = cur.fetchall() if cur.description else []
+                names = [d.name for d in cur.description] if cur.description else []
+                out[tool].append({"columns": names, "rows": [[None if v is None else str(v) for v in r] for r in got]})
+            except psycopg.Error as e:
+                out[tool].append({"error": e.sqlstate, "message": str(e)})
+            return out[tool][-1]
+        cur.execute("SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = 'public'")
+        ns = cur.fetchone()[0]
+        cur.execute("SELECT oid FROM pg_catalog.pg_class WHERE relname = %s", (table,))
+        found = cur.fetchone()
+        oid = found[0] if found else 0
+        for q in DBEAVER:
+            params = {"db.datname=%s": ("ladu",), "relnamespace=%s": (ns,), "c.oid=%s": (oid,)}
+            run("dbeaver", q, next((v for k, v in params.items() if k in q), None))
+        for q in RPOSTGRES:
+            run("rpostgres", q, (table,) if "%s" in q else None)
+    return out
+
+
+def stall(port, user, password, query, seconds):
+    """Send a query with a large result and take none of it for `seconds`; then read
+    what is there: whether the server closed the connection (the client never does)."""
+    c = connect(port, user, password, autocommit=True)
+    c.pgconn.send_query(query.encode())
+    time.sleep(seconds)
+    raw = socket.socket(fileno=os.dup(c.pgconn.socket))
+    raw.settimeout(5)
+    closed, taken, deadline = False, 0, time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            data = raw.recv(1 << 20)
+            if not data:
+                closed = True
+                break
+            taken += len(data)
+    except ConnectionResetError:
+        closed = True
+    except socket.timeout:
+        pass  # open, and silent: the server neither sends nor closes
+    return {"closed": closed, "taken": taken}
+
+
 def startup(user, extra=b""):
     params = b"user\0" + user.encode() + b"\0database\0ladu\0\0"
     body = struct.pack("!i", 196608) + params
@@ -214,6 +292,10 @@ def main():
         result = hold(port, user, password, int(args[0]), float(args[1]))
     elif command == "leave":
         result = leave_midway(port, user, password, args[0])
+    elif command == "browse":
+        result = browse(port, user, password, args[0])
+    elif command == "stall":
+        result = stall(port, user, password, args[0], float(args[1]))
     elif command == "malformed":
         result = malformed(port, user)
     elif command == "never_ends":
