@@ -190,6 +190,10 @@ pub struct PublishSettings {
     /// Releases kept in the site folder, the newest included; older ones are
     /// removed after a publication. 0 keeps every release.
     pub keep_releases: usize,
+    /// Where people write about the open data: the catalogue's contact point.
+    pub contact_email: Option<String>,
+    /// The country the data cover, as the EU country table codes it (the catalogue's spatial coverage).
+    pub country: String,
 }
 
 impl Default for PublishSettings {
@@ -201,6 +205,8 @@ impl Default for PublishSettings {
             title_et: "Tervise infosüsteemi andmeaida avaandmed".into(),
             title_en: "Open data of the health information system's data warehouse".into(),
             keep_releases: 0,
+            contact_email: None,
+            country: "EST".into(),
         }
     }
 }
@@ -380,6 +386,13 @@ impl Settings {
         }
         if !raw.publish.base_url.ends_with('/') || !raw.publish.base_url.contains("://") {
             problems.push("publish.base_url: must be an absolute URL ending in `/`".to_owned());
+        }
+        if raw.publish.contact_email.as_deref().is_some_and(|e| !e.contains('@') || e.contains(char::is_whitespace)) {
+            problems.push("publish.contact_email: give an address such as opendata@example.org".to_owned());
+        }
+        let country = &raw.publish.country;
+        if country.len() != 3 || !country.chars().all(|c| c.is_ascii_uppercase()) {
+            problems.push("publish.country: give the EU country code of three capitals, such as EST".to_owned());
         }
         if raw.release.min_group_size.is_some_and(|k| k < 2) {
             problems.push("release.min_group_size: must be at least 2 (a group of 1 is a person)".to_owned());

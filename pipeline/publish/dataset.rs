@@ -60,6 +60,18 @@ impl Frequency {
             Frequency::Irregular => "IRREG",
         }
     }
+
+    /// The term as the page shows it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Frequency::Daily => "daily",
+            Frequency::Weekly => "weekly",
+            Frequency::Monthly => "monthly",
+            Frequency::Quarterly => "quarterly",
+            Frequency::Annual => "annual",
+            Frequency::Irregular => "irregular",
+        }
+    }
 }
 
 /// What a column of a dataset is.
@@ -98,7 +110,25 @@ pub struct Meta {
     pub universe: String,
     /// The column the page charts.
     pub main_measure: String,
+    /// The date column whose range the dataset covers (the catalogue's temporal coverage).
+    #[serde(default)]
+    pub temporal: Option<Temporal>,
     pub columns: BTreeMap<String, Column>,
+}
+
+/// `[temporal]`: the table and date column of the events a dataset counts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Temporal {
+    pub table: String,
+    pub column: String,
+}
+
+impl Temporal {
+    /// The statement that finds the first and last date.
+    pub fn query(&self) -> String {
+        format!("SELECT min(\"{c}\"), max(\"{c}\") FROM \"{t}\"", c = self.column, t = self.table)
+    }
 }
 
 /// One open dataset, loaded and checked.
@@ -231,6 +261,14 @@ fn check_meta(meta: &Meta) -> Vec<String> {
     }
     if !meta.licence.url.contains("://") {
         problems.push("licence.url must be an absolute URL".to_owned());
+    }
+    if let Some(t) = &meta.temporal {
+        let plain =
+            |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !plain(&t.table) || !plain(&t.column) {
+            problems
+                .push("temporal.table and temporal.column must be a table and a date column of the warehouse".into());
+        }
     }
     problems
 }

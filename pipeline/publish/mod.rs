@@ -85,6 +85,8 @@ pub struct Table {
     pub batch: RecordBatch,
     pub primary: usize,
     pub secondary: usize,
+    /// The months the counted events fall in: the first day of the first, the last day of the last.
+    pub coverage: Option<(chrono::NaiveDate, chrono::NaiveDate)>,
 }
 
 impl Table {
@@ -126,6 +128,7 @@ pub fn run(settings: &Settings, audit: &AuditLog, progress: bool) -> Result<Summ
     let mut computed = Vec::with_capacity(datasets.len());
     let mut waiting = Vec::new();
     let mut ready = Vec::with_capacity(datasets.len());
+    let mut coverages = Vec::with_capacity(datasets.len());
     for d in datasets {
         let spinner = crate::progress::spinner(progress, &format!("open dataset {}", d.name));
         let result = session.collect(&d.query.sql);
@@ -146,6 +149,10 @@ pub fn run(settings: &Settings, audit: &AuditLog, progress: bool) -> Result<Summ
             source,
         })?;
         refuse_pseudonyms(&d, &batch)?;
+        coverages.push(match &d.meta.temporal {
+            Some(t) => coverage(&session, t).map_err(|source| Error::Query { name: d.name.clone(), source })?,
+            None => None,
+        });
         computed.push(batch);
         ready.push(d);
     }
@@ -153,7 +160,10 @@ pub fn run(settings: &Settings, audit: &AuditLog, progress: bool) -> Result<Summ
         return Err(Error::NoDatasets { dir: dir.display().to_string() });
     }
     let datasets = ready;
-    let tables = protect(&datasets, computed, settings.publish.threshold)?;
+    let mut tables = protect(&datasets, computed, settings.publish.threshold)?;
+    for (t, c) in tables.iter_mut().zip(coverages) {
+        t.coverage = c;
+    }
     let release = site::Release::begin(&settings.paths.site)?;
     let written = release.write(&tables, &settings.publish, &manifest)?;
     let id = release.id.clone();
@@ -187,6 +197,28 @@ pub fn run(settings: &Settings, audit: &AuditLog, progress: bool) -> Result<Summ
     audit.append(AUDIT_KIND, fields)?;
     let path = release.publish(settings.publish.keep_releases)?;
     Ok(Summary { waiting, release: id, datasets: published, path })
+}
+
+/// The months a dataset's events fall in ([`dataset::Temporal`]), widened to
+/// whole months so that no single event's date is published; `None` without dates.
+fn coverage(
+    session: &Session,
+    temporal: &dataset::Temporal,
+) -> Result<Option<(chrono::NaiveDate, chrono::NaiveDate)>, sql::Error> {
+    use chrono::{Datelike, Months, NaiveDate};
+    let (_, batches) = session.collect(&temporal.query())?;
+    let Some(batch) = batches.iter().find(|b| b.num_rows() > 0) else { return Ok(None) };
+    let day = |i: usize| -> Option<NaiveDate> {
+        let dates = cast(batch.column(i), &DataType::Date32).ok()?;
+        let dates = dates.as_any().downcast_ref::<arrow::array::Date32Array>()?;
+        if dates.is_null(0) { None } else { dates.value_as_date(0) }
+    };
+    let (Some(first), Some(last)) = (day(0), day(1)) else { return Ok(None) };
+    let start = NaiveDate::from_ymd_opt(first.year(), first.month(), 1);
+    let end = NaiveDate::from_ymd_opt(last.year(), last.month(), 1)
+        .and_then(|d| d.checked_add_months(Months::new(1)))
+        .and_then(|d| d.pred_opt());
+    Ok(start.zip(end))
 }
 
 /// One batch, with string views as plain strings (what every reader of CSV, JSON and Parquet expects).
@@ -290,5 +322,11 @@ fn apply(d: Dataset, batch: &RecordBatch, state: &[Suppression]) -> Table {
     columns.push(Arc::new(StringArray::from(state.iter().map(|s| s.flag()).collect::<Vec<_>>())));
     let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("columns match the fields");
     let count = |k| state.iter().filter(|&&s| s == k).count();
-    Table { primary: count(Suppression::Primary), secondary: count(Suppression::Secondary), dataset: d, batch }
+    Table {
+        primary: count(Suppression::Primary),
+        secondary: count(Suppression::Secondary),
+        dataset: d,
+        batch,
+        coverage: None,
+    }
 }

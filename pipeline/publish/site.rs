@@ -91,7 +91,8 @@ impl Release {
         for t in tables {
             written.extend(files::write(dir, t, publish, manifest, &self.id).map_err(io(&dir.join(&t.dataset.name)))?);
         }
-        let catalog = super::catalog::catalog(tables, &written, publish, manifest, &self.id);
+        let first_issued = self.first_issued(tables)?;
+        let catalog = super::catalog::catalog(tables, &written, publish, manifest, &self.id, &first_issued);
         let text =
             serde_json::to_vec_pretty(&catalog).map_err(|e| Error::Io { path: dir.clone(), source: e.into() })?;
         written.push(write_file(dir, super::catalog::FILE, &text)?);
@@ -150,6 +151,23 @@ fn release_name(name: &str) -> Option<(String, u32)> {
     };
     chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").ok().filter(|_| date.len() == 10)?;
     Some((date.to_owned(), n))
+}
+
+impl Release {
+    /// Per dataset, the date of the oldest release kept that holds it (none: first published now).
+    fn first_issued(&self, tables: &[Table]) -> Result<std::collections::BTreeMap<String, String>> {
+        let releases = self.site.join(RELEASES);
+        let mut first = std::collections::BTreeMap::new();
+        for (date, n) in release_names(&releases)? {
+            let folder = if n == 1 { releases.join(&date) } else { releases.join(format!("{date}.{n}")) };
+            for t in tables {
+                if folder.join(&t.dataset.name).join(files::DATAPACKAGE).is_file() {
+                    first.entry(t.dataset.name.clone()).or_insert_with(|| date.clone());
+                }
+            }
+        }
+        Ok(first)
+    }
 }
 
 /// The releases in `releases` (folders named as ladu names releases), as (date, number).

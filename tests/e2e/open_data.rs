@@ -103,6 +103,7 @@ fn statistics_and_datasets_wait_for_their_data_and_a_broken_one_commits_nothing(
     assert!(text.contains("sick_leave_by_diagnosis                  left out: table sick_leave has no"), "{text}");
     assert!(latest(&ws).join("invoices_by_care_type_age_sex").is_dir());
     assert!(!latest(&ws).join("sick_leave_by_diagnosis").exists());
+    catalogues_conform(&ws);
     let before = ws.manifest_versions();
     std::fs::write(ws.root().join("queries/statistics/zz_broken.sql"), "-- Broken.\nSELECT nope FROM population")
         .unwrap();
@@ -140,6 +141,19 @@ fn a_release_is_complete_valid_and_described() {
     assert_eq!(summary["distributions"], 4 * names.len());
     assert!(summary["suppressed"].as_u64().unwrap() > 0, "the sample has small cells: {summary}");
     assert!(summary["rows"].as_u64().unwrap() > summary["suppressed"].as_u64().unwrap(), "{summary}");
+    // Temporal coverage in whole months: no single event's date is published.
+    let catalog: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(release.join("catalog.jsonld")).unwrap()).unwrap();
+    for d in catalog["dcat:dataset"].as_array().unwrap() {
+        let start = d["dct:temporal"]["dcat:startDate"]["@value"].as_str().unwrap_or_default();
+        let end = chrono::NaiveDate::parse_from_str(
+            d["dct:temporal"]["dcat:endDate"]["@value"].as_str().unwrap(),
+            "%Y-%m-%d",
+        )
+        .unwrap();
+        assert!(start.ends_with("-01") && start.as_bytes() < end.to_string().as_bytes(), "{d}");
+        assert_eq!(end.succ_opt().unwrap().format("%d").to_string(), "01", "{d}");
+    }
     // The audit entry names the release, its datasets and every file's checksum.
     let entries = ws.audit_entries();
     let entry = entries.iter().rfind(|e| e["kind"] == "publish").unwrap();
@@ -238,6 +252,12 @@ fn a_failed_publish_leaves_the_previous_release() {
         assert_eq!(&std::fs::read(path).unwrap(), bytes, "{path:?} changed");
     }
     assert!(!files_under(&site).iter().any(|p| p.to_string_lossy().contains(".partial")));
+    // Both releases' catalogues conform; the second says the datasets were first issued with the first.
+    catalogues_conform(&ws);
+    let catalog: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(site.join(&second).join("catalog.jsonld")).unwrap()).unwrap();
+    let day = first.file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(catalog["dcat:dataset"][0]["dct:issued"]["@value"], day);
 }
 
 #[test]
@@ -249,6 +269,7 @@ fn bad_dataset_definitions_are_refused_with_their_file() {
         ("main measure", "main_measure = \"cost\"", "main_measure = \"care_type\"", "main_measure"),
         ("undescribed column", "[columns.sex]", "[columns.gender]", "not described"),
         ("identifier column", "[columns.sex]", "[columns.sex_id]", "no identifiers"),
+        ("temporal column", "column = \"start_date\"", "column = \"x\\\" FROM y --\"", "temporal.table"),
     ];
     let meta = dir.join("invoices_by_care_type_age_sex.toml");
     let good = std::fs::read_to_string(&meta).unwrap();

@@ -23,6 +23,7 @@ fn a_run_ingests_computes_publishes_and_reports() {
         assert!(r["steps"][step].is_number(), "{step}: {r}");
     }
     assert!(ws.root().join("site/latest/index.html").is_file());
+    catalogues_conform(&ws);
     let entries = ws.audit_entries();
     let run = entries.iter().rfind(|e| e["kind"] == "run").unwrap();
     assert_eq!(run["outcome"], "ok");

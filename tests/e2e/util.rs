@@ -212,6 +212,13 @@ pub fn py(script: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Every release's catalogue in the workspace's site conforms to DCAT-AP 3.0.1 (pyshacl, the official shapes).
+pub fn catalogues_conform(ws: &Workspace) {
+    let site = ws.root().join("site");
+    let summary = py("open_data.py", &["shacl", site.to_str().unwrap()]);
+    assert!(summary.contains("\"violations\": 0"), "{summary}");
+}
+
 pub fn py_output(script: &str, args: &[&str]) -> Output {
     Command::new(python())
         .arg(Path::new(REPO).join("tests/e2e/py").join(script))

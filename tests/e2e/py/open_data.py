@@ -18,6 +18,9 @@ usage:
       to show the attack works.
   open_data.py pseudonyms WAREHOUSE SITE
       Exits 1 if any pseudonym stored in the warehouse appears in the site.
+  open_data.py shacl SITE...
+      Validates every release's catalogue in each SITE against the official
+      DCAT-AP 3.0.1 shapes (pyshacl, no inference); exits 1 on any violation.
 """
 import csv
 import hashlib
@@ -122,10 +125,75 @@ def check(release, threshold):
     if distributions != 4 * summary["datasets"]:
         problems.append(f"catalog: {distributions} distributions for {summary['datasets']} datasets")
     summary["distributions"] = distributions
+    problems.extend(f"catalog: {v}" for v in shacl_violations(g))
+    problems.extend(f"catalog: {m}" for m in missing_recommended(g))
     for p in problems:
         print(p)
     print(json.dumps(summary))
     sys.exit(1 if problems else 0)
+
+
+SHAPES = pathlib.Path(__file__).resolve().parent.parent / "shapes" / "dcat-ap-3.0.1-SHACL.ttl"
+
+
+def shacl_violations(graph):
+    """Each result of validating `graph` against the DCAT-AP 3.0.1 shapes, as text."""
+    import pyshacl
+    import rdflib
+
+    shapes = rdflib.Graph()
+    shapes.parse(str(SHAPES), format="turtle")
+    conforms, report, _ = pyshacl.validate(graph, shacl_graph=shapes, inference="none", advanced=True)
+    SH = rdflib.Namespace("http://www.w3.org/ns/shacl#")
+    found = []
+    for r in report.subjects(rdflib.RDF.type, SH.ValidationResult):
+        found.append(f"{report.value(r, SH.resultSeverity).split('#')[-1]} on {report.value(r, SH.focusNode)}: "
+                     f"{report.value(r, SH.resultPath)}: {report.value(r, SH.resultMessage)}")
+    if not conforms and not found:
+        found.append("does not conform")
+    return found
+
+
+def missing_recommended(g):
+    """The properties a harvester scores that a dataset or distribution lacks."""
+    import rdflib
+    from rdflib.namespace import DCAT, DCTERMS, FOAF
+
+    missing = []
+    for catalog in g.subjects(rdflib.RDF.type, DCAT.Catalog):
+        publisher = g.value(catalog, DCTERMS.publisher)
+        if publisher is None or g.value(publisher, FOAF.name) is None:
+            missing.append(f"{catalog}: publisher with a name")
+    for ds in g.subjects(rdflib.RDF.type, DCAT.Dataset):
+        for prop in [DCTERMS.publisher, DCAT.contactPoint, DCTERMS.issued, DCTERMS.modified, DCTERMS.temporal,
+                     DCTERMS.spatial, DCAT.theme, DCTERMS.accrualPeriodicity, DCAT.landingPage]:
+            if g.value(ds, prop) is None:
+                missing.append(f"{ds}: {prop}")
+        languages = {k.language for k in g.objects(ds, DCAT.keyword)}
+        if languages != {"et", "en"}:
+            missing.append(f"{ds}: keywords in et and en, not {languages}")
+        for dist in g.objects(ds, DCAT.distribution):
+            for prop in [DCAT.accessURL, DCAT.downloadURL, DCAT.byteSize, DCTERMS.license, DCTERMS.format,
+                         DCAT.mediaType]:
+                if g.value(dist, prop) is None:
+                    missing.append(f"{dist}: {prop}")
+    return missing
+
+
+def shacl(sites):
+    import rdflib
+
+    problems, checked = [], 0
+    for site in sites:
+        for catalog in sorted(pathlib.Path(site).glob("releases/*/catalog.jsonld")):
+            g = rdflib.Graph()
+            g.parse(str(catalog), format="json-ld")
+            problems.extend(f"{catalog}: {v}" for v in shacl_violations(g))
+            checked += 1
+    for p in problems:
+        print(p)
+    print(json.dumps({"catalogues": checked, "violations": len(problems)}))
+    sys.exit(1 if problems or not checked else 0)
 
 
 def attack(release, queries, truth, drop_secondary):
@@ -226,6 +294,8 @@ def main():
         attack(pathlib.Path(args[0]), pathlib.Path(args[1]), pathlib.Path(args[2]), "--drop-secondary" in args)
     elif command == "pseudonyms":
         pseudonyms(pathlib.Path(args[0]), pathlib.Path(args[1]))
+    elif command == "shacl":
+        shacl(args)
     else:
         sys.exit(f"unknown command {command}")
 
