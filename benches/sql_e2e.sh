@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# SQL bench: the analyst queries of benches/sql_queries.sql, in ladu (release) and in DuckDB,
-# on the same warehouse built from generated treatment_invoices and population extracts.
+# SQL bench: the analyst queries of benches/sql_queries.sql (q1–q10) and the SQL suite of
+# benches/sql_suite.sql (s1–s34), in ladu (release) and in DuckDB, on the same warehouse built from
+# generated extracts: invoices, the population they draw from, prescriptions, sick leave, ambulance calls.
 #
 # usage: bash benches/sql_e2e.sh [INVOICE_ROWS]        (default 10000000; population 1M people)
 #        LADU_BENCH_REPEAT=3 bash benches/sql_e2e.sh   (rounds; medians)
+#        LADU_BENCH_QUERIES=suite bash benches/sql_e2e.sh  (bench, suite or all; default all)
 # Both read the same committed Parquet files with the same meaning: `<table>` is the newest
 # version of each record. DuckDB finds it at query time; ladu keeps, per warehouse version, which rows
 # are superseded (the first session after a commit finds them, timed as ladu:first-session). As
 # the strongest baseline, `duckdb-plain` reads the files as plain tables, skipping that step (the
 # same answers here, where no record has a second version). Both get the machine's cores.
-# Prints wall time and peak resident memory of each query in each, and the ratios.
+# Each side's start (a `SELECT 1`: ladu's process and session; DuckDB's Python, import and views)
+# is timed in every round and subtracted in the report, which gives the geometric mean and the worst ratio.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -26,6 +29,9 @@ if [ ! -d "$work/warehouse" ]; then
   # The invoices draw their patients from the same million people the population lists (same seed).
   "$bin" sample-data --out "$work/inbox" --rows "$rows" --only treatment_invoices --invalid 0 >/dev/null
   "$bin" sample-data --out "$work/inbox" --rows "$people" --only population --invalid 0 >/dev/null
+  "$bin" sample-data --out "$work/inbox" --rows $((rows / 2)) --only prescriptions --invalid 0 >/dev/null
+  "$bin" sample-data --out "$work/inbox" --rows $((rows / 10)) --only sick_leave --invalid 0 >/dev/null
+  "$bin" sample-data --out "$work/inbox" --rows $((rows / 50)) --only ambulance_calls --invalid 0 >/dev/null
   "$bin" --config "$work/config/ladu.toml" -q ingest >/dev/null
   rm -rf "$work/inbox"
 fi
@@ -35,10 +41,16 @@ rm -rf "$work/warehouse/_ladu/superseded"
 "$python" benches/measure.py "ladu:first-session" "$rows" -- "$bin" --config "$work/config/ladu.toml" -q sql \
   -c "SELECT 1" --output /dev/null --format csv
 threads=$(nproc)
-# Split the statements into one file each.
-split_bench_queries "$python" "$work/queries"
+# Split the statements into one file each; `start` is each side's SELECT 1.
+rm -f "$work/queries/"*.sql
+case ${LADU_BENCH_QUERIES:-all} in
+  bench) split_bench_queries "$python" "$work/queries" ;;
+  suite) split_bench_queries "$python" "$work/queries" benches/sql_suite.sql ;;
+  *) split_bench_queries "$python" "$work/queries"; split_bench_queries "$python" "$work/queries" benches/sql_suite.sql ;;
+esac
+echo "SELECT 1" > "$work/queries/start.sql"
 for _ in $(seq "${LADU_BENCH_REPEAT:-1}"); do
-  for q in $(ls "$work/queries" | sort -V); do
+  for q in start.sql $(ls "$work/queries" | grep -v '^start' | sort -V); do
     name=${q%.sql}
     "$python" benches/measure.py "ladu:$name" "$rows" -- "$bin" --config "$work/config/ladu.toml" -q sql \
       --format csv --output /dev/null -f "$work/queries/$q"

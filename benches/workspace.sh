@@ -17,15 +17,16 @@ TOML
   [ -f "$dir/ladu.key" ] || "$bin" keygen --out "$dir/ladu.key" 2>/dev/null
 }
 
-# Split benches/sql_queries.sql into one file per statement (q1.sql, q2.sql, …) in folder $2, with python $1.
+# Split a file of statements that open with `-- qN …` or `-- sN …` into one file per statement
+# (q1.sql, …) in folder $2, with python $1; $3 is the file (default benches/sql_queries.sql).
 split_bench_queries() {
-  local python=$1 dir=$2
+  local python=$1 dir=$2 file=${3:-benches/sql_queries.sql}
   mkdir -p "$dir"
-  "$python" - "$dir" <<'PY'
+  "$python" - "$dir" "$file" <<'PY'
 import pathlib, re, sys
-text = pathlib.Path("benches/sql_queries.sql").read_text()
+text = pathlib.Path(sys.argv[2]).read_text()
 for block in re.split(r";\s*\n", text):
-    m = re.search(r"--\s*(q\d+)", block)
+    m = re.search(r"^--\s*([qs]\d+)\s", block, re.M)
     if m:
         pathlib.Path(sys.argv[1], m.group(1) + ".sql").write_text(block.strip() + "\n")
 PY

@@ -697,3 +697,48 @@ fn a_closed_pipe_ends_quietly() {
     let last_sql = ws.audit_entries().into_iter().rev().find(|e| e["kind"] == "sql" && e["statement"] == many);
     assert!(last_sql.is_some(), "the statement read through a closed pipe was audited");
 }
+
+/// Every query of the SQL suite and of the SQL bench gives DuckDB's answer over the same files.
+#[test]
+fn the_sql_suite_agrees_with_duckdb() {
+    let ws = Workspace::new();
+    ws.sample(3000, 7, &[]);
+    ws.ok(&["ingest"]);
+    let dir = ws.root().join("suite");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut queries = Vec::new();
+    for file in ["benches/sql_suite.sql", "benches/sql_queries.sql"] {
+        let text = std::fs::read_to_string(std::path::Path::new(REPO).join(file)).unwrap();
+        for block in text.split(";\n") {
+            let named = block.lines().any(|l| {
+                l.strip_prefix("-- ").and_then(|r| r.split(' ').next()).is_some_and(|n| {
+                    n.len() > 1 && n.starts_with(['q', 's']) && n[1..].chars().all(|c| c.is_ascii_digit())
+                })
+            });
+            if named {
+                queries.push(block.trim().to_owned());
+            }
+        }
+    }
+    assert!(queries.len() >= 40, "the suite's 30 and more and the bench's 10: {}", queries.len());
+    for (i, q) in queries.iter().enumerate() {
+        std::fs::write(dir.join(format!("q{i}.sql")), q).unwrap();
+        let out = dir.join(format!("q{i}.csv"));
+        ws.ok(&[
+            "sql",
+            "--format",
+            "csv",
+            "--output",
+            out.to_str().unwrap(),
+            "-f",
+            dir.join(format!("q{i}.sql")).to_str().unwrap(),
+        ]);
+        let rows = std::fs::read_to_string(&out).unwrap().lines().count();
+        assert!(rows > 1, "{q} returned no rows: nothing to compare");
+    }
+    let n = queries.len().to_string();
+    let v: Value =
+        serde_json::from_str(&py("duckdb_compare.py", &[ws.warehouse().to_str().unwrap(), dir.to_str().unwrap(), &n]))
+            .unwrap();
+    assert_eq!(v["mismatches"], serde_json::json!([]), "{v:#}");
+}
