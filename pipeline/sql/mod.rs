@@ -23,6 +23,7 @@ pub mod roles;
 pub mod row_number;
 pub mod sandbox;
 pub mod script;
+pub mod semi_join;
 pub mod shell;
 pub mod tables;
 pub mod versions;
@@ -1300,6 +1301,7 @@ fn new_context(
         .with_config(config)
         .with_runtime_env(env)
         .with_default_features()
+        .with_optimizer_rule(Arc::new(semi_join::DistinctSemiJoinKeys))
         .with_optimizer_rule(Arc::new(pseudonym_keys::PseudonymGroupKeys::new(pseudonym_columns)))
         .with_table_functions(HashMap::new())
         .with_table_factories(HashMap::new())
