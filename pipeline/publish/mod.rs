@@ -206,7 +206,12 @@ fn coverage(
     temporal: &dataset::Temporal,
 ) -> Result<Option<(chrono::NaiveDate, chrono::NaiveDate)>, sql::Error> {
     use chrono::{Datelike, Months, NaiveDate};
-    let (_, batches) = session.collect(&temporal.query())?;
+    // Its table without data yet: no coverage to tell, and the dataset is published without it.
+    let batches = match session.collect(&temporal.query()) {
+        Ok((_, batches)) => batches,
+        Err(sql::Error::NoData { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
     let Some(batch) = batches.iter().find(|b| b.num_rows() > 0) else { return Ok(None) };
     let day = |i: usize| -> Option<NaiveDate> {
         let dates = cast(batch.column(i), &DataType::Date32).ok()?;

@@ -98,8 +98,20 @@ fn statistics_and_datasets_wait_for_their_data_and_a_broken_one_commits_nothing(
     assert!(text.contains("stats_invoices"), "{text}");
     assert!(text.contains("stats_waiting_times                      skipped: table waiting_list"), "{text}");
     assert_eq!(ws.sql_rows(None, "SELECT count(*) > 0 FROM stats_invoices"), [["true"]]);
-    // Publishing likewise leaves out what waits for data.
+    // Publishing likewise leaves out what waits for data; a dataset whose temporal column's
+    // table has none yet is published without a temporal coverage.
+    let meta = ws.root().join("queries/open_data/invoices_by_diagnosis_age_sex.toml");
+    let text = std::fs::read_to_string(&meta).unwrap();
+    assert!(text.contains("table = \"treatment_invoices\""));
+    std::fs::write(&meta, text.replace("table = \"treatment_invoices\"", "table = \"sick_leave\"")).unwrap();
     let text = stdout(&ws.ok(&["publish"]));
+    let catalog: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(latest(&ws).join("catalog.jsonld")).unwrap()).unwrap();
+    let temporal = |name: &str| {
+        let datasets = catalog["dcat:dataset"].as_array().unwrap();
+        datasets.iter().find(|d| d["dct:identifier"] == name).unwrap()["dct:temporal"].is_object()
+    };
+    assert!(!temporal("invoices_by_diagnosis_age_sex") && temporal("invoices_by_care_type_age_sex"));
     assert!(text.contains("sick_leave_by_diagnosis                  left out: table sick_leave has no"), "{text}");
     assert!(latest(&ws).join("invoices_by_care_type_age_sex").is_dir());
     assert!(!latest(&ws).join("sick_leave_by_diagnosis").exists());
