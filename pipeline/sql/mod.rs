@@ -1301,12 +1301,12 @@ fn new_context(
         .with_config(config)
         .with_runtime_env(env)
         .with_default_features()
-        .with_optimizer_rule(Arc::new(semi_join::DistinctSemiJoinKeys))
         .with_optimizer_rule(Arc::new(pseudonym_keys::PseudonymGroupKeys::new(pseudonym_columns)))
         .with_table_functions(HashMap::new())
         .with_table_factories(HashMap::new())
         .with_physical_optimizer_rule(Arc::new(packed_sort::PackedSort))
         .with_physical_optimizer_rule(Arc::new(row_number::SortedRowNumber))
+        .with_physical_optimizer_rule(Arc::new(semi_join::DistinctSemiJoinBuild))
         .with_physical_optimizer_rule(Arc::new(limits::Interruptible))
         .with_physical_optimizer_rule(Arc::new(limits::BoundedRecursion {
             max_depth: settings.sql.max_recursion_depth,
