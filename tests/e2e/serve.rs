@@ -113,6 +113,21 @@ fn installation(serve: &str) -> Workspace {
     ws
 }
 
+/// The tables `ladu sql --role ROLE` lists, sorted.
+fn readable_tables(ws: &Workspace, role: &str) -> Vec<String> {
+    let sql = "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'";
+    let mut tables: Vec<String> = ws.sql_rows(Some(role), sql).into_iter().map(|r| r[0].clone()).collect();
+    tables.sort();
+    tables
+}
+
+/// The columns of `treatment_invoices` that `ladu sql --role ROLE` shows, in order.
+fn invoice_columns(ws: &Workspace, role: &str) -> Vec<String> {
+    let sql = "SELECT column_name FROM information_schema.columns WHERE table_name = 'treatment_invoices' \
+               ORDER BY ordinal_position";
+    ws.sql_rows(Some(role), sql).into_iter().map(|r| r[0].clone()).collect()
+}
+
 fn os_user() -> String {
     stdout(&Command::new("id").arg("-un").output().unwrap()).trim().to_owned()
 }
@@ -441,6 +456,10 @@ fn parameters_prepared_statements_and_settings_stay_with_their_connection() {
     let with_parameters: Vec<Value> =
         entries(&ws, "sql").into_iter().filter(|e| e["parameters"].is_array() && e["outcome"] == "ok").collect();
     assert!(!with_parameters.is_empty(), "parameters are audited");
+    // Session commands of the extended protocol are audited as the client sent them.
+    let statements: Vec<Value> = entries(&ws, "sql").iter().map(|e| e["statement"].clone()).collect();
+    assert_eq!(got["extended_set"], true, "{got}");
+    assert!(statements.contains(&Value::from("SET extra_float_digits = 2")), "{statements:?}");
 }
 
 /// Item 6: cancel requests, the statement timeout, the connection limit, a
@@ -561,12 +580,7 @@ fn psql_describes_what_the_role_may_read() {
     for (user, password, role) in
         [("maria", ANALYST_PASSWORD, "analyst"), ("prov", PROVIDER_PASSWORD, provider.as_str())]
     {
-        let mut expected: Vec<String> = ws
-            .sql_rows(Some(role), "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
-            .into_iter()
-            .map(|r| r[0].clone())
-            .collect();
-        expected.sort();
+        let expected = readable_tables(&ws, role);
         let listed = lines(&psql(&port, user, password, "", "\\dt"), "\\dt");
         let mut names: Vec<String> = listed
             .iter()
@@ -579,15 +593,7 @@ fn psql_describes_what_the_role_may_read() {
         names.sort();
         assert_eq!(names, expected, "{role}: \\dt lists what the role may read");
         // \d NAME: the columns the role sees, in order, with PostgreSQL's type names.
-        let columns: Vec<String> = ws
-            .sql_rows(
-                Some(role),
-                "SELECT column_name FROM information_schema.columns WHERE table_name = 'treatment_invoices' \
-                 ORDER BY ordinal_position",
-            )
-            .into_iter()
-            .map(|r| r[0].clone())
-            .collect();
+        let columns = invoice_columns(&ws, role);
         let described = lines(&psql(&port, user, password, "", "\\d treatment_invoices"), "\\d NAME");
         let shown: Vec<&str> = described.iter().filter_map(|l| l.split('|').next()).take(columns.len()).collect();
         assert_eq!(shown, columns, "{role}: \\d treatment_invoices");
@@ -652,21 +658,8 @@ fn browsing_tools_see_what_the_role_may_read() {
     for (user, password, role) in
         [("maria", ANALYST_PASSWORD, "analyst"), ("prov", PROVIDER_PASSWORD, provider.as_str())]
     {
-        let tables = |sql: &str| -> Vec<String> {
-            let mut t: Vec<String> = ws.sql_rows(Some(role), sql).into_iter().map(|r| r[0].clone()).collect();
-            t.sort();
-            t
-        };
-        let expected = tables("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'");
-        let columns: Vec<String> = ws
-            .sql_rows(
-                Some(role),
-                "SELECT column_name FROM information_schema.columns WHERE table_name = 'treatment_invoices' \
-                 ORDER BY ordinal_position",
-            )
-            .into_iter()
-            .map(|r| r[0].clone())
-            .collect();
+        let expected = readable_tables(&ws, role);
+        let columns = invoice_columns(&ws, role);
         let got = client(&served, user, password, &["browse", "treatment_invoices"]);
         for tool in ["dbeaver", "rpostgres"] {
             for answer in got[tool].as_array().unwrap() {

@@ -82,6 +82,9 @@ def extended(port, user, password):
             out["set_datafusion"] = "accepted"
         except psycopg.Error as e:
             out["set_datafusion"] = e.sqlstate
+    # A session command through the extended protocol (libpq's PQexecParams: Parse, Bind, Execute).
+    r = a.pgconn.exec_params(b"SET extra_float_digits = 2", [])
+    out["extended_set"] = r.status == pq.ExecStatus.COMMAND_OK
     a.close()
     b.close()
     return out
