@@ -170,6 +170,12 @@ enum Command {
         #[arg(long, requires = "output")]
         force: bool,
     },
+    /// Rewrite each partition holding more than one file as one file, in one commit (every row and version kept).
+    Compact {
+        /// Only this table.
+        #[arg(long)]
+        table: Option<String>,
+    },
     /// Compute the statistics of queries/statistics/ into the warehouse (tables `stats_<name>`).
     Stats {
         /// Only these statistics (repeatable); by default all.
@@ -410,6 +416,7 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
         Command::Run => nightly(config, progress),
         Command::Check { skip_key } => check(config, skip_key),
         Command::Stats { only } => stats(config, &only, progress),
+        Command::Compact { table } => compact(config, table.as_deref()),
         Command::Publish => publish(config, progress),
         Command::Release { recipient, query, out, request_id, accept_risk } => {
             release(config, &recipient, &query, &out, request_id.as_deref(), accept_risk.as_deref())
@@ -663,6 +670,7 @@ fn nightly(config: Option<&Path>, progress: bool) -> Result<Exit, Failed> {
             let code = match &e {
                 ladu::run::Error::Ingest(e) => ingest_exit(e),
                 ladu::run::Error::Stats(e) => stats_exit(e),
+                ladu::run::Error::Compact(ladu::run::compact::Error::Warehouse(e)) => warehouse_exit(e),
                 ladu::run::Error::Publish(e) => publish_exit(e),
                 _ => Exit::Failure,
             };
@@ -728,6 +736,30 @@ fn stats(config: Option<&Path>, only: &[String], progress: bool) -> Result<Exit,
     match summary.commit {
         Some(v) => out!("committed warehouse version {v}"),
         None => out!("nothing to commit"),
+    }
+    Ok(Exit::Ok)
+}
+
+fn compact(config: Option<&Path>, table: Option<&str>) -> Result<Exit, Failed> {
+    let settings = load_settings(config)?;
+    let audit = AuditLog::new(&settings.paths.audit);
+    let outcome = ladu::run::compact::run(&settings, &audit, table, 1).map_err(|e| {
+        let code = match &e {
+            ladu::run::compact::Error::Warehouse(ladu::warehouse::Error::UnknownTable { .. }) => Exit::Config,
+            ladu::run::compact::Error::Warehouse(w) => warehouse_exit(w),
+            ladu::run::compact::Error::Audit(_) => Exit::Failure,
+        };
+        (code, e)
+    })?;
+    for c in &outcome.compacted {
+        out!("{}/{}: {} files -> {}, {} rows", c.table, c.partition, c.files_before, c.files_after, c.rows);
+    }
+    for (partition, why) in &outcome.skipped {
+        out!("{partition}: left as it is ({why})");
+    }
+    match outcome.commit {
+        Some(v) => out!("committed warehouse version {v}"),
+        None => out!("nothing to compact"),
     }
     Ok(Exit::Ok)
 }

@@ -62,7 +62,7 @@ fn warehouse(root: &Path, key: Option<&Key>, f: &mut Findings) {
         }
     }
     let mut files = 0;
-    for file in m.tables.values().flat_map(|t| &t.files) {
+    for file in m.committed_files() {
         files += 1;
         let path = root.join(&file.path);
         match hash_file(&path) {

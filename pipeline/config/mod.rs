@@ -18,6 +18,8 @@ pub const CONFIG_ENV: &str = "LADU_CONFIG";
 pub const DEFAULT_SOURCES_DIR: &str = "sources";
 /// Rows per Parquet row group (DESIGN.md: ~128k, not the 1M default).
 pub const DEFAULT_ROW_GROUP_ROWS: usize = 128 * 1024;
+/// Files per partition above which `ladu run` compacts it: a month of daily deliveries.
+pub const DEFAULT_COMPACT_FILES: usize = 31;
 /// Bytes of decoded CSV handed to Polars at a time.
 pub const DEFAULT_CHUNK_BYTES: usize = 16 * 1024 * 1024;
 /// A delivery's record (a line, or lines joined by a quoted field) longer than this refuses the delivery.
@@ -224,6 +226,8 @@ pub struct IngestSettings {
     pub max_record_bytes: usize,
     /// zstd compression level (1–22).
     pub zstd_level: i32,
+    /// Files a partition may hold before `ladu run` compacts it into one.
+    pub compact_files: usize,
 }
 
 impl Default for IngestSettings {
@@ -233,6 +237,7 @@ impl Default for IngestSettings {
             chunk_bytes: DEFAULT_CHUNK_BYTES,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             zstd_level: DEFAULT_ZSTD_LEVEL,
+            compact_files: DEFAULT_COMPACT_FILES,
         }
     }
 }
@@ -341,6 +346,9 @@ impl Settings {
         let mut problems = Vec::new();
         if raw.ingest.row_group_rows == 0 {
             problems.push("ingest.row_group_rows: must be at least 1".to_owned());
+        }
+        if raw.ingest.compact_files < 2 {
+            problems.push("ingest.compact_files: must be at least 2".to_owned());
         }
         if raw.ingest.chunk_bytes < 4096 {
             problems.push("ingest.chunk_bytes: must be at least 4096".to_owned());

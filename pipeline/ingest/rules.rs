@@ -273,6 +273,7 @@ impl Plan {
             sort: self.sort_columns.clone(),
             unique: self.unique_columns(),
             constant: [META_EXTRACT_DATE, META_EXTRACT_SEQ, META_COMMIT].map(str::to_owned).to_vec(),
+            runs: Vec::new(),
             pseudonyms: self
                 .batch_schema
                 .fields()

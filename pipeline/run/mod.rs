@@ -6,6 +6,8 @@
 //! of any step does, and the steps after it do not run. Each run leaves a
 //! report, `warehouse/_ladu/runs/<start>.json`, and an audit entry.
 
+pub mod compact;
+
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -38,6 +40,8 @@ pub enum Error {
     },
     #[error("ingest: {0}")]
     Ingest(#[from] ingest::Error),
+    #[error("compaction: {0}")]
+    Compact(#[from] compact::Error),
     #[error("statistics: {0}")]
     Stats(#[from] stats::Error),
     #[error("publish: {0}")]
@@ -88,6 +92,12 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, progress: bool) -> 
         let ingested = outcome.0.insert(ingested?);
         if let Some(to) = &settings.paths.processed {
             move_processed(ingested, to)?;
+        }
+        let t = Instant::now();
+        let compacted = compact::run(settings, audit, None, settings.ingest.compact_files)?;
+        timed("compact", t);
+        for c in &compacted.compacted {
+            tracing::info!(table = %c.table, partition = %c.partition, files = c.files_before, rows = c.rows, "compacted");
         }
         let t = Instant::now();
         outcome.1 = Some(stats::run(settings, audit, &[], progress)?);

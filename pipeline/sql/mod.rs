@@ -351,7 +351,7 @@ impl Snapshot {
         let committed: BTreeMap<String, Arc<tables::CommittedTable>> =
             committed.into_iter().map(|(n, t)| (n, Arc::new(t))).collect();
         let ctx = new_context(settings, Arc::clone(&engine.env))?;
-        let superseded = engine.runtime.block_on(find_superseded(&ctx, root, manifest.version, &committed))?;
+        let superseded = engine.runtime.block_on(find_superseded(&ctx, root, &manifest, &committed))?;
         Ok(Snapshot { manifest, committed, superseded })
     }
 
@@ -1170,13 +1170,14 @@ pub use output::{Format, Output};
 async fn find_superseded(
     ctx: &SessionContext,
     root: &std::path::Path,
-    version: u64,
+    manifest: &manifest::Manifest,
     committed: &BTreeMap<String, Arc<tables::CommittedTable>>,
 ) -> Result<BTreeMap<String, versions::Superseded>> {
     let mut found = BTreeMap::new();
     for (name, table) in committed {
+        let Some(t) = manifest.tables.get(name) else { continue };
         if tables::has_versions(&table.schema()) {
-            let s = versions::load_or_compute(ctx, root, version, name, table.clone())
+            let s = versions::find(ctx, root, name, t, table.clone())
                 .await
                 .map_err(|source| Error::Table { table: name.clone(), source })?;
             found.insert(name.clone(), s);

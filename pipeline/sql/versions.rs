@@ -1,22 +1,16 @@
-//! Which rows of a table a newer version of their record supersedes: computed once per warehouse version, then kept.
+//! Which rows of a table a newer version of their record supersedes: as the commits recorded it, or found in memory.
 //!
-//! `<table>` shows the newest version of each record (DESIGN.md). Finding the
-//! superseded rows takes a pass over every record id of the table, too much
-//! to repeat in every query; corrections are rare, so the answer is usually
-//! "none", and `<table>` is then every committed row at the cost of a plain
-//! scan. The answer for warehouse version N is kept in
-//! `_ladu/superseded/<N>/<table>.parquet`: one row per superseded row (its
-//! `_commit`, `_extract_date`, `_extract_seq`, `_line`), or a null `_line`
-//! for a delivery every row of which is superseded (as a weekly full snapshot
-//! is by the next one). The first session after a commit computes and writes
-//! it (aside, then linked into place); a session that cannot write, such as
-//! one on a read-only copy, keeps it in memory.
+//! `<table>` shows the newest version of each record (DESIGN.md). Each
+//! commit records what it supersedes ([`crate::warehouse::superseded`]); a
+//! session reads that record and writes nothing. A warehouse written before
+//! commits recorded it (and not yet committed to since) is answered by a
+//! pass over every record id, kept in memory for the session's lifetime.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Date32Type, Field, Int32Type, Int64Type, Schema, SchemaRef};
 use datafusion::catalog::TableProvider;
 use datafusion::common::{JoinType, ScalarValue};
@@ -25,13 +19,9 @@ use datafusion::error::Result as DfResult;
 use datafusion::functions_aggregate::expr_fn::count;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, col, lit};
 use datafusion::prelude::SessionContext;
-use parquet::errors::ParquetError;
 
 use super::tables::{RECORD_ID, VERSION_RANK, version_rank};
-use crate::durable::{Durable, Place};
 
-/// Folder of the kept answers under the warehouse's `_ladu/`.
-pub const DIR: &str = "superseded";
 const DELIVERY: [&str; 3] = ["_commit", "_extract_date", "_extract_seq"];
 const LINE: &str = "_line";
 
@@ -93,35 +83,27 @@ fn row_schema() -> SchemaRef {
     ]))
 }
 
-fn file(root: &Path, version: u64, table: &str) -> PathBuf {
-    root.join(crate::warehouse::META_DIR).join(DIR).join(format!("{version:010}")).join(format!("{table}.parquet"))
-}
-
-/// The superseded rows of `table` at warehouse `version`: kept, or computed from `history` (and kept if possible).
-pub async fn load_or_compute(
+/// The superseded rows of `table` (committed as `t`): as recorded, or computed from `history`.
+pub async fn find(
     ctx: &SessionContext,
     root: &Path,
-    version: u64,
     table: &str,
+    t: &crate::warehouse::manifest::Table,
     history: Arc<dyn TableProvider>,
 ) -> DfResult<Superseded> {
-    let path = file(root, version, table);
-    match read(&path) {
-        Ok(Some(s)) => return Ok(s),
-        Ok(None) => {}
-        Err(e) => tracing::warn!("ignoring {}: {e}; computing it again", path.display()),
+    if let Some(versions) = &t.versions {
+        let recorded = crate::warehouse::superseded::load(root, versions)
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        return Ok(Superseded { deliveries: recorded.deliveries, rows: recorded.rows });
     }
     let started = std::time::Instant::now();
     let s = compute(ctx, history).await?;
-    tracing::debug!(
-        "{table}: {} superseded rows and {} superseded deliveries, found in {:.2}s",
+    tracing::info!(
+        "{table}: {} superseded rows and {} superseded deliveries, found in {:.2}s (the next commit records them)",
         s.row_count(),
         s.deliveries.len(),
         started.elapsed().as_secs_f64()
     );
-    if let Err(e) = write(&path, &s) {
-        tracing::debug!("cannot keep {} ({e}); this session keeps it in memory", path.display());
-    }
     Ok(s)
 }
 
@@ -183,59 +165,4 @@ fn delivery_key(b: &RecordBatch, i: usize) -> DeliveryKey {
         b.column(1).as_primitive::<Date32Type>().value(i),
         b.column(2).as_primitive::<Int32Type>().value(i),
     )
-}
-
-/// The kept answer, if there is one.
-fn read(path: &Path) -> Result<Option<Superseded>, ParquetError> {
-    let f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)?.build()?;
-    let mut s = Superseded::default();
-    for b in reader {
-        let b = RecordBatch::try_new(row_schema(), b?.columns().to_vec())?;
-        let lines = b.column(3);
-        for i in (0..b.num_rows()).filter(|&i| lines.is_null(i)) {
-            s.deliveries.insert(delivery_key(&b, i));
-        }
-        let is_row = arrow::compute::is_not_null(lines)?;
-        s.rows.push(arrow::compute::filter_record_batch(&b, &is_row)?);
-    }
-    Ok(Some(s))
-}
-
-/// Keep the answer: written aside, fsynced, linked into place (a concurrent session may win; both are equal).
-fn write(path: &Path, s: &Superseded) -> Result<(), ParquetError> {
-    let dir = path.parent().expect("a file in a folder");
-    std::fs::create_dir_all(dir)?;
-    let (c, d, q): (Vec<i64>, Vec<i32>, Vec<i32>) =
-        s.deliveries.iter().copied().fold((Vec::new(), Vec::new(), Vec::new()), |(mut c, mut d, mut q), (a, b, e)| {
-            c.push(a);
-            d.push(b);
-            q.push(e);
-            (c, d, q)
-        });
-    let n = c.len();
-    let whole = RecordBatch::try_new(
-        row_schema(),
-        vec![
-            Arc::new(arrow::array::Int64Array::from(c)),
-            Arc::new(arrow::array::Date32Array::from(d)),
-            Arc::new(arrow::array::Int32Array::from(q)),
-            Arc::new(arrow::array::Int64Array::new_null(n)),
-        ],
-    )?;
-    let written = Durable::new(Place::New).write(path, |f| {
-        let mut w = parquet::arrow::ArrowWriter::try_new(f, row_schema(), None).map_err(std::io::Error::other)?;
-        for b in std::iter::once(&whole).chain(&s.rows) {
-            w.write(b).map_err(std::io::Error::other)?;
-        }
-        w.close().map(drop).map_err(std::io::Error::other)
-    });
-    match written {
-        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e.into()),
-        _ => Ok(()),
-    }
 }

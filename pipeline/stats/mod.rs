@@ -133,7 +133,12 @@ pub fn run(settings: &Settings, audit: &AuditLog, only: &[String], progress: boo
             Statistic { description: file.description.clone(), inputs_sha256: inputs, from_version: data_version };
         next.tables.insert(
             table,
-            manifest::Table { partition_columns: Vec::new(), files: vec![committed], statistic: Some(statistic) },
+            manifest::Table {
+                partition_columns: Vec::new(),
+                files: vec![committed],
+                statistic: Some(statistic),
+                versions: None,
+            },
         );
     }
     if only.is_empty() {

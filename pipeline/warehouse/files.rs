@@ -110,6 +110,11 @@ pub fn data_files(root: &Path) -> Result<Vec<String>> {
             out.push(name);
         }
     }
+    // Records of superseded rows are committed files too, though under `_ladu/`.
+    let versions = root.join(META_DIR).join(super::superseded::DIR);
+    if versions.is_dir() {
+        walk(&versions, &format!("{META_DIR}/{}", super::superseded::DIR), &mut out)?;
+    }
     out.sort();
     Ok(out)
 }
@@ -165,6 +170,12 @@ pub fn recover(root: &Path, m: &Manifest) -> Result<()> {
         _ => {}
     }
     let meta = root.join(META_DIR);
+    // Sessions of earlier versions kept their answer here; commits record it now.
+    let kept = meta.join("superseded");
+    match std::fs::remove_dir_all(&kept) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::Io { path: kept, source: e }),
+        _ => {}
+    }
     if let Ok(entries) = std::fs::read_dir(&meta) {
         for entry in entries.flatten() {
             // Manifests written aside (by `durable`) by a writer that died.

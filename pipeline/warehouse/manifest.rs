@@ -59,6 +59,42 @@ pub struct Table {
     /// whole at each run, not a table of deliveries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub statistic: Option<Statistic>,
+    /// Which rows later versions of their record supersede, as each commit
+    /// recorded it ([`super::superseded`]). `None` for a table without
+    /// versions, and for one written before commits recorded them (the next
+    /// commit records them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versions: Option<Versions>,
+}
+
+/// What the commits of a table recorded about its versions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Versions {
+    /// Files of superseded rows (`_commit`, `_extract_date`, `_extract_seq`,
+    /// `_line`), one per commit that superseded any, under `_ladu/versions/`.
+    /// A delivery every row of which is superseded is not listed row by row
+    /// from then on: [`DeliveryRows::is_superseded`] says so.
+    pub superseded: Vec<CommittedFile>,
+    /// Each delivery's rows in this table, and how many of them are superseded.
+    pub deliveries: Vec<DeliveryRows>,
+}
+
+/// One delivery's rows in a table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryRows {
+    pub commit: u64,
+    pub extract_date: String,
+    pub extract_seq: u32,
+    pub rows: u64,
+    /// How many of them later versions supersede.
+    pub superseded: u64,
+}
+
+impl DeliveryRows {
+    /// Is every row of the delivery superseded (a full snapshot that the next replaced)?
+    pub fn is_superseded(&self) -> bool {
+        self.superseded >= self.rows
+    }
 }
 
 /// How a statistic table was computed.
@@ -95,9 +131,14 @@ impl Manifest {
         self.deliveries.iter().any(|d| d.sha256 == sha256)
     }
 
-    /// Every committed file path, relative to the root.
+    /// Every committed file: data and records of superseded rows.
+    pub fn committed_files(&self) -> impl Iterator<Item = &CommittedFile> {
+        self.tables.values().flat_map(|t| t.files.iter().chain(t.versions.iter().flat_map(|v| &v.superseded)))
+    }
+
+    /// Every committed file path (data and records of superseded rows), relative to the root.
     pub fn file_paths(&self) -> impl Iterator<Item = &str> {
-        self.tables.values().flat_map(|t| t.files.iter().map(|f| f.path.as_str()))
+        self.committed_files().map(|f| f.path.as_str())
     }
 }
 

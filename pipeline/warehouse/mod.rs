@@ -9,8 +9,10 @@
 //! and files a committed version replaced. A folder with data files and no
 //! readable manifest is damaged, not new, and is refused.
 
+pub mod compact;
 pub mod files;
 pub mod manifest;
+pub mod superseded;
 pub mod writer;
 
 use std::fs::File;
@@ -22,7 +24,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
-pub use manifest::{CommittedFile, Delivery, Manifest, Statistic};
+pub use manifest::{CommittedFile, Delivery, DeliveryRows, Manifest, Statistic, Versions};
 
 /// What the writer should know about a table's columns.
 #[derive(Debug, Clone, Default)]
@@ -33,6 +35,9 @@ pub struct ColumnLayout {
     pub unique: Vec<String>,
     /// Columns with one value per delivery (row metadata).
     pub constant: Vec<String>,
+    /// Columns with long runs of one value (row metadata of several
+    /// deliveries, after compaction): encoded as `constant`, gathered row by row.
+    pub runs: Vec<String>,
     /// Columns whose batches hold the 16 bytes of a pseudonym
     /// (`FixedSizeBinary(16)`), written as its 32 lowercase hex characters.
     pub pseudonyms: Vec<usize>,
@@ -77,6 +82,14 @@ pub enum Error {
         "the key's fingerprint {given} differs from the warehouse's {expected}: this is not the key the warehouse was built with; nothing was written"
     )]
     WrongKey { expected: String, given: String },
+    #[error("cannot read the committed file {path}: {source}; run `ladu check` and restore what it names from backup")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    #[error("the warehouse has no table {table}; `ladu sql -c 'SHOW TABLES'` lists them")]
+    UnknownTable { table: String },
     #[error("cannot write Parquet file {path}: {source}")]
     Parquet {
         path: PathBuf,
@@ -169,7 +182,7 @@ impl Warehouse {
         let version = self.manifest.version + 1;
         let staging = files::staging(&self.root).join(format!("{version:010}"));
         std::fs::create_dir_all(&staging).map_err(io(&staging))?;
-        Ok(Transaction { version, staging, files: Vec::new(), next_file: 0 })
+        Ok(Transaction { version, staging, files: Vec::new(), next_file: 0, rewrites: false })
     }
 
     /// Drop a transaction that commits nothing, with its staged files.
@@ -182,9 +195,10 @@ impl Warehouse {
 
     /// Move the transaction's files into place and commit `next` as the new
     /// manifest; then remove the files it replaced.
-    pub fn commit(&mut self, tx: Transaction, mut next: Manifest) -> Result<()> {
+    pub fn commit(&mut self, mut tx: Transaction, mut next: Manifest) -> Result<()> {
         next.version = tx.version;
         next.format = manifest::FORMAT;
+        superseded::record(&self.root, &self.manifest, &mut next, &mut tx)?;
         let named: std::collections::HashSet<&str> = next.file_paths().collect();
         next.replaced = self.manifest.file_paths().filter(|f| !named.contains(f)).map(str::to_owned).collect();
         let moving: Vec<&str> = tx.files.iter().map(|(_, f)| f.path.as_str()).collect();
@@ -226,11 +240,26 @@ pub struct Transaction {
     /// Staged path and what it becomes once committed.
     files: Vec<(PathBuf, CommittedFile)>,
     next_file: u64,
+    /// Does it rewrite rows already committed (compaction), rather than add new ones?
+    rewrites: bool,
 }
 
 impl Transaction {
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// Mark the transaction as one that rewrites committed rows (compaction): it supersedes nothing.
+    pub fn rewrite_rows(&mut self) {
+        self.rewrites = true;
+    }
+
+    /// A fresh staging path for a file that commits as `rel`.
+    pub fn stage(&mut self, rel: &str) -> PathBuf {
+        let n = self.next_file;
+        self.next_file += 1;
+        let ext = rel.rsplit_once('.').map_or("", |(_, e)| e);
+        self.staging.join(format!("{n:06}.{ext}"))
     }
 
     /// A fresh staging path and the committed path (relative) it will move to.

@@ -103,10 +103,17 @@ fn tables_show_newest_versions_and_history_keeps_every_version() {
         196,
         "every person's newest version is in the newest snapshot"
     );
-    let kept = ws.warehouse().join("_ladu/superseded/0000000003/population.parquet");
-    let v: Value = serde_json::from_str(&py("read_parquet.py", &[kept.to_str().unwrap()])).unwrap();
-    assert_eq!(v["rows"], 1, "the old snapshot is kept as one superseded delivery, not row by row: {v}");
-    let kept = ws.warehouse().join("_ladu/superseded/0000000003/treatment_invoices.parquet");
+    // The commit recorded what it superseded; sessions only read that record.
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(ws.warehouse().join("_ladu/manifest/0000000003.json")).unwrap()).unwrap();
+    let population = &manifest["tables"]["population"]["versions"];
+    assert_eq!(population["superseded"], serde_json::json!([]), "a snapshot superseded whole is not listed row by row");
+    let first = &population["deliveries"][0];
+    assert_eq!((first["rows"].as_u64(), first["superseded"].as_u64()), (Some(196), Some(196)), "{population}");
+    let invoices = &manifest["tables"]["treatment_invoices"]["versions"]["superseded"];
+    assert_eq!(invoices.as_array().map(Vec::len), Some(1), "{invoices}");
+    let kept = ws.warehouse().join(invoices[0]["path"].as_str().unwrap());
+    assert!(kept.starts_with(ws.warehouse().join("_ladu/versions/treatment_invoices")), "{}", kept.display());
     let v: Value = serde_json::from_str(&py("read_parquet.py", &[kept.to_str().unwrap()])).unwrap();
     assert_eq!(v["rows"], 2, "the two invoices delivered again: {v}");
 }
