@@ -189,7 +189,11 @@ impl Warehouse {
     pub fn abort(&self, tx: Transaction) -> Result<()> {
         match std::fs::remove_dir_all(&tx.staging) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io { path: tx.staging, source: e }),
-            _ => Ok(()),
+            _ => {
+                // The staging folder itself goes too, if nothing else is in it.
+                let _ = std::fs::remove_dir(files::staging(&self.root));
+                Ok(())
+            }
         }
     }
 

@@ -6,6 +6,7 @@ mod util;
 
 mod check;
 mod crash;
+mod growth;
 mod hardening;
 mod hostile;
 mod ingest;
