@@ -192,3 +192,49 @@ fn compaction_keeps_every_row_version_and_lineage_and_ladu_run_compacts_busy_par
     agrees_with_duckdb(&ws, "treatment_invoices");
     ws.ok(&["check", "--skip-key"]);
 }
+
+#[test]
+fn kill_9_during_a_compaction_leaves_the_warehouse_as_it_was_or_compacted() {
+    let reference = Workspace::new();
+    reference.sample(60_000, 8, &["--only", "treatment_invoices"]);
+    reference.ok(&["ingest"]);
+    for day in 1..=3 {
+        deliver_invoices(&reference, &format!("2024-04-0{day}"), 20_000, 4);
+        reference.ok(&["ingest"]);
+    }
+    let digest = |ws: &Workspace| py("digest.py", &[ws.warehouse().to_str().unwrap()]);
+    let want = digest(&reference);
+    let newest = newest_by_ladu(&reference, "treatment_invoices");
+    let copy = |to: &Workspace| {
+        std::fs::remove_dir_all(to.warehouse()).ok();
+        copy_dir(&reference.warehouse(), &to.warehouse());
+        std::fs::copy(reference.root().join("key/ladu.key"), to.root().join("key/ladu.key")).unwrap();
+    };
+    let timing = Workspace::new();
+    copy(&timing);
+    let started_compact = std::time::Instant::now();
+    timing.ok(&["-q", "compact"]);
+    let full = started_compact.elapsed();
+    let mut outcomes = Vec::new();
+    for fraction in [0.1, 0.4, 0.7, 0.95] {
+        let ws = Workspace::new();
+        copy(&ws);
+        let versions = ws.manifest_versions().len();
+        let mut child = ws.command(&["-q", "compact"]).spawn().unwrap();
+        std::thread::sleep(full.mul_f64(fraction));
+        let finished = child.try_wait().unwrap().is_some();
+        child.kill().ok();
+        child.wait().unwrap();
+        let after = ws.manifest_versions().len();
+        assert!(after == versions || after == versions + 1, "{versions} -> {after}");
+        outcomes.push((fraction, finished, after - versions));
+        // Readers see the rows as they were, compacted or not.
+        assert_eq!(digest(&ws), want, "killed at {fraction}");
+        assert_eq!(newest_by_ladu(&ws, "treatment_invoices"), newest);
+        // The next writer tidies up what the killed one left, and compacts.
+        ws.ok(&["compact"]);
+        assert_eq!(digest(&ws), want);
+        ws.ok(&["check", "--skip-key"]);
+    }
+    assert!(outcomes.iter().any(|(_, fin, v)| !fin && *v == 0), "some kill came before the commit: {outcomes:?}");
+}
