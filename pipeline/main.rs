@@ -146,6 +146,9 @@ enum Command {
         /// Extract date of the deliveries (YYYY-MM-DD).
         #[arg(long, default_value = "2024-03-31")]
         date: chrono::NaiveDate,
+        /// Number of the first record (its record key), so that deliveries can follow one another.
+        #[arg(long, default_value_t = 1)]
+        first_record: usize,
     },
     /// Query the warehouse with SQL as a role: read-only, every statement audited.
     ///
@@ -406,8 +409,9 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
     let config = cli.config.as_deref();
     match cli.command {
         Command::Keygen { out } => keygen(&out),
-        Command::SampleData { out, rows, seed, invalid, only, date } => {
-            sample_data(&out, sample_data::Options { rows, seed, invalid, sources: only, extract_date: date })
+        Command::SampleData { out, rows, seed, invalid, only, date, first_record } => {
+            let opts = sample_data::Options { rows, seed, invalid, sources: only, extract_date: date, first_record };
+            sample_data(&out, opts)
         }
         Command::Ingest { source, files } => ingest(config, ingest::Options { source, files, progress }),
         Command::Sql { command, file, role, format, output, force } => {

@@ -43,6 +43,8 @@ pub struct Options {
     pub sources: Vec<String>,
     /// The extract date of the deliveries; events fall in the year before it.
     pub extract_date: NaiveDate,
+    /// Number of the first record (record keys count from it).
+    pub first_record: usize,
 }
 
 impl Default for Options {
@@ -53,6 +55,7 @@ impl Default for Options {
             invalid: 4,
             sources: Vec::new(),
             extract_date: NaiveDate::from_ymd_opt(2024, 3, 31).expect("valid date"),
+            first_record: 1,
         }
     }
 }
@@ -303,7 +306,7 @@ pub fn generate(out: &Path, opts: &Options) -> Result<Vec<(PathBuf, usize)>, Err
         g.header(header(source));
         write_row(&mut g, &mut w, windows).map_err(err)?;
         for r in 0..rows {
-            row(&mut g, r, is_bad(r).then(|| r / bad_every - 1));
+            row(&mut g, r + opts.first_record.max(1) - 1, is_bad(r).then(|| r / bad_every - 1));
             write_row(&mut g, &mut w, windows).map_err(err)?;
         }
         w.flush().map_err(err)?;
