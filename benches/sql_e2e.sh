@@ -7,8 +7,8 @@
 #        LADU_BENCH_REPEAT=3 bash benches/sql_e2e.sh   (rounds; medians)
 #        LADU_BENCH_QUERIES=suite bash benches/sql_e2e.sh  (bench, suite or all; default all)
 # Both read the same committed Parquet files with the same meaning: `<table>` is the newest
-# version of each record. DuckDB finds it at query time; ladu keeps, per warehouse version, which rows
-# are superseded (the first session after a commit finds them, timed as ladu:first-session). As
+# version of each record. DuckDB finds it at query time; ladu's commits record which rows they
+# supersede, and sessions read that record (the first session, timed as ladu:first-session). As
 # the strongest baseline, `duckdb-plain` reads the files as plain tables, skipping that step (the
 # same answers here, where no record has a second version). Both get the machine's cores.
 # Each side's start (a `SELECT 1`: ladu's process and session; DuckDB's Python, import and views)
@@ -35,9 +35,7 @@ if [ ! -d "$work/warehouse" ]; then
   "$bin" --config "$work/config/ladu.toml" -q ingest >/dev/null
   rm -rf "$work/inbox"
 fi
-# The first session after a commit finds the superseded rows once and keeps the answer (as the nightly run would);
-# the kept answer is removed first, so that this is timed on every run.
-rm -rf "$work/warehouse/_ladu/superseded"
+# The first session reads what the commits recorded (a warehouse built before they did is upgraded by its next commit).
 "$python" benches/measure.py "ladu:first-session" "$rows" -- "$bin" --config "$work/config/ladu.toml" -q sql \
   -c "SELECT 1" --output /dev/null --format csv
 threads=$(nproc)

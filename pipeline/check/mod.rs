@@ -77,6 +77,25 @@ fn warehouse(root: &Path, key: Option<&Key>, f: &mut Findings) {
         }
     }
     f.checked.push((format!("committed files (warehouse version {})", m.version), files));
+    let mut recorded = 0;
+    for (name, t) in &m.tables {
+        let Some(v) = &t.versions else { continue };
+        recorded += 1;
+        let (held, counted): (u64, u64) =
+            (t.files.iter().map(|f| f.rows).sum(), v.deliveries.iter().map(|d| d.rows).sum());
+        if held != counted {
+            f.problems.push(format!(
+                "table {name}: its files hold {held} rows, its record of versions counts {counted}; restore `_ladu/manifest/` from backup"
+            ));
+        }
+        if let Some(d) = v.deliveries.iter().find(|d| d.superseded > d.rows) {
+            f.problems.push(format!(
+                "table {name}: the record of versions counts more superseded rows than delivery {} of commit {} holds",
+                d.extract_date, d.commit
+            ));
+        }
+    }
+    f.checked.push(("tables' records of superseded rows".into(), recorded));
     let mut replaced = 0;
     match crate::warehouse::files::unnamed(root, &m) {
         Err(e) => f.problems.push(e.to_string()),

@@ -44,7 +44,7 @@ pub const DIR: &str = "versions";
 const LINEAGE: [&str; 4] = [META_COMMIT, META_EXTRACT_DATE, META_EXTRACT_SEQ, META_LINE];
 
 /// Rows of an unrecorded table held in memory per round of the full pass.
-const FULL_PASS_ROWS: u64 = 4_000_000;
+const FULL_PASS_ROWS: u64 = 2_000_000;
 
 /// Where a row came from. Ordered as its record's versions are: the newest is the greatest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -386,7 +386,7 @@ struct Touched {
 /// The rows `new` (this commit's files) supersede among themselves and in `old` (the files committed before).
 fn incremental(new: &[PathBuf], old: &[PathBuf], whole: &BTreeSet<DeliveryKey>) -> Result<Found> {
     let mut found = Found::default();
-    let mut touched: HashMap<Box<[u8]>, Touched> = HashMap::new();
+    let mut touched: foldhash::HashMap<Box<[u8]>, Touched> = foldhash::HashMap::default();
     for path in new {
         read_rows(path, None, |id, l| {
             *found.delivered.entry(l.delivery()).or_default() += 1;
@@ -520,7 +520,7 @@ fn full_pass(files: &[PathBuf], rows: u64) -> Result<Found> {
     let mut found = Found::default();
     for listing in [false, true] {
         for round in 0..rounds {
-            let mut newest: HashMap<Box<[u8]>, Lineage> = HashMap::new();
+            let mut newest: foldhash::HashMap<Box<[u8]>, Lineage> = foldhash::HashMap::default();
             for path in files {
                 read_rows(path, None, |id, l| {
                     if !listing && round == 0 {
