@@ -96,13 +96,13 @@ tmp.write_text(json.dumps(m))
 os.replace(tmp, newest)
 PY
       "$python" benches/measure.py "full-recompute-$scenario" "$rows" -- "$bin" --config "$copy/config/ladu.toml" -q \
-        sql -c "$q" --format csv --output /dev/null
+        sql -c "$q" --format csv --output /dev/null || echo "full recompute failed at $rows rows" >&2
       rm -rf "$copy"
     done
   done
 done | tee "$base/growth.jsonl" | "$python" benches/measure.py --report
 echo "the record step of each commit (seconds, from the ingest's log):"
-grep -o 'table=treatment_invoices superseded=[0-9]* seconds=[0-9.]*' "$log" || true
+grep -o 'table=treatment_invoices superseded=.*seconds=[0-9.]*' "$log" || true
 
 [ "${LADU_BENCH_COMPACTION:-1}" = 0 ] && exit 0
 work=$base/compaction

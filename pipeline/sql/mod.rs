@@ -1263,10 +1263,22 @@ fn register_tables(
             ctx.register_table(name.as_str(), Arc::new(shown)).map_err(table_error)?;
             catalog.insert(name.clone(), (Kind::Table, description));
         } else if let Some(superseded) = superseded.get(name) {
-            let newest = LogicalPlanBuilder::scan(history_name.as_str(), provider_as_source(history), None)
-                .and_then(LogicalPlanBuilder::build)
-                .and_then(|history| superseded.remove_from(history))
-                .map_err(table_error)?;
+            let scan = |t: Arc<dyn TableProvider>| {
+                LogicalPlanBuilder::scan(history_name.as_str(), provider_as_source(t), None)
+                    .and_then(LogicalPlanBuilder::build)
+            };
+            // Files none of whose rows can be superseded are read as they are; only the others
+            // are checked against the superseded rows (at 100M rows with 1 % corrections in the
+            // last delivery: 1.7 s -> ? for a count).
+            let newest = match table.split_by_commits(&superseded.commits()) {
+                _ if superseded.is_empty() => scan(history),
+                (Some(clean), Some(involved)) => scan(Arc::new(involved))
+                    .and_then(|involved| superseded.remove_from(involved))
+                    .and_then(|involved| LogicalPlanBuilder::from(scan(Arc::new(clean))?).union(involved)?.build()),
+                (Some(clean), None) => scan(Arc::new(clean)),
+                (None, _) => scan(history).and_then(|history| superseded.remove_from(history)),
+            }
+            .map_err(table_error)?;
             let newest: Arc<dyn TableProvider> = Arc::new(ViewTable::new(newest, None));
             ctx.register_table(name.as_str(), Arc::new(restricted(newest)?)).map_err(table_error)?;
             catalog.insert(name.clone(), (Kind::Table, description));

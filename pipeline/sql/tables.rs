@@ -47,6 +47,8 @@ pub struct CommittedTable {
     partition_fields: Vec<FieldRef>,
     /// Each file with its partition values, in the partition columns' order.
     files: Vec<(CommittedFile, Vec<i32>)>,
+    /// Each file's least and greatest `_commit`, from its footer (the widest range where unknown).
+    commits: Vec<(i64, i64)>,
 }
 
 /// Why a committed table cannot be opened.
@@ -89,11 +91,13 @@ impl CommittedTable {
         pseudonyms: &[&str],
     ) -> Result<CommittedTable, OpenError> {
         let mut schemas = Vec::with_capacity(table.files.len());
+        let mut commits = Vec::with_capacity(table.files.len());
         for f in &table.files {
             let path = root.join(&f.path);
             let file = std::fs::File::open(&path).map_err(|source| OpenError::File { path: path.clone(), source })?;
             let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
                 .map_err(|source| OpenError::Footer { path: path.clone(), source })?;
+            commits.push(commit_range(builder.metadata()));
             let fields: Vec<Field> = builder
                 .schema()
                 .fields()
@@ -135,7 +139,42 @@ impl CommittedTable {
         }
         // DataFusion's object store names files by absolute path.
         let root = std::path::absolute(root).map_err(|source| OpenError::File { path: root.to_owned(), source })?;
-        Ok(CommittedTable { root, schema: Arc::new(Schema::new(fields)), file_schema, partition_fields, files })
+        Ok(CommittedTable {
+            root,
+            schema: Arc::new(Schema::new(fields)),
+            file_schema,
+            partition_fields,
+            files,
+            commits,
+        })
+    }
+
+    /// The table's files split by whether their rows may come from one of `commits`: (those that
+    /// cannot, those that may); `None` for a side without files.
+    pub fn split_by_commits(
+        &self,
+        commits: &std::collections::BTreeSet<i64>,
+    ) -> (Option<CommittedTable>, Option<CommittedTable>) {
+        let (mut clean, mut involved) = (self.subset(), self.subset());
+        for (f, &(lo, hi)) in self.files.iter().zip(&self.commits) {
+            let side = if commits.range(lo..=hi).next().is_some() { &mut involved } else { &mut clean };
+            side.files.push(f.clone());
+            side.commits.push((lo, hi));
+        }
+        let some = |t: CommittedTable| (!t.files.is_empty()).then_some(t);
+        (some(clean), some(involved))
+    }
+
+    /// The table without files.
+    fn subset(&self) -> CommittedTable {
+        CommittedTable {
+            root: self.root.clone(),
+            schema: self.schema.clone(),
+            file_schema: self.file_schema.clone(),
+            partition_fields: self.partition_fields.clone(),
+            files: Vec::new(),
+            commits: Vec::new(),
+        }
     }
 
     fn partition_names(&self) -> Vec<&str> {
@@ -176,6 +215,28 @@ impl CommittedTable {
         }
         Ok(files.into_iter().zip(keep).filter_map(|(f, k)| k.then_some(f)).collect())
     }
+}
+
+/// The least and greatest `_commit` of a file, from its row groups' statistics.
+fn commit_range(meta: &parquet::file::metadata::ParquetMetaData) -> (i64, i64) {
+    let unknown = (i64::MIN, i64::MAX);
+    let Some(c) = meta.file_metadata().schema_descr().columns().iter().position(|c| c.path().string() == "_commit")
+    else {
+        return unknown;
+    };
+    let mut range: Option<(i64, i64)> = None;
+    for rg in meta.row_groups() {
+        match rg.column(c).statistics() {
+            Some(parquet::file::statistics::Statistics::Int64(s)) => match (s.min_opt(), s.max_opt()) {
+                (Some(&lo), Some(&hi)) => {
+                    range = Some(range.map_or((lo, hi), |(a, b)| (a.min(lo), b.max(hi))));
+                }
+                _ => return unknown,
+            },
+            _ => return unknown,
+        }
+    }
+    range.unwrap_or(unknown)
 }
 
 /// Utf8 and Binary as their view types, as `schema_force_view_types` does for listing tables.

@@ -38,6 +38,19 @@ pub struct Superseded {
 }
 
 impl Superseded {
+    /// The commits whose rows it names.
+    pub fn commits(&self) -> BTreeSet<i64> {
+        let mut commits: BTreeSet<i64> = self.deliveries.iter().map(|d| d.0).collect();
+        for b in &self.rows {
+            commits.extend(b.column(0).as_primitive::<Int64Type>().values().iter().copied());
+        }
+        commits
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.deliveries.is_empty() && self.row_count() == 0
+    }
+
     pub fn row_count(&self) -> usize {
         self.rows.iter().map(RecordBatch::num_rows).sum()
     }

@@ -118,7 +118,7 @@ pub fn record(root: &Path, before: &Manifest, next: &mut Manifest, tx: &mut Tran
                 }
                 let files: Vec<PathBuf> = table.files.iter().map(&locate).collect();
                 let rows = table.files.iter().map(|f| f.rows).sum();
-                full_pass(&files, rows)?
+                full_pass(&files, rows, &tx.stage("superseded.scratch"))?
             }
             Some(_) if new.is_empty() || tx.rewrites => continue,
             Some(versions) => {
@@ -130,10 +130,13 @@ pub fn record(root: &Path, before: &Manifest, next: &mut Manifest, tx: &mut Tran
             }
         };
         let versions = table.versions.get_or_insert_with(Versions::default);
+        let (read, total) = found.row_groups;
         let written = apply(name, versions, found, tx)?;
         tracing::info!(
             table = %name,
             superseded = written,
+            row_groups_read = read,
+            row_groups = total,
             seconds = started.elapsed().as_secs_f64(),
             "recorded the rows this commit supersedes"
         );
@@ -149,6 +152,8 @@ struct Found {
     counts: HashMap<DeliveryKey, u64>,
     /// The rows newly superseded; those of a delivery superseded whole may be left out.
     rows: Vec<Lineage>,
+    /// Earlier row groups read, of all there are.
+    row_groups: (usize, usize),
 }
 
 impl Found {
@@ -347,6 +352,32 @@ fn read_rows(path: &Path, row_groups: Option<Vec<usize>>, mut each: impl FnMut(&
     Ok(())
 }
 
+/// A record id as a number: the 16 bytes a pseudonym's 32 hex digits spell, or (for an id of
+/// any other form) the first 16 bytes of its SHA-256, where a collision is out of reach.
+fn id_key(id: &[u8]) -> u128 {
+    if id.len() == 32 {
+        let mut n: u128 = 0;
+        for &c in id {
+            let d = match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'f' => c - b'a' + 10,
+                _ => return hashed_key(id),
+            };
+            n = (n << 4) | u128::from(d);
+        }
+        return n;
+    }
+    hashed_key(id)
+}
+
+fn hashed_key(id: &[u8]) -> u128 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(id);
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&digest[..16]);
+    u128::from_be_bytes(first)
+}
+
 /// Parquet's hash of a value for its bloom filters: xxHash64, seed 0, of the value's bytes.
 fn bloom_hash(value: &[u8]) -> u64 {
     twox_hash::XxHash64::oneshot(0, value)
@@ -386,47 +417,55 @@ struct Touched {
 /// The rows `new` (this commit's files) supersede among themselves and in `old` (the files committed before).
 fn incremental(new: &[PathBuf], old: &[PathBuf], whole: &BTreeSet<DeliveryKey>) -> Result<Found> {
     let mut found = Found::default();
-    let mut touched: foldhash::HashMap<Box<[u8]>, Touched> = foldhash::HashMap::default();
+    let mut touched: foldhash::HashMap<u128, Touched> = foldhash::HashMap::default();
+    let mut hashes: Vec<u64> = Vec::new();
+    let (mut lowest, mut highest): (Option<Vec<u8>>, Option<Vec<u8>>) = (None, None);
     for path in new {
         read_rows(path, None, |id, l| {
             *found.delivered.entry(l.delivery()).or_default() += 1;
-            match touched.get_mut(id) {
-                Some(t) => {
+            match touched.entry(id_key(id)) {
+                std::collections::hash_map::Entry::Occupied(mut t) => {
+                    let t = t.get_mut();
                     found.supersede(t.new.min(l));
                     t.new = t.new.max(l);
                 }
-                None => {
-                    touched.insert(id.into(), Touched { new: l, old: None });
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(Touched { new: l, old: None });
+                    hashes.push(bloom_hash(id));
+                    if lowest.as_deref().is_none_or(|x| id < x) {
+                        lowest = Some(id.to_vec());
+                    }
+                    if highest.as_deref().is_none_or(|x| id > x) {
+                        highest = Some(id.to_vec());
+                    }
                 }
             }
         })?;
     }
-    if touched.is_empty() {
-        return Ok(found);
-    }
-    let mut hashes: Vec<u64> = touched.keys().map(|id| bloom_hash(id)).collect();
+    let (Some(lowest), Some(highest)) = (lowest, highest) else { return Ok(found) };
     // In the order of the filter's blocks, which the hash's high half chooses.
     hashes.sort_unstable();
-    let lowest = touched.keys().min().expect("not empty").to_vec();
-    let highest = touched.keys().max().expect("not empty").to_vec();
     let probe = Probe { hashes: &hashes, lowest: &lowest, highest: &highest, whole };
     let matches = old
         .par_iter()
-        .map(|path| -> Result<Vec<(Box<[u8]>, Lineage)>> {
-            let groups = probe.row_groups(path)?;
+        .map(|path| -> Result<(Vec<(u128, Lineage)>, usize, usize)> {
+            let (groups, total) = probe.row_groups(path)?;
             let mut hits = Vec::new();
+            let read = groups.len();
             if groups.is_empty() {
-                return Ok(hits);
+                return Ok((hits, 0, total));
             }
             read_rows(path, Some(groups), |id, l| {
-                if touched.contains_key(id) {
-                    hits.push((id.into(), l));
+                let key = id_key(id);
+                if touched.contains_key(&key) {
+                    hits.push((key, l));
                 }
             })?;
-            Ok(hits)
+            Ok((hits, read, total))
         })
         .collect::<Result<Vec<_>>>()?;
-    for (id, l) in matches.into_iter().flatten() {
+    found.row_groups = matches.iter().fold((0, 0), |(r, t), (_, read, total)| (r + read, t + total));
+    for (id, l) in matches.into_iter().flat_map(|(hits, _, _)| hits) {
         let t = touched.get_mut(&id).expect("only touched ids are kept");
         t.old = t.old.max(Some(l));
     }
@@ -452,7 +491,7 @@ struct Probe<'a> {
 
 impl Probe<'_> {
     /// The row groups of `path` that may hold a version of a record the commit delivers.
-    fn row_groups(&self, path: &Path) -> Result<Vec<usize>> {
+    fn row_groups(&self, path: &Path) -> Result<(Vec<usize>, usize)> {
         let read = |source| Error::Read { path: path.to_owned(), source };
         let file = File::open(path).map_err(super::io(path))?;
         let builder =
@@ -479,7 +518,7 @@ impl Probe<'_> {
             }
             keep.push(g);
         }
-        Ok(keep)
+        Ok((keep, meta.num_row_groups()))
     }
 
     /// Are all deliveries the row group's lineage statistics allow superseded whole?
@@ -511,52 +550,84 @@ impl Probe<'_> {
 
 /// Every superseded row of a table, from all its files: the upgrade of a
 /// table committed before commits recorded them, and the reference the tests
-/// check [`incremental`] against. Rounds of at most [`FULL_PASS_ROWS`] rows
-/// each (by a hash of the record id) bound memory; a first set of rounds
-/// counts the superseded rows of each delivery, a second lists those of
-/// deliveries not superseded whole.
-fn full_pass(files: &[PathBuf], rows: u64) -> Result<Found> {
-    let rounds = rows.div_ceil(FULL_PASS_ROWS).max(1);
+/// check [`incremental`] against. Each round holds the rows of a share of the
+/// record ids (by the id's number), at most [`FULL_PASS_ROWS`], sorted by id
+/// and version; the rows it finds superseded wait in a scratch file beside
+/// the files until every delivery's count is known, so that memory stays
+/// bounded whatever the table's size.
+fn full_pass(files: &[PathBuf], rows: u64, scratch: &Path) -> Result<Found> {
+    let rounds = rows.div_ceil(FULL_PASS_ROWS).max(1) as u128;
     let mut found = Found::default();
-    for listing in [false, true] {
-        for round in 0..rounds {
-            let mut newest: foldhash::HashMap<Box<[u8]>, Lineage> = foldhash::HashMap::default();
-            for path in files {
-                read_rows(path, None, |id, l| {
-                    if !listing && round == 0 {
-                        *found.delivered.entry(l.delivery()).or_default() += 1;
-                    }
-                    if bloom_hash(id) % rounds != round {
-                        return;
-                    }
-                    let loser = match newest.get_mut(id) {
-                        Some(n) => {
-                            let loser = (*n).min(l);
-                            *n = (*n).max(l);
-                            loser
-                        }
-                        None => {
-                            newest.insert(id.into(), l);
-                            return;
-                        }
-                    };
-                    let d = loser.delivery();
-                    if !listing {
-                        *found.counts.entry(d).or_default() += 1;
-                    } else if found.counts.get(&d) != found.delivered.get(&d) {
-                        found.rows.push(loser);
-                    }
-                })?;
+    let mut losers = std::io::BufWriter::new(File::create(scratch).map_err(super::io(scratch))?);
+    for round in 0..rounds {
+        let mut held: Vec<(u128, Lineage)> = Vec::new();
+        for path in files {
+            read_rows(path, None, |id, l| {
+                if round == 0 {
+                    *found.delivered.entry(l.delivery()).or_default() += 1;
+                }
+                let key = id_key(id);
+                if key % rounds == round {
+                    held.push((key, l));
+                }
+            })?;
+        }
+        held.sort_unstable();
+        for pair in held.windows(2) {
+            // Every version but the last (the newest) of each id.
+            if pair[0].0 == pair[1].0 {
+                let l = pair[0].1;
+                *found.counts.entry(l.delivery()).or_default() += 1;
+                let mut bytes = [0u8; 24];
+                bytes[..4].copy_from_slice(&l.extract_date.to_le_bytes());
+                bytes[4..8].copy_from_slice(&l.extract_seq.to_le_bytes());
+                bytes[8..16].copy_from_slice(&l.commit.to_le_bytes());
+                bytes[16..].copy_from_slice(&l.line.to_le_bytes());
+                std::io::Write::write_all(&mut losers, &bytes).map_err(super::io(scratch))?;
             }
         }
     }
+    drop(losers);
+    // Rows of deliveries superseded whole are counted, not listed.
+    let whole: BTreeSet<DeliveryKey> =
+        found.counts.iter().filter(|(d, n)| found.delivered.get(d) == Some(n)).map(|(d, _)| *d).collect();
+    let mut reader = std::io::BufReader::new(File::open(scratch).map_err(super::io(scratch))?);
+    let mut bytes = [0u8; 24];
+    loop {
+        match std::io::Read::read_exact(&mut reader, &mut bytes) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(super::io(scratch)(e)),
+        }
+        let word = |r: std::ops::Range<usize>| bytes[r].to_vec();
+        let l = Lineage {
+            extract_date: i32::from_le_bytes(word(0..4).try_into().expect("4 bytes")),
+            extract_seq: i32::from_le_bytes(word(4..8).try_into().expect("4 bytes")),
+            commit: i64::from_le_bytes(word(8..16).try_into().expect("8 bytes")),
+            line: i64::from_le_bytes(word(16..24).try_into().expect("8 bytes")),
+        };
+        if !whole.contains(&l.delivery()) {
+            found.rows.push(l);
+        }
+    }
+    let _ = std::fs::remove_file(scratch);
     Ok(found)
+}
+
+/// A scratch file name under the warehouse's staging folder (which recovery empties).
+fn tempfile_in(root: &Path) -> Result<PathBuf> {
+    let dir = super::files::staging(root);
+    std::fs::create_dir_all(&dir).map_err(super::io(&dir))?;
+    Ok(dir.join(
+        format!("recompute-{}-{:?}.scratch", std::process::id(), std::thread::current().id()).replace(['(', ')'], ""),
+    ))
 }
 
 /// The superseded rows of one table by a full pass over its files, as a record would name them (for tests and `ladu check`).
 pub fn recompute(root: &Path, table: &Table) -> Result<Recorded> {
     let files: Vec<PathBuf> = table.files.iter().map(|f| root.join(&f.path)).collect();
-    let found = full_pass(&files, table.files.iter().map(|f| f.rows).sum())?;
+    let scratch = tempfile_in(root)?;
+    let found = full_pass(&files, table.files.iter().map(|f| f.rows).sum(), &scratch)?;
     let deliveries: BTreeSet<DeliveryKey> =
         found.counts.iter().filter(|(d, n)| found.delivered.get(d) == Some(n)).map(|(d, _)| *d).collect();
     let rows: Vec<Lineage> = found.rows.into_iter().filter(|l| !deliveries.contains(&l.delivery())).collect();
@@ -773,9 +844,9 @@ mod tests {
         // Ids never delivered: every row group is pruned.
         let hashes: Vec<u64> = (100..110u8).map(|i| bloom_hash(format!("{i:032x}").as_bytes())).collect();
         let probe = Probe { hashes: &hashes, lowest: b"0", highest: b"f", whole: &BTreeSet::new() };
-        assert_eq!(probe.row_groups(&path).unwrap(), Vec::<usize>::new());
+        assert_eq!(probe.row_groups(&path).unwrap().0, Vec::<usize>::new());
         let hashes = [bloom_hash(format!("{:032x}", 5).as_bytes())];
         let probe = Probe { hashes: &hashes, lowest: b"0", highest: b"f", whole: &BTreeSet::new() };
-        assert_eq!(probe.row_groups(&path).unwrap().len(), 1, "the row group holding record 5");
+        assert_eq!(probe.row_groups(&path).unwrap().0.len(), 1, "the row group holding record 5");
     }
 }
