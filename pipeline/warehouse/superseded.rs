@@ -448,7 +448,7 @@ fn incremental(new: &[PathBuf], old: &[PathBuf], whole: &BTreeSet<DeliveryKey>) 
     let probe = Probe { hashes: &hashes, lowest: &lowest, highest: &highest, whole };
     let matches = old
         .par_iter()
-        .map(|path| -> Result<(Vec<(u128, Lineage)>, usize, usize)> {
+        .map(|path| -> Result<Hits> {
             let (groups, total) = probe.row_groups(path)?;
             let mut hits = Vec::new();
             let read = groups.len();
@@ -478,6 +478,9 @@ fn incremental(new: &[PathBuf], old: &[PathBuf], whole: &BTreeSet<DeliveryKey>) 
     }
     Ok(found)
 }
+
+/// Versions found in one earlier file (record id, lineage), its row groups read, and its row groups.
+type Hits = (Vec<(u128, Lineage)>, usize, usize);
 
 /// What the row groups of an earlier file are tested against.
 struct Probe<'a> {
