@@ -18,7 +18,7 @@
 # population, so the queries that join the population find few matches here.)
 #
 # usage: bash benches/growth_e2e.sh [INVOICE_ROWS...]     LADU_BENCH_REPEAT=N (rounds; medians)
-#        LADU_BENCH_COMPACTION=0 skips the compaction part.
+#        LADU_BENCH_COMPACTION=0 skips the compaction part; LADU_BENCH_RECOMPUTE=0 the full recomputes.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -84,6 +84,7 @@ for rows in $sizes; do
       q="SELECT count(*) FROM treatment_invoices"
       "$python" benches/measure.py "first-query-$scenario" "$rows" -- "$bin" --config "$copy/config/ladu.toml" -q sql \
         -c "$q" --format csv --output /dev/null
+      if [ "${LADU_BENCH_RECOMPUTE:-1}" = 0 ]; then rm -rf "$copy"; continue; fi
       # The manifest as a warehouse written before commits recorded it: written anew (not in place).
       "$python" - "$copy/warehouse/_ladu/manifest" <<'PY'
 import json, os, pathlib, sys
