@@ -634,26 +634,6 @@ fn full_pass(files: &[PathBuf], rows: u64, scratch: &Path) -> Result<Found> {
     Ok(found)
 }
 
-/// A scratch file name under the warehouse's staging folder (which recovery empties).
-fn tempfile_in(root: &Path) -> Result<PathBuf> {
-    let dir = super::files::staging(root);
-    std::fs::create_dir_all(&dir).map_err(super::io(&dir))?;
-    Ok(dir.join(
-        format!("recompute-{}-{:?}.scratch", std::process::id(), std::thread::current().id()).replace(['(', ')'], ""),
-    ))
-}
-
-/// The superseded rows of one table by a full pass over its files, as a record would name them (for tests and `ladu check`).
-pub fn recompute(root: &Path, table: &Table) -> Result<Recorded> {
-    let files: Vec<PathBuf> = table.files.iter().map(|f| root.join(&f.path)).collect();
-    let scratch = tempfile_in(root)?;
-    let found = full_pass(&files, table.files.iter().map(|f| f.rows).sum(), &scratch)?;
-    let deliveries: BTreeSet<DeliveryKey> =
-        found.counts.iter().filter(|(d, n)| found.delivered.get(d) == Some(n)).map(|(d, _)| *d).collect();
-    let rows: Vec<Lineage> = found.rows.into_iter().filter(|l| !deliveries.contains(&l.delivery())).collect();
-    Ok(Recorded { deliveries, rows: vec![rows_batch(rows)] })
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -678,6 +658,27 @@ mod tests {
     }
 
     /// One delivery: its extract date, rows (record id, which month it falls in), and whether it is refused.
+    /// A scratch file name under the warehouse's staging folder (which recovery empties).
+    fn tempfile_in(root: &Path) -> Result<PathBuf> {
+        let dir = crate::warehouse::files::staging(root);
+        std::fs::create_dir_all(&dir).map_err(crate::warehouse::io(&dir))?;
+        Ok(dir.join(
+            format!("recompute-{}-{:?}.scratch", std::process::id(), std::thread::current().id())
+                .replace(['(', ')'], ""),
+        ))
+    }
+
+    /// The superseded rows of one table by a full pass over its files, as a record would name them (the reference of the tests).
+    fn recompute(root: &Path, table: &Table) -> Result<Recorded> {
+        let files: Vec<PathBuf> = table.files.iter().map(|f| root.join(&f.path)).collect();
+        let scratch = tempfile_in(root)?;
+        let found = full_pass(&files, table.files.iter().map(|f| f.rows).sum(), &scratch)?;
+        let deliveries: BTreeSet<DeliveryKey> =
+            found.counts.iter().filter(|(d, n)| found.delivered.get(d) == Some(n)).map(|(d, _)| *d).collect();
+        let rows: Vec<Lineage> = found.rows.into_iter().filter(|l| !deliveries.contains(&l.delivery())).collect();
+        Ok(Recorded { deliveries, rows: vec![rows_batch(rows)] })
+    }
+
     #[derive(Debug, Clone)]
     struct Delivery {
         date: i32,
