@@ -33,7 +33,7 @@ use parquet::file::properties::WriterProperties;
 use parquet::file::statistics::Statistics;
 use rayon::prelude::*;
 
-use super::manifest::{CommittedFile, DeliveryRows, Manifest, Table, Versions};
+use super::manifest::{CommittedFile, DeliveryRows, Manifest, Versions};
 use super::{Error, Result, Transaction};
 use crate::config::source::{META_COMMIT, META_EXTRACT_DATE, META_EXTRACT_SEQ, META_LINE, RECORD_ID};
 
@@ -669,7 +669,7 @@ mod tests {
     }
 
     /// The superseded rows of one table by a full pass over its files, as a record would name them (the reference of the tests).
-    fn recompute(root: &Path, table: &Table) -> Result<Recorded> {
+    fn recompute(root: &Path, table: &crate::warehouse::manifest::Table) -> Result<Recorded> {
         let files: Vec<PathBuf> = table.files.iter().map(|f| root.join(&f.path)).collect();
         let scratch = tempfile_in(root)?;
         let found = full_pass(&files, table.files.iter().map(|f| f.rows).sum(), &scratch)?;
