@@ -67,9 +67,14 @@ pub fn load(path: &Path) -> Result<Key, KeyError> {
 pub fn generate(path: &Path) -> Result<(), KeyError> {
     let mut bytes = Zeroizing::new([0u8; GENERATED_KEY_BYTES]);
     getrandom::fill(bytes.as_mut_slice()).map_err(|e| KeyError::Random(e.to_string()))?;
-    let mut text = Zeroizing::new([0u8; 2 * GENERATED_KEY_BYTES + 1]);
-    crate::hex::encode_into(bytes.as_slice(), text.as_mut_slice());
-    text[2 * GENERATED_KEY_BYTES] = b'\n';
+    write(path, bytes.as_slice())
+}
+
+/// Write a key of `bytes` to a new file at `path`, as hex, with mode 0600; never overwrites.
+pub fn write(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
+    let mut text = Zeroizing::new(vec![0u8; 2 * bytes.len() + 1]);
+    crate::hex::encode_into(bytes, &mut text[..2 * bytes.len()]);
+    text[2 * bytes.len()] = b'\n';
     let write = |source| KeyError::Write { path: path.to_owned(), source };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         crate::durable::create_dirs(parent).map_err(write)?;

@@ -27,6 +27,7 @@ pub mod durable;
 pub mod hex;
 pub mod ingest;
 pub mod keyfile;
+pub mod keyshares;
 pub mod progress;
 pub mod pseudonym;
 pub mod publish;

@@ -262,6 +262,32 @@ enum Command {
         #[command(subcommand)]
         action: AuditAction,
     },
+    /// Backup of the key: split it into shares, any threshold of which rebuild it.
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyAction {
+    /// Split the configured key into share files (mode 0600) in a new folder; any THRESHOLD rebuild it.
+    Split {
+        #[arg(long)]
+        shares: usize,
+        #[arg(long)]
+        threshold: usize,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Rebuild a key from share files into a new key file, checking its fingerprint.
+    Join {
+        /// Share files (at least the threshold they name).
+        #[arg(required = true)]
+        shares: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -433,7 +459,47 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
         Command::Serve { listen } => serve(config, listen),
         Command::User { action } => user(config, action),
         Command::Audit { action } => audit(config, action),
+        Command::Key { action } => key(config, action),
     }
+}
+
+/// `ladu key split` and `ladu key join`: audited; an entry names files and the fingerprint, never a share.
+fn key(config: Option<&Path>, action: KeyAction) -> Result<Exit, Failed> {
+    let settings = load_settings(config)?;
+    let audit = AuditLog::new(&settings.paths.audit);
+    audit.check_appendable().map_err(|e| (Exit::Failure, e))?;
+    let mut fields = serde_json::Map::new();
+    match action {
+        KeyAction::Split { shares, threshold, out } => {
+            let key = load_key(&settings)?;
+            let files = ladu::keyshares::split(&key, shares, threshold, &out).map_err(|e| (Exit::Config, e))?;
+            fields.insert("action".into(), "split".into());
+            fields.insert("fingerprint".into(), ladu::pseudonym::fingerprint(&key).into());
+            fields.insert("shares".into(), shares.into());
+            fields.insert("threshold".into(), threshold.into());
+            let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            fields.insert("files".into(), names.clone().into());
+            audit.append("key", fields).map_err(|e| (Exit::Failure, e))?;
+            for name in names {
+                out!("{name}");
+            }
+            eprintln!(
+                "wrote {shares} shares; any {threshold} rebuild the key: keep them apart, each with its own keeper"
+            );
+        }
+        KeyAction::Join { shares, out } => {
+            let joined = ladu::keyshares::join(&shares).map_err(|e| (Exit::Config, e))?;
+            keyfile::write(&out, &joined.key).map_err(|e| (Exit::Config, e))?;
+            fields.insert("action".into(), "join".into());
+            fields.insert("fingerprint".into(), joined.fingerprint.clone().into());
+            fields.insert("shares_given".into(), shares.len().into());
+            fields.insert("threshold".into(), joined.threshold.into());
+            fields.insert("out".into(), out.display().to_string().into());
+            audit.append("key", fields).map_err(|e| (Exit::Failure, e))?;
+            eprintln!("rebuilt the key with fingerprint {} into {} (mode 0600)", joined.fingerprint, out.display());
+        }
+    }
+    Ok(Exit::Ok)
 }
 
 fn keygen(out: &Path) -> Result<Exit, Failed> {

@@ -63,6 +63,11 @@ impl Key {
         Self::parse(text.as_bytes())
     }
 
+    /// The key's bytes, for `ladu key split` alone (which writes them as shares).
+    pub(crate) fn secret_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     pub(super) fn hmac(&self) -> Hmac<Sha256> {
         super::keyed(&self.bytes)
     }

@@ -70,3 +70,41 @@ fn a_warehouse_refuses_a_key_with_another_fingerprint() {
     assert_eq!(ws.data_files(), files);
     assert_eq!(ws.manifest_versions(), versions);
 }
+
+#[test]
+fn the_key_split_into_shares_is_rebuilt_from_any_threshold_of_them_and_audited() {
+    let ws = Workspace::new();
+    let shares = ws.root().join("shares");
+    let out = ws.ok(&["key", "split", "--shares", "5", "--threshold", "3", "--out", shares.to_str().unwrap()]);
+    let files: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+    assert_eq!(files.len(), 5, "{}", stdout(&out));
+    let fingerprint = ws.audit_entries().last().unwrap()["fingerprint"].as_str().unwrap().to_owned();
+    for f in &files {
+        let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+        let text = std::fs::read_to_string(f).unwrap();
+        assert!(text.contains(&fingerprint) && f.contains(&fingerprint), "{f}: names the key's fingerprint");
+    }
+    // Any three: the same key, in a new private file.
+    let rebuilt = ws.root().join("rebuilt.key");
+    ws.ok(&["key", "join", &files[4], &files[1], &files[2], "--out", rebuilt.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&rebuilt).unwrap().trim(), ws.key_hex().to_lowercase());
+    assert_eq!(std::fs::metadata(&rebuilt).unwrap().permissions().mode() & 0o777, 0o600);
+    // Two are too few: refused, and nothing written.
+    let none = ws.root().join("none.key");
+    let out = ws.expect(&["key", "join", &files[0], &files[3], "--out", none.to_str().unwrap()], 3);
+    assert!(stderr(&out).contains("any 3 of the 5"), "{}", stderr(&out));
+    assert!(!none.exists());
+    // A key file is never overwritten.
+    ws.expect(&["key", "join", &files[0], &files[1], &files[3], "--out", rebuilt.to_str().unwrap()], 3);
+    // Both operations audited, naming files and the fingerprint, never a share's data or the key.
+    let entries: Vec<_> = ws.audit_entries().into_iter().filter(|e| e["kind"] == "key").collect();
+    assert_eq!(entries.iter().map(|e| e["action"].as_str().unwrap()).collect::<Vec<_>>(), ["split", "join"]);
+    let audit = std::fs::read_to_string(ws.root().join("audit/audit.jsonl")).unwrap();
+    assert!(!audit.to_lowercase().contains(&ws.key_hex().to_lowercase()));
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let data = text.lines().find_map(|l| l.strip_prefix("data = \"")).unwrap().trim_end_matches('"');
+        assert!(!audit.contains(data) && !audit.contains(&data[2..34]), "a share's data in the audit log");
+    }
+}
