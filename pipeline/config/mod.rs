@@ -18,6 +18,10 @@ pub const CONFIG_ENV: &str = "LADU_CONFIG";
 pub const DEFAULT_SOURCES_DIR: &str = "sources";
 /// Rows per Parquet row group (DESIGN.md: ~128k, not the 1M default).
 pub const DEFAULT_ROW_GROUP_ROWS: usize = 128 * 1024;
+/// Days a delivery moved to `paths.processed` is kept: it holds personal codes.
+pub const DEFAULT_PROCESSED_RETENTION_DAYS: u32 = 30;
+/// Days rejection reports and run reports are kept.
+pub const DEFAULT_REPORT_RETENTION_DAYS: u32 = 365;
 /// Files per partition above which `ladu run` compacts it: a month of daily deliveries.
 pub const DEFAULT_COMPACT_FILES: usize = 31;
 /// Bytes of decoded CSV handed to Polars at a time.
@@ -161,6 +165,15 @@ struct RawPaths {
     /// Where `ladu run` moves committed deliveries; unset: they stay in the inbox.
     #[serde(default)]
     processed: Option<PathBuf>,
+    /// Days a moved delivery is kept in `processed` (it holds personal codes).
+    #[serde(default)]
+    processed_retention_days: Option<u32>,
+    /// Days a rejection report is kept in the outbox.
+    #[serde(default)]
+    outbox_retention_days: Option<u32>,
+    /// Days a run report is kept in `warehouse/_ladu/runs/`.
+    #[serde(default)]
+    run_reports_retention_days: Option<u32>,
 }
 
 /// `[sql]` as written.
@@ -253,6 +266,10 @@ pub struct Paths {
     pub queries: PathBuf,
     /// Where `ladu run` moves committed deliveries (`None`: left in the inbox).
     pub processed: Option<PathBuf>,
+    /// Days kept: a moved delivery, a rejection report, a run report.
+    pub processed_retention_days: u32,
+    pub outbox_retention_days: u32,
+    pub run_reports_retention_days: u32,
 }
 
 /// Settings of the SQL engine (`[sql]`), resolved.
@@ -347,6 +364,15 @@ impl Settings {
         if raw.ingest.row_group_rows == 0 {
             problems.push("ingest.row_group_rows: must be at least 1".to_owned());
         }
+        for (name, days) in [
+            ("paths.processed_retention_days", raw.paths.processed_retention_days),
+            ("paths.outbox_retention_days", raw.paths.outbox_retention_days),
+            ("paths.run_reports_retention_days", raw.paths.run_reports_retention_days),
+        ] {
+            if days == Some(0) {
+                problems.push(format!("{name}: must be at least 1 (days)"));
+            }
+        }
         if raw.ingest.compact_files < 2 {
             problems.push("ingest.compact_files: must be at least 2".to_owned());
         }
@@ -423,6 +449,15 @@ impl Settings {
                 site: resolve(&raw.paths.site),
                 queries: resolve(raw.paths.queries.as_deref().unwrap_or(Path::new(DEFAULT_QUERIES_DIR))),
                 processed: raw.paths.processed.as_deref().map(resolve),
+                processed_retention_days: raw
+                    .paths
+                    .processed_retention_days
+                    .unwrap_or(DEFAULT_PROCESSED_RETENTION_DAYS),
+                outbox_retention_days: raw.paths.outbox_retention_days.unwrap_or(DEFAULT_REPORT_RETENTION_DAYS),
+                run_reports_retention_days: raw
+                    .paths
+                    .run_reports_retention_days
+                    .unwrap_or(DEFAULT_REPORT_RETENTION_DAYS),
             },
             ingest: raw.ingest,
             sql: SqlSettings {

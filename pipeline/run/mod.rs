@@ -7,6 +7,7 @@
 //! report, `warehouse/_ladu/runs/<start>.json`, and an audit entry.
 
 pub mod compact;
+pub mod retention;
 
 use std::fs::File;
 use std::io::Write;
@@ -40,6 +41,8 @@ pub enum Error {
     },
     #[error("ingest: {0}")]
     Ingest(#[from] ingest::Error),
+    #[error("retention: {0}")]
+    Retention(#[from] retention::Error),
     #[error("compaction: {0}")]
     Compact(#[from] compact::Error),
     #[error("statistics: {0}")]
@@ -93,6 +96,9 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, progress: bool) -> 
         if let Some(to) = &settings.paths.processed {
             move_processed(ingested, to)?;
         }
+        let t = Instant::now();
+        retention::run(settings, audit, std::time::SystemTime::now())?;
+        timed("retention", t);
         let t = Instant::now();
         let compacted = compact::run(settings, audit, None, settings.ingest.compact_files)?;
         timed("compact", t);
@@ -175,6 +181,12 @@ fn move_processed(summary: &ingest::Summary, to: &Path) -> Result<(), Error> {
             }
             Err(source) => return Err(Error::Io { path: target, source }),
         }
+        // Its period in `processed` counts from now, not from when the provider wrote it.
+        File::options()
+            .write(true)
+            .open(&target)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+            .map_err(io)?;
         crate::durable::sync_dir(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
         if let Some(inbox) = d.file.parent() {
             crate::durable::sync_dir(inbox).map_err(|source| Error::Io { path: inbox.to_owned(), source })?;

@@ -228,3 +228,57 @@ fn a_write_failure_fails_cleanly_and_the_next_run_succeeds() {
     assert!(r["publish"]["release"].as_str().unwrap().ends_with(".2"), "{r}");
     ws.ok(&["check"]);
 }
+
+#[test]
+fn processed_deliveries_and_reports_past_their_period_are_removed_and_audited() {
+    let ws = Workspace::new();
+    let config = ws.config();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("processed = \"../processed\"\nprocessed_retention_days = 2\noutbox_retention_days = 10\n");
+    std::fs::write(&config, text).unwrap();
+    ws.sample(100, 7, &["--only", "treatment_invoices"]);
+    ws.ok(&["run"]);
+    let processed = ws.root().join("processed/treatment_invoices/treatment_invoices_20240331.csv");
+    let report = ws.root().join("outbox/treatment_invoices/treatment_invoices_20240331.csv.rejections.csv");
+    assert!(processed.is_file() && report.is_file());
+    // The delivery's period counts from its move, not from when it was written.
+    let age = |p: &std::path::Path| {
+        std::time::SystemTime::now().duration_since(std::fs::metadata(p).unwrap().modified().unwrap()).unwrap()
+    };
+    assert!(age(&processed).as_secs() < 600);
+    let days_ago = |days: u64| std::time::SystemTime::now() - std::time::Duration::from_secs(days * 86_400 + 60);
+    let set_age = |p: &std::path::Path, days: u64| {
+        std::fs::File::options().write(true).open(p).unwrap().set_modified(days_ago(days)).unwrap();
+    };
+    // Three days: past the delivery's two, within the report's ten.
+    set_age(&processed, 3);
+    set_age(&report, 3);
+    let runs = ws.warehouse().join("_ladu/runs");
+    let old_run = std::fs::read_dir(&runs).unwrap().next().unwrap().unwrap().path();
+    set_age(&old_run, 400);
+    let contents = std::fs::read_to_string(&processed).unwrap();
+    ws.ok(&["run"]);
+    assert!(!processed.exists(), "a delivery past its period is removed");
+    assert!(report.exists(), "a report within its period stays");
+    // (This run's own report may take the freed name, within the same second.)
+    let recent = |p: &std::path::Path| !p.exists() || age(p).as_secs() < 600;
+    assert!(recent(&old_run), "a run report past the default 365 days is removed");
+    let removed: Vec<_> = ws.audit_entries().into_iter().filter(|e| e["kind"] == "retention").collect();
+    assert_eq!(removed.len(), 2, "{removed:?}");
+    assert!(removed.iter().any(|e| e["what"] == "run report" && e["age_days"] == 400), "{removed:?}");
+    let delivery = removed.iter().find(|e| e["what"] == "processed delivery").unwrap();
+    assert_eq!(delivery["age_days"], 3);
+    assert_eq!(delivery["sha256"].as_str().unwrap().len(), 64);
+    // Never the contents: no personal code of the delivery in the audit log.
+    let audit = std::fs::read_to_string(ws.root().join("audit/audit.jsonl")).unwrap();
+    let code = contents.lines().nth(1).unwrap().split(';').nth(1).unwrap();
+    assert!(!audit.contains(code));
+    ws.ok(&["audit", "verify"]);
+    // Zero days is refused.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("processed_retention_days = 2", "processed_retention_days = 0");
+    std::fs::write(&config, text).unwrap();
+    let out = ws.expect(&["run"], 3);
+    assert!(stderr(&out).contains("paths.processed_retention_days"), "{}", stderr(&out));
+}
