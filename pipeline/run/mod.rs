@@ -1,4 +1,4 @@
-//! The nightly run: ingest every new delivery, refresh the statistics, publish the open data, report.
+//! The nightly run: ingest every new delivery, remove files past their period, compact, refresh the statistics, publish the open data, report.
 //!
 //! One run at a time holds `warehouse/_ladu/run.lock` (an advisory lock the
 //! kernel releases when its holder dies, so a killed run's lock is simply
