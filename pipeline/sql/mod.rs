@@ -1270,7 +1270,9 @@ fn register_tables(
             // Files none of whose rows can be superseded are read as they are; only the others
             // are checked against the superseded rows (at 100M rows with 1 % corrections in the
             // last delivery: 1.74 s -> 0.17 s for a count).
-            let newest = match table.split_by_commits(&superseded.commits()) {
+            let split =
+                if superseded.is_empty() { (None, None) } else { table.split_by_commits(&superseded.commits()) };
+            let newest = match split {
                 _ if superseded.is_empty() => scan(history),
                 (Some(clean), Some(involved)) => scan(Arc::new(involved))
                     .and_then(|involved| superseded.remove_from(involved))

@@ -220,7 +220,12 @@ impl CommittedTable {
 /// The least and greatest `_commit` of a file, from its row groups' statistics.
 fn commit_range(meta: &parquet::file::metadata::ParquetMetaData) -> (i64, i64) {
     let unknown = (i64::MIN, i64::MAX);
-    let Some(c) = meta.file_metadata().schema_descr().columns().iter().position(|c| c.path().string() == "_commit")
+    let Some(c) = meta
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .position(|c| c.path().string() == crate::config::source::META_COMMIT)
     else {
         return unknown;
     };

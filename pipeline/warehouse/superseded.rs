@@ -300,10 +300,21 @@ fn lineage_columns(b: &RecordBatch, first: usize) -> Result<LineageColumns<'_>, 
 }
 
 /// Read `record_id` and the lineage of the rows of `row_groups` (all when `None`), calling `each` per row.
-fn read_rows(path: &Path, row_groups: Option<Vec<usize>>, mut each: impl FnMut(&[u8], Lineage)) -> Result<()> {
-    let read = |source| Error::Read { path: path.to_owned(), source };
+fn read_rows(path: &Path, row_groups: Option<Vec<usize>>, each: impl FnMut(&[u8], Lineage)) -> Result<()> {
     let file = File::open(path).map_err(super::io(path))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(read)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|source| Error::Read { path: path.to_owned(), source })?;
+    read_rows_with(path, builder, row_groups, each)
+}
+
+/// As [`read_rows`], from a file whose footer `builder` has read already.
+fn read_rows_with(
+    path: &Path,
+    builder: ParquetRecordBatchReaderBuilder<File>,
+    row_groups: Option<Vec<usize>>,
+    mut each: impl FnMut(&[u8], Lineage),
+) -> Result<()> {
+    let read = |source| Error::Read { path: path.to_owned(), source };
     let descr = builder.parquet_schema();
     let leaves = std::iter::once(RECORD_ID)
         .chain(LINEAGE)
@@ -466,13 +477,18 @@ fn incremental(new: &[PathBuf], old: &[PathBuf], whole: &BTreeSet<DeliveryKey>) 
     let matches = old
         .par_iter()
         .map(|path| -> Result<Hits> {
-            let (groups, total) = probe.row_groups(path)?;
+            // The footer is read once, for the probe and the rows; the bloom filters through a second handle.
+            let file = File::open(path).map_err(super::io(path))?;
+            let bloom_file = file.try_clone().map_err(super::io(path))?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+                .map_err(|source| Error::Read { path: path.clone(), source })?;
+            let (groups, total) = probe.row_groups(path, &builder, &bloom_file)?;
             let mut hits = Vec::new();
             let read = groups.len();
             if groups.is_empty() {
                 return Ok((hits, 0, total));
             }
-            read_rows(path, Some(groups), |id, l| {
+            read_rows_with(path, builder, Some(groups), |id, l| {
                 let key = id_key(id);
                 if touched.contains_key(&key) {
                     hits.push((key, l));
@@ -511,11 +527,13 @@ struct Probe<'a> {
 
 impl Probe<'_> {
     /// The row groups of `path` that may hold a version of a record the commit delivers.
-    fn row_groups(&self, path: &Path) -> Result<(Vec<usize>, usize)> {
+    fn row_groups(
+        &self,
+        path: &Path,
+        builder: &ParquetRecordBatchReaderBuilder<File>,
+        file: &File,
+    ) -> Result<(Vec<usize>, usize)> {
         let read = |source| Error::Read { path: path.to_owned(), source };
-        let file = File::open(path).map_err(super::io(path))?;
-        let builder =
-            ParquetRecordBatchReaderBuilder::try_new(file.try_clone().map_err(super::io(path))?).map_err(read)?;
         let meta = builder.metadata();
         let descr = builder.parquet_schema();
         let index = |name: &str| descr.columns().iter().position(|c| c.path().string() == name);
@@ -529,7 +547,7 @@ impl Probe<'_> {
             if self.all_superseded(rg, commit, date, seq) || !self.id_range_overlaps(rg, id) {
                 continue;
             }
-            let bloom = Sbbf::read_from_column_chunk(rg.column(id), &file).map_err(read)?;
+            let bloom = Sbbf::read_from_column_chunk(rg.column(id), file).map_err(read)?;
             if let Some(bloom) = bloom {
                 let bits = BloomBits::from_sbbf(&bloom).map_err(read)?;
                 if !self.hashes.iter().any(|&h| bits.may_contain(h)) {
@@ -875,9 +893,14 @@ mod tests {
         // Ids never delivered: every row group is pruned.
         let hashes: Vec<u64> = (100..110u8).map(|i| bloom_hash(format!("{i:032x}").as_bytes())).collect();
         let probe = Probe { hashes: &hashes, lowest: b"0", highest: b"f", whole: &BTreeSet::new() };
-        assert_eq!(probe.row_groups(&path).unwrap().0, Vec::<usize>::new());
+        let groups = |probe: &Probe| {
+            let f = File::open(&path).unwrap();
+            let b = ParquetRecordBatchReaderBuilder::try_new(f.try_clone().unwrap()).unwrap();
+            probe.row_groups(&path, &b, &f).unwrap().0
+        };
+        assert_eq!(groups(&probe), Vec::<usize>::new());
         let hashes = [bloom_hash(format!("{:032x}", 5).as_bytes())];
         let probe = Probe { hashes: &hashes, lowest: b"0", highest: b"f", whole: &BTreeSet::new() };
-        assert_eq!(probe.row_groups(&path).unwrap().0.len(), 1, "the row group holding record 5");
+        assert_eq!(groups(&probe).len(), 1, "the row group holding record 5");
     }
 }

@@ -72,6 +72,16 @@ fn deliver_invoices(ws: &Workspace, date: &str, rows: usize, every: usize) {
     std::fs::remove_dir_all(tmp).unwrap();
 }
 
+/// `rows` invoices, then `days` daily deliveries of `per_day` (see [`deliver_invoices`]), each its own commit.
+fn daily_commits(ws: &Workspace, rows: usize, days: u32, per_day: usize, every: usize) {
+    ws.sample(rows, 3, &["--only", "treatment_invoices"]);
+    ws.ok(&["ingest"]);
+    for day in 1..=days {
+        deliver_invoices(ws, &format!("2024-04-{day:02}"), per_day, every);
+        ws.ok(&["ingest"]);
+    }
+}
+
 fn manifest(ws: &Workspace) -> (std::path::PathBuf, Value) {
     let name = ws.manifest_versions().pop().unwrap();
     let path = ws.warehouse().join("_ladu/manifest").join(name);
@@ -145,12 +155,7 @@ fn commits_record_what_they_supersede_sessions_write_nothing_and_an_older_wareho
 #[test]
 fn compaction_keeps_every_row_version_and_lineage_and_ladu_run_compacts_busy_partitions() {
     let ws = Workspace::new();
-    ws.sample(3_000, 3, &["--only", "treatment_invoices"]);
-    ws.ok(&["ingest"]);
-    for day in 1..=4 {
-        deliver_invoices(&ws, &format!("2024-04-0{day}"), 500, 3);
-        ws.ok(&["ingest"]);
-    }
+    daily_commits(&ws, 3_000, 4, 500, 3);
     let per_partition = |ws: &Workspace| -> BTreeMap<String, usize> {
         let mut n = BTreeMap::new();
         for f in ws.data_files().into_iter().filter(|f| f.starts_with("treatment_invoices/")) {
@@ -196,12 +201,7 @@ fn compaction_keeps_every_row_version_and_lineage_and_ladu_run_compacts_busy_par
 #[test]
 fn kill_9_during_a_compaction_leaves_the_warehouse_as_it_was_or_compacted() {
     let reference = Workspace::new();
-    reference.sample(60_000, 8, &["--only", "treatment_invoices"]);
-    reference.ok(&["ingest"]);
-    for day in 1..=3 {
-        deliver_invoices(&reference, &format!("2024-04-0{day}"), 20_000, 4);
-        reference.ok(&["ingest"]);
-    }
+    daily_commits(&reference, 60_000, 3, 20_000, 4);
     let digest = |ws: &Workspace| py("digest.py", &[ws.warehouse().to_str().unwrap()]);
     let want = digest(&reference);
     let newest = newest_by_ladu(&reference, "treatment_invoices");
@@ -237,4 +237,18 @@ fn kill_9_during_a_compaction_leaves_the_warehouse_as_it_was_or_compacted() {
         ws.ok(&["check", "--skip-key"]);
     }
     assert!(outcomes.iter().any(|(_, fin, v)| !fin && *v == 0), "some kill came before the commit: {outcomes:?}");
+}
+
+#[test]
+fn check_finds_a_record_of_versions_that_disagrees_with_the_files() {
+    let ws = Workspace::new();
+    daily_commits(&ws, 300, 1, 100, 2);
+    ws.ok(&["check", "--skip-key"]);
+    let (path, mut m) = manifest(&ws);
+    let rows = &mut m["tables"]["treatment_invoices"]["versions"]["deliveries"][0]["rows"];
+    *rows = (rows.as_u64().unwrap() + 1).into();
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let out = ws.expect(&["check", "--skip-key"], 1);
+    assert!(stdout(&out).contains("its record of versions counts"), "{}", stdout(&out));
 }
