@@ -179,6 +179,18 @@ enum Command {
         #[arg(long)]
         table: Option<String>,
     },
+    /// Remove the rows past their source's retention period (`retention` in the source's config), in one commit, then recompute the statistics.
+    Expire {
+        /// Only this table.
+        #[arg(long)]
+        table: Option<String>,
+        /// Say what would be removed, and remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// With --dry-run: count the periods back from this day (YYYY-MM-DD) instead of today.
+        #[arg(long, value_name = "DATE", requires = "dry_run")]
+        as_of: Option<chrono::NaiveDate>,
+    },
     /// Compute the statistics of queries/statistics/ into the warehouse (tables `stats_<name>`).
     Stats {
         /// Only these statistics (repeatable); by default all.
@@ -447,6 +459,7 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
         Command::Check { skip_key } => check(config, skip_key),
         Command::Stats { only } => stats(config, &only, progress),
         Command::Compact { table } => compact(config, table.as_deref()),
+        Command::Expire { table, dry_run, as_of } => expire(config, table.as_deref(), dry_run, as_of),
         Command::Publish => publish(config, progress),
         Command::Release { recipient, query, out, request_id, accept_risk } => {
             release(config, &recipient, &query, &out, request_id.as_deref(), accept_risk.as_deref())
@@ -741,6 +754,7 @@ fn nightly(config: Option<&Path>, progress: bool) -> Result<Exit, Failed> {
                 ladu::run::Error::Ingest(e) => ingest_exit(e),
                 ladu::run::Error::Stats(e) => stats_exit(e),
                 ladu::run::Error::Compact(ladu::run::compact::Error::Warehouse(e)) => warehouse_exit(e),
+                ladu::run::Error::Expire(ladu::run::expire::Error::Warehouse(e)) => warehouse_exit(e),
                 ladu::run::Error::Publish(e) => publish_exit(e),
                 _ => Exit::Failure,
             };
@@ -830,6 +844,56 @@ fn compact(config: Option<&Path>, table: Option<&str>) -> Result<Exit, Failed> {
     match outcome.commit {
         Some(v) => out!("committed warehouse version {v}"),
         None => out!("nothing to compact"),
+    }
+    Ok(Exit::Ok)
+}
+
+fn expire(
+    config: Option<&Path>,
+    table: Option<&str>,
+    dry_run: bool,
+    as_of: Option<chrono::NaiveDate>,
+) -> Result<Exit, Failed> {
+    use ladu::run::expire::Error as E;
+    let settings = load_settings(config)?;
+    let audit = AuditLog::new(&settings.paths.audit);
+    let today = as_of.unwrap_or_else(ladu::warehouse::expire::today);
+    let outcome = ladu::run::expire::run(&settings, &audit, table, today, dry_run).map_err(|e| {
+        let code = match &e {
+            E::NoRetention { .. } | E::Warehouse(ladu::warehouse::Error::UnknownTable { .. }) => Exit::Config,
+            E::Warehouse(w) => warehouse_exit(w),
+            E::Audit(_) => Exit::Failure,
+        };
+        (code, e)
+    })?;
+    let verb = if dry_run { "would remove" } else { "removed" };
+    for e in &outcome.expired {
+        out!(
+            "{}: {verb} {} rows dated before {} by {} ({} of them current; {} files whole, {} rewritten); oldest {} kept: {}",
+            e.table,
+            e.rows,
+            e.cutoff,
+            e.column,
+            e.current_rows,
+            e.files_removed,
+            e.files_rewritten,
+            e.column,
+            e.oldest_kept.as_deref().unwrap_or("-")
+        );
+    }
+    for t in &outcome.kept_forever {
+        out!("{t}: no retention period set; keeps everything");
+    }
+    match outcome.commit {
+        Some(v) => {
+            out!("committed warehouse version {v}");
+            let summary = ladu::stats::run(&settings, &audit, &[], false).map_err(|e| (stats_exit(&e), e))?;
+            if let Some(v) = summary.commit {
+                out!("statistics recomputed: committed warehouse version {v}");
+            }
+        }
+        None if dry_run => out!("dry run: nothing removed"),
+        None => out!("nothing past its retention period"),
     }
     Ok(Exit::Ok)
 }

@@ -206,6 +206,42 @@ pub struct Partitioning {
     pub parts: Vec<PartitionPart>,
 }
 
+/// How long a table keeps its rows: `retention = { years = 20, by = "start_date" }` (or `months`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    years: Option<u32>,
+    months: Option<u32>,
+    /// The delivered date or timestamp column the period counts from.
+    by: String,
+}
+
+/// A validated retention: rows whose `column` is older than `months` before today are removed by `ladu expire`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    /// The period in months (`years` × 12 when given in years).
+    pub months: u32,
+    /// Did the config give it in years (for saying it back as written)?
+    pub in_years: bool,
+    /// The delivered column the period counts from.
+    pub by: String,
+    /// Its warehouse column.
+    pub column: String,
+}
+
+impl Retention {
+    /// The period as the config wrote it: `20 years`, `6 months`.
+    pub fn period(&self) -> String {
+        let (n, unit) = if self.in_years { (self.months / 12, "year") } else { (self.months, "month") };
+        format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+    }
+
+    /// The first day kept on `today`: rows dated before it have passed their period.
+    pub fn cutoff(&self, today: chrono::NaiveDate) -> chrono::NaiveDate {
+        today.checked_sub_months(chrono::Months::new(self.months)).unwrap_or(chrono::NaiveDate::MIN)
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSource {
@@ -225,6 +261,8 @@ struct RawSource {
     partition_by: Option<Partitioning>,
     /// Output columns each row group is sorted by (default `person_id` when present).
     sort_by: Option<Vec<String>>,
+    /// How long rows are kept (default: for ever).
+    retention: Option<RawRetention>,
     /// A rule for every delivered column.
     columns: IndexMap<String, ColumnRule>,
 }
@@ -249,6 +287,8 @@ pub struct SourceConfig {
     pub record_key: String,
     pub partition_by: Option<Partitioning>,
     pub sort_by: Vec<String>,
+    /// How long rows are kept; `None`: for ever.
+    pub retention: Option<Retention>,
     /// Delivered column name → rule.
     pub columns: IndexMap<String, ColumnRule>,
 }
@@ -278,7 +318,14 @@ impl SourceConfig {
             return Err(Error::Invalid { path: path.to_owned(), problems });
         }
         let has_person = output_names(&raw.columns).iter().any(|n| n == PERSON_ID);
+        let retention = raw.retention.as_ref().map(|r| Retention {
+            months: r.years.map_or(0, |y| y * 12) + r.months.unwrap_or(0),
+            in_years: r.years.is_some(),
+            column: raw.columns.get(&r.by).and_then(|rule| output_name(&r.by, rule)).unwrap_or(&r.by).to_owned(),
+            by: r.by.clone(),
+        });
         Ok(SourceConfig {
+            retention,
             table: raw.table.unwrap_or_else(|| name.clone()),
             file_pattern: raw.file_pattern.unwrap_or_else(|| format!("{name}_*.csv")),
             file: path.to_owned(),
@@ -408,6 +455,23 @@ fn validate(name: &str, raw: &RawSource) -> Vec<String> {
             problems.push("partition_by.parts: must be [\"year\"] or [\"year\", \"month\"]".to_owned());
         }
     }
+    if let Some(r) = &raw.retention {
+        match (r.years, r.months) {
+            (Some(0), None) | (None, Some(0)) => {
+                problems.push("retention: the period must be longer than 0".to_owned())
+            }
+            (Some(y), None) if y > 1000 => problems.push("retention.years: at most 1000".to_owned()),
+            (Some(_), None) | (None, Some(_)) => {}
+            _ => problems.push("retention: give either `years` or `months`".to_owned()),
+        }
+        if r.months.is_some_and(|m| m > 12_000) {
+            problems.push("retention.months: at most 12000".to_owned());
+        }
+        match raw.columns.get(&r.by) {
+            Some(ColumnRule::Keep { ty: ValueType::Date | ValueType::Timestamp, .. }) => {}
+            _ => problems.push(format!("retention.by: `{}` must be a kept column of type date or timestamp", r.by)),
+        }
+    }
     if let Some(sort) = &raw.sort_by {
         let outs = output_names(&raw.columns);
         for s in sort {
@@ -481,6 +545,30 @@ rule = "drop"
             .replace("type = \"date\"", "type = \"money\"");
         let e = load(&bad).unwrap_err().to_string();
         assert!(e.contains("columns.id.rule") && e.contains("partition_by.column"), "{e}");
+    }
+
+    #[test]
+    fn retention_is_a_period_and_a_kept_date() {
+        let with = |r: &str| GOOD.replace("[columns.id]", &format!("retention = {r}\n[columns.id]"));
+        let s = load(&with(r#"{ years = 2, by = "day" }"#)).unwrap();
+        let r = s.retention.unwrap();
+        assert_eq!((r.months, r.period(), r.column.as_str()), (24, "2 years".to_owned(), "day"));
+        let d = |y, m, d| chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap();
+        assert_eq!(r.cutoff(d(2026, 2, 28)), d(2024, 2, 28));
+        let r = load(&with(r#"{ months = 1, by = "day" }"#)).unwrap().retention.unwrap();
+        assert_eq!((r.period(), r.cutoff(d(2026, 3, 31))), ("1 month".to_owned(), d(2026, 2, 28)));
+        for (bad, says) in [
+            (r#"{ years = 2, months = 1, by = "day" }"#, "either `years` or `months`"),
+            (r#"{ by = "day" }"#, "either `years` or `months`"),
+            (r#"{ months = 0, by = "day" }"#, "longer than 0"),
+            (r#"{ years = 2, by = "name" }"#, "retention.by: `name`"),
+            (r#"{ years = 2, by = "nowhere" }"#, "retention.by: `nowhere`"),
+        ] {
+            let e = load(&with(bad)).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        assert!(load(&with(r#"{ years = 2, by = "day", keep = 1 }"#)).is_err());
+        assert!(load(GOOD).unwrap().retention.is_none());
     }
 
     #[test]

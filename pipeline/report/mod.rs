@@ -22,8 +22,12 @@ use crate::sql::{self, Session};
 use crate::warehouse::manifest::{self, Manifest};
 
 /// The audit log's kinds, as the report names them.
-const KINDS: [(&str, &str); 12] = [
+const KINDS: [(&str, &str); 16] = [
     ("ingest", "deliveries ingested"),
+    ("expire", "removals of rows past their retention period"),
+    ("retention", "removals of processed deliveries and reports past their period"),
+    ("compact", "compactions (files rewritten, every row kept)"),
+    ("key", "key backups split into shares, and keys rebuilt from them"),
     ("sql", "SQL statements"),
     ("stats", "statistics runs"),
     ("publish", "open-data publications"),
@@ -76,7 +80,7 @@ pub fn processing(settings: &Settings, audit: &AuditLog, from: NaiveDate, to: Na
         settings.file.display(),
         manifest.version
     );
-    stored(&mut md, settings, audit, &manifest)?;
+    stored(&mut md, settings, audit, &manifest, &in_period)?;
     retention(&mut md, settings);
     access(&mut md, settings, &manifest)?;
     logins(&mut md, settings, &in_period)?;
@@ -126,7 +130,13 @@ fn cell(batches: &[arrow::array::RecordBatch], column: usize) -> String {
         .unwrap_or_else(|_| "-".into())
 }
 
-fn stored(md: &mut String, settings: &Settings, audit: &AuditLog, manifest: &Manifest) -> Result<()> {
+fn stored(
+    md: &mut String,
+    settings: &Settings,
+    audit: &AuditLog,
+    manifest: &Manifest,
+    in_period: &[&Value],
+) -> Result<()> {
     let files: Vec<_> = manifest.tables.values().flat_map(|t| &t.files).collect();
     let bytes: u64 = files.iter().map(|f| f.bytes).sum();
     let _ = writeln!(md, "## 1. What is stored\n");
@@ -143,7 +153,7 @@ fn stored(md: &mut String, settings: &Settings, audit: &AuditLog, manifest: &Man
     let session = Session::open_for(settings, audit.clone(), manifest.clone(), "ladu report")?;
     let readable: BTreeMap<String, sql::Kind> = session.catalog().map(|(n, k, _)| (n.to_owned(), k)).collect();
     for source in &settings.sources {
-        table_section(md, &session, &readable, source, manifest)?;
+        table_section(md, &session, &readable, source, manifest, in_period)?;
     }
     let stats: Vec<_> = manifest.tables.iter().filter_map(|(n, t)| t.statistic.as_ref().map(|s| (n, t, s))).collect();
     if !stats.is_empty() {
@@ -172,6 +182,7 @@ fn table_section(
     readable: &BTreeMap<String, sql::Kind>,
     source: &SourceConfig,
     manifest: &Manifest,
+    in_period: &[&Value],
 ) -> Result<()> {
     let t = &source.table;
     let _ = writeln!(md, "### Table `{t}` (source `{}`)\n\n{}.\n", source.name, source.description);
@@ -213,6 +224,7 @@ fn table_section(
     } else {
         let _ = writeln!(md, "- Rows: none committed yet.");
     }
+    retention_line(md, session, readable, source, in_period)?;
     let _ = writeln!(md, "\n| delivered column | rule | warehouse column |\n|---|---|---|");
     for (column, rule) in &source.columns {
         let out = output_name(column, rule).map_or_else(|| "—".to_owned(), |n| format!("`{n}`"));
@@ -222,20 +234,79 @@ fn table_section(
     Ok(())
 }
 
+/// A table's retention: its period and basis, the oldest and newest data held, and what the period's expiries removed.
+fn retention_line(
+    md: &mut String,
+    session: &Session,
+    readable: &BTreeMap<String, sql::Kind>,
+    source: &SourceConfig,
+    in_period: &[&Value],
+) -> Result<()> {
+    let t = &source.table;
+    let Some(r) = &source.retention else {
+        let _ = writeln!(
+            md,
+            "- Retention: no retention period: keeps every row (set `retention` in `{}` to limit it).",
+            source.file.display()
+        );
+        return Ok(());
+    };
+    let _ = write!(
+        md,
+        "- Retention: rows kept {} by `{}`, counted from the day `ladu expire` (a step of the nightly run) runs; older rows, every version, are removed",
+        r.period(),
+        r.column
+    );
+    if readable.contains_key(t.as_str()) {
+        let history = format!("{t}{}", sql::tables::HISTORY_SUFFIX);
+        let c = &r.column;
+        let (_, range) = session.collect(&format!("select min(\"{c}\"), max(\"{c}\") from \"{history}\""))?;
+        let _ = write!(md, "; `{c}` held from {} to {}", cell(&range, 0), cell(&range, 1));
+    }
+    let (mut rows, mut commits) = (0, 0);
+    for e in in_period.iter().filter(|e| e.get("kind").and_then(Value::as_str) == Some(crate::run::expire::AUDIT_KIND))
+    {
+        for x in e.get("tables").and_then(Value::as_array).into_iter().flatten() {
+            if x.get("table").and_then(Value::as_str) == Some(t.as_str()) {
+                rows += x.get("rows").and_then(Value::as_u64).unwrap_or(0);
+                commits += 1;
+            }
+        }
+    }
+    let _ = writeln!(md, "; in the period, {rows} rows past their period removed in {commits} expiries.");
+    Ok(())
+}
+
 fn retention(md: &mut String, settings: &Settings) {
     let p = &settings.paths;
     let _ = writeln!(md, "## 2. Retention\n");
+    let limited: Vec<String> = settings
+        .sources
+        .iter()
+        .filter_map(|s| s.retention.as_ref().map(|r| format!("`{}` {} by `{}`", s.table, r.period(), r.column)))
+        .collect();
     let _ = writeln!(
         md,
-        "- Warehouse tables (`{}`): kept until an administrator removes them; ladu deletes no warehouse data by itself. A corrected record's earlier versions stay queryable as history.",
-        p.warehouse.display()
+        "- Warehouse tables (`{}`): {}. Every other table keeps every row. A corrected record's earlier versions stay queryable as history until their own date passes the period.",
+        p.warehouse.display(),
+        if limited.is_empty() {
+            "no source sets a retention period".to_owned()
+        } else {
+            format!(
+                "rows older than their source's period are removed by `ladu expire`, a step of the nightly run: {}",
+                limited.join(", ")
+            )
+        }
     );
     let _ = writeln!(
         md,
-        "- Deliveries: {}. A delivery that was refused stays in the inbox `{}` for the provider to correct.",
+        "- Deliveries (they hold personal codes): {}. A delivery that was refused stays in the inbox `{}` for the provider to correct.",
         match &p.processed {
-            Some(dir) =>
-                format!("moved after their commit to `{}`, kept until an administrator removes them", dir.display()),
+            Some(dir) => format!(
+                "moved after their commit to `{}`, and removed there {} days after the move (`paths.processed_retention_days`)",
+                dir.display(),
+                p.processed_retention_days
+            ),
             None =>
                 format!("left in the inbox `{}` after their commit (`paths.processed` is not set)", p.inbox.display()),
         },
@@ -243,8 +314,10 @@ fn retention(md: &mut String, settings: &Settings) {
     );
     let _ = writeln!(
         md,
-        "- Rejection reports for providers (`{}`): kept; they hold no values, only file, line, column and reason.",
-        p.outbox.display()
+        "- Rejection reports for providers (`{}`): removed after {} days (`paths.outbox_retention_days`); they hold no values, only file, line, column and reason. Run reports: removed after {} days (`paths.run_reports_retention_days`). Each removal is audited with the file's name, SHA-256 and age.",
+        p.outbox.display(),
+        p.outbox_retention_days,
+        p.run_reports_retention_days
     );
     let _ = writeln!(
         md,

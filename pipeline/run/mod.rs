@@ -1,4 +1,4 @@
-//! The nightly run: ingest every new delivery, remove files past their period, compact, refresh the statistics, publish the open data, report.
+//! The nightly run: ingest every new delivery, remove rows and files past their period, compact, refresh the statistics, publish the open data, report.
 //!
 //! One run at a time holds `warehouse/_ladu/run.lock` (an advisory lock the
 //! kernel releases when its holder dies, so a killed run's lock is simply
@@ -7,6 +7,7 @@
 //! report, `warehouse/_ladu/runs/<start>.json`, and an audit entry.
 
 pub mod compact;
+pub mod expire;
 pub mod retention;
 
 use std::fs::File;
@@ -41,6 +42,8 @@ pub enum Error {
     },
     #[error("ingest: {0}")]
     Ingest(#[from] ingest::Error),
+    #[error("expiry: {0}")]
+    Expire(#[from] expire::Error),
     #[error("retention: {0}")]
     Retention(#[from] retention::Error),
     #[error("compaction: {0}")]
@@ -95,6 +98,12 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, progress: bool) -> 
         let ingested = outcome.0.insert(ingested?);
         if let Some(to) = &settings.paths.processed {
             move_processed(ingested, to)?;
+        }
+        let t = Instant::now();
+        let expired = expire::run(settings, audit, None, crate::warehouse::expire::today(), false)?;
+        timed("expire", t);
+        for e in expired.expired.iter().filter(|e| e.rows > 0) {
+            tracing::info!(table = %e.table, rows = e.rows, cutoff = %e.cutoff, "removed rows past their retention period");
         }
         let t = Instant::now();
         retention::run(settings, audit, std::time::SystemTime::now())?;

@@ -175,7 +175,7 @@ fn merge_records(
 }
 
 /// The partition levels of a table, if ladu knows them all.
-fn partition_parts(table: &Table) -> Option<Vec<PartitionPart>> {
+pub(crate) fn partition_parts(table: &Table) -> Option<Vec<PartitionPart>> {
     table
         .partition_columns
         .iter()
@@ -188,7 +188,7 @@ fn partition_parts(table: &Table) -> Option<Vec<PartitionPart>> {
 }
 
 /// The writer's partition key (`year * 100 + month`) of a partition's folder values.
-fn partition_key(parts: &[PartitionPart], values: &[String]) -> Option<u32> {
+pub(crate) fn partition_key(parts: &[PartitionPart], values: &[String]) -> Option<u32> {
     let mut key = 0;
     for (p, v) in parts.iter().zip(values) {
         let v: u32 = v.parse().ok()?;
@@ -202,7 +202,7 @@ fn partition_key(parts: &[PartitionPart], values: &[String]) -> Option<u32> {
 
 /// The schema and layout the files were written with (from the first), or why they cannot be merged.
 #[allow(clippy::type_complexity)]
-fn layout(paths: &[PathBuf]) -> Result<Result<(arrow::datatypes::SchemaRef, ColumnLayout), String>> {
+pub(crate) fn layout(paths: &[PathBuf]) -> Result<Result<(arrow::datatypes::SchemaRef, ColumnLayout), String>> {
     let mut first: Option<(arrow::datatypes::SchemaRef, ColumnLayout)> = None;
     for path in paths {
         let read = |source| Error::Read { path: path.clone(), source };

@@ -97,6 +97,22 @@ impl DeliveryRows {
     }
 }
 
+/// One table's rows removed by one `ladu expire` commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Expiry {
+    pub commit: u64,
+    pub committed_at: String,
+    pub table: String,
+    /// The column the retention period counts from.
+    pub column: String,
+    /// Rows dated before this day were removed.
+    pub cutoff: String,
+    /// Versions removed (rows of `<table>_history`).
+    pub rows: u64,
+    /// Of them, newest versions of their record (rows of `<table>`).
+    pub current_rows: u64,
+}
+
 /// How a statistic table was computed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Statistic {
@@ -123,6 +139,9 @@ pub struct Manifest {
     /// recomputed): removed once this version is durable.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replaced: Vec<String>,
+    /// Rows removed at the end of their retention period, by `ladu expire`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expired: Vec<Expiry>,
 }
 
 impl Manifest {

@@ -10,6 +10,7 @@
 //! readable manifest is damaged, not new, and is refused.
 
 pub mod compact;
+pub mod expire;
 pub mod files;
 pub mod manifest;
 pub mod superseded;
@@ -24,7 +25,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
-pub use manifest::{CommittedFile, Delivery, DeliveryRows, Manifest, Statistic, Versions};
+pub use manifest::{CommittedFile, Delivery, DeliveryRows, Expiry, Manifest, Statistic, Versions};
 
 /// What the writer should know about a table's columns.
 #[derive(Debug, Clone, Default)]
@@ -256,6 +257,11 @@ impl Transaction {
     /// Mark the transaction as one that rewrites committed rows (compaction): it supersedes nothing.
     pub fn rewrite_rows(&mut self) {
         self.rewrites = true;
+    }
+
+    /// Where a file this transaction commits as `rel` is staged, if it is one of its files.
+    pub fn staged_path(&self, rel: &str) -> Option<PathBuf> {
+        self.files.iter().find(|(_, f)| f.path == rel).map(|(p, _)| p.clone())
     }
 
     /// A fresh staging path for a file that commits as `rel`.

@@ -6,6 +6,7 @@ mod util;
 
 mod check;
 mod crash;
+mod expire;
 mod growth;
 mod hardening;
 mod hostile;
