@@ -46,6 +46,16 @@ fn no_raw_identifier_in_anything_ladu_writes() {
         let q = format!("SELECT * FROM {t}_history");
         commands.push(["sql", "--format", "parquet", "--output", &out, "-c", &q].map(String::from).to_vec());
     }
+    // Rows past a retention period removed (which rewrites files that straddle it).
+    let source = ws.root().join("config/sources/treatment_invoices.toml");
+    let config = std::fs::read_to_string(&source).unwrap().replacen(
+        "\n[columns.",
+        "\nretention = { years = 3, by = \"start_date\" }\n\n[columns.",
+        1,
+    );
+    std::fs::write(&source, config).unwrap();
+    commands.push(vec!["expire".into(), "--dry-run".into()]);
+    commands.push(vec!["-v".into(), "expire".into()]);
     commands.push(vec!["stats".into()]);
     commands.push(vec!["publish".into()]);
     // A release, the account of disclosures, a subject-access answer and the processing report.
