@@ -1,4 +1,4 @@
-//! Lowercase hex: the one encoder for digests, pseudonyms and keys.
+//! Lowercase hex: the one encoder (and decoder) for digests, pseudonyms and keys.
 
 /// Each byte's two hex digits.
 const PAIRS: [[u8; 2]; 256] = {
@@ -24,6 +24,21 @@ pub fn encode16(bytes: &[u8; 16]) -> [u8; 32] {
     let mut out = [0u8; 32];
     encode_into(bytes, &mut out);
     out
+}
+
+/// The bytes of hex text (either case), or `None` if it is not whole pairs of hex digits.
+pub fn decode(text: &str) -> Option<Vec<u8>> {
+    let digits = text.as_bytes();
+    if !digits.len().is_multiple_of(2) {
+        return None;
+    }
+    digits
+        .chunks(2)
+        .map(|pair| {
+            let s = std::str::from_utf8(pair).ok()?;
+            u8::from_str_radix(s, 16).ok()
+        })
+        .collect()
 }
 
 /// The hex of `bytes` as text.

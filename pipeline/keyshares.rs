@@ -163,7 +163,7 @@ pub fn join(paths: &[PathBuf]) -> Result<Joined, ShareError> {
     }
     let mut parts: Vec<Vec<u8>> = Vec::with_capacity(read.len());
     for (path, file) in &read {
-        let bytes = decode_hex(&file.data)
+        let bytes = crate::hex::decode(&file.data)
             .ok_or_else(|| ShareError::Format { path: path.clone(), problem: "`data` is not hex".into() })?;
         if bytes.first() != Some(&file.share) || bytes.len() != read[0].1.data.len() / 2 {
             return Err(ShareError::Format { path: path.clone(), problem: "`data` does not fit its share".into() });
@@ -199,20 +199,6 @@ fn read_share(path: &Path) -> Result<ShareFile, ShareError> {
         return Err(ShareError::Format { path: path.to_owned(), problem: "its numbers do not fit together".into() });
     }
     Ok(file)
-}
-
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    let digits = text.as_bytes();
-    if !digits.len().is_multiple_of(2) {
-        return None;
-    }
-    digits
-        .chunks(2)
-        .map(|pair| {
-            let s = std::str::from_utf8(pair).ok()?;
-            u8::from_str_radix(s, 16).ok()
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 //!
 //! - [`config`]: `ladu.toml` and one rule file per source; used by every stage.
 //! - [`pseudonym`]: the key, keyed HMAC pseudonyms and personal-code checks (no I/O);
-//!   [`keyfile`] reads and writes the key file.
+//!   [`keyfile`] reads and writes the key file; [`custody`] loads the key from it or
+//!   through a PKCS#11 token; [`keyshares`] splits it into shares for backup.
 //! - [`ingest`]: deliveries → checked, pseudonymised Arrow batches → the warehouse.
 //! - [`warehouse`]: the Parquet layout, the manifest and atomic commits.
 //! - [`sql`]: read-only SQL over the committed warehouse, as a role, every statement audited.
@@ -23,6 +24,7 @@
 pub mod audit;
 pub mod check;
 pub mod config;
+pub mod custody;
 pub mod durable;
 pub mod hex;
 pub mod ingest;

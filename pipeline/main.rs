@@ -274,7 +274,7 @@ enum Command {
         #[command(subcommand)]
         action: AuditAction,
     },
-    /// Backup of the key: split it into shares, any threshold of which rebuild it.
+    /// The key's custody and backup: wrap it under a PKCS#11 token; split it into shares, any threshold of which rebuild it.
     Key {
         #[command(subcommand)]
         action: KeyAction,
@@ -292,13 +292,28 @@ enum KeyAction {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Rebuild a key from share files into a new key file, checking its fingerprint.
+    /// Rebuild a key from share files into a new key file (or, with --wrap, straight under the token of `[key]`), checking its fingerprint.
     Join {
         /// Share files (at least the threshold they name).
         #[arg(required = true)]
         shares: Vec<PathBuf>,
+        #[arg(long, required_unless_present = "wrap", conflicts_with = "wrap")]
+        out: Option<PathBuf>,
+        /// Encrypt the rebuilt key under the token of `[key]` into its `wrapped_key_file`; no plain key file is written.
         #[arg(long)]
-        out: PathBuf,
+        wrap: bool,
+    },
+    /// Encrypt a key under the PKCS#11 token of `[key]` into its `wrapped_key_file` (mode 0600); the plain key is never written.
+    Wrap {
+        /// A new random key, made in memory.
+        #[arg(long, conflicts_with = "from", required_unless_present = "from")]
+        new: bool,
+        /// The plain key file to wrap (remove it afterwards; keep shares of it offline).
+        #[arg(long, value_name = "FILE")]
+        from: Option<PathBuf>,
+        /// First make the wrapping key on the token: AES-256, sensitive, never extractable.
+        #[arg(long)]
+        create_wrapping_key: bool,
     },
 }
 
@@ -476,7 +491,7 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
     }
 }
 
-/// `ladu key split` and `ladu key join`: audited; an entry names files and the fingerprint, never a share.
+/// `ladu key split`, `join` and `wrap`: audited; an entry names files and the fingerprint, never a share.
 fn key(config: Option<&Path>, action: KeyAction) -> Result<Exit, Failed> {
     let settings = load_settings(config)?;
     let audit = AuditLog::new(&settings.paths.audit);
@@ -500,19 +515,71 @@ fn key(config: Option<&Path>, action: KeyAction) -> Result<Exit, Failed> {
                 "wrote {shares} shares; any {threshold} rebuild the key: keep them apart, each with its own keeper"
             );
         }
-        KeyAction::Join { shares, out } => {
+        KeyAction::Join { shares, out, wrap } => {
             let joined = ladu::keyshares::join(&shares).map_err(|e| (Exit::Config, e))?;
-            keyfile::write(&out, &joined.key).map_err(|e| (Exit::Config, e))?;
+            let out = match out {
+                Some(out) => {
+                    keyfile::write(&out, &joined.key).map_err(|e| (Exit::Config, e))?;
+                    out
+                }
+                None => {
+                    debug_assert!(wrap);
+                    let key = Key::from_secret(joined.key.clone()).map_err(|e| (Exit::Config, e))?;
+                    wrap_key(&settings, &key, false)?.wrapped_key_file
+                }
+            };
             fields.insert("action".into(), "join".into());
             fields.insert("fingerprint".into(), joined.fingerprint.clone().into());
             fields.insert("shares_given".into(), shares.len().into());
             fields.insert("threshold".into(), joined.threshold.into());
             fields.insert("out".into(), out.display().to_string().into());
+            fields.insert("wrapped".into(), wrap.into());
             audit.append("key", fields).map_err(|e| (Exit::Failure, e))?;
             eprintln!("rebuilt the key with fingerprint {} into {} (mode 0600)", joined.fingerprint, out.display());
         }
+        KeyAction::Wrap { new, from, create_wrapping_key } => {
+            let key = match &from {
+                Some(file) => keyfile::load(file).map_err(|e| (Exit::Config, e))?,
+                None => {
+                    debug_assert!(new);
+                    ladu::custody::new_key().map_err(|e| (Exit::Config, e))?
+                }
+            };
+            let done = wrap_key(&settings, &key, create_wrapping_key)?;
+            let custody = settings.key.as_ref().expect("wrap_key checked [key]");
+            fields.insert("action".into(), "wrap".into());
+            fields.insert("fingerprint".into(), done.fingerprint.clone().into());
+            fields.insert("from".into(), from.map_or_else(|| "new".to_owned(), |f| f.display().to_string()).into());
+            fields.insert("token".into(), custody.token.clone().into());
+            fields.insert("wrapping_key".into(), custody.wrapping_key.clone().into());
+            fields.insert("created_wrapping_key".into(), done.created_wrapping_key.into());
+            fields.insert("out".into(), done.wrapped_key_file.display().to_string().into());
+            audit.append("key", fields).map_err(|e| (Exit::Failure, e))?;
+            out!("{}", done.wrapped_key_file.display());
+            eprintln!(
+                "wrapped the key with fingerprint {} under `{}` of the token `{}`{}",
+                done.fingerprint,
+                custody.wrapping_key,
+                custody.token,
+                if done.created_wrapping_key { " (made now)" } else { "" }
+            );
+        }
     }
     Ok(Exit::Ok)
+}
+
+/// Wrap `key` under the token `[key]` configures, or say that none is configured.
+fn wrap_key(settings: &Settings, key: &Key, create: bool) -> Result<ladu::custody::WrapOutcome, Failed> {
+    let Some(custody) = &settings.key else {
+        return Err(Failed(
+            Exit::Config,
+            format!(
+                "{} has no `[key]` table: configure the PKCS#11 token first (README, \"Keeping the key in an HSM\")",
+                settings.file.display()
+            ),
+        ));
+    };
+    ladu::custody::wrap(custody, key, create).map_err(|e| (Exit::Config, e).into())
 }
 
 fn keygen(out: &Path) -> Result<Exit, Failed> {
@@ -783,7 +850,7 @@ fn check(config: Option<&Path>, skip_key: bool) -> Result<Exit, Failed> {
         out!("key not checked: --skip-key was given");
         (None, None)
     } else {
-        match keyfile::load(&settings.key_file) {
+        match ladu::custody::load(&settings) {
             Ok(k) => (Some(k), None),
             Err(e) => (None, Some(format!("{e}; the key was not checked (give --skip-key to check without it)"))),
         }
@@ -1168,6 +1235,9 @@ fn load_settings(flag: Option<&Path>) -> Result<Settings, Failed> {
 }
 
 fn load_key(settings: &Settings) -> Result<Key, Failed> {
+    if settings.key.is_some() {
+        return ladu::custody::load(settings).map_err(|e| (Exit::Config, e).into());
+    }
     match keyfile::load(&settings.key_file) {
         Err(KeyError::Missing { .. }) if settings.create_key_if_missing => {
             keyfile::generate(&settings.key_file).map_err(|e| (Exit::Config, e))?;

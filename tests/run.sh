@@ -3,7 +3,8 @@
 #
 # Installs, where missing: Debian's chromium (the open-data page in a real
 # browser), systemd-analyze (the systemd units), psql (`ladu serve` through a
-# real client) and openssl (the server's test certificates), with apt-get as root or
+# real client), openssl (the server's test certificates) and SoftHSM2 (the key kept
+# under a PKCS#11 token), with apt-get as root or
 # through sudo; and the Python virtualenv the tests cross-check against
 # (tests/python-env.sh). Then `cargo test`, with any arguments given here.
 set -euo pipefail
@@ -14,6 +15,7 @@ command -v chromium >/dev/null || [ -x /usr/bin/chromium ] || missing+=(chromium
 [ -x /usr/bin/systemd-analyze ] || missing+=(systemd)
 command -v psql >/dev/null || missing+=(postgresql-client)
 command -v openssl >/dev/null || missing+=(openssl)
+command -v softhsm2-util >/dev/null || missing+=(softhsm2)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=$([ "$(id -u)" = 0 ] || echo sudo)
   echo "tests/run.sh: installing ${missing[*]} with apt-get" >&2

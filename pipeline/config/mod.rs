@@ -99,7 +99,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[serde(deny_unknown_fields)]
 struct RawSettings {
     /// File holding the pseudonymisation key (hex). Never the key itself.
-    key_file: PathBuf,
+    /// Not needed when `[key]` keeps the key under a PKCS#11 token.
+    key_file: Option<PathBuf>,
+    /// The key wrapped under a PKCS#11 token, instead of in `key_file`.
+    #[serde(default)]
+    key: Option<RawKeyCustody>,
     /// Make a key at `key_file` when none exists (sample setups only).
     #[serde(default)]
     create_key_if_missing: bool,
@@ -123,6 +127,42 @@ struct RawSettings {
     /// `ladu serve`.
     #[serde(default)]
     serve: serve::RawServeSettings,
+}
+
+/// `[key]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeyCustody {
+    pkcs11_module: PathBuf,
+    token: String,
+    wrapping_key: String,
+    wrapped_key_file: PathBuf,
+    pin_file: Option<PathBuf>,
+    pin_env: Option<String>,
+}
+
+/// `[key]`: the warehouse key kept encrypted under a key that never leaves a PKCS#11 token.
+#[derive(Debug, Clone)]
+pub struct KeyCustody {
+    /// The token's PKCS#11 module (a shared library).
+    pub pkcs11_module: PathBuf,
+    /// The token's label.
+    pub token: String,
+    /// Label of the AES key on the token that encrypts the warehouse key.
+    pub wrapping_key: String,
+    /// The warehouse key, encrypted (`ladu key wrap` writes it).
+    pub wrapped_key_file: PathBuf,
+    /// Where the token's user PIN comes from: never the command line.
+    pub pin: PinSource,
+}
+
+/// Where a PIN is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PinSource {
+    /// A file of mode 0600 holding the PIN (one line).
+    File(PathBuf),
+    /// An environment variable.
+    Env(String),
 }
 
 /// `[release]` as written.
@@ -296,7 +336,10 @@ pub struct SqlSettings {
 pub struct Settings {
     /// The file it was read from.
     pub file: PathBuf,
+    /// The key file; with `[key]`, the wrapped key file.
     pub key_file: PathBuf,
+    /// `[key]`: the key is wrapped under a PKCS#11 token (`None`: in `key_file`).
+    pub key: Option<KeyCustody>,
     pub create_key_if_missing: bool,
     pub paths: Paths,
     pub ingest: IngestSettings,
@@ -432,6 +475,46 @@ impl Settings {
             problems.push("release.min_group_size: must be at least 2 (a group of 1 is a person)".to_owned());
         }
         let serve = raw.serve.resolve(&resolve, statement_timeout, &mut problems);
+        let key = raw.key.as_ref().map(|k| KeyCustody {
+            pkcs11_module: resolve(&k.pkcs11_module),
+            token: k.token.clone(),
+            wrapping_key: k.wrapping_key.clone(),
+            wrapped_key_file: resolve(&k.wrapped_key_file),
+            pin: match (&k.pin_file, &k.pin_env) {
+                (Some(f), None) => PinSource::File(resolve(f)),
+                (None, Some(v)) => PinSource::Env(v.clone()),
+                _ => {
+                    problems.push("key: give the token's PIN as either `pin_file` or `pin_env`".to_owned());
+                    PinSource::Env(String::new())
+                }
+            },
+        });
+        if let Some(k) = &raw.key {
+            if k.token.is_empty() || k.wrapping_key.is_empty() {
+                problems.push("key: `token` and `wrapping_key` name a token and a key on it".to_owned());
+            }
+            if raw.create_key_if_missing {
+                problems.push(
+                    "create_key_if_missing: not with `[key]`; make the key with `ladu key wrap --new`".to_owned(),
+                );
+            }
+        }
+        let key_file = match (&raw.key_file, &key) {
+            (Some(f), None) => resolve(f),
+            (None, Some(k)) => k.wrapped_key_file.clone(),
+            (Some(_), Some(k)) => {
+                problems.push(
+                    "key_file: not with `[key]`, which keeps the key wrapped under a token; remove one".to_owned(),
+                );
+                k.wrapped_key_file.clone()
+            }
+            (None, None) => {
+                problems.push(
+                    "key_file: missing: the file holding the key (or a `[key]` table for a PKCS#11 token)".to_owned(),
+                );
+                PathBuf::new()
+            }
+        };
         if !problems.is_empty() {
             return Err(Error::Invalid { path: path.to_owned(), problems });
         }
@@ -439,7 +522,8 @@ impl Settings {
         let sources = source::load_dir(&sources_dir)?;
         Ok(Settings {
             file: path.to_owned(),
-            key_file: resolve(&raw.key_file),
+            key_file,
+            key,
             create_key_if_missing: raw.create_key_if_missing,
             paths: Paths {
                 inbox: resolve(&raw.paths.inbox),
@@ -684,5 +768,37 @@ mod tests {
         .unwrap();
         let e = Settings::load(&p).unwrap_err().to_string();
         assert!(e.contains("ingest.zstd_level") && e.contains("ingest.row_group_rows"), "{e}");
+    }
+
+    #[test]
+    fn the_key_is_in_a_file_or_under_a_token_never_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ladu.toml");
+        std::fs::create_dir(dir.path().join("sources")).unwrap();
+        std::fs::copy(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/sources/population.toml"),
+            dir.path().join("sources/population.toml"),
+        )
+        .unwrap();
+        let paths = "[paths]\ninbox='i'\nwarehouse='w'\noutbox='o'\naudit='a'\nsite='s'\n";
+        let token = "[key]\npkcs11_module='/m.so'\ntoken='t'\nwrapping_key='k'\nwrapped_key_file='w.key'\n";
+        let load = |text: String| {
+            std::fs::write(&p, text).unwrap();
+            Settings::load(&p)
+        };
+        let s = load(format!("{paths}{token}pin_env='PIN'\n")).unwrap();
+        let k = s.key.unwrap();
+        assert_eq!((k.pin, s.key_file), (PinSource::Env("PIN".into()), dir.path().join("w.key")));
+        let s = load(format!("{paths}{token}pin_file='pin'\n")).unwrap();
+        assert_eq!(s.key.unwrap().pin, PinSource::File(dir.path().join("pin")));
+        for (text, says) in [
+            (format!("{paths}{token}"), "either `pin_file` or `pin_env`"),
+            (format!("{paths}{token}pin_env='P'\npin_file='f'\n"), "either `pin_file` or `pin_env`"),
+            (format!("key_file='k'\n{paths}{token}pin_env='P'\n"), "key_file: not with `[key]`"),
+            (paths.to_owned(), "key_file: missing"),
+        ] {
+            let e = load(text).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        }
     }
 }

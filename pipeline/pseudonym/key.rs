@@ -58,6 +58,14 @@ impl Key {
         Ok(Key { bytes })
     }
 
+    /// A key from its bytes (decrypted by a token), at least [`MIN_KEY_BYTES`] of them.
+    pub fn from_secret(bytes: Zeroizing<Vec<u8>>) -> Result<Key, KeyFormat> {
+        if bytes.len() < MIN_KEY_BYTES {
+            return Err(KeyFormat::TooShort(bytes.len()));
+        }
+        Ok(Key { bytes })
+    }
+
     /// A key from hex text (tests and tools; files go through [`crate::keyfile::load`]).
     pub fn from_hex(text: &str) -> Result<Key, KeyFormat> {
         Self::parse(text.as_bytes())

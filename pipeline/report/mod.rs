@@ -142,13 +142,21 @@ fn stored(
     let _ = writeln!(md, "## 1. What is stored\n");
     let _ = writeln!(
         md,
-        "The warehouse `{}` holds {} table(s) in {} Parquet file(s), {:.1} MiB. No column reaches it as delivered unless its rule keeps it: personal codes and record numbers arrive only as keyed pseudonyms, birth dates and ages only generalised, addresses only as the county, and names, phone numbers, IBANs and free text never. Pseudonyms are made with the key whose fingerprint is `{}`; the key is kept in `{}`, never in the configuration or any output.\n",
+        "The warehouse `{}` holds {} table(s) in {} Parquet file(s), {:.1} MiB. No column reaches it as delivered unless its rule keeps it: personal codes and record numbers arrive only as keyed pseudonyms, birth dates and ages only generalised, addresses only as the county, and names, phone numbers, IBANs and free text never. Pseudonyms are made with the key whose fingerprint is `{}`; {}, never in the configuration or any output.\n",
         settings.paths.warehouse.display(),
         manifest.tables.len(),
         files.len(),
         bytes as f64 / (1 << 20) as f64,
         manifest.key_fingerprint.as_deref().unwrap_or("(none yet)"),
-        settings.key_file.display(),
+        match &settings.key {
+            None => format!("the key is kept in the file `{}` (mode 0600)", settings.key_file.display()),
+            Some(k) => format!(
+                "the key is kept encrypted (AES-256-GCM) in `{}` under the key `{}` of the PKCS#11 token `{}`, which never leaves the token; the token decrypts it into memory when a command starts, and it is never written in the clear",
+                k.wrapped_key_file.display(),
+                k.wrapping_key,
+                k.token
+            ),
+        },
     );
     let session = Session::open_for(settings, audit.clone(), manifest.clone(), "ladu report")?;
     let readable: BTreeMap<String, sql::Kind> = session.catalog().map(|(n, k, _)| (n.to_owned(), k)).collect();

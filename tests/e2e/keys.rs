@@ -108,3 +108,185 @@ fn the_key_split_into_shares_is_rebuilt_from_any_threshold_of_them_and_audited()
         assert!(!audit.contains(data) && !audit.contains(&data[2..34]), "a share's data in the audit log");
     }
 }
+
+/// SoftHSM2's PKCS#11 module, where Debian puts it.
+const SOFTHSM_MODULES: [&str; 2] =
+    ["/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so"];
+
+/// A SoftHSM2 token labelled `ladu` (user PIN 5678) in the workspace, and its config file; `None` (loudly) without SoftHSM2.
+fn softhsm_token(ws: &Workspace) -> Option<(std::path::PathBuf, &'static str)> {
+    let module = SOFTHSM_MODULES.into_iter().find(|m| std::path::Path::new(m).exists());
+    let util = std::process::Command::new("softhsm2-util").arg("--version").output().is_ok_and(|o| o.status.success());
+    let (Some(module), true) = (module, util) else {
+        assert!(!in_ci(), "SoftHSM2 (Debian's softhsm2) is needed: tests/run.sh installs it");
+        eprintln!("SKIPPED: SoftHSM2 is not installed, so the key's custody in a PKCS#11 token was NOT tested");
+        return None;
+    };
+    let dir = ws.root().join("hsm");
+    std::fs::create_dir_all(dir.join("tokens")).unwrap();
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!("directories.tokendir = {}\nobjectstore.backend = file\n", dir.join("tokens").display()),
+    )
+    .unwrap();
+    let out = std::process::Command::new("softhsm2-util")
+        .args(["--init-token", "--free", "--label", "ladu", "--so-pin", "12345678", "--pin", "5678"])
+        .env("SOFTHSM2_CONF", &conf)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    Some((conf, module))
+}
+
+/// `ladu ARGS` with the token's configuration; requires exit `code`.
+fn with_token(
+    ws: &Workspace,
+    conf: &std::path::Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+    code: i32,
+) -> std::process::Output {
+    let out = ws.command(args).env("SOFTHSM2_CONF", conf).envs(env.iter().copied()).output().unwrap();
+    assert_eq!(out.status.code(), Some(code), "ladu {}: {}{}", args.join(" "), stdout(&out), stderr(&out));
+    out
+}
+
+/// Point the workspace's config at the token: `[key]` in place of `key_file`, with `pin` (a `pin_file = …` or `pin_env = …` line).
+fn use_token(ws: &Workspace, module: &str, token: &str, pin: &str) {
+    let text = std::fs::read_to_string(ws.config()).unwrap();
+    let body: String = text
+        .lines()
+        .filter(|l| !l.starts_with("key_file") && !l.starts_with("[key]"))
+        .take_while(|l| !l.starts_with("pkcs11_module"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(
+        ws.config(),
+        format!("{body}[key]\npkcs11_module = \"{module}\"\ntoken = \"{token}\"\nwrapping_key = \"ladu-kek\"\nwrapped_key_file = \"../key/ladu.key.wrapped\"\n{pin}\n"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_key_wrapped_under_a_pkcs11_token_is_used_and_never_written_in_the_clear() {
+    let ws = Workspace::new();
+    let Some((conf, module)) = softhsm_token(&ws) else { return };
+    let pin = ws.root().join("hsm/pin");
+    std::fs::write(&pin, "5678\n").unwrap();
+    std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let pin_line = format!("pin_file = \"{}\"", pin.display());
+    // The same deliveries under the plain key, for reference.
+    let plain = Workspace::new();
+    std::fs::copy(ws.root().join("key/ladu.key"), plain.root().join("key/ladu.key")).unwrap();
+    plain.sample(200, 5, &["--only", "population", "--only", "treatment_invoices"]);
+    plain.ok(&["ingest"]);
+    let want = plain.sql_rows(None, "SELECT person_id FROM treatment_invoices ORDER BY person_id, record_id");
+
+    use_token(&ws, module, "ladu", &pin_line);
+    let key_file = ws.root().join("key/ladu.key");
+    let hex = ws.key_hex().to_lowercase();
+    // No wrapping key on the token yet: said so.
+    let out = with_token(&ws, &conf, &[], &["key", "wrap", "--from", key_file.to_str().unwrap()], 3);
+    assert!(stderr(&out).contains("--create-wrapping-key"), "{}", stderr(&out));
+    let out =
+        with_token(&ws, &conf, &[], &["key", "wrap", "--from", key_file.to_str().unwrap(), "--create-wrapping-key"], 0);
+    let wrapped = ws.root().join("key/ladu.key.wrapped");
+    assert_eq!(stdout(&out).trim(), wrapped.display().to_string());
+    assert_eq!(std::fs::metadata(&wrapped).unwrap().permissions().mode() & 0o777, 0o600);
+    // Never overwritten, and the token's key is made once.
+    with_token(&ws, &conf, &[], &["key", "wrap", "--new"], 3);
+    std::fs::remove_file(&key_file).unwrap();
+
+    // Ingest and SQL work through the token; the pseudonyms are the plain key's.
+    ws.sample(200, 5, &["--only", "population", "--only", "treatment_invoices"]);
+    with_token(&ws, &conf, &[], &["ingest"], 0);
+    assert_eq!(ws.sql_rows(None, "SELECT person_id FROM treatment_invoices ORDER BY person_id, record_id"), want);
+    with_token(&ws, &conf, &[], &["check"], 0);
+    // Backup through the token: shares that rebuild the same key.
+    let shares = ws.root().join("shares");
+    let out = with_token(
+        &ws,
+        &conf,
+        &[],
+        &["key", "split", "--shares", "3", "--threshold", "2", "--out", shares.to_str().unwrap()],
+        0,
+    );
+    let files: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+    let rebuilt = std::env::temp_dir().join(format!("ladu-hsm-test-{}.key", std::process::id()));
+    with_token(&ws, &conf, &[], &["key", "join", &files[0], &files[2], "--out", rebuilt.to_str().unwrap()], 0);
+    assert_eq!(std::fs::read_to_string(&rebuilt).unwrap().trim(), hex);
+    std::fs::remove_file(&rebuilt).unwrap();
+    std::fs::remove_dir_all(&shares).unwrap();
+
+    // The key in the clear is nowhere on disk: not in the wrapped file, the token's files, the warehouse, the audit log.
+    let raw: Vec<u8> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+    for file in files_under(ws.root()) {
+        let bytes = std::fs::read(&file).unwrap();
+        let text = String::from_utf8_lossy(&bytes).to_lowercase();
+        assert!(!text.contains(&hex), "the key's hex in {}", file.display());
+        assert!(!bytes.windows(raw.len()).any(|w| w == raw.as_slice()), "the key's bytes in {}", file.display());
+    }
+    let wraps: Vec<_> =
+        ws.audit_entries().into_iter().filter(|e| e["kind"] == "key" && e["action"] == "wrap").collect();
+    assert_eq!(wraps.len(), 1);
+    assert_eq!(wraps[0]["created_wrapping_key"], true);
+
+    // A wrong PIN, a missing PIN, a missing token or module: each its own message, exit 3, nothing written.
+    let versions = ws.manifest_versions();
+    ws.sample(50, 6, &["--only", "population", "--date", "2024-04-07"]);
+    std::fs::write(&pin, "0000\n").unwrap();
+    let out = with_token(&ws, &conf, &[], &["ingest"], 3);
+    assert!(stderr(&out).contains("the token `ladu` refused the PIN"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("0000") && !stderr(&out).contains("5678"));
+    use_token(&ws, module, "ladu", "pin_env = \"LADU_TEST_PIN\"");
+    let out = with_token(&ws, &conf, &[], &["ingest"], 3);
+    assert!(stderr(&out).contains("LADU_TEST_PIN (`key.pin_env`) is not set"), "{}", stderr(&out));
+    use_token(&ws, module, "elsewhere", "pin_env = \"LADU_TEST_PIN\"");
+    let out = with_token(&ws, &conf, &[("LADU_TEST_PIN", "5678")], &["ingest"], 3);
+    assert!(
+        stderr(&out).contains("no token labelled `elsewhere`") && stderr(&out).contains("`ladu`"),
+        "{}",
+        stderr(&out)
+    );
+    use_token(&ws, "/nonexistent/libpkcs11.so", "ladu", "pin_env = \"LADU_TEST_PIN\"");
+    let out = with_token(&ws, &conf, &[("LADU_TEST_PIN", "5678")], &["ingest"], 3);
+    assert!(stderr(&out).contains("cannot load the PKCS#11 module"), "{}", stderr(&out));
+    assert_eq!(ws.manifest_versions(), versions);
+    // The right PIN from the environment: the waiting delivery goes in.
+    use_token(&ws, module, "ladu", "pin_env = \"LADU_TEST_PIN\"");
+    with_token(&ws, &conf, &[("LADU_TEST_PIN", "5678")], &["ingest"], 0);
+    assert_eq!(ws.manifest_versions().len(), versions.len() + 1);
+}
+
+#[test]
+fn a_new_key_is_made_in_memory_and_wrapped_and_the_config_refuses_half_a_custody() {
+    let ws = Workspace::new();
+    let Some((conf, module)) = softhsm_token(&ws) else { return };
+    use_token(&ws, module, "ladu", "pin_env = \"LADU_TEST_PIN\"");
+    let pin = [("LADU_TEST_PIN", "5678")];
+    with_token(&ws, &conf, &pin, &["key", "wrap", "--new", "--create-wrapping-key"], 0);
+    ws.sample(100, 8, &["--only", "population"]);
+    with_token(&ws, &conf, &pin, &["ingest"], 0);
+    let wrapped = std::fs::read_to_string(ws.root().join("key/ladu.key.wrapped")).unwrap();
+    let manifest = ws.warehouse().join("_ladu/manifest").join(ws.manifest_versions().pop().unwrap());
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(manifest).unwrap()).unwrap();
+    let fingerprint = manifest["key_fingerprint"].as_str().unwrap();
+    assert!(wrapped.contains(&format!("fingerprint = \"{fingerprint}\"")), "{wrapped}");
+    // A changed wrapped file is refused, not used.
+    let path = ws.root().join("key/ladu.key.wrapped");
+    let flipped: String = {
+        let (head, tail) = wrapped.split_once("ciphertext = \"").unwrap();
+        let first = if tail.starts_with('0') { '1' } else { '0' };
+        format!("{head}ciphertext = \"{first}{}", &tail[1..])
+    };
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, flipped).unwrap();
+    let out = with_token(&ws, &conf, &pin, &["ingest"], 3);
+    assert!(stderr(&out).contains("cannot decrypt"), "{}", stderr(&out));
+    // Both a key file and a token: refused.
+    let text = std::fs::read_to_string(ws.config()).unwrap();
+    std::fs::write(ws.config(), format!("key_file = \"../key/ladu.key\"\n{text}")).unwrap();
+    let out = with_token(&ws, &conf, &pin, &["ingest"], 3);
+    assert!(stderr(&out).contains("key_file: not with `[key]`"), "{}", stderr(&out));
+}
