@@ -103,6 +103,50 @@ fn nibble(c: u8) -> u8 {
     }
 }
 
+/// The key's generations, oldest first (DESIGN.md "Key generations"): the
+/// first makes each pseudonym, every later one over-encrypts it.
+#[derive(Debug)]
+pub struct Keys {
+    keys: Vec<Key>,
+}
+
+impl Keys {
+    /// One generation.
+    pub fn single(key: Key) -> Keys {
+        Keys { keys: vec![key] }
+    }
+
+    /// The first generation and the later ones, oldest first.
+    pub fn new(first: Key, later: Vec<Key>) -> Keys {
+        let mut keys = vec![first];
+        keys.extend(later);
+        Keys { keys }
+    }
+
+    pub fn first(&self) -> &Key {
+        &self.keys[0]
+    }
+
+    /// The newest generation: release pseudonyms are made with it.
+    pub fn newest(&self) -> &Key {
+        self.keys.last().expect("at least one generation")
+    }
+
+    pub fn all(&self) -> &[Key] {
+        &self.keys
+    }
+
+    /// Add a generation (a rekey).
+    pub fn push(&mut self, key: Key) {
+        self.keys.push(key);
+    }
+
+    /// Each generation's fingerprint, oldest first.
+    pub fn fingerprints(&self) -> Vec<String> {
+        self.keys.iter().map(super::fingerprint).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,3 +172,4 @@ mod tests {
         assert!(!format!("{key:?}").contains("c0ffee"));
     }
 }
+

@@ -17,7 +17,7 @@ use sha2::Sha256;
 use sha2::block_api::compress256;
 use zeroize::{Zeroize, Zeroizing};
 
-pub use key::{Key, KeyFormat};
+pub use key::{Key, KeyFormat, Keys};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -28,6 +28,10 @@ pub const PSEUDONYM_LEN: usize = 32;
 const DOMAIN: &str = "ladu:v1:";
 /// Start of the HMAC message of a release pseudonym.
 const RELEASE_DOMAIN: &str = "ladu:release:";
+/// Start of the HMAC message of a later key generation's over-encryption.
+const REKEY_DOMAIN: &str = "ladu:rekey:";
+/// The `kind` under which ladu's records of releases are over-encrypted.
+pub const RELEASE_KIND: &str = "release";
 
 /// A pseudonym as 32 lowercase hex characters, kept on the stack.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -66,6 +70,8 @@ pub struct Pseudonymiser {
     rest_len: usize,
     /// Bytes absorbed into `inner`: the key block and the prefix's whole blocks.
     absorbed: u64,
+    /// Later key generations: each over-encrypts the hex of the pseudonym before it.
+    then: Vec<Pseudonymiser>,
 }
 
 /// The HMAC midstates compute every pseudonym of their kind: wiped when dropped.
@@ -88,9 +94,31 @@ const SHA256_IV: [u32; 8] =
     [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
 
 impl Pseudonymiser {
-    /// Pseudonyms of identifiers of `kind`: `P(kind, id)`.
+    /// Pseudonyms of identifiers of `kind`: `P(kind, id)`, under one key.
     pub fn new(key: &Key, kind: &str) -> Self {
         Self::with_prefix(key, &[DOMAIN.as_bytes(), kind.as_bytes(), b":"].concat())
+    }
+
+    /// Pseudonyms of identifiers of `kind` under every generation of the key
+    /// (DESIGN.md "Key generations"): `P₁ = P(kind, id)` under the first, then
+    /// `Pₙ = hex(HMAC-SHA256(Kₙ, "ladu:rekey:" ‖ kind ‖ ":" ‖ Pₙ₋₁)[0..16])`.
+    pub fn chained(keys: &Keys, kind: &str) -> Self {
+        let mut first = Self::new(keys.first(), kind);
+        first.then = keys.all()[1..].iter().map(|k| Self::rekey(k, kind)).collect();
+        first
+    }
+
+    /// One generation's over-encryption of pseudonyms of `kind`: given `Pₙ₋₁`, `Pₙ`.
+    pub fn rekey(key: &Key, kind: &str) -> Self {
+        Self::with_prefix(key, &[REKEY_DOMAIN.as_bytes(), kind.as_bytes(), b":"].concat())
+    }
+
+    /// The chain of over-encryptions by `keys` (each in turn): given a pseudonym of generation `g`, that of `g + keys.len()`.
+    pub fn rekey_chain(keys: &[Key], kind: &str) -> Option<Self> {
+        let (first, rest) = keys.split_first()?;
+        let mut step = Self::rekey(first, kind);
+        step.then = rest.iter().map(|k| Self::rekey(k, kind)).collect();
+        Some(step)
     }
 
     /// Release pseudonyms for `recipient`: given a warehouse pseudonym `P`,
@@ -116,7 +144,7 @@ impl Pseudonymiser {
         }
         let mut rest = [0u8; 64];
         rest[..prefix.len() - whole].copy_from_slice(&prefix[whole..]);
-        Self { inner, outer, rest, rest_len: prefix.len() - whole, absorbed: 64 + whole as u64 }
+        Self { inner, outer, rest, rest_len: prefix.len() - whole, absorbed: 64 + whole as u64, then: Vec::new() }
     }
 
     /// The pseudonym of an already normalised identifier.
@@ -129,7 +157,20 @@ impl Pseudonymiser {
     /// The pseudonym's 16 bytes before hex encoding. Byte order and the
     /// order of the hex text agree, so these sort as the pseudonyms do; the
     /// ingest carries them raw and the warehouse writer encodes them.
-    fn digest(&self, id: &[u8]) -> [u8; PSEUDONYM_LEN / 2] {
+    pub fn digest(&self, id: &[u8]) -> [u8; PSEUDONYM_LEN / 2] {
+        self.over_encrypt(self.first_digest(id))
+    }
+
+    /// `digest` through the later generations.
+    fn over_encrypt(&self, mut digest: [u8; PSEUDONYM_LEN / 2]) -> [u8; PSEUDONYM_LEN / 2] {
+        for step in &self.then {
+            digest = step.first_digest(&crate::hex::encode16(&digest));
+        }
+        digest
+    }
+
+    /// This generation's digest alone.
+    fn first_digest(&self, id: &[u8]) -> [u8; PSEUDONYM_LEN / 2] {
         let mut state = self.inner;
         let mut block = self.rest;
         let mut fill = self.rest_len;
@@ -167,12 +208,15 @@ impl Pseudonymiser {
                         sha_ni::compress2([&mut ox, &mut oy], [&outer_block(&sx), &outer_block(&sy)]);
                         out.extend([truncated(&ox), truncated(&oy)]);
                     }
-                    _ => out.extend([self.digest(a), self.digest(b)]),
+                    _ => out.extend([self.first_digest(a), self.first_digest(b)]),
                 }
             }
             rest = pairs.remainder();
         }
-        out.extend(rest.iter().map(|id| self.digest(id.as_bytes())));
+        out.extend(rest.iter().map(|id| self.first_digest(id.as_bytes())));
+        if !self.then.is_empty() {
+            out.iter_mut().for_each(|d| *d = self.over_encrypt(*d));
+        }
         out
     }
 
@@ -403,6 +447,42 @@ mod tests {
         let mut out = [0u8; PSEUDONYM_LEN];
         crate::hex::encode_into(&digest[..PSEUDONYM_LEN / 2], &mut out);
         String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    /// A later generation over-encrypts the hex of the one before, through the `hmac` crate.
+    fn reference_rekey(k: &Key, kind: &str, p: &str) -> String {
+        let mut mac = k.hmac();
+        mac.update(format!("{REKEY_DOMAIN}{kind}:").as_bytes());
+        mac.update(p.as_bytes());
+        crate::hex::encode(&mac.finalize().into_bytes()[..PSEUDONYM_LEN / 2])
+    }
+
+    proptest! {
+        #[test]
+        fn generations_chain_as_the_design_says(
+            ids in proptest::collection::vec("[0-9A-Za-z ]{0,60}", 1..9),
+            generations in 1usize..4,
+        ) {
+            let hexes = [KEY_HEX.to_owned(), KEY_HEX.replace('0', "f"), KEY_HEX.replace('1', "e")];
+            let keys = Keys::new(key(&hexes[0]), hexes[1..generations].iter().map(|h| key(h)).collect());
+            let chained = Pseudonymiser::chained(&keys, "isikukood");
+            let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let digests = chained.digests(&refs);
+            for (id, digest) in ids.iter().zip(&digests) {
+                let mut want = reference(keys.first(), "isikukood", id.as_bytes());
+                for k in &keys.all()[1..] {
+                    want = reference_rekey(k, "isikukood", &want);
+                }
+                let made = chained.pseudonym(id.as_bytes());
+                prop_assert_eq!(made.as_str(), want.as_str());
+                prop_assert_eq!(crate::hex::encode(digest), want.clone());
+                // A warehouse of the first generation, over-encrypted, holds what a chained ingest makes.
+                let first = Pseudonymiser::new(keys.first(), "isikukood").pseudonym(id.as_bytes());
+                let rekeyed = Pseudonymiser::rekey_chain(&keys.all()[1..], "isikukood")
+                    .map_or_else(|| first.as_str().to_owned(), |r| r.pseudonym(first.as_str().as_bytes()).as_str().to_owned());
+                prop_assert_eq!(rekeyed, want);
+            }
+        }
     }
 
     #[test]
