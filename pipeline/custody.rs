@@ -25,7 +25,7 @@ use zeroize::Zeroizing;
 use crate::config::{KeyCustody, PinSource, Settings};
 use crate::durable::{Durable, Place};
 use crate::keyfile::{self, KeyError};
-use crate::pseudonym::{self, Key};
+use crate::pseudonym::{self, Key, Keys};
 
 /// The format of a wrapped key file.
 const FORMAT: &str = "ladu-wrapped-key-v1";
@@ -84,11 +84,18 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The key as configured: from `[key]`'s token when set, else from `key_file`.
-pub fn load(settings: &Settings) -> Result<Key> {
+/// The key's generations as configured: `key_file` (or `[key]`'s wrapped key) and `key_generations`.
+pub fn load(settings: &Settings) -> Result<Keys> {
+    let first = load_one(settings, &settings.key_file)?;
+    let later = settings.key_generations.iter().map(|p| load_one(settings, p)).collect::<Result<Vec<_>>>()?;
+    Ok(Keys::new(first, later))
+}
+
+/// One key file: plain, or with `[key]` wrapped under the token.
+pub fn load_one(settings: &Settings, path: &Path) -> Result<Key> {
     match &settings.key {
-        None => Ok(keyfile::load(&settings.key_file)?),
-        Some(custody) => unwrap(custody),
+        None => Ok(keyfile::load(path)?),
+        Some(custody) => unwrap(&KeyCustody { wrapped_key_file: path.to_owned(), ..custody.clone() }),
     }
 }
 

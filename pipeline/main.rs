@@ -10,7 +10,7 @@ use ladu::audit::AuditLog;
 use ladu::config::Settings;
 use ladu::ingest::{self, Outcome};
 use ladu::keyfile::{self, KeyError};
-use ladu::pseudonym::Key;
+use ladu::pseudonym::{Key, Keys};
 use ladu::sample_data;
 use ladu::sql;
 
@@ -291,6 +291,9 @@ enum KeyAction {
         threshold: usize,
         #[arg(long)]
         out: PathBuf,
+        /// Which generation of the key (1 = `key_file`; default the newest, after `ladu rekey`).
+        #[arg(long, value_name = "N")]
+        generation: Option<usize>,
     },
     /// Rebuild a key from share files into a new key file (or, with --wrap, straight under the token of `[key]`), checking its fingerprint.
     Join {
@@ -498,8 +501,12 @@ fn key(config: Option<&Path>, action: KeyAction) -> Result<Exit, Failed> {
     audit.check_appendable().map_err(|e| (Exit::Failure, e))?;
     let mut fields = serde_json::Map::new();
     match action {
-        KeyAction::Split { shares, threshold, out } => {
-            let key = load_key(&settings)?;
+        KeyAction::Split { shares, threshold, out, generation } => {
+            let keys = load_key(&settings)?;
+            let n = generation.unwrap_or(keys.all().len());
+            let Some(key) = n.checked_sub(1).and_then(|i| keys.all().get(i)) else {
+                return Err(Failed(Exit::Usage, format!("--generation {n}: the key has generations 1 to {}", keys.all().len())));
+            };
             let files = ladu::keyshares::split(&key, shares, threshold, &out).map_err(|e| (Exit::Config, e))?;
             fields.insert("action".into(), "split".into());
             fields.insert("fingerprint".into(), ladu::pseudonym::fingerprint(&key).into());
@@ -1234,22 +1241,20 @@ fn load_settings(flag: Option<&Path>) -> Result<Settings, Failed> {
     Settings::load(&path).map_err(|e| Failed(Exit::Config, e.to_string()))
 }
 
-fn load_key(settings: &Settings) -> Result<Key, Failed> {
-    if settings.key.is_some() {
-        return ladu::custody::load(settings).map_err(|e| (Exit::Config, e).into());
+/// The key's generations as configured; a sample setup's missing key file is made first.
+fn load_key(settings: &Settings) -> Result<Keys, Failed> {
+    if settings.key.is_none()
+        && settings.create_key_if_missing
+        && matches!(keyfile::load(&settings.key_file), Err(KeyError::Missing { .. }))
+    {
+        keyfile::generate(&settings.key_file).map_err(|e| (Exit::Config, e))?;
+        eprintln!(
+            "made a new key at {} because `create_key_if_missing = true` in {}",
+            settings.key_file.display(),
+            settings.file.display()
+        );
     }
-    match keyfile::load(&settings.key_file) {
-        Err(KeyError::Missing { .. }) if settings.create_key_if_missing => {
-            keyfile::generate(&settings.key_file).map_err(|e| (Exit::Config, e))?;
-            eprintln!(
-                "made a new key at {} because `create_key_if_missing = true` in {}",
-                settings.key_file.display(),
-                settings.file.display()
-            );
-            keyfile::load(&settings.key_file).map_err(|e| (Exit::Config, e).into())
-        }
-        other => other.map_err(|e| (Exit::Config, e).into()),
-    }
+    ladu::custody::load(settings).map_err(|e| (Exit::Config, e).into())
 }
 
 fn print_summary(summary: &ingest::Summary) {

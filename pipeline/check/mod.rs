@@ -8,7 +8,7 @@ use std::path::Path;
 
 use crate::audit::AuditLog;
 use crate::config::Settings;
-use crate::pseudonym::Key;
+use crate::pseudonym::Keys;
 use crate::warehouse::files::Standing;
 use crate::warehouse::manifest;
 use crate::warehouse::writer::hash_file;
@@ -22,7 +22,7 @@ pub struct Findings {
 }
 
 /// Check everything; `key` is checked against the warehouse when given.
-pub fn run(settings: &Settings, key: Option<&Key>, audit: &AuditLog) -> Findings {
+pub fn run(settings: &Settings, key: Option<&Keys>, audit: &AuditLog) -> Findings {
     let mut f = Findings::default();
     warehouse(&settings.paths.warehouse, key, &mut f);
     match crate::audit::verify(audit) {
@@ -34,32 +34,38 @@ pub fn run(settings: &Settings, key: Option<&Key>, audit: &AuditLog) -> Findings
     f
 }
 
-/// ladu's record of each delivered release, against the checksum its audit entry holds.
+/// ladu's record of each delivered release, against the checksum its audit entry (or its rekey's) holds.
 fn release_records(root: &Path, audit: &AuditLog, f: &mut Findings) {
-    let entries = match crate::release::record::account(audit, None) {
-        Ok(e) => e,
-        Err(e) => return f.problems.push(e.to_string()),
+    use crate::release::record;
+    let (entries, rekeys) = match (record::account(audit, None), record::rekeys(audit)) {
+        (Ok(e), Ok(r)) => (e, r),
+        (Err(e), _) | (_, Err(e)) => return f.problems.push(e.to_string()),
     };
+    let generations = manifest::load_latest(root).map(|m| m.generations()).unwrap_or_default();
     for entry in &entries {
-        if let Err(problem) = crate::release::record::checked_pseudonyms(root, entry) {
+        if let Err(problem) = record::checked_pseudonyms(root, entry, &rekeys, &generations) {
             f.problems.push(problem.to_string());
         }
     }
     f.checked.push(("records of releases to recipients".into(), entries.len() as u64));
 }
 
-fn warehouse(root: &Path, key: Option<&Key>, f: &mut Findings) {
+fn warehouse(root: &Path, key: Option<&Keys>, f: &mut Findings) {
     let m = match manifest::load_latest(root) {
         Ok(m) => m,
         Err(e) => return f.problems.push(e.to_string()),
     };
-    if let (Some(key), Some(expected)) = (key, &m.key_fingerprint) {
-        let given = crate::pseudonym::fingerprint(key);
-        if &given != expected {
-            f.problems.push(format!(
-                "the key's fingerprint {given} is not the warehouse's {expected}: this is not the key the warehouse was built with"
-            ));
-        }
+    if let Some(key) = key
+        && let Err(e) = crate::warehouse::check_generations(&m, &key.fingerprints())
+    {
+        f.problems.push(e.to_string());
+    }
+    if !m.key_generations.is_empty() && m.key_generations.last() != m.key_fingerprint.as_ref() {
+        f.problems.push(format!(
+            "the manifest's key generations {} do not end with its key fingerprint {}; restore `_ladu/manifest/` from backup",
+            m.key_generations.join(" → "),
+            m.key_fingerprint.as_deref().unwrap_or("(none)")
+        ));
     }
     let mut files = 0;
     for file in m.committed_files() {

@@ -104,6 +104,9 @@ struct RawSettings {
     /// The key wrapped under a PKCS#11 token, instead of in `key_file`.
     #[serde(default)]
     key: Option<RawKeyCustody>,
+    /// Later generations of the key (`ladu rekey`), oldest first: key files, or with `[key]` wrapped key files.
+    #[serde(default)]
+    key_generations: Vec<PathBuf>,
     /// Make a key at `key_file` when none exists (sample setups only).
     #[serde(default)]
     create_key_if_missing: bool,
@@ -340,6 +343,8 @@ pub struct Settings {
     pub key_file: PathBuf,
     /// `[key]`: the key is wrapped under a PKCS#11 token (`None`: in `key_file`).
     pub key: Option<KeyCustody>,
+    /// Later generations of the key, oldest first (files of the same kind as `key_file`).
+    pub key_generations: Vec<PathBuf>,
     pub create_key_if_missing: bool,
     pub paths: Paths,
     pub ingest: IngestSettings,
@@ -524,6 +529,7 @@ impl Settings {
             file: path.to_owned(),
             key_file,
             key,
+            key_generations: raw.key_generations.iter().map(|p| resolve(p)).collect(),
             create_key_if_missing: raw.create_key_if_missing,
             paths: Paths {
                 inbox: resolve(&raw.paths.inbox),

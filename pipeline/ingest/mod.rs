@@ -24,7 +24,7 @@ use serde_json::{Map, Value, json};
 
 use crate::audit::AuditLog;
 use crate::config::{Settings, SourceConfig};
-use crate::pseudonym::{self, Key};
+use crate::pseudonym::Keys;
 use crate::warehouse::writer::TableWriter;
 use crate::warehouse::{self, Delivery, Manifest, Transaction, Warehouse};
 use delivery::DeliveryFile;
@@ -103,14 +103,14 @@ impl Summary {
 }
 
 /// Ingest every new delivery (or the given files) and commit them together.
-pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, opts: &Options) -> Result<Summary> {
-    let fingerprint = pseudonym::fingerprint(key);
-    let mut wh = Warehouse::open_for_write(&settings.paths.warehouse, &fingerprint)?;
+pub fn run(settings: &Settings, key: &Keys, audit: &AuditLog, opts: &Options) -> Result<Summary> {
+    let fingerprints = key.fingerprints();
+    let mut wh = Warehouse::open_for_write(&settings.paths.warehouse, &fingerprints)?;
     audit_last_commit(wh.manifest(), audit)?;
     let (deliveries, mut results) = find_deliveries(settings, opts)?;
     let mut tx = wh.begin()?;
     let mut next: Manifest = wh.manifest().clone();
-    next.key_fingerprint = Some(fingerprint.clone());
+    next.set_generations(&fingerprints);
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     next.committed_at = now.clone();
     let outbox_err = |source| Error::Write { path: settings.paths.outbox.clone(), source };
@@ -434,7 +434,7 @@ fn ingest_delivery(
     source: &SourceConfig,
     d: &DeliveryFile,
     file: std::fs::File,
-    key: &Key,
+    key: &Keys,
     meta: RowMeta,
     tx: &mut Transaction,
     progress: bool,

@@ -22,7 +22,7 @@ use crate::config::source::{
     META_LINE, PartitionPart, RECORD_ID, SourceConfig, ValueType,
 };
 use crate::ingest::values;
-use crate::pseudonym::{Key, PSEUDONYM_LEN, Pseudonymiser, isikukood};
+use crate::pseudonym::{Keys, PSEUDONYM_LEN, Pseudonymiser, isikukood};
 use crate::warehouse::ColumnLayout;
 
 /// Precision and scale of money columns (euros and cents).
@@ -195,7 +195,7 @@ fn keep_type(ty: ValueType) -> DataType {
 impl Plan {
     /// Compile `source`'s rules for a delivery whose header is `header`.
     /// The caller has checked that header and config name the same columns.
-    pub fn new(source: &SourceConfig, header: &[String], key: &Key, meta: RowMeta) -> Plan {
+    pub fn new(source: &SourceConfig, header: &[String], key: &Keys, meta: RowMeta) -> Plan {
         let schema = output_schema(source);
         let index_of = |name: &str| header.iter().position(|h| h == name).expect("header checked against config");
         let out_index = |name: &str| schema.index_of(name).expect("schema built from config");
@@ -208,7 +208,7 @@ impl Plan {
                     Op::Keep { ty: *ty, values: values.clone().unwrap_or_default().into() }
                 }
                 ColumnRule::Pseudonymise { kind, .. } => Op::Pseudonymise {
-                    ps: Pseudonymiser::new(key, kind),
+                    ps: Pseudonymiser::chained(key, kind),
                     check: match kind.as_str() {
                         "isikukood" => IdCheck::Isikukood,
                         "worker_code" => IdCheck::WorkerCode,
@@ -735,8 +735,8 @@ mod tests {
         SourceConfig::load(&p).unwrap()
     }
 
-    fn key() -> Key {
-        Key::from_hex(&"00".repeat(32)).unwrap()
+    fn key() -> Keys {
+        Keys::single(crate::pseudonym::Key::from_hex(&"00".repeat(32)).unwrap())
     }
 
     const META: RowMeta = RowMeta { extract_date: 19_800, extract_seq: 0, commit: 1 };
@@ -774,10 +774,10 @@ mod tests {
         let (k, batch) = &p.batches[0];
         assert_eq!(*k, 202403);
         let person = hex_at(batch, plan.schema().index_of("person_id").unwrap(), 0);
-        let expected = Pseudonymiser::new(&key(), "isikukood").pseudonym(b"38001010009");
+        let expected = Pseudonymiser::new(key().first(), "isikukood").pseudonym(b"38001010009");
         assert_eq!(person, expected.as_str());
         let rid = hex_at(batch, 0, 0);
-        assert_eq!(rid, Pseudonymiser::new(&key(), "invoice_id").pseudonym(b"INV1").as_str());
+        assert_eq!(rid, Pseudonymiser::new(key().first(), "invoice_id").pseudonym(b"INV1").as_str());
         assert_eq!(batch.schema(), *plan.batch_schema());
         assert_eq!(plan.column_layout().pseudonyms, [0, plan.schema().index_of("person_id").unwrap()]);
         let amount = batch.column(plan.schema().index_of("amount").unwrap());

@@ -103,9 +103,15 @@ impl Pseudonymiser {
     /// (DESIGN.md "Key generations"): `P₁ = P(kind, id)` under the first, then
     /// `Pₙ = hex(HMAC-SHA256(Kₙ, "ladu:rekey:" ‖ kind ‖ ":" ‖ Pₙ₋₁)[0..16])`.
     pub fn chained(keys: &Keys, kind: &str) -> Self {
-        let mut first = Self::new(keys.first(), kind);
-        first.then = keys.all()[1..].iter().map(|k| Self::rekey(k, kind)).collect();
-        first
+        Self::generations(keys.all(), kind)
+    }
+
+    /// As [`Pseudonymiser::chained`], through the first `keys.len()` generations only.
+    pub fn generations(keys: &[Key], kind: &str) -> Self {
+        let (first, later) = keys.split_first().expect("at least one generation");
+        let mut p = Self::new(first, kind);
+        p.then = later.iter().map(|k| Self::rekey(k, kind)).collect();
+        p
     }
 
     /// One generation's over-encryption of pseudonyms of `kind`: given `Pₙ₋₁`, `Pₙ`.

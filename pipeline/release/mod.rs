@@ -28,7 +28,7 @@ use crate::audit::AuditLog;
 use crate::config::Settings;
 use crate::durable::{Durable, Place};
 use crate::pseudonym::isikukood::redact;
-use crate::pseudonym::{self, Key, Pseudonymiser};
+use crate::pseudonym::{Keys, Pseudonymiser};
 use crate::sql::{self, Session};
 use crate::warehouse::{manifest, writer::hash_file};
 use recipients::Recipient;
@@ -107,19 +107,23 @@ pub struct Released {
 }
 
 /// Run `request`'s query as the `release` role and write the release to its folder.
-pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, request: &Request) -> Result<Released> {
+pub fn run(settings: &Settings, key: &Keys, audit: &AuditLog, request: &Request) -> Result<Released> {
     let recipient = recipients::find(&settings.release.recipients_file, request.recipient)?;
     let query = read_query(request.query_file)?;
     check_out(request.out)?;
     let manifest = manifest::load_latest(&settings.paths.warehouse).map_err(sql::Error::from)?;
-    let given = pseudonym::fingerprint(key);
-    match &manifest.key_fingerprint {
-        None => return Err(Error::Empty),
-        Some(expected) if *expected != given => return Err(Error::WrongKey { expected: expected.clone(), given }),
-        Some(_) => {}
+    let expected = manifest.generations();
+    let generations = key.fingerprints();
+    if expected.is_empty() {
+        return Err(Error::Empty);
     }
+    if expected != generations {
+        return Err(Error::WrongKey { expected: expected.join(" → "), given: generations.join(" → ") });
+    }
+    // Release pseudonyms are made with the newest generation (a new domain after each rekey).
+    let given = generations.last().cloned().unwrap_or_default();
     let session =
-        Session::open_for_recipient(settings, audit.clone(), ROLE, Pseudonymiser::for_release(key, &recipient.id))?;
+        Session::open_for_recipient(settings, audit.clone(), ROLE, Pseudonymiser::for_release(key.newest(), &recipient.id))?;
     let staging = staging_dir(request.out);
     prepare_staging(&staging)?;
     let (id, record) = match record::allocate(&settings.paths.warehouse) {

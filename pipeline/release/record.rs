@@ -162,19 +162,71 @@ pub fn holds(path: &Path, pseudonym: &str) -> Result<bool, parquet::errors::Parq
     Ok(false)
 }
 
-/// The pseudonyms file of the release an audit entry names, once its
-/// checksum is found equal to the entry's; else what is wrong with it.
-pub fn checked_pseudonyms(warehouse: &Path, entry: &Value) -> Result<PathBuf, RecordError> {
+/// Audit entry kind of a key rotation (`ladu rekey`), which over-encrypts every record of a release.
+pub const REKEY_KIND: &str = "rekey";
+
+/// The record of release `id` over-encrypted to the key generation whose fingerprint is `generation`.
+pub fn rekeyed_file(warehouse: &Path, id: &str, generation: &str) -> PathBuf {
+    dir(warehouse).join(id).join(format!("pseudonyms-{generation}.parquet"))
+}
+
+/// A release's record as it stands, checked.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub path: PathBuf,
+    /// The key generation (index into the warehouse's) the release was made under.
+    pub made: usize,
+    /// The generation the record's pseudonyms are over-encrypted to (`made` when never rekeyed).
+    pub now: usize,
+}
+
+/// The record of the release an audit entry names, as it stands under the
+/// warehouse's key generations (`generations`, oldest first), once its
+/// checksum is found equal to the one the audit log holds for it (the
+/// release's entry, or the newest `rekey` entry of its generation, among
+/// `rekeys`); else what is wrong with it.
+pub fn checked_pseudonyms(
+    warehouse: &Path,
+    entry: &Value,
+    rekeys: &[Value],
+    generations: &[String],
+) -> Result<Checked, RecordError> {
     let id = entry.get("release").and_then(Value::as_str).unwrap_or_default().to_owned();
-    let path = dir(warehouse).join(&id).join(PSEUDONYMS_FILE);
+    let made_under = entry.get("key_fingerprint").and_then(Value::as_str).unwrap_or_default();
+    let made = match generations.iter().position(|g| g == made_under) {
+        Some(g) => g,
+        None if generations.len() <= 1 => 0,
+        None => {
+            return Err(RecordError::Generation { id, fingerprint: made_under.to_owned() });
+        }
+    };
+    let mut found = (dir(warehouse).join(&id).join(PSEUDONYMS_FILE), made, entry.get("record_sha256"));
+    for (now, generation) in generations.iter().enumerate().skip(made + 1).rev() {
+        let path = rekeyed_file(warehouse, &id, generation);
+        if path.exists() {
+            let sha = rekeys
+                .iter()
+                .rev()
+                .find(|r| r.get("generation").and_then(Value::as_str) == Some(generation.as_str()))
+                .and_then(|r| r.get("records")?.get(&id));
+            found = (path, now, sha);
+            break;
+        }
+    }
+    let (path, now, expected) = found;
     let (sha256, _) = match crate::warehouse::writer::hash_file(&path) {
         Ok(hashed) => hashed,
         Err(source) => return Err(RecordError::Unreadable { path, id, source }),
     };
-    if entry.get("record_sha256").and_then(Value::as_str) != Some(sha256.as_str()) {
+    if expected.and_then(Value::as_str) != Some(sha256.as_str()) {
         return Err(RecordError::Differs { path, id });
     }
-    Ok(path)
+    Ok(Checked { path, made, now })
+}
+
+/// Every `rekey` audit entry, oldest first.
+pub fn rekeys(audit: &AuditLog) -> crate::audit::Result<Vec<Value>> {
+    audit.select(&crate::audit::Filter { kind: Some(REKEY_KIND.to_owned()), from: None, to: None })
 }
 
 /// A column that mixes pseudonyms with other text, or embeds them in it.
@@ -196,6 +248,10 @@ pub enum RecordError {
     },
     #[error("{path}: the record of release {id} differs from the checksum in the audit log")]
     Differs { path: PathBuf, id: String },
+    #[error(
+        "the release {id} was made under the key with fingerprint {fingerprint}, which is not one of the warehouse's key generations"
+    )]
+    Generation { id: String, fingerprint: String },
     #[error("{path}: the record of release {id} cannot be searched: {source}")]
     Unsearchable {
         path: PathBuf,

@@ -21,7 +21,7 @@ use crate::audit::AuditLog;
 use crate::config::Settings;
 use crate::durable::{Durable, Place};
 use crate::ingest::{self, Outcome};
-use crate::pseudonym::Key;
+use crate::pseudonym::Keys;
 use crate::warehouse::META_DIR;
 use crate::{publish, stats};
 
@@ -80,7 +80,7 @@ fn failed(error: impl Into<Error>, report: Option<PathBuf>) -> Box<Failed> {
 }
 
 /// Run the nightly job; a step's failure is in the report (and the returned error), never lost.
-pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, progress: bool) -> Result<Report, Box<Failed>> {
+pub fn run(settings: &Settings, key: &Keys, audit: &AuditLog, progress: bool) -> Result<Report, Box<Failed>> {
     let lock = take_lock(&settings.paths.warehouse.join(META_DIR)).map_err(|e| failed(e, None))?;
     let started = chrono::Utc::now();
     let clock = Instant::now();

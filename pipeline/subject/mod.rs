@@ -20,7 +20,7 @@ use crate::audit::AuditLog;
 use crate::config::{ColumnRule, Settings};
 use crate::durable::{Durable, Place};
 use crate::pseudonym::isikukood;
-use crate::pseudonym::{self, Key, Pseudonymiser};
+use crate::pseudonym::{Keys, Pseudonymiser, RELEASE_KIND};
 use crate::release::record;
 use crate::sql::{self, Kind, Session};
 use crate::warehouse::manifest;
@@ -107,7 +107,7 @@ pub struct Answer {
 }
 
 /// Find everything held about the person whose code `request.code` gives, audit it, and write the JSON answer.
-pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, request: &Request) -> Result<Answer> {
+pub fn run(settings: &Settings, key: &Keys, audit: &AuditLog, request: &Request) -> Result<Answer> {
     let code = isikukood::normalise(request.code);
     if !isikukood::is_valid(code) {
         return Err(Error::InvalidCode);
@@ -117,13 +117,11 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, request: &Request) 
     {
         return Err(Error::OutExists { path: out.to_owned() });
     }
-    let pseudonym = Pseudonymiser::new(key, PERSON_KIND).pseudonym(code.as_bytes()).as_str().to_owned();
+    let pseudonym = Pseudonymiser::chained(key, PERSON_KIND).pseudonym(code.as_bytes()).as_str().to_owned();
     let manifest = manifest::load_latest(&settings.paths.warehouse).map_err(sql::Error::from)?;
-    let given = pseudonym::fingerprint(key);
-    if let Some(expected) = &manifest.key_fingerprint
-        && *expected != given
-    {
-        return Err(Error::WrongKey { expected: expected.clone(), given });
+    let (expected, given) = (manifest.generations(), key.fingerprints());
+    if !expected.is_empty() && expected != given {
+        return Err(Error::WrongKey { expected: expected.join(" → "), given: given.join(" → ") });
     }
     let version = manifest.version;
     let session = Session::open_for(settings, audit.clone(), manifest, "ladu subject")?;
@@ -146,7 +144,7 @@ pub fn run(settings: &Settings, key: &Key, audit: &AuditLog, request: &Request) 
         let (schema, batches) = session.collect(&statement)?;
         found.push(Rows { table: name, kind, description, searched, schema, batches });
     }
-    let releases = releases_holding(settings, key, audit, &pseudonym)?;
+    let releases = releases_holding(settings, key, audit, code)?;
     let mut answer = Answer {
         pseudonym,
         warehouse_version: version,
@@ -213,13 +211,25 @@ fn text_columns(schema: &SchemaRef) -> Vec<String> {
 }
 
 /// The delivered releases whose record holds the person's release pseudonym for their recipient.
-fn releases_holding(settings: &Settings, key: &Key, audit: &AuditLog, pseudonym: &str) -> Result<Vec<Value>> {
+///
+/// A release made under key generation `g` holds `R(r, P_g)` made with `K_g`;
+/// each later rekey over-encrypted ladu's record of it, so the person's
+/// pseudonym is taken through the same steps before it is looked up.
+fn releases_holding(settings: &Settings, key: &Keys, audit: &AuditLog, code: &str) -> Result<Vec<Value>> {
     let mut holding = Vec::new();
+    let rekeys = record::rekeys(audit)?;
+    let generations = key.fingerprints();
     for entry in record::account(audit, None)? {
         let recipient = entry.get("recipient").and_then(Value::as_str).unwrap_or_default();
         let id = entry.get("release").and_then(Value::as_str).unwrap_or_default().to_owned();
-        let path = record::checked_pseudonyms(&settings.paths.warehouse, &entry)?;
-        let theirs = Pseudonymiser::for_release(key, recipient).pseudonym(pseudonym.as_bytes());
+        let checked = record::checked_pseudonyms(&settings.paths.warehouse, &entry, &rekeys, &generations)?;
+        let path = checked.path;
+        let keys = key.all();
+        let then = Pseudonymiser::generations(&keys[..=checked.made], PERSON_KIND).pseudonym(code.as_bytes());
+        let mut theirs = Pseudonymiser::for_release(&keys[checked.made], recipient).pseudonym(then.as_str().as_bytes());
+        if let Some(steps) = Pseudonymiser::rekey_chain(&keys[checked.made + 1..=checked.now], RELEASE_KIND) {
+            theirs = steps.pseudonym(theirs.as_str().as_bytes());
+        }
         let holds = record::holds(&path, theirs.as_str()).map_err(|source| record::RecordError::Unsearchable {
             path: path.clone(),
             id: id.clone(),

@@ -131,8 +131,12 @@ pub struct Manifest {
     /// 0 for an empty warehouse.
     pub version: u64,
     pub committed_at: String,
-    /// Fingerprint of the key every pseudonym here was made with.
+    /// Fingerprint of the key every pseudonym here was made with: its newest generation.
     pub key_fingerprint: Option<String>,
+    /// Every generation's fingerprint, oldest first, once the key was rotated
+    /// (`ladu rekey`); empty while there is one generation, `key_fingerprint`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_generations: Vec<String>,
     pub tables: BTreeMap<String, Table>,
     pub deliveries: Vec<Delivery>,
     /// Files the version before named and this one does not (a statistic
@@ -145,6 +149,21 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The fingerprints of the key's generations, oldest first (none for a new warehouse).
+    pub fn generations(&self) -> Vec<String> {
+        match (&self.key_generations, &self.key_fingerprint) {
+            (g, _) if !g.is_empty() => g.clone(),
+            (_, Some(f)) => vec![f.clone()],
+            (_, None) => Vec::new(),
+        }
+    }
+
+    /// Record the key's generations (a new warehouse, or a rekey).
+    pub fn set_generations(&mut self, fingerprints: &[String]) {
+        self.key_fingerprint = fingerprints.last().cloned();
+        self.key_generations = if fingerprints.len() > 1 { fingerprints.to_vec() } else { Vec::new() };
+    }
+
     /// Is a delivery with these bytes already committed?
     pub fn has_delivery(&self, sha256: &str) -> bool {
         self.deliveries.iter().any(|d| d.sha256 == sha256)

@@ -80,7 +80,7 @@ pub enum Error {
     #[error("another writer committed manifest version {version} first; run again")]
     Conflict { version: u64 },
     #[error(
-        "the key's fingerprint {given} differs from the warehouse's {expected}: this is not the key the warehouse was built with; nothing was written"
+        "the key's fingerprint {given} differs from the warehouse's {expected}: this is not the key the warehouse was built with (after `ladu rekey`, list the new key in `key_generations`); nothing was written"
     )]
     WrongKey { expected: String, given: String },
     #[error("cannot read the committed file {path}: {source}; run `ladu check` and restore what it names from backup")]
@@ -122,6 +122,15 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     crate::durable::sync_dir(dir).map_err(io(dir))
 }
 
+/// Refuse key generations whose fingerprints are not the warehouse's (a new warehouse takes any).
+pub fn check_generations(manifest: &Manifest, fingerprints: &[String]) -> Result<()> {
+    let expected = manifest.generations();
+    if expected.is_empty() || expected == fingerprints {
+        return Ok(());
+    }
+    Err(Error::WrongKey { expected: expected.join(" → "), given: fingerprints.join(" → ") })
+}
+
 /// A warehouse opened for writing: holds the writer lock until dropped.
 #[derive(Debug)]
 pub struct Warehouse {
@@ -131,10 +140,10 @@ pub struct Warehouse {
 }
 
 impl Warehouse {
-    /// Take the writer lock, load the manifest, refuse a key with another
-    /// fingerprint, then recover from any crashed run.
-    pub fn open_for_write(root: &Path, fingerprint: &str) -> Result<Warehouse> {
-        Self::open(root, Some(fingerprint))
+    /// Take the writer lock, load the manifest, refuse a key whose
+    /// generations' fingerprints are not the warehouse's, then recover from any crashed run.
+    pub fn open_for_write(root: &Path, fingerprints: &[String]) -> Result<Warehouse> {
+        Self::open(root, Some(fingerprints))
     }
 
     /// As [`Warehouse::open_for_write`], for commits of tables computed from
@@ -143,7 +152,7 @@ impl Warehouse {
         Self::open(root, None)
     }
 
-    fn open(root: &Path, fingerprint: Option<&str>) -> Result<Warehouse> {
+    fn open(root: &Path, fingerprints: Option<&[String]>) -> Result<Warehouse> {
         let meta = root.join(META_DIR);
         std::fs::create_dir_all(&meta).map_err(io(&meta))?;
         let lock_path = meta.join("lock");
@@ -152,8 +161,8 @@ impl Warehouse {
         };
         let manifest = manifest::load_latest(root)?;
         let wh = Warehouse { root: root.to_owned(), manifest, _lock: lock };
-        if let Some(fingerprint) = fingerprint {
-            wh.check_fingerprint(fingerprint)?;
+        if let Some(fingerprints) = fingerprints {
+            check_generations(&wh.manifest, fingerprints)?;
         }
         wh.recover()?;
         Ok(wh)
@@ -161,16 +170,6 @@ impl Warehouse {
 
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
-    }
-
-    /// Refuse a key whose fingerprint is not the warehouse's.
-    fn check_fingerprint(&self, fingerprint: &str) -> Result<()> {
-        match &self.manifest.key_fingerprint {
-            Some(expected) if expected != fingerprint => {
-                Err(Error::WrongKey { expected: expected.clone(), given: fingerprint.to_owned() })
-            }
-            _ => Ok(()),
-        }
     }
 
     /// Remove what runs that died before their commit left, and finish removing what the newest version replaced.
@@ -342,8 +341,8 @@ mod tests {
     #[test]
     fn a_second_writer_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let _a = Warehouse::open_for_write(dir.path(), "aaaa").unwrap();
-        assert!(matches!(Warehouse::open_for_write(dir.path(), "aaaa"), Err(Error::Locked { .. })));
+        let _a = Warehouse::open_for_write(dir.path(), &["aaaa".to_owned()]).unwrap();
+        assert!(matches!(Warehouse::open_for_write(dir.path(), &["aaaa".to_owned()]), Err(Error::Locked { .. })));
     }
 
     /// Stage and commit one file of table `t` with `body`; returns its path.
@@ -379,14 +378,14 @@ mod tests {
         std::fs::write(root.join(moved), b"x").unwrap();
         files::write_intent(root, 1, &[moved]).unwrap();
         assert_eq!(manifest::load_latest(root).unwrap().version, 0, "the leftover does not make it damaged");
-        let wh = Warehouse::open_for_write(root, "aaaa").unwrap();
+        let wh = Warehouse::open_for_write(root, &["aaaa".to_owned()]).unwrap();
         assert!(!root.join(moved).exists());
         assert!(!root.join("_ladu/staging").exists());
         drop(wh);
         // A file no intent lists, in a warehouse without a manifest: damaged, and kept.
         let lost = root.join("t/year=2024/part-0000000004-000000.parquet");
         std::fs::write(&lost, b"x").unwrap();
-        match Warehouse::open_for_write(root, "aaaa") {
+        match Warehouse::open_for_write(root, &["aaaa".to_owned()]) {
             Err(Error::NoManifest { files: 1, .. }) => {}
             other => panic!("expected NoManifest, got {other:?}"),
         }
@@ -398,7 +397,7 @@ mod tests {
     fn replaced_files_go_once_the_new_version_is_durable_and_unaccounted_ones_stay() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        let mut wh = Warehouse::open_for_write(root, "aaaa").unwrap();
+        let mut wh = Warehouse::open_for_write(root, &["aaaa".to_owned()]).unwrap();
         let base = Manifest { key_fingerprint: Some("aaaa".into()), ..Default::default() };
         let first = commit_file(&mut wh, "stats/s", b"1", &base);
         let next = wh.manifest().clone();
@@ -410,7 +409,7 @@ mod tests {
         // A file of an older version that no manifest accounts for is not ladu's to remove.
         let odd = root.join("stats/s/part-0000000001-000007.parquet");
         std::fs::write(&odd, b"?").unwrap();
-        let wh = Warehouse::open_for_write(root, "aaaa").unwrap();
+        let wh = Warehouse::open_for_write(root, &["aaaa".to_owned()]).unwrap();
         assert!(odd.exists());
         let unnamed = files::unnamed(root, wh.manifest()).unwrap();
         assert_eq!(unnamed, [("stats/s/part-0000000001-000007.parquet".to_owned(), files::Standing::Unaccounted)]);
@@ -419,13 +418,13 @@ mod tests {
     #[test]
     fn wrong_fingerprint_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let mut wh = Warehouse::open_for_write(dir.path(), "aaaa").unwrap();
+        let mut wh = Warehouse::open_for_write(dir.path(), &["aaaa".to_owned()]).unwrap();
         let tx = wh.begin().unwrap();
         let m = Manifest { key_fingerprint: Some("aaaa".into()), ..Default::default() };
         wh.commit(tx, m).unwrap();
         drop(wh);
-        let wh = Warehouse::open_for_write(dir.path(), "aaaa").unwrap();
+        let wh = Warehouse::open_for_write(dir.path(), &["aaaa".to_owned()]).unwrap();
         drop(wh);
-        assert!(matches!(Warehouse::open_for_write(dir.path(), "bbbb"), Err(Error::WrongKey { .. })));
+        assert!(matches!(Warehouse::open_for_write(dir.path(), &["bbbb".to_owned()]), Err(Error::WrongKey { .. })));
     }
 }

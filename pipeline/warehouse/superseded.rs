@@ -801,7 +801,7 @@ mod tests {
         fn recorded_versions_agree_with_a_full_recompute(steps in prop::collection::vec(step(), 1..8)) {
             let dir = tempfile::tempdir().unwrap();
             let root = dir.path();
-            let mut wh = Warehouse::open_for_write(root, "aaaa").unwrap();
+            let mut wh = Warehouse::open_for_write(root, &["aaaa".to_owned()]).unwrap();
             let mut all: Vec<(String, Lineage)> = Vec::new();
             let mut seq = 0;
             for s in &steps {
@@ -824,7 +824,7 @@ mod tests {
                             m["tables"]["t"].as_object_mut().unwrap().remove("versions");
                             std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
                         }
-                        wh = Warehouse::open_for_write(root, "aaaa").unwrap();
+                        wh = Warehouse::open_for_write(root, &["aaaa".to_owned()]).unwrap();
                         continue;
                     }
                 }
@@ -880,7 +880,7 @@ mod tests {
     #[test]
     fn the_writer_writes_a_bloom_filter_on_record_id_and_a_commit_prunes_with_it() {
         let dir = tempfile::tempdir().unwrap();
-        let mut wh = Warehouse::open_for_write(dir.path(), "aaaa").unwrap();
+        let mut wh = Warehouse::open_for_write(dir.path(), &["aaaa".to_owned()]).unwrap();
         let mut seq = 0;
         let first: Vec<(u8, bool)> = (0..IDS).map(|i| (i, false)).collect();
         commit(&mut wh, &[Delivery { date: 1, rows: first, refused: false }], &mut seq);
