@@ -191,6 +191,12 @@ enum Command {
         #[arg(long, value_name = "DATE", requires = "dry_run")]
         as_of: Option<chrono::NaiveDate>,
     },
+    /// Rotate the key: over-encrypt every pseudonym of the warehouse (and ladu's records of releases) under a new key generation, in one commit.
+    Rekey {
+        /// The new generation: a key file from `ladu keygen` (with `[key]`, a wrapped key file from `ladu key wrap --out`).
+        #[arg(long, value_name = "FILE")]
+        new_key: PathBuf,
+    },
     /// Compute the statistics of queries/statistics/ into the warehouse (tables `stats_<name>`).
     Stats {
         /// Only these statistics (repeatable); by default all.
@@ -317,6 +323,9 @@ enum KeyAction {
         /// First make the wrapping key on the token: AES-256, sensitive, never extractable.
         #[arg(long)]
         create_wrapping_key: bool,
+        /// Write here instead of `key.wrapped_key_file` (a new generation for `ladu rekey`).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
 }
 
@@ -478,6 +487,7 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
         Command::Stats { only } => stats(config, &only, progress),
         Command::Compact { table } => compact(config, table.as_deref()),
         Command::Expire { table, dry_run, as_of } => expire(config, table.as_deref(), dry_run, as_of),
+        Command::Rekey { new_key } => rekey(config, &new_key),
         Command::Publish => publish(config, progress),
         Command::Release { recipient, query, out, request_id, accept_risk } => {
             release(config, &recipient, &query, &out, request_id.as_deref(), accept_risk.as_deref())
@@ -505,11 +515,14 @@ fn key(config: Option<&Path>, action: KeyAction) -> Result<Exit, Failed> {
             let keys = load_key(&settings)?;
             let n = generation.unwrap_or(keys.all().len());
             let Some(key) = n.checked_sub(1).and_then(|i| keys.all().get(i)) else {
-                return Err(Failed(Exit::Usage, format!("--generation {n}: the key has generations 1 to {}", keys.all().len())));
+                return Err(Failed(
+                    Exit::Usage,
+                    format!("--generation {n}: the key has generations 1 to {}", keys.all().len()),
+                ));
             };
-            let files = ladu::keyshares::split(&key, shares, threshold, &out).map_err(|e| (Exit::Config, e))?;
+            let files = ladu::keyshares::split(key, shares, threshold, &out).map_err(|e| (Exit::Config, e))?;
             fields.insert("action".into(), "split".into());
-            fields.insert("fingerprint".into(), ladu::pseudonym::fingerprint(&key).into());
+            fields.insert("fingerprint".into(), ladu::pseudonym::fingerprint(key).into());
             fields.insert("shares".into(), shares.into());
             fields.insert("threshold".into(), threshold.into());
             let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
@@ -532,7 +545,7 @@ fn key(config: Option<&Path>, action: KeyAction) -> Result<Exit, Failed> {
                 None => {
                     debug_assert!(wrap);
                     let key = Key::from_secret(joined.key.clone()).map_err(|e| (Exit::Config, e))?;
-                    wrap_key(&settings, &key, false)?.wrapped_key_file
+                    wrap_key(&settings, &key, false, None)?.wrapped_key_file
                 }
             };
             fields.insert("action".into(), "join".into());
@@ -544,7 +557,7 @@ fn key(config: Option<&Path>, action: KeyAction) -> Result<Exit, Failed> {
             audit.append("key", fields).map_err(|e| (Exit::Failure, e))?;
             eprintln!("rebuilt the key with fingerprint {} into {} (mode 0600)", joined.fingerprint, out.display());
         }
-        KeyAction::Wrap { new, from, create_wrapping_key } => {
+        KeyAction::Wrap { new, from, create_wrapping_key, out } => {
             let key = match &from {
                 Some(file) => keyfile::load(file).map_err(|e| (Exit::Config, e))?,
                 None => {
@@ -552,7 +565,7 @@ fn key(config: Option<&Path>, action: KeyAction) -> Result<Exit, Failed> {
                     ladu::custody::new_key().map_err(|e| (Exit::Config, e))?
                 }
             };
-            let done = wrap_key(&settings, &key, create_wrapping_key)?;
+            let done = wrap_key(&settings, &key, create_wrapping_key, out.as_deref())?;
             let custody = settings.key.as_ref().expect("wrap_key checked [key]");
             fields.insert("action".into(), "wrap".into());
             fields.insert("fingerprint".into(), done.fingerprint.clone().into());
@@ -576,7 +589,12 @@ fn key(config: Option<&Path>, action: KeyAction) -> Result<Exit, Failed> {
 }
 
 /// Wrap `key` under the token `[key]` configures, or say that none is configured.
-fn wrap_key(settings: &Settings, key: &Key, create: bool) -> Result<ladu::custody::WrapOutcome, Failed> {
+fn wrap_key(
+    settings: &Settings,
+    key: &Key,
+    create: bool,
+    out: Option<&Path>,
+) -> Result<ladu::custody::WrapOutcome, Failed> {
     let Some(custody) = &settings.key else {
         return Err(Failed(
             Exit::Config,
@@ -586,7 +604,11 @@ fn wrap_key(settings: &Settings, key: &Key, create: bool) -> Result<ladu::custod
             ),
         ));
     };
-    ladu::custody::wrap(custody, key, create).map_err(|e| (Exit::Config, e).into())
+    let mut custody = custody.clone();
+    if let Some(out) = out {
+        custody.wrapped_key_file = out.to_owned();
+    }
+    ladu::custody::wrap(&custody, key, create).map_err(|e| (Exit::Config, e).into())
 }
 
 fn keygen(out: &Path) -> Result<Exit, Failed> {
@@ -969,6 +991,40 @@ fn expire(
         None if dry_run => out!("dry run: nothing removed"),
         None => out!("nothing past its retention period"),
     }
+    Ok(Exit::Ok)
+}
+
+fn rekey(config: Option<&Path>, new_key: &Path) -> Result<Exit, Failed> {
+    use ladu::run::rekey::Error as E;
+    let settings = load_settings(config)?;
+    let audit = AuditLog::new(&settings.paths.audit);
+    let keys = load_key(&settings)?;
+    let new = ladu::custody::load_one(&settings, new_key).map_err(|e| (Exit::Config, e))?;
+    let outcome = ladu::run::rekey::run(&settings, &audit, &keys, new).map_err(|e| {
+        let code = match &e {
+            E::SameKey { .. } | E::Empty | E::Warehouse(ladu::warehouse::Error::UnknownTable { .. }) => Exit::Config,
+            E::Warehouse(w) => warehouse_exit(w),
+            _ => Exit::Failure,
+        };
+        (code, e)
+    })?;
+    for r in &outcome.rekeyed {
+        out!("{}: {} rows in {} files, columns {}", r.table, r.rows, r.files, r.columns.join(", "));
+    }
+    for d in &outcome.dropped {
+        out!("{d}: held pseudonyms; computed again");
+    }
+    out!("records of releases over-encrypted: {}", outcome.records.len());
+    out!("committed warehouse version {}: key generations {}", outcome.commit, outcome.generations.join(" → "));
+    let summary = ladu::stats::run(&settings, &audit, &[], false).map_err(|e| (stats_exit(&e), e))?;
+    if let Some(v) = summary.commit {
+        out!("statistics recomputed: committed warehouse version {v}");
+    }
+    eprintln!(
+        "now list {} last in `key_generations` of {}: until then, ingest, release and subject access refuse the configured key",
+        new_key.display(),
+        settings.file.display()
+    );
     Ok(Exit::Ok)
 }
 

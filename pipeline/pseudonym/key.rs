@@ -172,4 +172,3 @@ mod tests {
         assert!(!format!("{key:?}").contains("c0ffee"));
     }
 }
-

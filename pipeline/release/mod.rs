@@ -122,8 +122,12 @@ pub fn run(settings: &Settings, key: &Keys, audit: &AuditLog, request: &Request)
     }
     // Release pseudonyms are made with the newest generation (a new domain after each rekey).
     let given = generations.last().cloned().unwrap_or_default();
-    let session =
-        Session::open_for_recipient(settings, audit.clone(), ROLE, Pseudonymiser::for_release(key.newest(), &recipient.id))?;
+    let session = Session::open_for_recipient(
+        settings,
+        audit.clone(),
+        ROLE,
+        Pseudonymiser::for_release(key.newest(), &recipient.id),
+    )?;
     let staging = staging_dir(request.out);
     prepare_staging(&staging)?;
     let (id, record) = match record::allocate(&settings.paths.warehouse) {

@@ -18,7 +18,7 @@ use crate::audit::AuditLog;
 use crate::warehouse::META_DIR;
 
 /// Folder of release records under the warehouse's `_ladu/`.
-pub const DIR: &str = "releases";
+pub const DIR: &str = crate::warehouse::files::RELEASES;
 /// The release pseudonyms a release held.
 pub const PSEUDONYMS_FILE: &str = "pseudonyms.parquet";
 /// Audit entry kind of a release.
@@ -143,6 +143,26 @@ pub fn write_pseudonyms(path: &Path, values: &[u128]) -> Result<(), parquet::err
     writer.close()?;
     synced.sync_all()?;
     Ok(())
+}
+
+/// Every release pseudonym of the pseudonyms file at `path`, as numbers.
+pub fn read_pseudonyms(path: &Path) -> Result<Vec<u128>, parquet::errors::ParquetError> {
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(path)?)?.build()?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch?;
+        let values = batch.column(0).as_fixed_size_binary_opt().ok_or_else(|| {
+            parquet::errors::ParquetError::General("it does not hold 16-byte release pseudonyms".into())
+        })?;
+        for i in 0..values.len() {
+            let bytes: [u8; 16] = values
+                .value(i)
+                .try_into()
+                .map_err(|_| parquet::errors::ParquetError::General("a release pseudonym is not 16 bytes".into()))?;
+            out.push(u128::from_be_bytes(bytes));
+        }
+    }
+    Ok(out)
 }
 
 /// Does the pseudonyms file at `path` hold `pseudonym`?

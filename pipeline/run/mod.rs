@@ -8,6 +8,7 @@
 
 pub mod compact;
 pub mod expire;
+pub mod rekey;
 pub mod retention;
 
 use std::fs::File;

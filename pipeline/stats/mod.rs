@@ -95,9 +95,15 @@ pub fn run(settings: &Settings, audit: &AuditLog, only: &[String], progress: boo
     let mut wh = Warehouse::open_for_derived_write(&settings.paths.warehouse)?;
     let base = wh.manifest().clone();
     // The version of the newest data: statistics computed from it are current.
-    // The data changes with each delivery, and with each removal of rows past their period.
-    let data_version =
-        base.deliveries.iter().map(|d| d.commit).chain(base.expired.iter().map(|e| e.commit)).max().unwrap_or(0);
+    // The data changes with each delivery, each removal of rows past their period, and each rotation of the key.
+    let data_version = base
+        .deliveries
+        .iter()
+        .map(|d| d.commit)
+        .chain(base.expired.iter().map(|e| e.commit))
+        .chain(base.rekeys.iter().map(|r| r.commit))
+        .max()
+        .unwrap_or(0);
     let session = Session::open_for(settings, audit.clone(), base.clone(), "ladu stats")?;
     let mut tx = wh.begin()?;
     let mut next = base.clone();

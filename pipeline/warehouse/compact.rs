@@ -176,8 +176,12 @@ fn merge_records(
 
 /// The partition levels of a table, if ladu knows them all.
 pub(crate) fn partition_parts(table: &Table) -> Option<Vec<PartitionPart>> {
-    table
-        .partition_columns
+    partition_parts_of(&table.partition_columns)
+}
+
+/// The partition levels named by folder columns, if ladu knows them all.
+pub(crate) fn partition_parts_of(columns: &[String]) -> Option<Vec<PartitionPart>> {
+    columns
         .iter()
         .map(|c| match c.as_str() {
             "year" => Some(PartitionPart::Year),

@@ -184,6 +184,42 @@ pub fn recover(root: &Path, m: &Manifest) -> Result<()> {
             }
         }
     }
+    tidy_release_records(root, &m.generations())
+}
+
+/// Folder of ladu's records of releases to recipients, under `_ladu/`.
+pub const RELEASES: &str = "releases";
+
+/// The generation a record of a release's pseudonyms was over-encrypted to, from its name `pseudonyms-<fingerprint>.parquet`.
+fn record_generation(name: &str) -> Option<&str> {
+    name.strip_prefix("pseudonyms-")?.strip_suffix(".parquet")
+}
+
+/// Remove the records of releases a rekey left behind: once a release's
+/// record over-encrypted to a generation the manifest lists is in place,
+/// every older one (which an older key alone could search), and any made by
+/// a rekey that never committed.
+pub fn tidy_release_records(root: &Path, generations: &[String]) -> Result<()> {
+    let Ok(releases) = std::fs::read_dir(root.join(META_DIR).join(RELEASES)) else { return Ok(()) };
+    for release in releases.flatten() {
+        let Ok(files) = std::fs::read_dir(release.path()) else { continue };
+        let names: Vec<String> = files.flatten().map(|f| f.file_name().to_string_lossy().into_owned()).collect();
+        let rank = |n: &str| record_generation(n).and_then(|g| generations.iter().position(|x| x == g));
+        let newest = names.iter().filter_map(|n| rank(n)).max();
+        for name in &names {
+            let stale = match (record_generation(name), newest) {
+                (Some(_), _) if rank(name).is_none() => true,
+                (Some(_), Some(h)) => rank(name) < Some(h),
+                (None, Some(_)) => name == "pseudonyms.parquet",
+                (Some(_), None) | (None, None) => false,
+            };
+            if stale {
+                let path = release.path().join(name);
+                tracing::info!(file = %path.display(), "removing a record of a release's pseudonyms under an older key generation");
+                remove(&path)?;
+            }
+        }
+    }
     Ok(())
 }
 

@@ -146,6 +146,18 @@ pub struct Manifest {
     /// Rows removed at the end of their retention period, by `ladu expire`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub expired: Vec<Expiry>,
+    /// Each rotation of the key (`ladu rekey`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rekeys: Vec<Rekey>,
+}
+
+/// One rotation of the key: the commit that over-encrypted every pseudonym under a new generation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rekey {
+    pub commit: u64,
+    pub committed_at: String,
+    /// The new generation's fingerprint.
+    pub generation: String,
 }
 
 impl Manifest {

@@ -13,6 +13,7 @@ pub mod compact;
 pub mod expire;
 pub mod files;
 pub mod manifest;
+pub mod rekey;
 pub mod superseded;
 pub mod writer;
 

@@ -15,6 +15,7 @@ mod keys;
 mod open_data;
 mod privacy;
 mod pseudonym;
+mod rekey;
 mod release;
 mod run;
 mod serve;
