@@ -142,12 +142,20 @@ fn stored(
     let _ = writeln!(md, "## 1. What is stored\n");
     let _ = writeln!(
         md,
-        "The warehouse `{}` holds {} table(s) in {} Parquet file(s), {:.1} MiB. No column reaches it as delivered unless its rule keeps it: personal codes and record numbers arrive only as keyed pseudonyms, birth dates and ages only generalised, addresses only as the county, and names, phone numbers, IBANs and free text never. Pseudonyms are made with the key whose fingerprint is `{}`; {}, never in the configuration or any output.\n",
+        "The warehouse `{}` holds {} table(s) in {} Parquet file(s), {:.1} MiB. No column reaches it as delivered unless its rule keeps it: personal codes and record numbers arrive only as keyed pseudonyms, birth dates and ages only generalised, addresses only as the county, and names, phone numbers, IBANs and free text never. Pseudonyms are made with the key {}; {}, never in the configuration or any output.\n",
         settings.paths.warehouse.display(),
         manifest.tables.len(),
         files.len(),
         bytes as f64 / (1 << 20) as f64,
-        manifest.key_fingerprint.as_deref().unwrap_or("(none yet)"),
+        match manifest.generations().as_slice() {
+            [] => "(none yet)".to_owned(),
+            [one] => format!("whose fingerprint is `{one}`"),
+            more => format!(
+                "whose generations' fingerprints are `{}` (rotated {} time(s) by over-encryption with `ladu rekey`: every pseudonym held is of the newest)",
+                more.join(" → "),
+                more.len() - 1
+            ),
+        },
         match &settings.key {
             None => format!("the key is kept in the file `{}` (mode 0600)", settings.key_file.display()),
             Some(k) => format!(
