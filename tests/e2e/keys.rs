@@ -217,6 +217,10 @@ fn a_key_wrapped_under_a_pkcs11_token_is_used_and_never_written_in_the_clear() {
     with_token(&ws, &conf, &[], &["key", "join", &files[0], &files[2], "--out", rebuilt.to_str().unwrap()], 0);
     assert_eq!(std::fs::read_to_string(&rebuilt).unwrap().trim(), hex);
     std::fs::remove_file(&rebuilt).unwrap();
+    // Rebuilt straight under the token: no plain key file on the way.
+    std::fs::remove_file(&wrapped).unwrap();
+    with_token(&ws, &conf, &[], &["key", "join", &files[1], &files[2], "--wrap"], 0);
+    with_token(&ws, &conf, &[], &["check"], 0);
     std::fs::remove_dir_all(&shares).unwrap();
 
     // The key in the clear is nowhere on disk: not in the wrapped file, the token's files, the warehouse, the audit log.

@@ -81,6 +81,10 @@ fn no_raw_identifier_in_anything_ladu_writes() {
     let cf = code_file.display().to_string();
     commands.push(["subject", "--isikukood-file", &cf, "--out", &answer].map(String::from).to_vec());
     commands.push(["subject", "--isikukood", &code].map(String::from).to_vec());
+    // The key rotated: every table and record of releases rewritten (the new key file is outside the scan).
+    let new_key = request.path().join("k2.key");
+    ws.ok(&["keygen", "--out", new_key.to_str().unwrap()]);
+    commands.push(["-v", "rekey", "--new-key", new_key.to_str().unwrap()].map(String::from).to_vec());
     commands.push(vec!["report".into(), "processing".into()]);
     commands.push(vec!["audit".into(), "show".into()]);
     commands.push(vec!["audit".into(), "verify".into()]);
@@ -94,6 +98,8 @@ fn no_raw_identifier_in_anything_ladu_writes() {
             outputs.push(p);
         }
     }
+    assert!(ws.audit_entries().iter().any(|e| e["kind"] == "rekey"), "the rekey ran, so its outputs were scanned");
+    assert!(ws.audit_entries().iter().any(|e| e["kind"] == "expire"), "the expiry ran, so its outputs were scanned");
     let inbox = ws.root().join("inbox");
     let mut args: Vec<String> = vec![inbox.display().to_string()];
     for dir in ["warehouse", "outbox", "audit", "exports", "site"] {
