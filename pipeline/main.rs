@@ -1002,7 +1002,7 @@ fn rekey(config: Option<&Path>, new_key: &Path) -> Result<Exit, Failed> {
     let new = ladu::custody::load_one(&settings, new_key).map_err(|e| (Exit::Config, e))?;
     let outcome = ladu::run::rekey::run(&settings, &audit, &keys, new).map_err(|e| {
         let code = match &e {
-            E::SameKey { .. } | E::Empty | E::Warehouse(ladu::warehouse::Error::UnknownTable { .. }) => Exit::Config,
+            E::SameKey { .. } | E::Empty | E::Warehouse(ladu::warehouse::Error::NoSource { .. }) => Exit::Config,
             E::Warehouse(w) => warehouse_exit(w),
             _ => Exit::Failure,
         };

@@ -92,6 +92,10 @@ pub enum Error {
     },
     #[error("the warehouse has no table {table}; `ladu sql -c 'SHOW TABLES'` lists them")]
     UnknownTable { table: String },
+    #[error(
+        "no source config feeds the table {table}, so which of its columns hold pseudonyms (and of which kind) is unknown: restore its config in the sources folder; nothing was written"
+    )]
+    NoSource { table: String },
     #[error("cannot write Parquet file {path}: {source}")]
     Parquet {
         path: PathBuf,

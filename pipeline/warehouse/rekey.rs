@@ -147,7 +147,7 @@ pub fn prepare(wh: &mut Warehouse, key: &Key, generations: &[String], opts: &Opt
             continue;
         }
         let Some(plan) = opts.plans.iter().find(|p| p.table == name) else {
-            return Err(Error::UnknownTable { table: name });
+            return Err(Error::NoSource { table: name });
         };
         let (files, rows) = rewrite_table(&root, plan, &table.files, &table.partition_columns, key, &mut tx, opts)?;
         let t = next.tables.get_mut(&name).expect("listed");

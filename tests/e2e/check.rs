@@ -39,7 +39,7 @@ fn check_names_every_problem() {
         ("stray file", format!("{}: a file no committed warehouse version accounts for", stray.display())),
         ("site file", "index.html: differs from".to_owned()),
         ("audit entry", "does not match its hash (it was edited)".to_owned()),
-        ("key", "is not the warehouse's".to_owned()),
+        ("key", "differs from the warehouse's".to_owned()),
     ] {
         assert!(text.contains(&needle), "{what}: {needle} not in\n{text}");
     }
