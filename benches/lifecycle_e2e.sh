@@ -7,6 +7,7 @@
 #   expire-dry   `ladu expire --dry-run` with `retention = { months = 6, by = "start_date" }`
 #   expire       `ladu expire` (the removal's commit and the statistics computed again)
 #   rekey        `ladu rekey --new-key` on the warehouse (every table rewritten, then statistics)
+#   rekey-alone  the same with a queries folder that holds no statistic: the rotation's own cost
 # Rows per second are the warehouse's rows over the time.
 #
 # usage: bash benches/lifecycle_e2e.sh [INVOICE_ROWS]     LADU_BENCH_REPEAT=N (rounds; medians)
@@ -60,5 +61,10 @@ for _ in $(seq "${LADU_BENCH_REPEAT:-1}"); do
   copy=$(fresh)
   "$bin" keygen --out "$copy/k2.key" 2>/dev/null
   "$python" benches/measure.py "rekey" "$total" -- "$bin" --config "$copy/config/ladu.toml" -q rekey --new-key "$copy/k2.key"
+  copy=$(fresh)
+  mkdir -p "$copy/queries/views" "$copy/queries/statistics"
+  sed -i "s|^queries = .*|queries = \"../queries\"|" "$copy/config/ladu.toml"
+  "$bin" keygen --out "$copy/k2.key" 2>/dev/null
+  "$python" benches/measure.py "rekey-alone" "$total" -- "$bin" --config "$copy/config/ladu.toml" -q rekey --new-key "$copy/k2.key"
 done | tee "$base/lifecycle.jsonl" | "$python" benches/measure.py --report
 rm -rf "$base/copy"
