@@ -29,13 +29,15 @@ pub fn run(settings: &Settings, audit: &AuditLog, table: Option<&str>, max_files
         row_group_rows: settings.ingest.row_group_rows,
         zstd_level: settings.ingest.zstd_level,
     };
-    let outcome = compact::compact(&mut wh, &opts)?;
-    if let Some(commit) = outcome.commit {
+    let prepared = compact::prepare(&mut wh, &opts)?;
+    // Audited before the commit, so that no compaction is ever unlogged.
+    if let Some(commit) = prepared.outcome.commit {
+        let outcome = &prepared.outcome;
         let mut fields = Map::new();
         fields.insert("commit".into(), json!(commit));
         fields.insert("compacted".into(), json!(outcome.compacted));
         fields.insert("rows".into(), Value::from(outcome.compacted.iter().map(|c| c.rows).sum::<u64>()));
         audit.append(AUDIT_KIND, fields)?;
     }
-    Ok(outcome)
+    Ok(prepared.commit(&mut wh)?)
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use super::manifest::{CommittedFile, Table};
+use super::manifest::{CommittedFile, Manifest, Table};
 use super::writer::TableWriter;
 use super::{ColumnLayout, Error, Result, Transaction, Warehouse, superseded};
 use crate::config::source::{META_COMMIT, META_EXTRACT_DATE, META_EXTRACT_SEQ, PartitionPart};
@@ -51,6 +51,32 @@ pub struct Outcome {
 
 /// Compact every partition that holds more than `opts.max_files` files, in one commit.
 pub fn compact(wh: &mut Warehouse, opts: &Options) -> Result<Outcome> {
+    prepare(wh, opts)?.commit(wh)
+}
+
+/// A compaction staged and not yet committed.
+#[derive(Debug)]
+pub struct Prepared {
+    tx: Transaction,
+    next: Manifest,
+    /// What it will have done (`commit` is the version it will commit as, `None` when nothing needs it).
+    pub outcome: Outcome,
+}
+
+impl Prepared {
+    /// Commit it (or drop the staged files when nothing needed compacting).
+    pub fn commit(self, wh: &mut Warehouse) -> Result<Outcome> {
+        if self.outcome.commit.is_none() {
+            wh.abort(self.tx)?;
+            return Ok(self.outcome);
+        }
+        wh.commit(self.tx, self.next)?;
+        Ok(self.outcome)
+    }
+}
+
+/// Stage the compaction of every partition that holds more than `opts.max_files` files; nothing is committed yet.
+pub fn prepare(wh: &mut Warehouse, opts: &Options) -> Result<Prepared> {
     if let Some(t) = &opts.table
         && !wh.manifest().tables.contains_key(t)
     {
@@ -134,15 +160,11 @@ pub fn compact(wh: &mut Warehouse, opts: &Options) -> Result<Outcome> {
             merge_records(&root, name, versions, &mut tx, &mut outcome)?;
         }
     }
-    if outcome.compacted.is_empty() {
-        wh.abort(tx)?;
-        return Ok(outcome);
+    if !outcome.compacted.is_empty() {
+        outcome.commit = Some(tx.version());
+        next.committed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     }
-    let version = tx.version();
-    next.committed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    wh.commit(tx, next)?;
-    outcome.commit = Some(version);
-    Ok(outcome)
+    Ok(Prepared { tx, next, outcome })
 }
 
 /// Merge a table's records of superseded rows into one file, leaving out deliveries superseded whole.

@@ -227,6 +227,8 @@ fn kill_9_during_a_compaction_leaves_the_warehouse_as_it_was_or_compacted() {
         child.wait().unwrap();
         let after = ws.manifest_versions().len();
         assert!(after == versions || after == versions + 1, "{versions} -> {after}");
+        // A compaction that committed was audited first.
+        assert!(after == versions || ws.audit_entries().iter().any(|e| e["kind"] == "compact"), "killed at {fraction}");
         outcomes.push((fraction, finished, after - versions));
         // Readers see the rows as they were, compacted or not.
         assert_eq!(digest(&ws), want, "killed at {fraction}");
