@@ -277,6 +277,22 @@ fn a_new_key_is_made_in_memory_and_wrapped_and_the_config_refuses_half_a_custody
     let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(manifest).unwrap()).unwrap();
     let fingerprint = manifest["key_fingerprint"].as_str().unwrap();
     assert!(wrapped.contains(&format!("fingerprint = \"{fingerprint}\"")), "{wrapped}");
+    // A rotation under the token: the new generation is wrapped too, never written in the clear.
+    let k2 = ws.root().join("key/k2.wrapped");
+    with_token(&ws, &conf, &pin, &["key", "wrap", "--new", "--out", k2.to_str().unwrap()], 0);
+    let before: Vec<Vec<String>> = ws.sql_rows(None, "SELECT person_id FROM population ORDER BY person_id");
+    with_token(&ws, &conf, &pin, &["rekey", "--new-key", k2.to_str().unwrap()], 0);
+    let after: Vec<Vec<String>> = ws.sql_rows(None, "SELECT person_id FROM population ORDER BY person_id");
+    assert_eq!(before.len(), after.len());
+    assert!(before.iter().all(|p| !after.contains(p)), "every pseudonym of the new generation");
+    let text = std::fs::read_to_string(ws.config()).unwrap();
+    std::fs::write(ws.config(), text.replacen("[paths]", "key_generations = [\"../key/k2.wrapped\"]\n[paths]", 1))
+        .unwrap();
+    ws.sample(100, 8, &["--only", "population", "--date", "2024-04-07"]);
+    with_token(&ws, &conf, &pin, &["ingest"], 0);
+    let both = ws.sql_rows(None, "SELECT count(DISTINCT person_id) FROM population_history");
+    assert_eq!(both[0][0], after.len().to_string(), "the next snapshot chains to the same pseudonyms");
+    with_token(&ws, &conf, &pin, &["check"], 0);
     // A changed wrapped file is refused, not used.
     let path = ws.root().join("key/ladu.key.wrapped");
     let flipped: String = {
