@@ -23,7 +23,6 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::config::{KeyCustody, PinSource, Settings};
-use crate::durable::{Durable, Place};
 use crate::keyfile::{self, KeyError};
 use crate::pseudonym::{self, Key, Keys};
 
@@ -350,19 +349,8 @@ pub fn wrap(c: &KeyCustody, key: &Key, create: bool) -> Result<WrapOutcome> {
 
 /// Write a new file of mode 0600, durably; never replaces one.
 fn write_new(path: &Path, body: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let fail = |source: std::io::Error| Error::Wrapped { path: path.to_owned(), problem: source.to_string() };
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        crate::durable::create_dirs(parent).map_err(fail)?;
-    }
-    Durable::new(Place::New)
-        .private()
-        .write(path, |f| {
-            f.file().set_permissions(std::fs::Permissions::from_mode(0o600))?;
-            f.write_all(body)
-        })
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => Error::WrappedKeyExists { path: path.to_owned() },
-            _ => fail(e),
-        })
+    keyfile::write_private(path, body).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => Error::WrappedKeyExists { path: path.to_owned() },
+        _ => Error::Wrapped { path: path.to_owned(), problem: e.to_string() },
+    })
 }

@@ -75,25 +75,26 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     let mut text = Zeroizing::new(vec![0u8; 2 * bytes.len() + 1]);
     crate::hex::encode_into(bytes, &mut text[..2 * bytes.len()]);
     text[2 * bytes.len()] = b'\n';
-    let write = |source| KeyError::Write { path: path.to_owned(), source };
+    write_private(path, &text).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::AlreadyExists {
+            KeyError::Exists { path: path.to_owned() }
+        } else {
+            KeyError::Write { path: path.to_owned(), source }
+        }
+    })
+}
+
+/// Write `body` to a new file of mode 0600 at `path` (its folders made), durably; never replaces one
+/// (`AlreadyExists`). 0600 from the first byte: the umask cannot widen it, and the file is
+/// written aside and linked into place, so no one sees part of a key.
+pub fn write_private(path: &Path, body: &[u8]) -> std::io::Result<()> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        crate::durable::create_dirs(parent).map_err(write)?;
+        crate::durable::create_dirs(parent)?;
     }
-    // 0600 from the first byte: the umask cannot widen it, and the file is
-    // written aside and linked into place, so no one sees part of a key.
-    Durable::new(Place::New)
-        .private()
-        .write(path, |f| {
-            f.file().set_permissions(std::fs::Permissions::from_mode(0o600))?;
-            f.write_all(text.as_slice())
-        })
-        .map_err(|source| {
-            if source.kind() == std::io::ErrorKind::AlreadyExists {
-                KeyError::Exists { path: path.to_owned() }
-            } else {
-                KeyError::Write { path: path.to_owned(), source }
-            }
-        })
+    Durable::new(Place::New).private().write(path, |f| {
+        f.file().set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        f.write_all(body)
+    })
 }
 
 #[cfg(test)]

@@ -213,6 +213,70 @@ pub(crate) fn partition_parts_of(columns: &[String]) -> Option<Vec<PartitionPart
         .collect()
 }
 
+/// The writer's partition key of a committed file, from its folder values (0 when unpartitioned).
+pub(crate) fn file_key(partition_columns: &[String], parts: &[PartitionPart], file: &CommittedFile) -> u32 {
+    let values: Vec<String> =
+        partition_columns.iter().map(|c| file.partition.get(c).cloned().unwrap_or_default()).collect();
+    partition_key(parts, &values).unwrap_or(0)
+}
+
+/// Writers of a table's rows read back from its files and written again
+/// (expiry, rekey): one per set of columns, so that files written before a
+/// column was added keep theirs, each with the layout its files were written with.
+pub(crate) struct Rewriter {
+    table: String,
+    parts: Vec<PartitionPart>,
+    row_group_rows: usize,
+    zstd_level: i32,
+    writers: Vec<(arrow::datatypes::SchemaRef, TableWriter)>,
+}
+
+impl Rewriter {
+    pub(crate) fn new(table: &str, parts: Vec<PartitionPart>, row_group_rows: usize, zstd_level: i32) -> Rewriter {
+        Rewriter { table: table.to_owned(), parts, row_group_rows, zstd_level, writers: Vec::new() }
+    }
+
+    /// Write `batch`, read from the file at `path` whose columns are `schema`, to partition `key`.
+    pub(crate) fn push(
+        &mut self,
+        tx: &mut Transaction,
+        path: &Path,
+        schema: &arrow::datatypes::SchemaRef,
+        key: u32,
+        batch: arrow::array::RecordBatch,
+    ) -> Result<()> {
+        let at = match self.writers.iter().position(|(s, _)| s.fields() == schema.fields()) {
+            Some(at) => at,
+            None => {
+                let layout = layout(std::slice::from_ref(&path.to_owned()))?.map_err(|why| Error::Read {
+                    path: path.to_owned(),
+                    source: parquet::errors::ParquetError::General(why),
+                })?;
+                let w = TableWriter::new(
+                    &self.table,
+                    schema.clone(),
+                    self.parts.clone(),
+                    layout.1,
+                    self.row_group_rows,
+                    self.zstd_level,
+                );
+                self.writers.push((schema.clone(), w));
+                self.writers.len() - 1
+            }
+        };
+        self.writers[at].1.push(tx, key, batch)
+    }
+
+    /// Close every file and stage them in `tx`; returns the rows written.
+    pub(crate) fn finish(self, tx: &mut Transaction) -> Result<u64> {
+        let mut rows = 0;
+        for (_, w) in self.writers {
+            rows += w.finish(tx)?;
+        }
+        Ok(rows)
+    }
+}
+
 /// The writer's partition key (`year * 100 + month`) of a partition's folder values.
 pub(crate) fn partition_key(parts: &[PartitionPart], values: &[String]) -> Option<u32> {
     let mut key = 0;

@@ -25,8 +25,7 @@ use parquet::file::statistics::Statistics;
 use rayon::prelude::*;
 
 use super::manifest::{CommittedFile, Expiry, Manifest, Table};
-use super::superseded::{self, DeliveryKey, Lineage};
-use super::writer::TableWriter;
+use super::superseded::{self, DeliveryKey, Lineage, LineageColumns};
 use super::{Error, Result, Transaction, Warehouse, compact};
 use crate::config::source::{META_COMMIT, META_EXTRACT_DATE, META_EXTRACT_SEQ, META_LINE};
 
@@ -226,24 +225,6 @@ impl Removed {
     }
 }
 
-/// The lineage of row `i` of a batch that holds the lineage columns.
-fn lineage_of(b: &RecordBatch) -> Result<impl Fn(usize) -> Lineage + '_, String> {
-    let col = |name: &str| b.column_by_name(name).ok_or_else(|| format!("has no column {name}"));
-    let (commit, date, seq, line) =
-        (col(META_COMMIT)?, col(META_EXTRACT_DATE)?, col(META_EXTRACT_SEQ)?, col(META_LINE)?);
-    let wrong = |c: &str| format!("column {c} has an unexpected type");
-    let commit = commit.as_primitive_opt::<Int64Type>().ok_or_else(|| wrong(META_COMMIT))?;
-    let date = date.as_primitive_opt::<arrow::datatypes::Date32Type>().ok_or_else(|| wrong(META_EXTRACT_DATE))?;
-    let seq = seq.as_primitive_opt::<arrow::datatypes::Int32Type>().ok_or_else(|| wrong(META_EXTRACT_SEQ))?;
-    let line = line.as_primitive_opt::<Int64Type>().ok_or_else(|| wrong(META_LINE))?;
-    Ok(move |i| Lineage {
-        extract_date: date.value(i),
-        extract_seq: seq.value(i),
-        commit: commit.value(i),
-        line: line.value(i),
-    })
-}
-
 /// Stage the removal of every plan's old rows; nothing is committed yet.
 pub fn prepare(wh: &mut Warehouse, opts: &Options) -> Result<Prepared> {
     for p in &opts.plans {
@@ -308,11 +289,9 @@ fn expire_table(root: &Path, plan: &Plan, table: &mut Table, tx: &mut Transactio
             let recorded = superseded::load(root, v)?;
             let mut listed = HashSet::new();
             for b in &recorded.rows {
-                let at = lineage_of(b).map_err(|e| Error::Read {
-                    path: root.join(super::META_DIR),
-                    source: parquet::errors::ParquetError::General(e),
-                })?;
-                listed.extend((0..b.num_rows()).map(at));
+                let at = LineageColumns::by_name(b)
+                    .map_err(|source| Error::Read { path: root.join(super::META_DIR), source })?;
+                listed.extend((0..b.num_rows()).map(|i| at.at(i)));
             }
             Some(Record { whole: recorded.deliveries, listed })
         }
@@ -321,8 +300,7 @@ fn expire_table(root: &Path, plan: &Plan, table: &mut Table, tx: &mut Transactio
     let mut removed = Removed::default();
     let (mut gone, mut rewritten) = (HashSet::new(), 0usize);
     let parts = compact::partition_parts(table).unwrap_or_default();
-    // One writer per set of columns: files written before a column was added keep theirs.
-    let mut writers: Vec<(arrow::datatypes::SchemaRef, TableWriter)> = Vec::new();
+    let mut rewriter = compact::Rewriter::new(&plan.table, parts.clone(), opts.row_group_rows, opts.zstd_level);
     let mark = tx.mark();
     for (file, path, meta, schema) in &footers {
         let verdict = verdict(column_range(meta, &plan.column), cutoff);
@@ -342,12 +320,11 @@ fn expire_table(root: &Path, plan: &Plan, table: &mut Table, tx: &mut Transactio
         } else {
             builder.with_batch_size(65_536).build().map_err(&read)?
         };
-        let values: Vec<String> =
-            table.partition_columns.iter().map(|c| file.partition.get(c).cloned().unwrap_or_default()).collect();
-        let key = compact::partition_key(&parts, &values).unwrap_or(0);
+        let key = compact::file_key(&table.partition_columns, &parts, file);
         for batch in reader {
             let batch = batch.map_err(|e| read(e.into()))?;
-            let at = lineage_of(&batch).map_err(|e| read(parquet::errors::ParquetError::General(e)))?;
+            let lineage = LineageColumns::by_name(&batch).map_err(&read)?;
+            let at = |i| lineage.at(i);
             if verdict == Verdict::Remove {
                 (0..batch.num_rows()).for_each(|i| removed.count(record.as_ref(), at(i)));
                 continue;
@@ -368,25 +345,7 @@ fn expire_table(root: &Path, plan: &Plan, table: &mut Table, tx: &mut Transactio
                 .collect();
             let batch = arrow::compute::filter_record_batch(&batch, &keep).map_err(|e| read(e.into()))?;
             if batch.num_rows() > 0 {
-                let at = match writers.iter().position(|(s, _)| s.fields() == schema.fields()) {
-                    Some(at) => at,
-                    None => {
-                        let layout = compact::layout(std::slice::from_ref(path))?
-                            .map_err(|why| read(parquet::errors::ParquetError::General(why)))?
-                            .1;
-                        let w = TableWriter::new(
-                            &plan.table,
-                            schema.clone(),
-                            parts.clone(),
-                            layout,
-                            opts.row_group_rows,
-                            opts.zstd_level,
-                        );
-                        writers.push((schema.clone(), w));
-                        writers.len() - 1
-                    }
-                };
-                writers[at].1.push(tx, key, batch)?;
+                rewriter.push(tx, path, schema, key, batch)?;
             }
         }
         if verdict == Verdict::Rewrite {
@@ -394,33 +353,32 @@ fn expire_table(root: &Path, plan: &Plan, table: &mut Table, tx: &mut Transactio
         }
         gone.insert(file.path.clone());
     }
-    for (_, w) in writers {
-        w.finish(tx)?;
-    }
+    rewriter.finish(tx)?;
     let written: Vec<CommittedFile> = tx.files().skip(mark).cloned().collect();
     let files_removed = gone.len() - rewritten;
     table.files.retain(|f| !gone.contains(&f.path));
-    table.files.extend(written);
+    table.files.extend(written.iter().cloned());
     let current_rows = removed.rows() - removed.superseded.values().sum::<u64>();
     if let Some(versions) = &mut table.versions
         && removed.rows() > 0
     {
         update_versions(root, &plan.table, versions, &removed, tx)?;
     }
-    let oldest = table
-        .files
-        .par_iter()
+    // The files kept: their footers are read already; only the rewritten ones are opened.
+    let kept = footers
+        .iter()
+        .filter(|(f, ..)| !gone.contains(&f.path))
+        .filter_map(|(_, _, meta, _)| column_range(meta, &plan.column).and_then(|(lo, _, _)| lo));
+    let rewritten_oldest = written
+        .iter()
         .map(|f| {
-            let staged = tx.staged_path(&f.path);
-            let path = staged.unwrap_or_else(|| root.join(&f.path));
+            let path = tx.staged_path(&f.path).unwrap_or_else(|| root.join(&f.path));
             let file = File::open(&path).map_err(super::io(&path))?;
             let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(read_err(&path))?;
             Ok(column_range(builder.metadata(), &plan.column).and_then(|(lo, _, _)| lo))
         })
-        .collect::<Result<Vec<_>>>()?
-        .into_iter()
-        .flatten()
-        .min();
+        .collect::<Result<Vec<_>>>()?;
+    let oldest = kept.chain(rewritten_oldest.into_iter().flatten()).min();
     Ok(Expired {
         table: plan.table.clone(),
         column: plan.column.clone(),
@@ -458,11 +416,9 @@ fn update_versions(
     let recorded = superseded::load(root, versions)?;
     let mut kept: Vec<RecordBatch> = Vec::new();
     for b in &recorded.rows {
-        let at = lineage_of(b).map_err(|e| Error::Read {
-            path: root.join(super::META_DIR),
-            source: parquet::errors::ParquetError::General(e),
-        })?;
-        let keep: BooleanArray = (0..b.num_rows()).map(|i| Some(!removed.listed.contains(&at(i)))).collect();
+        let at =
+            LineageColumns::by_name(b).map_err(|source| Error::Read { path: root.join(super::META_DIR), source })?;
+        let keep: BooleanArray = (0..b.num_rows()).map(|i| Some(!removed.listed.contains(&at.at(i)))).collect();
         let b = arrow::compute::filter_record_batch(b, &keep)
             .map_err(|e| Error::Parquet { path: root.join(super::META_DIR), source: e.into() })?;
         if b.num_rows() > 0 {

@@ -21,7 +21,6 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rayon::prelude::*;
 
 use super::manifest::{CommittedFile, Manifest, Rekey};
-use super::writer::TableWriter;
 use super::{Error, Result, Transaction, Warehouse, compact};
 use crate::pseudonym::{self, Key, Pseudonymiser};
 
@@ -110,10 +109,10 @@ fn holds_pseudonyms(path: &Path) -> Result<bool> {
         let batch = batch.map_err(|e| read(e.into()))?;
         seen.resize(batch.num_columns(), None);
         for (c, column) in batch.columns().iter().enumerate() {
-            let Ok(text) = arrow::compute::cast(column, &DataType::Utf8) else { continue };
             if !matches!(column.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
                 continue;
             }
+            let Ok(text) = arrow::compute::cast(column, &DataType::Utf8) else { continue };
             let text = text.as_string::<i32>();
             for v in text.iter().flatten() {
                 let is = pseudonym::is_pseudonym(v.as_bytes());
@@ -183,7 +182,7 @@ fn rewrite_table(
         plan.columns.iter().map(|(c, kind)| (c.clone(), Pseudonymiser::rekey(key, kind))).collect();
     let parts = compact::partition_parts_of(partition_columns).unwrap_or_default();
     let mark = tx.mark();
-    let mut writers: Vec<(arrow::datatypes::SchemaRef, TableWriter)> = Vec::new();
+    let mut rewriter = compact::Rewriter::new(&plan.table, parts.clone(), opts.row_group_rows, opts.zstd_level);
     let mut rows = 0u64;
     for file in files {
         let path: PathBuf = root.join(&file.path);
@@ -192,25 +191,7 @@ fn rewrite_table(
             ParquetRecordBatchReaderBuilder::try_new(File::open(&path).map_err(super::io(&path))?).map_err(read)?;
         let schema = builder.schema().clone();
         let reader = builder.with_batch_size(65_536).build().map_err(read)?;
-        let values: Vec<String> =
-            partition_columns.iter().map(|c| file.partition.get(c).cloned().unwrap_or_default()).collect();
-        let key_of_partition = compact::partition_key(&parts, &values).unwrap_or(0);
-        let at = match writers.iter().position(|(s, _)| s.fields() == schema.fields()) {
-            Some(at) => at,
-            None => {
-                let layout = compact::layout(std::slice::from_ref(&path))?.map_err(|why| invalid(&path, why))?.1;
-                let w = TableWriter::new(
-                    &plan.table,
-                    schema.clone(),
-                    parts.clone(),
-                    layout,
-                    opts.row_group_rows,
-                    opts.zstd_level,
-                );
-                writers.push((schema.clone(), w));
-                writers.len() - 1
-            }
-        };
+        let key_of_partition = compact::file_key(partition_columns, &parts, file);
         for batch in reader {
             let batch = batch.map_err(|e| read(e.into()))?;
             let mut columns = batch.columns().to_vec();
@@ -221,12 +202,10 @@ fn rewrite_table(
             }
             let batch = RecordBatch::try_new(batch.schema(), columns).map_err(|e| read(e.into()))?;
             rows += batch.num_rows() as u64;
-            writers[at].1.push(tx, key_of_partition, batch)?;
+            rewriter.push(tx, &path, &schema, key_of_partition, batch)?;
         }
     }
-    for (_, w) in writers {
-        w.finish(tx)?;
-    }
+    rewriter.finish(tx)?;
     let before: u64 = files.iter().map(|f| f.rows).sum();
     if rows != before {
         return Err(invalid(

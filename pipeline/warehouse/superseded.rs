@@ -271,15 +271,29 @@ fn file_schema(path: &Path) -> Result<SchemaRef> {
 }
 
 /// The lineage columns of a batch, from column `first` on, in [`LINEAGE`]'s order.
-struct LineageColumns<'a> {
+pub(crate) struct LineageColumns<'a> {
     commit: &'a Int64Array,
     date: &'a Date32Array,
     seq: &'a Int32Array,
     line: &'a Int64Array,
 }
 
-impl LineageColumns<'_> {
-    fn at(&self, i: usize) -> Lineage {
+impl<'a> LineageColumns<'a> {
+    /// The lineage columns of a batch wherever they are, by name.
+    pub(crate) fn by_name(b: &'a RecordBatch) -> Result<LineageColumns<'a>, ParquetError> {
+        let col = |name: &str| {
+            b.column_by_name(name).ok_or_else(|| ParquetError::General(format!("it has no column {name}")))
+        };
+        let wrong = |c: &str| ParquetError::General(format!("column {c} has an unexpected type"));
+        Ok(LineageColumns {
+            commit: col(META_COMMIT)?.as_primitive_opt::<Int64Type>().ok_or_else(|| wrong(META_COMMIT))?,
+            date: col(META_EXTRACT_DATE)?.as_primitive_opt::<Date32Type>().ok_or_else(|| wrong(META_EXTRACT_DATE))?,
+            seq: col(META_EXTRACT_SEQ)?.as_primitive_opt::<Int32Type>().ok_or_else(|| wrong(META_EXTRACT_SEQ))?,
+            line: col(META_LINE)?.as_primitive_opt::<Int64Type>().ok_or_else(|| wrong(META_LINE))?,
+        })
+    }
+
+    pub(crate) fn at(&self, i: usize) -> Lineage {
         Lineage {
             extract_date: self.date.value(i),
             extract_seq: self.seq.value(i),

@@ -180,11 +180,7 @@ fn kill_9_during_an_expiry_leaves_the_rows_as_they_were_or_expired() {
         let ws = Workspace::new();
         copy(&ws);
         let versions = ws.manifest_versions().len();
-        let mut child = ws.command(&["-q", "expire"]).spawn().unwrap();
-        std::thread::sleep(full.mul_f64(fraction));
-        let finished = child.try_wait().unwrap().is_some();
-        child.kill().ok();
-        child.wait().unwrap();
+        let finished = kill_9_after(&ws, &["-q", "expire"], full.mul_f64(fraction));
         let expired = ws.manifest_versions().len() > versions;
         outcomes.push((fraction, finished, expired));
         let seen = lineage(&ws, "treatment_invoices_history", "");

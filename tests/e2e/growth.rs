@@ -220,11 +220,7 @@ fn kill_9_during_a_compaction_leaves_the_warehouse_as_it_was_or_compacted() {
         let ws = Workspace::new();
         copy(&ws);
         let versions = ws.manifest_versions().len();
-        let mut child = ws.command(&["-q", "compact"]).spawn().unwrap();
-        std::thread::sleep(full.mul_f64(fraction));
-        let finished = child.try_wait().unwrap().is_some();
-        child.kill().ok();
-        child.wait().unwrap();
+        let finished = kill_9_after(&ws, &["-q", "compact"], full.mul_f64(fraction));
         let after = ws.manifest_versions().len();
         assert!(after == versions || after == versions + 1, "{versions} -> {after}");
         // A compaction that committed was audited first.

@@ -163,11 +163,7 @@ fn kill_9_during_a_rekey_leaves_one_generation_whole() {
     for fraction in [0.2, 0.5, 0.8] {
         let ws = Workspace::new();
         copy(&ws);
-        let mut child = ws.command(&["-q", "rekey", "--new-key", "key/k2.key"]).spawn().unwrap();
-        std::thread::sleep(full.mul_f64(fraction));
-        let finished = child.try_wait().unwrap().is_some();
-        child.kill().ok();
-        child.wait().unwrap();
+        let finished = kill_9_after(&ws, &["-q", "rekey", "--new-key", "key/k2.key"], full.mul_f64(fraction));
         let seen: BTreeSet<String> =
             ws.sql_rows(None, "SELECT person_id FROM population").into_iter().map(|r| r[0].clone()).collect();
         let rotated = seen == after;

@@ -154,6 +154,16 @@ impl Workspace {
     }
 }
 
+/// Start `ladu ARGS` in `ws`, `kill -9` it after `after`; had it finished by then?
+pub fn kill_9_after(ws: &Workspace, args: &[&str], after: std::time::Duration) -> bool {
+    let mut child = ws.command(args).spawn().unwrap();
+    std::thread::sleep(after);
+    let finished = child.try_wait().unwrap().is_some();
+    child.kill().ok();
+    child.wait().unwrap();
+    finished
+}
+
 /// Copy a folder tree.
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
