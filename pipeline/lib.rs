@@ -12,6 +12,7 @@
 //! - [`stats`]: statistics computed through `sql`, committed through `warehouse`.
 //! - [`publish`]: open data computed through `sql`, disclosure-controlled, written to the site.
 //! - [`serve`]: `ladu serve`, the warehouse over the PostgreSQL protocol: logins, a `sql` session per connection.
+//! - [`cluster`]: `ladu cluster`, the scheduler and executors of a Ballista cluster that runs `sql`'s queries.
 //! - [`run`]: the nightly job: ingest, statistics, publish, a run report.
 //! - [`check`]: verifies the warehouse, the audit chain and the site (reads only).
 //! - [`audit`]: the hash-chained log of every processing step; used by every stage.
@@ -23,6 +24,7 @@
 
 pub mod audit;
 pub mod check;
+pub mod cluster;
 pub mod config;
 pub mod custody;
 pub mod durable;

@@ -265,6 +265,14 @@ enum Command {
         #[arg(long, value_name = "HOST:PORT")]
         listen: Option<std::net::SocketAddr>,
     },
+    /// A node of a Ballista cluster that runs the queries of `ladu sql`, `stats`, `publish` and `serve`.
+    ///
+    /// Every node reads the warehouse at `paths.warehouse`, read-only, and
+    /// never the key. Set `cluster.scheduler` for ladu to send queries there.
+    Cluster {
+        #[command(subcommand)]
+        node: ClusterNode,
+    },
     /// The users of `ladu serve`: their roles and how they log in.
     User {
         #[command(subcommand)]
@@ -340,6 +348,42 @@ enum Report {
         #[arg(long)]
         to: Option<chrono::NaiveDate>,
     },
+}
+
+#[derive(Subcommand)]
+enum ClusterNode {
+    /// The scheduler: plans each query and hands its tasks to the executors. Stops on SIGTERM.
+    Scheduler {
+        /// Address to listen on for ladu and the executors.
+        #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:50050")]
+        listen: std::net::SocketAddr,
+        /// The host name others reach it by (default: the listen address).
+        #[arg(long, value_name = "HOST")]
+        advertise: Option<String>,
+    },
+    /// An executor: runs tasks, keeps their shuffle files, serves results. Stops on SIGTERM,
+    /// after its running tasks, and removes its shuffle files.
+    Executor {
+        /// Address of its Arrow Flight service (shuffle files and results).
+        #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:50051")]
+        listen: std::net::SocketAddr,
+        /// The host name others reach it by (default: the address it connects to the scheduler from).
+        #[arg(long, value_name = "HOST")]
+        advertise: Option<String>,
+        /// The scheduler (default: `cluster.scheduler`).
+        #[arg(long, value_name = "df://HOST:PORT", value_parser = parse_endpoint)]
+        scheduler: Option<ladu::config::cluster::Endpoint>,
+        /// Folder for shuffle files and spills (default: `cluster.work_dir`, else a new temporary folder).
+        #[arg(long, value_name = "DIR")]
+        work_dir: Option<PathBuf>,
+        /// Tasks run at once (default: the machine's cores).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+        slots: Option<u16>,
+    },
+}
+
+fn parse_endpoint(text: &str) -> Result<ladu::config::cluster::Endpoint, String> {
+    ladu::config::cluster::Endpoint::parse(text).ok_or_else(|| "give df://host:port".to_owned())
 }
 
 #[derive(Subcommand)]
@@ -461,7 +505,10 @@ fn init_logging(verbose: u8, quiet: bool, format: LogFormat) {
         (false, 1) => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::new(format!("ladu={level},warn"));
+    // Ballista's client logs a failed job that the command reports as its error anyway.
+    let filter = tracing_subscriber::EnvFilter::new(format!(
+        "ladu={level},warn,ballista_core::execution_plans::distributed_query=off"
+    ));
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
     match format {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
@@ -498,6 +545,7 @@ fn run(cli: Cli) -> Result<Exit, Failed> {
         }
         Command::Report { report: Report::Processing { from, to } } => report_processing(config, from, to),
         Command::Serve { listen } => serve(config, listen),
+        Command::Cluster { node } => cluster(config, node),
         Command::User { action } => user(config, action),
         Command::Audit { action } => audit(config, action),
         Command::Key { action } => key(config, action),
@@ -673,6 +721,28 @@ fn serve(config: Option<&Path>, listen: Option<std::net::SocketAddr>) -> Result<
             ladu::serve::Error::Sql(e) => sql_exit(e),
             ladu::serve::Error::Warehouse(e) => warehouse_exit(e),
             _ => Exit::Config,
+        };
+        Failed(code, e.to_string())
+    })?;
+    Ok(Exit::Ok)
+}
+
+fn cluster(config: Option<&Path>, node: ClusterNode) -> Result<Exit, Failed> {
+    use ladu::cluster::{Error, ExecutorOptions};
+    let settings = load_settings(config)?;
+    let ran = match node {
+        ClusterNode::Scheduler { listen, advertise } => ladu::cluster::scheduler(&settings, listen, advertise),
+        ClusterNode::Executor { listen, advertise, scheduler, work_dir, slots } => {
+            let slots = slots.map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), usize::from);
+            ladu::cluster::executor(&settings, ExecutorOptions { listen, advertise, scheduler, work_dir, slots })
+        }
+    };
+    ran.map_err(|e| {
+        let code = match &e {
+            Error::Sql(e) => sql_exit(e),
+            Error::NoScheduler => Exit::Usage,
+            Error::WorkDir { .. } => Exit::Config,
+            Error::Ballista { .. } | Error::Runtime(..) => Exit::Failure,
         };
         Failed(code, e.to_string())
     })?;
@@ -1201,7 +1271,7 @@ fn ingest_exit(e: &ingest::Error) -> Exit {
 
 fn sql_exit(e: &sql::Error) -> Exit {
     match e {
-        sql::Error::Roles(_) | sql::Error::View { .. } => Exit::Config,
+        sql::Error::Roles(_) | sql::Error::View { .. } | sql::Error::Unreachable { .. } => Exit::Config,
         sql::Error::Warehouse(e) => warehouse_exit(e),
         sql::Error::Stopped { stop: sql::Stop::Interrupt, .. } => Exit::Interrupted,
         sql::Error::Stopped { stop: sql::Stop::Terminate, .. } => Exit::Terminated,

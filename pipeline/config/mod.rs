@@ -1,5 +1,6 @@
 //! Configuration: `ladu.toml` (paths, key) and one file per source in `sources/`.
 
+pub mod cluster;
 pub mod serve;
 pub mod source;
 
@@ -7,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use cluster::ClusterSettings;
 pub use serve::ServeSettings;
 pub use source::{ColumnRule, Generalisation, SourceConfig, ValueType};
 
@@ -130,6 +132,9 @@ struct RawSettings {
     /// `ladu serve`.
     #[serde(default)]
     serve: serve::RawServeSettings,
+    /// Queries on a Ballista cluster.
+    #[serde(default)]
+    cluster: cluster::RawClusterSettings,
 }
 
 /// `[key]` as written.
@@ -352,6 +357,7 @@ pub struct Settings {
     pub publish: PublishSettings,
     pub release: ReleaseSettings,
     pub serve: ServeSettings,
+    pub cluster: ClusterSettings,
     /// Every source, sorted by name.
     pub sources: Vec<SourceConfig>,
 }
@@ -480,6 +486,7 @@ impl Settings {
             problems.push("release.min_group_size: must be at least 2 (a group of 1 is a person)".to_owned());
         }
         let serve = raw.serve.resolve(&resolve, statement_timeout, &mut problems);
+        let cluster = raw.cluster.resolve(&resolve, &mut problems);
         let key = raw.key.as_ref().map(|k| KeyCustody {
             pkcs11_module: resolve(&k.pkcs11_module),
             token: k.token.clone(),
@@ -574,6 +581,7 @@ impl Settings {
                 min_group_size: raw.release.min_group_size.unwrap_or(DEFAULT_MIN_GROUP_SIZE),
             },
             serve,
+            cluster,
             sources,
         })
     }

@@ -12,12 +12,14 @@
 //! the audit entry redacts it with [`redact`], and so must whoever prints an
 //! [`Error`] (the binary and the shell do).
 
+pub mod codec;
 pub mod limits;
 pub mod lineage;
 pub mod output;
 pub mod packed_sort;
 pub mod pseudonym_keys;
 pub mod query_files;
+pub mod remote;
 pub mod restrict;
 pub mod roles;
 pub mod row_number;
@@ -104,6 +106,11 @@ pub enum Error {
     Audit(#[from] crate::audit::Error),
     #[error("cannot start the SQL engine: {0}")]
     Engine(String),
+    #[error(
+        "the cluster's scheduler at {scheduler} cannot be reached ({problem}): start it (`ladu cluster scheduler`), \
+         or remove `cluster.scheduler` from the config to run queries on this host"
+    )]
+    Unreachable { scheduler: String, problem: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -293,6 +300,8 @@ pub struct Session {
     rows_sent: std::sync::atomic::AtomicU64,
     /// Added to every audit entry (`ladu serve`: the login, client and connection).
     audit_fields: Map<String, Value>,
+    /// Where its statements run: `local`, or the cluster's scheduler.
+    ran_on: String,
 }
 
 /// Threads and memory that sessions run on: one session's own, or shared
@@ -441,6 +450,13 @@ impl Session {
         let table_names = table_names(settings, manifest);
         let committed = &snapshot.committed;
         let ctx = new_context(settings, Arc::clone(&engine.env))?;
+        // A release's pseudonyms are made with the key: its sessions run here, never on the cluster.
+        let cluster = settings.cluster.scheduler.as_ref().filter(|_| recode.is_none());
+        let ctx = match cluster {
+            Some(endpoint) => remote::upgrade(ctx, settings, endpoint)?,
+            None => ctx,
+        };
+        let ran_on = cluster.map_or_else(|| "local".to_owned(), |e| format!("cluster {e}"));
         let superseded = &snapshot.superseded;
         let mut catalog = register_tables(&ctx, settings, manifest, committed, superseded, &role, recode.as_ref())?;
         // Views are checked against every table when the role sees less.
@@ -485,6 +501,7 @@ impl Session {
             stops: Arc::new(StopFlag::default()),
             rows_sent: std::sync::atomic::AtomicU64::new(0),
             audit_fields: Map::new(),
+            ran_on,
         })
     }
 
@@ -737,6 +754,7 @@ impl Session {
             fields.insert("error".into(), Value::from(redact(p).into_owned()));
         }
         fields.insert("warehouse_version".into(), Value::from(self.version));
+        fields.insert("ran_on".into(), Value::from(self.ran_on.clone()));
         fields.insert("format".into(), Value::from(record.format));
         if let Some(p) = record.output {
             fields.insert("output".into(), Value::from(redact(&p.display().to_string()).into_owned()));
@@ -1226,21 +1244,25 @@ fn register_tables(
                 })
             })?),
         };
-        let restricted = |inner: Arc<dyn TableProvider>| {
+        let origin =
+            |table: &str| codec::TableOrigin { table: table.to_owned(), role: role.clone(), version: manifest.version };
+        let restricted = |inner: Arc<dyn TableProvider>, table: &str| {
             restrict::Restricted::new(inner, &hidden_columns, condition.clone(), &role.name, recode.as_ref())
+                .map(|r| r.with_origin(origin(table)))
                 .map_err(table_error)
         };
         if let Some(statistic) = manifest.tables.get(name).and_then(|t| t.statistic.as_ref()) {
             // A snapshot replaced whole at each `ladu stats`: no versions, no history.
             let table: Arc<dyn TableProvider> = table.clone();
-            ctx.register_table(name.as_str(), Arc::new(restricted(table)?)).map_err(table_error)?;
+            ctx.register_table(name.as_str(), Arc::new(restricted(table, name)?)).map_err(table_error)?;
             catalog.insert(name.clone(), (Kind::Statistic, statistic.description.clone()));
             continue;
         }
         let description = descriptions.get(name.as_str()).copied().unwrap_or("").to_owned();
         let history_name = format!("{name}{}", tables::HISTORY_SUFFIX);
         let history: Arc<dyn TableProvider> = table.clone();
-        ctx.register_table(history_name.as_str(), Arc::new(restricted(history.clone())?)).map_err(table_error)?;
+        ctx.register_table(history_name.as_str(), Arc::new(restricted(history.clone(), &history_name)?))
+            .map_err(table_error)?;
         catalog.insert(history_name.clone(), (Kind::History, format!("{description} (every version)")));
         if condition.is_some() && tables::has_versions(&schema) {
             // Newest among the rows the role may see: another provider's later
@@ -1258,8 +1280,9 @@ fn register_tables(
                 .and_then(LogicalPlanBuilder::build)
                 .map_err(table_error)?;
             let newest: Arc<dyn TableProvider> = Arc::new(ViewTable::new(newest, None));
-            let shown =
-                restrict::Restricted::new(newest, &hidden_columns, None, &role.name, None).map_err(table_error)?;
+            let shown = restrict::Restricted::new(newest, &hidden_columns, None, &role.name, None)
+                .map_err(table_error)?
+                .with_origin(origin(name));
             ctx.register_table(name.as_str(), Arc::new(shown)).map_err(table_error)?;
             catalog.insert(name.clone(), (Kind::Table, description));
         } else if let Some(superseded) = superseded.get(name) {
@@ -1282,7 +1305,7 @@ fn register_tables(
             }
             .map_err(table_error)?;
             let newest: Arc<dyn TableProvider> = Arc::new(ViewTable::new(newest, None));
-            ctx.register_table(name.as_str(), Arc::new(restricted(newest)?)).map_err(table_error)?;
+            ctx.register_table(name.as_str(), Arc::new(restricted(newest, name)?)).map_err(table_error)?;
             catalog.insert(name.clone(), (Kind::Table, description));
         }
     }
@@ -1296,6 +1319,14 @@ fn new_context(
     env: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
 ) -> Result<SessionContext> {
     let pool = Arc::clone(&env.memory_pool);
+    let ctx = SessionContext::new_with_state(ladu_state(settings, session_config(settings), env));
+    sandbox::remove_unoffered_functions(&ctx, &[]);
+    limits::cap_values(&ctx, pool, settings.sql.max_value_bytes);
+    Ok(ctx)
+}
+
+/// ladu's settings of a DataFusion session.
+fn session_config(settings: &Settings) -> SessionConfig {
     let mut config = SessionConfig::new()
         .with_information_schema(true)
         .with_target_partitions(settings.sql.target_partitions)
@@ -1304,6 +1335,15 @@ fn new_context(
     // a sixteenth of the limit, so that small limits spill rather than fail.
     let reservation = (settings.sql.memory_limit / 16).min(10 << 20) as usize;
     config.options_mut().execution.sort_spill_reservation_bytes = reservation;
+    config
+}
+
+/// A session state with ladu's rules and limits (no tables; every function DataFusion has).
+fn ladu_state(
+    settings: &Settings,
+    config: SessionConfig,
+    env: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+) -> datafusion::execution::SessionState {
     let pseudonym_columns = settings
         .sources
         .iter()
@@ -1312,7 +1352,7 @@ fn new_context(
             [(table.to_owned(), c.to_owned()), (format!("{table}{}", tables::HISTORY_SUFFIX), c.to_owned())]
         })
         .collect();
-    let state = SessionStateBuilder::new()
+    SessionStateBuilder::new()
         .with_config(config)
         .with_runtime_env(env)
         .with_default_features()
@@ -1326,11 +1366,7 @@ fn new_context(
         .with_physical_optimizer_rule(Arc::new(limits::BoundedRecursion {
             max_depth: settings.sql.max_recursion_depth,
         }))
-        .build();
-    let ctx = SessionContext::new_with_state(state);
-    sandbox::remove_unoffered_functions(&ctx, &[]);
-    limits::cap_values(&ctx, pool, settings.sql.max_value_bytes);
-    Ok(ctx)
+        .build()
 }
 
 /// The memory pool (bounded, spilling) and spill folder of an engine.

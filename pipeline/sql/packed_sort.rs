@@ -90,8 +90,13 @@ pub struct PackedSortExec {
 }
 
 impl PackedSortExec {
-    fn new(sort: SortExec) -> PackedSortExec {
+    pub fn new(sort: SortExec) -> PackedSortExec {
         PackedSortExec { sort, metrics: ExecutionPlanMetricsSet::new(), handed_over: Arc::default() }
+    }
+
+    /// The sort it stands for.
+    pub fn sort(&self) -> &SortExec {
+        &self.sort
     }
 }
 

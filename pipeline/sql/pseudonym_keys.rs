@@ -28,6 +28,13 @@ use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
 use super::lineage;
 use crate::pseudonym::{pseudonym_bits, pseudonym_from_bits};
 
+/// The function of this rule called `name`, for a plan decoded on another node.
+pub fn function(name: &str) -> Option<ScalarUDF> {
+    [PseudonymKey::udf(Half::High), PseudonymKey::udf(Half::Low), PseudonymText::udf()]
+        .into_iter()
+        .find(|f| f.name() == name)
+}
+
 /// The type of each half of a pseudonym's number as it goes through the aggregate.
 const KEY_TYPE: DataType = DataType::UInt64;
 

@@ -35,6 +35,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
 use futures::StreamExt;
 
+use super::codec::TableOrigin;
 use crate::pseudonym::Pseudonymiser;
 
 /// Pseudonym columns shown as release pseudonyms of one recipient.
@@ -58,6 +59,8 @@ pub struct Restricted {
     role: String,
     /// Indices in `inner`'s schema of the columns to recode, and how.
     recode: Option<(Vec<usize>, Arc<Pseudonymiser>)>,
+    /// What a session registered it as, for a plan that goes to the cluster.
+    origin: Option<TableOrigin>,
 }
 
 impl Restricted {
@@ -90,7 +93,20 @@ impl Restricted {
             let columns = r.columns.iter().filter_map(|c| full.index_of(c).ok()).collect();
             (columns, r.pseudonymiser.clone())
         });
-        Ok(Restricted { inner, schema, visible, condition, role: role.to_owned(), recode })
+        Ok(Restricted { inner, schema, visible, condition, role: role.to_owned(), recode, origin: None })
+    }
+
+    /// The same table, known to the cluster by `origin` (never a table that recodes pseudonyms).
+    pub fn with_origin(mut self, origin: TableOrigin) -> Restricted {
+        if self.recode.is_none() {
+            self.origin = Some(origin);
+        }
+        self
+    }
+
+    /// What a session registered it as, where it may be rebuilt elsewhere.
+    pub fn origin(&self) -> Option<&TableOrigin> {
+        self.origin.as_ref()
     }
 
     /// Does `filter` read a recoded column (whose files hold other values than the query sees)?
@@ -213,6 +229,34 @@ impl RoleFilterExec {
             Boundedness::Bounded,
         ));
         RoleFilterExec { input, predicate, positions, schema, role: role.to_owned(), recode, properties }
+    }
+
+    /// The node as the cluster rebuilds it: no pseudonyms recoded there.
+    pub fn for_input(
+        input: Arc<dyn ExecutionPlan>,
+        predicate: Option<Arc<dyn PhysicalExpr>>,
+        positions: Vec<usize>,
+        role: &str,
+    ) -> DfResult<RoleFilterExec> {
+        let schema = Arc::new(input.schema().project(&positions)?);
+        Ok(RoleFilterExec::new(input, predicate, positions, schema, role, None))
+    }
+
+    pub fn predicate(&self) -> Option<&Arc<dyn PhysicalExpr>> {
+        self.predicate.as_ref()
+    }
+
+    pub fn positions(&self) -> &[usize] {
+        &self.positions
+    }
+
+    pub fn role(&self) -> &str {
+        &self.role
+    }
+
+    /// Does it show pseudonyms as a recipient's release pseudonyms (made with the key)?
+    pub fn recodes(&self) -> bool {
+        self.recode.is_some()
     }
 }
 

@@ -80,8 +80,8 @@ pub struct Roles {
     provider: Option<RawProviderRoles>,
 }
 
-/// What one role may see.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What one role may see (it travels whole in a plan that goes to the cluster).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
 pub struct Role {
     pub name: String,
     pub description: String,
@@ -93,7 +93,7 @@ pub struct Role {
 }
 
 /// The rows a role sees.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
 pub enum RowFilter {
     /// Every row of every table it reads.
     None,

@@ -82,8 +82,13 @@ pub struct SortedRowNumberExec {
 }
 
 impl SortedRowNumberExec {
-    fn new(window: BoundedWindowAggExec) -> SortedRowNumberExec {
+    pub fn new(window: BoundedWindowAggExec) -> SortedRowNumberExec {
         SortedRowNumberExec { window, metrics: ExecutionPlanMetricsSet::new() }
+    }
+
+    /// The window node it stands for.
+    pub fn window(&self) -> &BoundedWindowAggExec {
+        &self.window
     }
 }
 

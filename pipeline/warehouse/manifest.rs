@@ -215,6 +215,11 @@ pub fn load_latest(root: &Path) -> Result<Manifest> {
         }
         return Ok(Manifest { format: FORMAT, ..Default::default() });
     };
+    load_version(root, v)
+}
+
+/// Committed version `v`.
+pub fn load_version(root: &Path, v: u64) -> Result<Manifest> {
     let path = version_path(root, v);
     let text = std::fs::read(&path).map_err(|e| Error::Corrupt { path: path.clone(), problem: e.to_string() })?;
     let m: Manifest =

@@ -1,0 +1,186 @@
+//! Sessions whose queries run on a Ballista cluster, and what its scheduler and executors build to run them as ladu would.
+//!
+//! The client keeps everything of a session but execution: the sandbox,
+//! the role's catalog, planning and the audit entries. Its plans go to the
+//! scheduler with each warehouse table as a [`TableOrigin`]; the scheduler
+//! rebuilds those tables from the shared warehouse ([`WarehouseTables`]) and
+//! plans physically with ladu's rules ([`node_state`]); executors run the
+//! stages with ladu's operators and capped functions ([`executor_functions`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use ballista_core::extension::{SessionConfigExt, SessionStateExt};
+use ballista_core::registry::BallistaFunctionRegistry;
+use datafusion::catalog::TableProvider;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::SessionState;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use super::codec::{LogicalCodec, PhysicalCodec, TableOrigin, Tables};
+use super::roles::Role;
+use super::{Engine, Error, Result, Snapshot, limits, new_context, register_tables, sandbox};
+use crate::config::Settings;
+use crate::config::cluster::Endpoint;
+use crate::warehouse::manifest;
+
+/// How long a client waits for the scheduler to answer its first connection.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Warehouse versions, and roles' catalogs, a scheduler keeps built.
+const KEPT: usize = 16;
+
+/// `ctx` (new, no tables yet) with its queries run on the cluster's scheduler at `endpoint`.
+pub(super) fn upgrade(ctx: SessionContext, settings: &Settings, endpoint: &Endpoint) -> Result<SessionContext> {
+    reachable(endpoint)?;
+    let state = ctx.state();
+    let pool = Arc::clone(&state.runtime_env().memory_pool);
+    let config = state
+        .config()
+        .clone()
+        .with_ballista_logical_extension_codec(Arc::new(LogicalCodec::default()))
+        .with_ballista_physical_extension_codec(Arc::new(PhysicalCodec::default()))
+        .with_ballista_job_name("ladu");
+    let state = SessionStateBuilder::new_from_existing(state).with_config(config).build();
+    let state = state
+        .upgrade_for_ballista(endpoint.url(settings.cluster.tls.is_some()))
+        .map_err(|e| Error::Engine(format!("cannot set up the session for the cluster: {e}")))?;
+    let ctx = SessionContext::new_with_state(state);
+    // The upgrade brought back every function DataFusion has: the session offers ladu's set, capped.
+    sandbox::remove_unoffered_functions(&ctx, &[]);
+    limits::cap_values(&ctx, pool, settings.sql.max_value_bytes);
+    Ok(ctx)
+}
+
+/// Fails at once, with [`Error::Unreachable`], if nothing answers at the scheduler's address.
+fn reachable(endpoint: &Endpoint) -> Result<()> {
+    use std::net::ToSocketAddrs;
+    let unreachable = |problem: String| Error::Unreachable { scheduler: endpoint.to_string(), problem };
+    let host = endpoint.host.trim_start_matches('[').trim_end_matches(']');
+    let addresses = (host, endpoint.port).to_socket_addrs().map_err(|e| unreachable(e.to_string()))?;
+    let mut last = None;
+    for address in addresses {
+        match std::net::TcpStream::connect_timeout(&address, CONNECT_TIMEOUT) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = Some(e.to_string()),
+        }
+    }
+    Err(unreachable(last.unwrap_or_else(|| "the name has no address".into())))
+}
+
+/// A session state as ladu builds it, on a node of the cluster: ladu's rules
+/// and limits, Ballista's planning rules, and the functions sessions offer.
+pub fn node_state(settings: &Settings, config: SessionConfig, env: Arc<RuntimeEnv>) -> SessionState {
+    let pool = Arc::clone(&env.memory_pool);
+    let state = super::ladu_state(settings, config, env);
+    let rules = ballista_core::optimizer::with_ballista_optimizer_rules(state.optimizers());
+    let ctx = SessionContext::new_with_state(
+        SessionStateBuilder::new_from_existing(state).with_optimizer_rules(rules).build(),
+    );
+    sandbox::remove_unoffered_functions(&ctx, &[]);
+    limits::cap_values(&ctx, pool, settings.sql.max_value_bytes);
+    ctx.state()
+}
+
+/// The functions an executor runs plans with: those sessions offer, capped under its memory pool.
+pub fn executor_functions(settings: &Settings, env: Arc<RuntimeEnv>) -> BallistaFunctionRegistry {
+    let state = node_state(settings, SessionConfig::new_with_ballista(), env);
+    BallistaFunctionRegistry::from(&state)
+}
+
+/// A role's view of a warehouse version: its tables by name.
+type Catalog = Arc<BTreeMap<String, Arc<dyn TableProvider>>>;
+
+/// The scheduler's warehouse: tables rebuilt from their origin, as a session of that role would build them.
+pub struct WarehouseTables {
+    settings: Settings,
+    engine: Engine,
+    snapshots: Mutex<HashMap<u64, Arc<Snapshot>>>,
+    catalogs: Mutex<HashMap<(String, u64), Catalog>>,
+}
+
+impl std::fmt::Debug for WarehouseTables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WarehouseTables({})", self.settings.paths.warehouse.display())
+    }
+}
+
+impl WarehouseTables {
+    pub fn new(settings: &Settings) -> Result<WarehouseTables> {
+        Ok(WarehouseTables {
+            settings: settings.clone(),
+            engine: Engine::new(settings)?,
+            snapshots: Mutex::default(),
+            catalogs: Mutex::default(),
+        })
+    }
+
+    /// `role`'s tables at `version`, built on a thread of their own: opening
+    /// a version runs queries on the engine's runtime, which may not be
+    /// entered from the scheduler's.
+    fn catalog(&self, role: &Role, version: u64) -> DfResult<Catalog> {
+        let key = (serde_json::to_string(role).map_err(|e| DataFusionError::Internal(e.to_string()))?, version);
+        if let Some(c) = lock(&self.catalogs).get(&key) {
+            return Ok(Arc::clone(c));
+        }
+        let built = std::thread::scope(|s| {
+            s.spawn(|| self.build(role, version)).join().unwrap_or_else(|_| Err(Error::Engine("panicked".into())))
+        })
+        .map_err(|e| DataFusionError::Plan(format!("the scheduler cannot open warehouse version {version}: {e}")))?;
+        let mut catalogs = lock(&self.catalogs);
+        if catalogs.len() >= KEPT {
+            catalogs.clear();
+        }
+        catalogs.insert(key, Arc::clone(&built));
+        Ok(built)
+    }
+
+    fn build(&self, role: &Role, version: u64) -> Result<Catalog> {
+        let snapshot = self.snapshot(version)?;
+        let ctx = new_context(&self.settings, Arc::clone(&self.engine.env))?;
+        let manifest = &snapshot.manifest;
+        let names =
+            register_tables(&ctx, &self.settings, manifest, &snapshot.committed, &snapshot.superseded, role, None)?;
+        let mut tables = BTreeMap::new();
+        for name in names.keys() {
+            let table = self
+                .engine
+                .runtime
+                .block_on(ctx.table_provider(name.as_str()))
+                .map_err(|source| Error::Table { table: name.clone(), source })?;
+            tables.insert(name.clone(), table);
+        }
+        Ok(Arc::new(tables))
+    }
+
+    fn snapshot(&self, version: u64) -> Result<Arc<Snapshot>> {
+        if let Some(s) = lock(&self.snapshots).get(&version) {
+            return Ok(Arc::clone(s));
+        }
+        let manifest = manifest::load_version(&self.settings.paths.warehouse, version)?;
+        let snapshot = Arc::new(Snapshot::open(&self.settings, &self.engine, manifest)?);
+        let mut snapshots = lock(&self.snapshots);
+        if snapshots.len() >= KEPT {
+            snapshots.clear();
+        }
+        snapshots.insert(version, Arc::clone(&snapshot));
+        Ok(snapshot)
+    }
+}
+
+impl Tables for WarehouseTables {
+    fn rebuild(&self, origin: &TableOrigin) -> DfResult<Arc<dyn TableProvider>> {
+        let catalog = self.catalog(&origin.role, origin.version)?;
+        catalog.get(&origin.table).cloned().ok_or_else(|| {
+            DataFusionError::Plan(format!(
+                "role {} reads no table `{}` at warehouse version {}",
+                origin.role.name, origin.table, origin.version
+            ))
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
