@@ -33,8 +33,8 @@ use crate::sql::remote::{WarehouseTables, executor_functions, node_state};
 const JOB_DATA_KEPT_SECONDS: u64 = 60;
 /// An executor reports every so many seconds; one silent for `EXECUTOR_TIMEOUT_SECONDS` is lost
 /// and its tasks run again elsewhere.
-const HEARTBEAT_SECONDS: u64 = 5;
-const EXECUTOR_TIMEOUT_SECONDS: u64 = 20;
+const HEARTBEAT_SECONDS: u64 = 2;
+const EXECUTOR_TIMEOUT_SECONDS: u64 = 6;
 /// Job folders an executor still holds this long after their last change are removed
 /// (for jobs whose end it was never told of).
 const STALE_JOB_SECONDS: u64 = 3600;

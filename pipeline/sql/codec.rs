@@ -273,3 +273,107 @@ fn unknown(what: &str) -> DataFusionError {
 fn proto(message: String) -> DataFusionError {
     DataFusionError::Internal(format!("cannot decode a plan from the cluster: {message}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pseudonym::Pseudonymiser;
+    use crate::pseudonym::key::Key;
+    use crate::sql::restrict::Recode;
+    use arrow::array::{Int64Array, RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::datasource::MemTable;
+    use datafusion::logical_expr::{col, lit};
+    use datafusion::physical_plan::displayable;
+    use datafusion::prelude::SessionContext;
+
+    fn table() -> Arc<dyn TableProvider> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("person_id", DataType::Utf8, false),
+            Field::new("provider", DataType::Utf8, false),
+            Field::new("amount", DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec!["a".repeat(32), "b".repeat(32), "c".repeat(32)])),
+                Arc::new(StringArray::from(vec!["p1", "p2", "p1"])),
+                Arc::new(Int64Array::from(vec![3, 1, 2])),
+            ],
+        )
+        .unwrap();
+        Arc::new(MemTable::try_new(schema, vec![vec![batch]]).unwrap())
+    }
+
+    async fn plan(ctx: &SessionContext, table: Restricted, sql: &str) -> Arc<dyn ExecutionPlan> {
+        ctx.register_table("t", Arc::new(table)).unwrap();
+        ctx.sql(sql).await.unwrap().create_physical_plan().await.unwrap()
+    }
+
+    fn round_trip(ctx: &SessionContext, plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let codec = PhysicalCodec::default();
+        let bytes = PhysicalPlanNode::try_from_physical_plan(plan, &codec)?.encode_to_vec();
+        PhysicalPlanNode::decode(bytes.as_slice()).unwrap().try_into_physical_plan(&ctx.task_ctx(), &codec)
+    }
+
+    #[tokio::test]
+    async fn ladus_operators_travel_and_answer_the_same() {
+        let ctx = SessionContext::new();
+        let restricted =
+            Restricted::new(table(), &["amount".into()], Some(col("provider").eq(lit("p1"))), "provider:p1", None)
+                .unwrap();
+        let sorted = PackedSortExec::new(SortExec::new(
+            [datafusion::physical_expr::PhysicalSortExpr::new_default(Arc::new(
+                datafusion::physical_expr::expressions::Column::new("person_id", 0),
+            ))]
+            .into(),
+            plan(&ctx, restricted, "SELECT person_id, provider FROM t").await,
+        ));
+        let original: Arc<dyn ExecutionPlan> = Arc::new(sorted);
+        let decoded = round_trip(&ctx, Arc::clone(&original)).unwrap();
+        let shown = |p: &Arc<dyn ExecutionPlan>| displayable(p.as_ref()).indent(true).to_string();
+        assert_eq!(shown(&decoded), shown(&original));
+        assert!(shown(&decoded).contains("PackedSortExec") && shown(&decoded).contains("RoleFilterExec"));
+        let rows = |p| async { datafusion::physical_plan::collect(p, ctx.task_ctx()).await.unwrap() };
+        let (a, b) = (rows(original).await, rows(decoded).await);
+        assert_eq!(
+            arrow::util::pretty::pretty_format_batches(&a).unwrap().to_string(),
+            arrow::util::pretty::pretty_format_batches(&b).unwrap().to_string()
+        );
+        assert_eq!(a.iter().map(RecordBatch::num_rows).sum::<usize>(), 2, "the role's two rows");
+    }
+
+    #[tokio::test]
+    async fn release_pseudonyms_never_leave_in_a_plan() {
+        let ctx = SessionContext::new();
+        let key = Key::from_hex(&"ab".repeat(32)).unwrap();
+        let recode = Recode {
+            columns: vec!["person_id".into()],
+            pseudonymiser: Arc::new(Pseudonymiser::for_release(&key, "r")),
+        };
+        let restricted = Restricted::new(table(), &[], None, "release", Some(&recode)).unwrap();
+        let origin = TableOrigin { table: "t".into(), role: Role::everything(), version: 1 };
+        assert!(restricted.with_origin(origin).origin().is_none(), "a recoding table has no origin to travel by");
+        let restricted = Restricted::new(table(), &[], None, "release", Some(&recode)).unwrap();
+        let e = round_trip(&ctx, plan(&ctx, restricted, "SELECT person_id FROM t").await).unwrap_err();
+        assert!(e.to_string().contains("release pseudonyms are made with the key"), "{e}");
+    }
+
+    #[test]
+    fn a_table_travels_as_its_origin_and_nothing_else_is_read() {
+        let codec = LogicalCodec::default();
+        let origin = TableOrigin { table: "t_history".into(), role: Role::everything(), version: 7 };
+        let restricted = Restricted::new(table(), &[], None, "analyst", None).unwrap().with_origin(origin.clone());
+        let mut buf = Vec::new();
+        codec.try_encode_table_provider(&TableReference::bare("t_history"), Arc::new(restricted), &mut buf).unwrap();
+        assert_eq!(buf[0], TABLE);
+        assert_eq!(serde_json::from_slice::<TableOrigin>(&buf[1..]).unwrap(), origin);
+        // A provider other than a warehouse table cannot travel; bytes other than an origin are refused.
+        assert!(codec.try_encode_table_provider(&TableReference::bare("m"), table(), &mut Vec::new()).is_err());
+        let ctx = SessionContext::new();
+        let e = codec
+            .try_decode_table_provider(b"\x00listing", &TableReference::bare("x"), table().schema(), &ctx.task_ctx())
+            .unwrap_err();
+        assert!(e.to_string().contains("not a table of the warehouse"), "{e}");
+    }
+}

@@ -17,6 +17,7 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::SessionState;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use super::codec::{LogicalCodec, PhysicalCodec, TableOrigin, Tables};
@@ -36,15 +37,16 @@ pub(super) fn upgrade(ctx: SessionContext, settings: &Settings, endpoint: &Endpo
     reachable(endpoint)?;
     let state = ctx.state();
     let pool = Arc::clone(&state.runtime_env().memory_pool);
-    let config = state
-        .config()
-        .clone()
+    let config = distributable(state.config().clone())
         .with_ballista_logical_extension_codec(Arc::new(LogicalCodec::default()))
         .with_ballista_physical_extension_codec(Arc::new(PhysicalCodec::default()))
-        .with_ballista_job_name("ladu");
+        .with_ballista_job_name("ladu")
+        // Ballista's adaptive planner answered a UNION ALL of aggregates with some of its rows
+        // repeated (measured); the static planner answers as a local session does.
+        .with_ballista_adaptive_query_planner(false);
     let state = SessionStateBuilder::new_from_existing(state).with_config(config).build();
     let state = state
-        .upgrade_for_ballista(endpoint.url(settings.cluster.tls.is_some()))
+        .upgrade_for_ballista(endpoint.url())
         .map_err(|e| Error::Engine(format!("cannot set up the session for the cluster: {e}")))?;
     let ctx = SessionContext::new_with_state(state);
     // The upgrade brought back every function DataFusion has: the session offers ladu's set, capped.
@@ -73,14 +75,37 @@ fn reachable(endpoint: &Endpoint) -> Result<()> {
 /// and limits, Ballista's planning rules, and the functions sessions offer.
 pub fn node_state(settings: &Settings, config: SessionConfig, env: Arc<RuntimeEnv>) -> SessionState {
     let pool = Arc::clone(&env.memory_pool);
-    let state = super::ladu_state(settings, config, env);
+    let state = super::ladu_state(settings, distributable(config), env);
     let rules = ballista_core::optimizer::with_ballista_optimizer_rules(state.optimizers());
-    let ctx = SessionContext::new_with_state(
-        SessionStateBuilder::new_from_existing(state).with_optimizer_rules(rules).build(),
-    );
+    // Stopping a statement on the cluster cancels its job: joins and unions need no
+    // cooperative wrapper there, which Ballista's stage planner does not see through
+    // (a union under one read each of its inputs' partitions more than once).
+    let physical: Vec<_> =
+        state.physical_optimizers().iter().filter(|r| r.name() != limits::Interruptible.name()).cloned().collect();
+    let state = SessionStateBuilder::new_from_existing(state)
+        .with_optimizer_rules(rules)
+        .with_physical_optimizer_rules(physical)
+        .build();
+    let ctx = SessionContext::new_with_state(state);
     sandbox::remove_unoffered_functions(&ctx, &[]);
     limits::cap_values(&ctx, pool, settings.sql.max_value_bytes);
     ctx.state()
+}
+
+/// `config` without what cannot cross Ballista's stages, whatever the
+/// client's settings (sent one by one, they turn some back on): DataFusion's
+/// dynamic filters (Ballista turns off only their umbrella setting; a join's
+/// filter, made before the adaptive planner swaps the join's inputs, fails the
+/// stage and the job hangs) and scalar subqueries planned as their own
+/// operator (whose expression cannot be decoded apart from it).
+fn distributable(mut config: SessionConfig) -> SessionConfig {
+    let optimizer = &mut config.options_mut().optimizer;
+    optimizer.enable_physical_uncorrelated_scalar_subquery = false;
+    optimizer.enable_dynamic_filter_pushdown = false;
+    optimizer.enable_join_dynamic_filter_pushdown = false;
+    optimizer.enable_topk_dynamic_filter_pushdown = false;
+    optimizer.enable_aggregate_dynamic_filter_pushdown = false;
+    config
 }
 
 /// The functions an executor runs plans with: those sessions offer, capped under its memory pool.

@@ -5,6 +5,7 @@
 mod util;
 
 mod check;
+mod cluster;
 mod crash;
 mod expire;
 mod growth;
