@@ -25,16 +25,7 @@ bin=$root/target/release/ladu
 . benches/workspace.sh
 bench_workspace "$work" "$bin"
 mkdir -p "$work/queries"
-if [ ! -d "$work/warehouse" ]; then
-  # The invoices draw their patients from the same million people the population lists (same seed).
-  "$bin" sample-data --out "$work/inbox" --rows "$rows" --only treatment_invoices --invalid 0 >/dev/null
-  "$bin" sample-data --out "$work/inbox" --rows "$people" --only population --invalid 0 >/dev/null
-  "$bin" sample-data --out "$work/inbox" --rows $((rows / 2)) --only prescriptions --invalid 0 >/dev/null
-  "$bin" sample-data --out "$work/inbox" --rows $((rows / 10)) --only sick_leave --invalid 0 >/dev/null
-  "$bin" sample-data --out "$work/inbox" --rows $((rows / 50)) --only ambulance_calls --invalid 0 >/dev/null
-  "$bin" --config "$work/config/ladu.toml" -q ingest >/dev/null
-  rm -rf "$work/inbox"
-fi
+bench_sql_warehouse "$work" "$bin" "$rows" "$people"
 # The first session reads what the commits recorded (a warehouse built before they did is upgraded by its next commit).
 "$python" benches/measure.py "ladu:first-session" "$rows" -- "$bin" --config "$work/config/ladu.toml" -q sql \
   -c "SELECT 1" --output /dev/null --format csv

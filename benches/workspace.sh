@@ -31,3 +31,18 @@ for block in re.split(r";\s*\n", text):
         pathlib.Path(sys.argv[1], m.group(1) + ".sql").write_text(block.strip() + "\n")
 PY
 }
+
+# The SQL bench's warehouse in $1 (binary $2), made once: $3 invoices of $4 people (their population),
+# half as many prescriptions, a tenth as many sick-leave certificates, a fiftieth as many ambulance calls.
+bench_sql_warehouse() {
+  local dir=$1 bin=$2 rows=$3 people=$4
+  [ -d "$dir/warehouse" ] && return 0
+  # The invoices draw their patients from the same people the population lists (same seed).
+  "$bin" sample-data --out "$dir/inbox" --rows "$rows" --only treatment_invoices --invalid 0 >/dev/null
+  "$bin" sample-data --out "$dir/inbox" --rows "$people" --only population --invalid 0 >/dev/null
+  "$bin" sample-data --out "$dir/inbox" --rows $((rows / 2)) --only prescriptions --invalid 0 >/dev/null
+  "$bin" sample-data --out "$dir/inbox" --rows $((rows / 10)) --only sick_leave --invalid 0 >/dev/null
+  "$bin" sample-data --out "$dir/inbox" --rows $((rows / 50)) --only ambulance_calls --invalid 0 >/dev/null
+  "$bin" --config "$dir/config/ladu.toml" -q ingest >/dev/null
+  rm -rf "$dir/inbox"
+}

@@ -740,7 +740,7 @@ fn cluster(config: Option<&Path>, node: ClusterNode) -> Result<Exit, Failed> {
     ran.map_err(|e| {
         let code = match &e {
             Error::Sql(e) => sql_exit(e),
-            Error::NoScheduler => Exit::Usage,
+            Error::NoScheduler | Error::NoAdvertise => Exit::Usage,
             Error::WorkDir { .. } => Exit::Config,
             Error::Ballista { .. } | Error::Runtime(..) => Exit::Failure,
         };
@@ -1271,7 +1271,10 @@ fn ingest_exit(e: &ingest::Error) -> Exit {
 
 fn sql_exit(e: &sql::Error) -> Exit {
     match e {
-        sql::Error::Roles(_) | sql::Error::View { .. } | sql::Error::Unreachable { .. } => Exit::Config,
+        sql::Error::Roles(_)
+        | sql::Error::View { .. }
+        | sql::Error::Unreachable { .. }
+        | sql::Error::ClusterTls { .. } => Exit::Config,
         sql::Error::Warehouse(e) => warehouse_exit(e),
         sql::Error::Stopped { stop: sql::Stop::Interrupt, .. } => Exit::Interrupted,
         sql::Error::Stopped { stop: sql::Stop::Terminate, .. } => Exit::Terminated,

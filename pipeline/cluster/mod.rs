@@ -12,21 +12,29 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use arrow_flight::flight_service_server::FlightServiceServer;
 use ballista_core::config::TaskSchedulingPolicy;
+use ballista_core::error::BallistaError;
+use ballista_core::extension::SessionConfigExt;
+use ballista_core::serde::protobuf::scheduler_grpc_server::SchedulerGrpcServer;
+use ballista_core::utils::create_grpc_server;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
+use ballista_executor::flight_service::BallistaFlightService;
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
-use ballista_scheduler::scheduler_process::start_server;
+use ballista_scheduler::scheduler_process::{create_scheduler, start_server};
+use ballista_scheduler::scheduler_server::SchedulerServer;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionConfig;
+use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 
 use crate::config::Settings;
 use crate::config::cluster::Endpoint;
 use crate::sql;
 use crate::sql::codec::{LogicalCodec, PhysicalCodec};
-use crate::sql::remote::{WarehouseTables, executor_functions, node_state};
+use crate::sql::remote::{Tls, WarehouseTables, executor_functions, node_state};
 
 /// Seconds after a job ends before its shuffle files and result are removed
 /// from the executors: the time a client has to take the result.
@@ -55,12 +63,17 @@ pub enum Error {
     Runtime(&'static str, std::io::Error),
     #[error("give the scheduler's address: `--scheduler df://host:port`, or `cluster.scheduler` in the config")]
     NoScheduler,
+    #[error(
+        "under TLS an executor listening on every address needs `--advertise HOST`: the name its certificate holds"
+    )]
+    NoAdvertise,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Run a scheduler listening on `listen` until SIGTERM or SIGINT.
 pub fn scheduler(settings: &Settings, listen: SocketAddr, advertise: Option<String>) -> Result<()> {
+    let tls = settings.cluster.tls.as_ref().map(Tls::load).transpose()?;
     let tables = Arc::new(WarehouseTables::new(settings)?);
     let runtime = runtime("scheduler")?;
     let failed = |e: ballista_core::error::BallistaError| Error::Ballista { node: "scheduler", message: e.to_string() };
@@ -78,21 +91,44 @@ pub fn scheduler(settings: &Settings, listen: SocketAddr, advertise: Option<Stri
         no_executors_grace_period_seconds: EXECUTOR_TIMEOUT_SECONDS,
         ..SchedulerConfig::default()
     };
-    config.override_logical_codec = Some(Arc::new(LogicalCodec::rebuilding(tables)));
+    config.override_logical_codec = Some(Arc::new(LogicalCodec::rebuilding(Arc::clone(&tables) as _)));
     config.override_physical_codec = Some(Arc::new(PhysicalCodec::default()));
     config.override_session_builder =
         Some(Arc::new(move |config: SessionConfig| Ok(node_state(&node_settings, config, Arc::clone(&env)))));
-    runtime.block_on(async {
+    let served = runtime.block_on(async {
         let cluster = BallistaCluster::new_from_config(&config).await.map_err(failed)?;
-        tracing::info!(%listen, "cluster scheduler listening");
-        tokio::select! {
-            served = start_server(cluster, listen, Arc::new(config)) => served.map_err(failed),
-            () = stopped() => {
-                tracing::info!("cluster scheduler stopped");
-                Ok(())
+        tracing::info!(%listen, tls = tls.is_some(), "cluster scheduler listening");
+        let served = match tls {
+            None => tokio::select! {
+                served = start_server(cluster, listen, Arc::new(config)) => served.map_err(failed),
+                () = stopped() => Ok(()),
+            },
+            // Ballista's own server has no TLS: its gRPC service behind tonic's, which has.
+            Some(tls) => {
+                let (decoding, encoding) =
+                    (config.grpc_server_max_decoding_message_size, config.grpc_server_max_encoding_message_size);
+                let server: SchedulerServer<LogicalPlanNode, PhysicalPlanNode> =
+                    create_scheduler(cluster, Arc::new(config)).await.map_err(failed)?;
+                let service = SchedulerGrpcServer::new(server)
+                    .max_decoding_message_size(decoding as usize)
+                    .max_encoding_message_size(encoding as usize);
+                tonic::transport::Server::builder()
+                    .tls_config(tls.server())
+                    .map_err(|e| Error::Ballista { node: "scheduler", message: e.to_string() })?
+                    .add_service(service)
+                    .serve_with_shutdown(listen, stopped())
+                    .await
+                    .map_err(|e| Error::Ballista { node: "scheduler", message: e.to_string() })
             }
-        }
-    })
+        };
+        tracing::info!("cluster scheduler stopped");
+        served
+    });
+    // The runtime's tasks hold the tables too; they go first, and the tables (with their
+    // own runtime, which may not be dropped from a task) after, outside any runtime.
+    drop(runtime);
+    drop(tables);
+    served
 }
 
 /// What an executor is told on the command line.
@@ -126,9 +162,19 @@ pub fn executor(settings: &Settings, options: ExecutorOptions) -> Result<()> {
     let functions = executor_functions(settings, Arc::clone(&env));
     let runtime = runtime("executor")?;
     let work = work_dir.to_string_lossy().into_owned();
-    let config = ExecutorProcessConfig {
+    // The name others reach it by: given, or the address it listens on. Left to the scheduler
+    // (the address it connects from) only for a wildcard address, and never under TLS, whose
+    // scheduler cannot see that address and whose certificates must name the host.
+    let advertise = options.advertise.or_else(|| {
+        let ip = options.listen.ip();
+        (!ip.is_unspecified()).then(|| ip.to_string())
+    });
+    if advertise.is_none() && settings.cluster.tls.is_some() {
+        return Err(Error::NoAdvertise);
+    }
+    let mut config = ExecutorProcessConfig {
         bind_host: options.listen.ip().to_string(),
-        external_host: options.advertise,
+        external_host: advertise,
         port: options.listen.port(),
         scheduler_host: scheduler.host.trim_start_matches('[').trim_end_matches(']').to_owned(),
         scheduler_port: scheduler.port,
@@ -146,6 +192,22 @@ pub fn executor(settings: &Settings, options: ExecutorOptions) -> Result<()> {
         override_logical_codec: Some(Arc::new(LogicalCodec::default())),
         ..ExecutorProcessConfig::default()
     };
+    if let Some(tls) = settings.cluster.tls.as_ref().map(Tls::load).transpose()? {
+        // Its shuffle reads from other executors, its polls of the scheduler, its Flight service.
+        let session = tls.on_client(SessionConfig::new_with_ballista());
+        config.override_config_producer = Some(Arc::new(move || session.clone()));
+        config.override_create_grpc_client_endpoint = Some(tls.endpoints());
+        config.override_arrow_flight_service = Some(Arc::new(move |work_dir, address, mut shutdown, grpc| {
+            let server = create_grpc_server(&grpc).tls_config(tls.server());
+            tokio::spawn(async move {
+                server?
+                    .add_service(FlightServiceServer::new(BallistaFlightService::new(work_dir)))
+                    .serve_with_shutdown(address, async move { shutdown.recv().await })
+                    .await
+                    .map_err(BallistaError::TonicError)
+            })
+        }));
+    }
     tracing::info!(listen = %options.listen, %scheduler, work_dir = %work_dir.display(), "cluster executor starting");
     let ran = runtime.block_on(start_executor_process(Arc::new(config)));
     if made {

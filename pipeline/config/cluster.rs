@@ -14,6 +14,9 @@ pub const DEFAULT_EXECUTOR_PORT: u16 = 50051;
 #[serde(deny_unknown_fields)]
 pub(super) struct RawClusterSettings {
     scheduler: Option<String>,
+    ca_certificate: Option<PathBuf>,
+    certificate: Option<PathBuf>,
+    private_key: Option<PathBuf>,
     work_dir: Option<PathBuf>,
     executor_memory_limit: Option<String>,
 }
@@ -23,6 +26,8 @@ pub(super) struct RawClusterSettings {
 pub struct ClusterSettings {
     /// Set: `ladu sql`, `stats`, `publish` and `serve` run their queries there.
     pub scheduler: Option<Endpoint>,
+    /// Mutual TLS between ladu, the scheduler and the executors.
+    pub tls: Option<ClusterTls>,
     /// Where an executor keeps its shuffle files (and spills); a folder of its own under the system's temporary folder if unset.
     pub work_dir: Option<PathBuf>,
     /// An executor's memory pool; `sql.memory_limit` if unset.
@@ -52,9 +57,9 @@ impl Endpoint {
         valid.then(|| Endpoint { host: host.to_owned(), port })
     }
 
-    /// The address gRPC clients dial.
-    pub fn url(&self) -> String {
-        format!("http://{}:{}", self.host, self.port)
+    /// The address gRPC clients dial: `https://` under TLS.
+    pub fn url(&self, tls: bool) -> String {
+        format!("{}://{}:{}", if tls { "https" } else { "http" }, self.host, self.port)
     }
 }
 
@@ -62,6 +67,14 @@ impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "df://{}:{}", self.host, self.port)
     }
+}
+
+/// Certificates of mutual TLS (PEM): each node presents its own, and accepts only peers the CA signed.
+#[derive(Debug, Clone)]
+pub struct ClusterTls {
+    pub ca_certificate: PathBuf,
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
 }
 
 impl RawClusterSettings {
@@ -74,12 +87,24 @@ impl RawClusterSettings {
             }
             parsed
         });
+        let tls = match (&self.ca_certificate, &self.certificate, &self.private_key) {
+            (None, None, None) => None,
+            (Some(ca), Some(cert), Some(key)) => {
+                Some(ClusterTls { ca_certificate: resolve(ca), certificate: resolve(cert), private_key: resolve(key) })
+            }
+            _ => {
+                problems.push(
+                    "cluster: mutual TLS needs all three of `ca_certificate`, `certificate` and `private_key`".into(),
+                );
+                None
+            }
+        };
         let executor_memory_limit = self.executor_memory_limit.as_deref().and_then(|text| {
             super::parse_memory_limit(text)
                 .map_err(|problem| problems.push(format!("cluster.executor_memory_limit: {problem}")))
                 .ok()
         });
-        ClusterSettings { scheduler, work_dir: self.work_dir.as_deref().map(resolve), executor_memory_limit }
+        ClusterSettings { scheduler, tls, work_dir: self.work_dir.as_deref().map(resolve), executor_memory_limit }
     }
 }
 
@@ -97,6 +122,6 @@ mod tests {
         for bad in ["", "df://", "df://host:port", "df://host:70000", "df://a b:1", "df://u@h:1", "::1"] {
             assert_eq!(Endpoint::parse(bad), None, "{bad}");
         }
-        assert_eq!(Endpoint::parse("df://h:1").unwrap().url(), "http://h:1");
+        assert_eq!(Endpoint::parse("df://h:1").unwrap().url(true), "https://h:1");
     }
 }

@@ -111,6 +111,8 @@ pub enum Error {
          or remove `cluster.scheduler` from the config to run queries on this host"
     )]
     Unreachable { scheduler: String, problem: String },
+    #[error("cannot use {path} for the cluster's TLS: {problem}")]
+    ClusterTls { path: PathBuf, problem: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -8,9 +8,10 @@
 //! stages with ladu's operators and capped functions ([`executor_functions`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use ballista_core::extension::{SessionConfigExt, SessionStateExt};
+use ballista_core::extension::{EndpointOverrideFn, SessionConfigExt, SessionStateExt};
 use ballista_core::registry::BallistaFunctionRegistry;
 use datafusion::catalog::TableProvider;
 use datafusion::error::{DataFusionError, Result as DfResult};
@@ -19,12 +20,13 @@ use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 use super::codec::{LogicalCodec, PhysicalCodec, TableOrigin, Tables};
 use super::roles::Role;
 use super::{Engine, Error, Result, Snapshot, limits, new_context, register_tables, sandbox};
 use crate::config::Settings;
-use crate::config::cluster::Endpoint;
+use crate::config::cluster::{ClusterTls, Endpoint};
 use crate::warehouse::manifest;
 
 /// How long a client waits for the scheduler to answer its first connection.
@@ -34,10 +36,15 @@ const KEPT: usize = 16;
 
 /// `ctx` (new, no tables yet) with its queries run on the cluster's scheduler at `endpoint`.
 pub(super) fn upgrade(ctx: SessionContext, settings: &Settings, endpoint: &Endpoint) -> Result<SessionContext> {
+    let tls = settings.cluster.tls.as_ref().map(Tls::load).transpose()?;
     reachable(endpoint)?;
     let state = ctx.state();
     let pool = Arc::clone(&state.runtime_env().memory_pool);
-    let config = distributable(state.config().clone())
+    let mut config = state.config().clone();
+    if let Some(tls) = &tls {
+        config = tls.on_client(config);
+    }
+    let config = distributable(config)
         .with_ballista_logical_extension_codec(Arc::new(LogicalCodec::default()))
         .with_ballista_physical_extension_codec(Arc::new(PhysicalCodec::default()))
         .with_ballista_job_name("ladu")
@@ -46,13 +53,63 @@ pub(super) fn upgrade(ctx: SessionContext, settings: &Settings, endpoint: &Endpo
         .with_ballista_adaptive_query_planner(false);
     let state = SessionStateBuilder::new_from_existing(state).with_config(config).build();
     let state = state
-        .upgrade_for_ballista(endpoint.url())
+        .upgrade_for_ballista(endpoint.url(tls.is_some()))
         .map_err(|e| Error::Engine(format!("cannot set up the session for the cluster: {e}")))?;
     let ctx = SessionContext::new_with_state(state);
     // The upgrade brought back every function DataFusion has: the session offers ladu's set, capped.
     sandbox::remove_unoffered_functions(&ctx, &[]);
     limits::cap_values(&ctx, pool, settings.sql.max_value_bytes);
     Ok(ctx)
+}
+
+/// The cluster's mutual TLS, read from its PEM files: every connection
+/// between ladu and the nodes presents this node's certificate and accepts
+/// only a peer whose certificate the CA signed.
+#[derive(Clone)]
+pub struct Tls {
+    ca: Certificate,
+    identity: Identity,
+}
+
+impl Tls {
+    pub fn load(files: &ClusterTls) -> Result<Tls> {
+        let read = |path: &Path| {
+            let failed = |problem: String| Error::ClusterTls { path: path.to_owned(), problem };
+            let bytes = std::fs::read(path).map_err(|e| failed(e.to_string()))?;
+            if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+                return Err(failed("not a PEM file".into()));
+            }
+            Ok(bytes)
+        };
+        let ca = Certificate::from_pem(read(&files.ca_certificate)?);
+        let identity = Identity::from_pem(read(&files.certificate)?, read(&files.private_key)?);
+        Ok(Tls { ca, identity })
+    }
+
+    /// What the servers of a node (the scheduler's gRPC, an executor's Flight) accept.
+    pub fn server(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new().identity(self.identity.clone()).client_ca_root(self.ca.clone())
+    }
+
+    /// Every gRPC connection a node or ladu opens: over TLS with this node's certificate.
+    /// Ballista dials the scheduler from an executor as `http://`: that becomes `https://` here.
+    pub fn endpoints(&self) -> EndpointOverrideFn {
+        let tls = ClientTlsConfig::new().ca_certificate(self.ca.clone()).identity(self.identity.clone());
+        Arc::new(move |endpoint: tonic::transport::Endpoint| {
+            let endpoint = match endpoint.uri().to_string().strip_prefix("http://") {
+                Some(rest) => tonic::transport::Endpoint::from_shared(format!("https://{rest}"))?
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .tcp_nodelay(true),
+                None => endpoint,
+            };
+            Ok(endpoint.tls_config(tls.clone())?)
+        })
+    }
+
+    /// `config` of a session whose connections (to the scheduler, to executors for results and shuffles) use TLS.
+    pub fn on_client(&self, config: SessionConfig) -> SessionConfig {
+        config.with_ballista_use_tls(true).with_ballista_override_create_grpc_client_endpoint(self.endpoints())
+    }
 }
 
 /// Fails at once, with [`Error::Unreachable`], if nothing answers at the scheduler's address.

@@ -35,11 +35,19 @@ struct Cluster {
 impl Cluster {
     /// A scheduler and two executors of two slots each, over `ws`'s warehouse.
     fn start(ws: &Workspace) -> Cluster {
+        Cluster::start_with(ws, "")
+    }
+
+    /// As [`Cluster::start`], with more keys of `[cluster]` on every node and the client.
+    fn start_with(ws: &Workspace, cluster_keys: &str) -> Cluster {
         let scheduler_port = free_port();
         let config = ws.root().join("config/cluster.toml");
         let base = std::fs::read_to_string(ws.config()).unwrap();
-        std::fs::write(&config, format!("{base}\n[cluster]\nscheduler = \"df://127.0.0.1:{scheduler_port}\"\n"))
-            .unwrap();
+        std::fs::write(
+            &config,
+            format!("{base}\n[cluster]\nscheduler = \"df://127.0.0.1:{scheduler_port}\"\n{cluster_keys}"),
+        )
+        .unwrap();
         let log = |name: &str| std::fs::File::create(ws.root().join(format!("{name}.log"))).unwrap();
         let listen = format!("127.0.0.1:{scheduler_port}");
         let scheduler = node(&config, &["cluster", "scheduler", "--listen", &listen]).stderr(log("scheduler")).spawn();
@@ -335,4 +343,128 @@ fn a_scheduler_down_fails_at_once_and_the_cluster_stops_cleanly() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("cannot be reached"), "{}", stderr(&out));
     assert!(started.elapsed() < Duration::from_secs(10), "it failed at once: {:?}", started.elapsed());
+}
+
+/// A CA and one certificate for 127.0.0.1, signed by it, that every node presents (openssl).
+fn cluster_certificates(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl is needed");
+        assert!(out.status.success(), "openssl {args:?}: {}", stderr(&out));
+    };
+    let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    run(&[
+        &["req", "-x509"][..],
+        &key,
+        &["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=cluster CA"],
+    ]
+    .concat());
+    std::fs::write(dir.join("node.ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+    run(&[&["req"][..], &key, &["-keyout", "node.key", "-out", "node.csr", "-subj", "/CN=127.0.0.1"]].concat());
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "node.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "node.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "node.ext",
+    ]);
+}
+
+/// Under mutual TLS the cluster answers as locally; a client without the cluster's certificate is refused.
+#[test]
+fn under_mutual_tls_only_holders_of_a_certificate_get_in() {
+    let ws = sample_warehouse(300);
+    let certs = ws.root().join("certs");
+    cluster_certificates(&certs);
+    let base = std::fs::read_to_string(ws.config()).unwrap();
+    let tls = format!(
+        "ca_certificate = \"{0}/ca.crt\"\ncertificate = \"{0}/node.crt\"\nprivate_key = \"{0}/node.key\"\n",
+        certs.display()
+    );
+    let cluster = Cluster::start_with(&ws, &tls);
+    for q in [
+        "SELECT care_type, count(*), sum(amount) FROM treatment_invoices GROUP BY 1 ORDER BY 1",
+        "SELECT p.sex, count(*) FROM treatment_invoices i JOIN population p ON p.person_id = i.person_id GROUP BY 1 ORDER BY 1",
+    ] {
+        let remote = cluster.run(&ws, &["sql", "--format", "csv", "-c", q]);
+        assert_eq!(remote.status.code(), Some(0), "{}", stderr(&remote));
+        assert_eq!(stdout(&remote), stdout(&ws.ok(&["sql", "--format", "csv", "-c", q])), "{q}");
+    }
+    // The same scheduler, without a certificate: refused.
+    let plain = ws.root().join("config/plain.toml");
+    std::fs::write(&plain, format!("{base}\n[cluster]\nscheduler = \"df://127.0.0.1:{}\"\n", cluster.scheduler_port))
+        .unwrap();
+    let out = node(&plain, &["sql", "-c", "SELECT count(*) FROM population"])
+        .current_dir(ws.root())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0), "a client without TLS got an answer: {}", stdout(&out));
+    let entries = ws.audit_entries();
+    let last = entries.iter().rev().find(|e| e["kind"] == "sql").unwrap();
+    assert_eq!(last["outcome"], "error", "{last}");
+}
+
+/// An executor killed during a query: the query is retried on the other one, or fails with a
+/// clear error; either way the cluster goes on serving.
+#[test]
+fn an_executor_killed_during_a_query_leaves_a_working_cluster() {
+    let ws = sample_warehouse(400);
+    let mut cluster = Cluster::start(&ws);
+    let q = "SELECT count(*) FROM treatment_invoices_history a, treatment_invoices_history b, \
+             treatment_invoices_history c WHERE a.amount > b.amount AND b.amount > c.amount";
+    let expected = ws.sql_rows(None, q);
+    let child = node(&cluster.config, &["sql", "--format", "csv", "-c", q])
+        .current_dir(ws.root())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let (mut victim, _) = cluster.executors.remove(0);
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    let out = wait_bounded(child, Duration::from_secs(120));
+    match out.status.code() {
+        Some(0) => {
+            let rows: Vec<Vec<String>> =
+                stdout(&out).lines().skip(1).map(|l| l.split(',').map(str::to_owned).collect()).collect();
+            assert_eq!(rows, expected, "the retried query's answer");
+        }
+        code => {
+            assert_eq!(code, Some(1), "{}", stderr(&out));
+            assert!(stderr(&out).contains("error:"), "{}", stderr(&out));
+        }
+    }
+    let again = cluster.run(&ws, &["sql", "--format", "csv", "-c", "SELECT count(*) FROM population"]);
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    let population = ws.sql_rows(None, "SELECT count(*) FROM population");
+    assert_eq!(stdout(&again).lines().nth(1), population[0].first().map(String::as_str));
+}
+
+/// The output of `child`, which must end within `limit` (else it is killed and the test fails).
+fn wait_bounded(child: Child, limit: Duration) -> Output {
+    let mut child = Killed(child);
+    let deadline = Instant::now() + limit;
+    while child.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the query neither ended nor failed within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut out = Output { status: child.0.wait().unwrap(), stdout: Vec::new(), stderr: Vec::new() };
+    if let Some(mut s) = child.0.stdout.take() {
+        s.read_to_end(&mut out.stdout).unwrap();
+    }
+    if let Some(mut s) = child.0.stderr.take() {
+        s.read_to_end(&mut out.stderr).unwrap();
+    }
+    out
 }
