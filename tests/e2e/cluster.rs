@@ -468,3 +468,26 @@ fn wait_bounded(child: Child, limit: Duration) -> Output {
     }
     out
 }
+
+/// `ladu serve` with `[cluster]` runs its connections' statements there: psql gets what `ladu sql` gives.
+#[test]
+fn ladu_serve_runs_its_queries_on_the_cluster() {
+    use crate::serve::{ANALYST_PASSWORD, Served, installation, psql, psql_present};
+    if !psql_present() {
+        return;
+    }
+    let ws = installation("");
+    let q = "SELECT care_type, count(*), sum(amount) FROM treatment_invoices GROUP BY 1 ORDER BY 1";
+    let local: Vec<String> = ws.sql_rows(None, q).iter().map(|r| r.join("|")).collect();
+    let cluster = Cluster::start(&ws);
+    // The server reads the config with `[cluster]`.
+    std::fs::copy(&cluster.config, ws.config()).unwrap();
+    let served = Served::start(&ws);
+    let out = psql(&served.port(), "maria", ANALYST_PASSWORD, "", q);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let wire: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+    assert_eq!(wire, local);
+    let entries = ws.audit_entries();
+    let ran = entries.iter().rev().find(|e| e["kind"] == "sql" && e["statement"] == q && e["outcome"] == "ok").unwrap();
+    assert!(ran["ran_on"].as_str().unwrap().starts_with("cluster df://127.0.0.1:"), "{ran}");
+}

@@ -10,19 +10,19 @@ use serde_json::Value;
 
 use crate::util::{BIN, Killed, Workspace, in_ci, py, stderr, stdout};
 
-const ANALYST_PASSWORD: &str = "an analyst's password";
+pub(crate) const ANALYST_PASSWORD: &str = "an analyst's password";
 const PROVIDER_PASSWORD: &str = "a provider's password";
 const PROVIDER: &str = "90006399";
 
 /// A running `ladu serve` on a loopback port it picked; stopped (SIGTERM, then killed) when dropped.
-struct Served {
+pub(crate) struct Served {
     child: Option<Killed>,
     port: u16,
     log: Arc<Mutex<String>>,
 }
 
 impl Served {
-    fn start(ws: &Workspace) -> Served {
+    pub(crate) fn start(ws: &Workspace) -> Served {
         let mut child = Killed(
             Command::new(BIN)
                 .args(["--config", ws.config().to_str().unwrap(), "serve", "--listen", "127.0.0.1:0"])
@@ -52,7 +52,7 @@ impl Served {
         Served { child: Some(child), port: port.expect("a port"), log }
     }
 
-    fn port(&self) -> String {
+    pub(crate) fn port(&self) -> String {
         self.port.to_string()
     }
 
@@ -99,7 +99,7 @@ impl Drop for Served {
 }
 
 /// A warehouse with invoices, an analyst and a provider user, and `[serve]` settings `serve`.
-fn installation(serve: &str) -> Workspace {
+pub(crate) fn installation(serve: &str) -> Workspace {
     let ws = Workspace::new();
     ws.sample(1500, 21, &["--only", "treatment_invoices", "--only", "waiting_list", "--only", "population"]);
     ws.ok(&["ingest"]);
@@ -147,7 +147,7 @@ fn add_user(ws: &Workspace, name: &str, role: &str, password: &str) {
 }
 
 /// psql, which the tests need; missing, a test fails under CI and skips loudly elsewhere.
-fn psql_present() -> bool {
+pub(crate) fn psql_present() -> bool {
     let present = Command::new("psql").arg("--version").output().is_ok_and(|o| o.status.success());
     if !present {
         assert!(!in_ci(), "psql (Debian's postgresql-client) is needed: tests/run.sh installs it");
@@ -156,7 +156,7 @@ fn psql_present() -> bool {
     present
 }
 
-fn psql(port: &str, user: &str, password: &str, extra: &str, sql: &str) -> std::process::Output {
+pub(crate) fn psql(port: &str, user: &str, password: &str, extra: &str, sql: &str) -> std::process::Output {
     Command::new("psql")
         .arg(format!("host=127.0.0.1 port={port} user={user} dbname=ladu connect_timeout=20 {extra}"))
         .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
