@@ -9,7 +9,9 @@
 # scheduler, stages, shuffle files, results over Flight). Each side's `SELECT 1` (process and
 # session; for the cluster, a job) is timed in every round and subtracted. The executors get one
 # slot each (two cores in all, as local queries get) and a pool of `cluster.executor_memory_limit`;
-# their peak resident memory (VmHWM) is read before they stop.
+# their peak resident memory (VmHWM) is read before they stop. In the report, `ladu` is the
+# cluster and `local` this host, so its time ratio is the cluster's overhead (cluster / local);
+# the cluster's memory there is the client process's alone, the executors' is printed after.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -20,8 +22,9 @@ bin=$root/target/release/ladu
 limit=${LADU_BENCH_EXECUTOR_MEMORY:-4GiB}
 free_port() { "$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "nothing on port $1" >&2; exit 1; }
-for rows in "${@:-1000000 10000000 30000000}"; do
-  for rows in $rows; do
+sizes=("$@")
+[ ${#sizes[@]} -gt 0 ] || sizes=(1000000 10000000 30000000)
+for rows in "${sizes[@]}"; do
   work=${LADU_BENCH_DIR:-$root/target/bench-cluster}/$rows
   bench_workspace "$work" "$bin"
   bench_sql_warehouse "$work" "$bin" "$rows" 1000000
@@ -45,9 +48,9 @@ for rows in "${@:-1000000 10000000 30000000}"; do
   for _ in $(seq "${LADU_BENCH_REPEAT:-1}"); do
     for q in start.sql $(ls "$work/queries" | grep -v '^start' | sort -V); do
       name=${q%.sql}
-      for side in ladu cluster; do
+      for side in local ladu; do
         config=$work/config/ladu.toml
-        [ "$side" = cluster ] && config=$work/config/cluster.toml
+        [ "$side" = ladu ] && config=$work/config/cluster.toml
         "$python" benches/measure.py "$side:$name" "$rows" -- "$bin" --config "$config" -q sql \
           --format csv --output /dev/null -f "$work/queries/$q"
       done
@@ -59,5 +62,4 @@ for rows in "${@:-1000000 10000000 30000000}"; do
   kill -TERM "${pids[@]}"
   wait "${pids[@]}" 2>/dev/null || true
   trap - EXIT
-  done
 done
