@@ -136,7 +136,7 @@ pub fn scheduler(settings: &Settings, listen: SocketAddr, advertise: Option<Stri
 pub struct ExecutorOptions {
     /// Its Arrow Flight port (shuffle files and results).
     pub listen: SocketAddr,
-    /// The host name others reach it by; the address it connects from if unset.
+    /// The host name others reach it by; its listen address if unset (for a wildcard one, the address it connects from).
     pub advertise: Option<String>,
     /// `cluster.scheduler` if unset.
     pub scheduler: Option<Endpoint>,
