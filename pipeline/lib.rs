@@ -17,6 +17,7 @@
 //! - [`check`]: verifies the warehouse, the audit chain and the site (reads only).
 //! - [`audit`]: the hash-chained log of every processing step; used by every stage.
 //! - [`sample_data`]: synthetic deliveries in the providers' exact formats.
+//! - [`logs`]: log lines on stderr, redacted of anything shaped like a personal code.
 //! - [`durable`] and [`hex`]: durable file writes and hex encoding, for all of the above.
 //!
 //! Start reading at [`ingest::run`]; the binary (`main.rs`) only parses flags,
@@ -32,6 +33,7 @@ pub mod hex;
 pub mod ingest;
 pub mod keyfile;
 pub mod keyshares;
+pub mod logs;
 pub mod progress;
 pub mod pseudonym;
 pub mod publish;

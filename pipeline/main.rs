@@ -509,7 +509,7 @@ fn init_logging(verbose: u8, quiet: bool, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::new(format!(
         "ladu={level},warn,ballista_core::execution_plans::distributed_query=off"
     ));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(ladu::logs::stderr).with_target(false);
     match format {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => logs.json().init(),

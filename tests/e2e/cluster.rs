@@ -135,25 +135,6 @@ fn same_answer(a: &(Option<i32>, String), b: &(Option<i32>, String)) -> bool {
         })
 }
 
-/// Queries of the SQL bench, the suite and the DuckDB cross-check, as the tests read them.
-fn bench_and_suite_queries() -> Vec<String> {
-    let mut queries = Vec::new();
-    for file in ["benches/sql_suite.sql", "benches/sql_queries.sql"] {
-        let text = std::fs::read_to_string(Path::new(REPO).join(file)).unwrap();
-        for block in text.split(";\n") {
-            let named = block.lines().any(|l| {
-                l.strip_prefix("-- ").and_then(|r| r.split(' ').next()).is_some_and(|n| {
-                    n.len() > 1 && n.starts_with(['q', 's']) && n[1..].chars().all(|c| c.is_ascii_digit())
-                })
-            });
-            if named {
-                queries.push(block.trim().to_owned());
-            }
-        }
-    }
-    queries
-}
-
 const INVOICES: &str = "select i.person_id, i.care_type, i.amount, p.sex \
     from treatment_invoices i join population p on p.person_id = i.person_id";
 
@@ -170,7 +151,7 @@ fn queries_on_the_cluster_answer_as_they_do_locally() {
     let ws = sample_warehouse(1500);
     let cluster = Cluster::start(&ws);
     let provider = "provider:90006399";
-    let mut cases: Vec<(Option<&str>, String)> = bench_and_suite_queries().into_iter().map(|q| (None, q)).collect();
+    let mut cases: Vec<(Option<&str>, String)> = sql_suite_queries().into_iter().map(|q| (None, q)).collect();
     assert!(cases.len() >= 40, "{}", cases.len());
     let roles = [
         "SELECT count(*), sum(amount) FROM treatment_invoices",
@@ -345,50 +326,16 @@ fn a_scheduler_down_fails_at_once_and_the_cluster_stops_cleanly() {
     assert!(started.elapsed() < Duration::from_secs(10), "it failed at once: {:?}", started.elapsed());
 }
 
-/// A CA and one certificate for 127.0.0.1, signed by it, that every node presents (openssl).
-fn cluster_certificates(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl is needed");
-        assert!(out.status.success(), "openssl {args:?}: {}", stderr(&out));
-    };
-    let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-    run(&[
-        &["req", "-x509"][..],
-        &key,
-        &["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=cluster CA"],
-    ]
-    .concat());
-    std::fs::write(dir.join("node.ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
-    run(&[&["req"][..], &key, &["-keyout", "node.key", "-out", "node.csr", "-subj", "/CN=127.0.0.1"]].concat());
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "node.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "node.crt",
-        "-days",
-        "2",
-        "-extfile",
-        "node.ext",
-    ]);
-}
-
 /// Under mutual TLS the cluster answers as locally; a client without the cluster's certificate is refused.
 #[test]
 fn under_mutual_tls_only_holders_of_a_certificate_get_in() {
     let ws = sample_warehouse(300);
     let certs = ws.root().join("certs");
-    cluster_certificates(&certs);
+    // Its server certificate (for 127.0.0.1, no key usage named) serves every node, as server and client.
+    crate::serve::certificates(&certs, "cluster-node");
     let base = std::fs::read_to_string(ws.config()).unwrap();
     let tls = format!(
-        "ca_certificate = \"{0}/ca.crt\"\ncertificate = \"{0}/node.crt\"\nprivate_key = \"{0}/node.key\"\n",
+        "ca_certificate = \"{0}/ca.crt\"\ncertificate = \"{0}/server.crt\"\nprivate_key = \"{0}/server.key\"\n",
         certs.display()
     );
     let cluster = Cluster::start_with(&ws, &tls);

@@ -179,7 +179,7 @@ fn entries(ws: &Workspace, kind: &str) -> Vec<Value> {
 
 /// Make a CA, a server certificate for 127.0.0.1 and a client certificate
 /// whose subject serialNumber is `serial`, with openssl; returns their folder.
-fn certificates(dir: &Path, serial: &str) {
+pub(crate) fn certificates(dir: &Path, serial: &str) {
     std::fs::create_dir_all(dir).unwrap();
     let run = |args: &[&str]| {
         let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl is needed");

@@ -718,20 +718,7 @@ fn the_sql_suite_agrees_with_duckdb() {
     let ws = Workspace::new();
     ws.sample(3000, 7, &[]);
     ws.ok(&["ingest"]);
-    let mut queries = Vec::new();
-    for file in ["benches/sql_suite.sql", "benches/sql_queries.sql"] {
-        let text = std::fs::read_to_string(std::path::Path::new(REPO).join(file)).unwrap();
-        for block in text.split(";\n") {
-            let named = block.lines().any(|l| {
-                l.strip_prefix("-- ").and_then(|r| r.split(' ').next()).is_some_and(|n| {
-                    n.len() > 1 && n.starts_with(['q', 's']) && n[1..].chars().all(|c| c.is_ascii_digit())
-                })
-            });
-            if named {
-                queries.push(block.trim().to_owned());
-            }
-        }
-    }
+    let queries = sql_suite_queries();
     assert!(queries.len() >= 40, "the suite's 30 and more and the bench's 10: {}", queries.len());
     agree_with_duckdb(&ws, &queries);
 }

@@ -259,3 +259,22 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// Every named query (`-- qN …`, `-- sN …`) of the SQL suite and the SQL bench, as written.
+pub fn sql_suite_queries() -> Vec<String> {
+    let mut queries = Vec::new();
+    for file in ["benches/sql_suite.sql", "benches/sql_queries.sql"] {
+        let text = std::fs::read_to_string(Path::new(REPO).join(file)).unwrap();
+        for block in text.split(";\n") {
+            let named = block.lines().any(|l| {
+                l.strip_prefix("-- ").and_then(|r| r.split(' ').next()).is_some_and(|n| {
+                    n.len() > 1 && n.starts_with(['q', 's']) && n[1..].chars().all(|c| c.is_ascii_digit())
+                })
+            });
+            if named {
+                queries.push(block.trim().to_owned());
+            }
+        }
+    }
+    queries
+}
