@@ -5,8 +5,11 @@
 //! tables from the shared warehouse ([`sql::remote::WarehouseTables`]) and
 //! plans with ladu's rules; executors run stages with ladu's operators and
 //! capped functions under one memory pool. Tasks are pulled by executors
-//! (Ballista's pull-staged policy): the scheduler never dials an executor.
+//! (Ballista's pull-staged policy): the scheduler never dials an executor, and
+//! holds an idle executor's poll until a stage is runnable ([`long_poll`]).
 //! Neither node ever loads the key: none of what they run needs it.
+
+mod long_poll;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,14 +25,16 @@ use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_
 use ballista_executor::flight_service::BallistaFlightService;
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
-use ballista_scheduler::scheduler_process::{create_scheduler, start_server};
+use ballista_scheduler::scheduler_process::create_scheduler;
 use ballista_scheduler::scheduler_server::SchedulerServer;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionConfig;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
+use tokio::sync::Notify;
 
+use self::long_poll::LongPoll;
 use crate::config::Settings;
 use crate::config::cluster::Endpoint;
 use crate::sql;
@@ -95,32 +100,25 @@ pub fn scheduler(settings: &Settings, listen: SocketAddr, advertise: Option<Stri
     config.override_physical_codec = Some(Arc::new(PhysicalCodec::default()));
     config.override_session_builder =
         Some(Arc::new(move |config: SessionConfig| Ok(node_state(&node_settings, config, Arc::clone(&env)))));
+    let work = Arc::new(Notify::new());
+    config.on_work_available = Some(long_poll::on_work_available(Arc::clone(&work)));
     let served = runtime.block_on(async {
+        let failed_server = |e: tonic::transport::Error| Error::Ballista { node: "scheduler", message: e.to_string() };
         let cluster = BallistaCluster::new_from_config(&config).await.map_err(failed)?;
+        let (decoding, encoding) =
+            (config.grpc_server_max_decoding_message_size, config.grpc_server_max_encoding_message_size);
+        let server: SchedulerServer<LogicalPlanNode, PhysicalPlanNode> =
+            create_scheduler(cluster, Arc::new(config)).await.map_err(failed)?;
+        // Ballista's service behind tonic's own server, which has TLS, and behind long polls.
+        let service = SchedulerGrpcServer::new(LongPoll::new(server, work))
+            .max_decoding_message_size(decoding as usize)
+            .max_encoding_message_size(encoding as usize);
+        let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+        if let Some(tls) = &tls {
+            builder = builder.tls_config(tls.server()).map_err(failed_server)?;
+        }
         tracing::info!(%listen, tls = tls.is_some(), "cluster scheduler listening");
-        let served = match tls {
-            None => tokio::select! {
-                served = start_server(cluster, listen, Arc::new(config)) => served.map_err(failed),
-                () = stopped() => Ok(()),
-            },
-            // Ballista's own server has no TLS: its gRPC service behind tonic's, which has.
-            Some(tls) => {
-                let (decoding, encoding) =
-                    (config.grpc_server_max_decoding_message_size, config.grpc_server_max_encoding_message_size);
-                let server: SchedulerServer<LogicalPlanNode, PhysicalPlanNode> =
-                    create_scheduler(cluster, Arc::new(config)).await.map_err(failed)?;
-                let service = SchedulerGrpcServer::new(server)
-                    .max_decoding_message_size(decoding as usize)
-                    .max_encoding_message_size(encoding as usize);
-                tonic::transport::Server::builder()
-                    .tls_config(tls.server())
-                    .map_err(|e| Error::Ballista { node: "scheduler", message: e.to_string() })?
-                    .add_service(service)
-                    .serve_with_shutdown(listen, stopped())
-                    .await
-                    .map_err(|e| Error::Ballista { node: "scheduler", message: e.to_string() })
-            }
-        };
+        let served = builder.add_service(service).serve_with_shutdown(listen, stopped()).await.map_err(failed_server);
         tracing::info!("cluster scheduler stopped");
         served
     });
