@@ -4,7 +4,7 @@
 //! (never its files, rows or key); the scheduler rebuilds it from the
 //! shared warehouse through [`Tables`], exactly as a local session of that
 //! role would have built it. Physical plans go to the executors with
-//! [`RoleFilterExec`], [`PackedSortExec`] and [`SortedRowNumberExec`] as
+//! [`RoleFilterExec`], [`PackedSortExec`] and [`SortedWindowExec`] as
 //! their parameters, everything else as Ballista encodes it. A table whose
 //! pseudonyms a release recodes cannot be encoded at all: release
 //! pseudonyms are made with the key, on the host that holds it.
@@ -39,7 +39,7 @@ use super::packed_sort::PackedSortExec;
 use super::pseudonym_keys;
 use super::restrict::{Restricted, RoleFilterExec};
 use super::roles::Role;
-use super::row_number::SortedRowNumberExec;
+use super::sorted_window::SortedWindowExec;
 
 /// Tag of a message Ballista's own codec wrote.
 const BALLISTA: u8 = 0;
@@ -47,7 +47,7 @@ const BALLISTA: u8 = 0;
 const TABLE: u8 = 1;
 const ROLE_FILTER: u8 = 2;
 const PACKED_SORT: u8 = 3;
-const SORTED_ROW_NUMBER: u8 = 4;
+const SORTED_WINDOW: u8 = 4;
 
 /// What a warehouse table of a session is: enough to build it again from the warehouse.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -187,12 +187,12 @@ impl PhysicalExtensionCodec for PhysicalCodec {
                 let sort = sort.downcast_ref::<SortExec>().ok_or_else(|| proto("a packed sort is a sort".into()))?;
                 Ok(Arc::new(PackedSortExec::new(sort.clone())))
             }
-            SORTED_ROW_NUMBER => {
+            SORTED_WINDOW => {
                 let window = with_input(decode_plan(rest, ctx, self)?, input)?;
                 let window = window
                     .downcast_ref::<BoundedWindowAggExec>()
-                    .ok_or_else(|| proto("a row numbering is a window".into()))?;
-                Ok(Arc::new(SortedRowNumberExec::new(window.clone())))
+                    .ok_or_else(|| proto("a sorted window is a window".into()))?;
+                Ok(Arc::new(SortedWindowExec::new(window.clone())))
             }
             _ => Err(unknown("operator")),
         }
@@ -223,8 +223,8 @@ impl PhysicalExtensionCodec for PhysicalCodec {
         } else if let Some(sort) = node.downcast_ref::<PackedSortExec>() {
             buf.push(PACKED_SORT);
             encode_without_input(Arc::new(sort.sort().clone()), buf, self)
-        } else if let Some(numbering) = node.downcast_ref::<SortedRowNumberExec>() {
-            buf.push(SORTED_ROW_NUMBER);
+        } else if let Some(numbering) = node.downcast_ref::<SortedWindowExec>() {
+            buf.push(SORTED_WINDOW);
             encode_without_input(Arc::new(numbering.window().clone()), buf, self)
         } else {
             buf.push(BALLISTA);

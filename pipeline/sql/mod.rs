@@ -22,11 +22,11 @@ pub mod query_files;
 pub mod remote;
 pub mod restrict;
 pub mod roles;
-pub mod row_number;
 pub mod sandbox;
 pub mod script;
 pub mod semi_join;
 pub mod shell;
+pub mod sorted_window;
 pub mod tables;
 pub mod versions;
 pub mod views;
@@ -1362,7 +1362,7 @@ fn ladu_state(
         .with_table_functions(HashMap::new())
         .with_table_factories(HashMap::new())
         .with_physical_optimizer_rule(Arc::new(packed_sort::PackedSort))
-        .with_physical_optimizer_rule(Arc::new(row_number::SortedRowNumber))
+        .with_physical_optimizer_rule(Arc::new(sorted_window::SortedWindow))
         .with_physical_optimizer_rule(Arc::new(semi_join::DistinctSemiJoinBuild))
         .with_physical_optimizer_rule(Arc::new(limits::Interruptible))
         .with_physical_optimizer_rule(Arc::new(limits::BoundedRecursion {

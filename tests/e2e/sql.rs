@@ -625,7 +625,7 @@ fn analyst_queries_agree_with_duckdb() {
          GROUP BY screening",
         "SELECT i.person_id, count(*) AS n, lag(count(*)) OVER (ORDER BY i.person_id) AS previous \
          FROM treatment_invoices i WHERE i.care_type = 'AMB' GROUP BY i.person_id",
-        // Numbered by ladu's SortedRowNumberExec, not DataFusion's window.
+        // Numbered by ladu's SortedWindowExec, not DataFusion's window.
         "SELECT person_id, record_id, amount, r FROM (SELECT person_id, record_id, amount, row_number() OVER \
          (PARTITION BY person_id ORDER BY amount DESC, record_id) AS r FROM treatment_invoices) t WHERE r <= 3",
     ];
