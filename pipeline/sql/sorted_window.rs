@@ -1,4 +1,4 @@
-//! Window functions over input already sorted by their partition keys, in one linear pass: `row_number()`, `lag`, `lead`, `first_value`.
+//! Window functions over input already sorted by their partition keys, in one linear pass: `row_number()`, `lag`, `lead`, `first_value`, running `sum` and `count`.
 //!
 //! DataFusion's `BoundedWindowAggExec` keeps state per window partition (a
 //! key of `ScalarValue`s, a slice, a map entry), which dominates queries
@@ -10,7 +10,8 @@
 //! run of equal keys: a row's number is one more than its predecessor's,
 //! `lag(x)` is the predecessor's `x`, `lead(x)` the successor's, and
 //! `first_value(x)` (over a frame from the partition's start) the run's first
-//! `x`. Arrow's `partition` kernel finds the runs of each batch, and a take
+//! `x`, and a running `sum` or `count` (`ROWS BETWEEN UNBOUNDED PRECEDING AND
+//! CURRENT ROW`) the predecessor's plus this row's. Arrow's `partition` kernel finds the runs of each batch, and a take
 //! per column builds the values. The node stands in for the window node and
 //! keeps its plan properties, schema and input requirements, so the rest of
 //! the plan is unchanged. Anything else (an offset other than one, a default,
@@ -22,17 +23,20 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array, UInt64Array, make_comparator, new_null_array};
+use arrow::array::{
+    Array, ArrayRef, AsArray, Int64Array, PrimitiveArray, PrimitiveBuilder, RecordBatch, UInt32Array, UInt64Array,
+    make_comparator, new_null_array,
+};
 use arrow::compute::{SortOptions, cast, concat, partition, take};
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::{ArrowPrimitiveType, DataType, Decimal128Type, Float64Type, Int64Type, SchemaRef, UInt64Type};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Result as DfResult, ScalarValue, Statistics};
 use datafusion::error::DataFusionError;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::{WindowFrame, WindowFrameBound};
+use datafusion::logical_expr::{WindowFrame, WindowFrameBound, WindowFrameUnits};
 use datafusion::physical_expr::expressions::Literal;
-use datafusion::physical_expr::window::{StandardWindowExpr, WindowExpr};
+use datafusion::physical_expr::window::{PlainAggregateWindowExpr, StandardWindowExpr, WindowExpr};
 use datafusion::physical_expr::{OrderingRequirements, PhysicalExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::execution_plan::{CardinalityEffect, ChildrenPropertiesMode, ReplaceChildrenOptions};
@@ -81,6 +85,10 @@ enum Pass {
     Next(Arc<dyn PhysicalExpr>),
     /// `first_value(x)` over a frame from the partition's start: the first row's `x`.
     First(Arc<dyn PhysicalExpr>),
+    /// `sum(x)` over `ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW`, in the sum's type.
+    RunningSum(Arc<dyn PhysicalExpr>, DataType),
+    /// `count(x)` over the same frame.
+    RunningCount(Arc<dyn PhysicalExpr>),
 }
 
 /// Each function of `window` as a [`Pass`], if all have one and the input is sorted by every partition key.
@@ -95,6 +103,9 @@ fn passes(window: &BoundedWindowAggExec) -> Option<Vec<Pass>> {
 }
 
 fn pass(expr: &dyn WindowExpr) -> Option<Pass> {
+    if let Some(plain) = expr.as_any().downcast_ref::<PlainAggregateWindowExpr>() {
+        return running(plain);
+    }
     let standard = expr.as_any().downcast_ref::<StandardWindowExpr>()?;
     let function = standard.get_standard_func_expr();
     let udf = function.as_any().downcast_ref::<WindowUDFExpr>()?;
@@ -112,6 +123,33 @@ fn pass(expr: &dyn WindowExpr) -> Option<Pass> {
             Some(if name == "lag" { Pass::Previous(Arc::clone(x)) } else { Pass::Next(Arc::clone(x)) })
         }
         ("first_value", [x]) if from_partition_start(expr.get_window_frame()) => Some(Pass::First(Arc::clone(x))),
+        _ => None,
+    }
+}
+
+/// A running `sum` or `count` from the partition's first row to the current one.
+fn running(plain: &PlainAggregateWindowExpr) -> Option<Pass> {
+    let aggregate = plain.get_aggregate_expr();
+    let frame = plain.get_window_frame();
+    let to_this_row = frame.units == WindowFrameUnits::Rows
+        && frame.start_bound.is_unbounded()
+        && frame.end_bound == WindowFrameBound::CurrentRow;
+    // The FILTER clause is not reachable from here but is written in the name.
+    if !to_this_row
+        || aggregate.is_distinct()
+        || aggregate.ignore_nulls()
+        || aggregate.is_reversed()
+        || plain.name().contains(" FILTER (WHERE ")
+    {
+        return None;
+    }
+    let [x] = aggregate.expressions().try_into().ok()?;
+    let out = aggregate.field().data_type().clone();
+    match aggregate.fun().name() {
+        "sum" if matches!(out, DataType::Int64 | DataType::UInt64 | DataType::Float64 | DataType::Decimal128(..)) => {
+            Some(Pass::RunningSum(x, out))
+        }
+        "count" if out == DataType::Int64 => Some(Pass::RunningCount(x)),
         _ => None,
     }
 }
@@ -259,7 +297,8 @@ struct Runs {
     last: Option<Vec<ArrayRef>>,
     /// The previous batch's last row number.
     count: u64,
-    /// Per pass: for `Previous`, the previous batch's last value; for `First`, the open run's first value.
+    /// Per pass: for `Previous`, the previous batch's last value; for `First`, the open run's first value;
+    /// for running sums and counts, the previous batch's last one.
     carried: Vec<Option<ArrayRef>>,
     held: Option<Held>,
 }
@@ -334,6 +373,20 @@ impl Runs {
                     let values = x.evaluate(&batch)?.into_array(n)?;
                     next_firsts.push(values.slice(0, 1));
                     values
+                }
+                Pass::RunningSum(x, out) => {
+                    let values = cast(&x.evaluate(&batch)?.into_array(n)?, &out)?;
+                    let carried = self.carried[i].as_ref().filter(|_| continues);
+                    let sums = running_sum(&values, &runs, carried)?;
+                    self.carried[i] = Some(sums.slice(n - 1, 1));
+                    sums
+                }
+                Pass::RunningCount(x) => {
+                    let values = x.evaluate(&batch)?.into_array(n)?;
+                    let carried = self.carried[i].as_ref().filter(|_| continues);
+                    let counts = running_count(&values, &runs, carried);
+                    self.carried[i] = Some(counts.slice(n - 1, 1));
+                    counts
                 }
             };
             columns.push(column);
@@ -420,6 +473,56 @@ impl Runs {
     }
 }
 
+/// Running sums of `values` within each run, the first run going on from `carried` (the previous batch's last sum) if given.
+fn running_sum(values: &ArrayRef, runs: &[Range<usize>], carried: Option<&ArrayRef>) -> DfResult<ArrayRef> {
+    Ok(match values.data_type() {
+        DataType::Int64 => Arc::new(sums::<Int64Type>(values, runs, carried, i64::wrapping_add)),
+        DataType::UInt64 => Arc::new(sums::<UInt64Type>(values, runs, carried, u64::wrapping_add)),
+        DataType::Float64 => Arc::new(sums::<Float64Type>(values, runs, carried, |a, b| a + b)),
+        DataType::Decimal128(p, s) => Arc::new(
+            sums::<Decimal128Type>(values, runs, carried, i128::wrapping_add).with_precision_and_scale(*p, *s)?,
+        ),
+        other => return Err(DataFusionError::Internal(format!("no running sum of {other}"))),
+    })
+}
+
+/// NULL until a run's first non-null value, as `sum` over the rows so far is.
+fn sums<T: ArrowPrimitiveType>(
+    values: &ArrayRef,
+    runs: &[Range<usize>],
+    carried: Option<&ArrayRef>,
+    add: impl Fn(T::Native, T::Native) -> T::Native,
+) -> PrimitiveArray<T> {
+    let values = values.as_primitive::<T>();
+    let carried = carried.map(|c| c.as_primitive::<T>()).and_then(|c| c.is_valid(0).then(|| c.value(0)));
+    let mut out = PrimitiveBuilder::<T>::with_capacity(values.len());
+    for (j, run) in runs.iter().enumerate() {
+        let mut sum = if j == 0 { carried } else { None };
+        for r in run.clone() {
+            if values.is_valid(r) {
+                let v = values.value(r);
+                sum = Some(sum.map_or(v, |s| add(s, v)));
+            }
+            out.append_option(sum);
+        }
+    }
+    out.finish()
+}
+
+/// Running counts of `values`' non-null rows within each run, the first run going on from `carried`.
+fn running_count(values: &ArrayRef, runs: &[Range<usize>], carried: Option<&ArrayRef>) -> ArrayRef {
+    let carried = carried.map_or(0, |c| c.as_primitive::<Int64Type>().value(0));
+    let mut out = Vec::with_capacity(values.len());
+    for (j, run) in runs.iter().enumerate() {
+        let mut count = if j == 0 { carried } else { 0 };
+        for r in run.clone() {
+            count += i64::from(values.is_valid(r));
+            out.push(count);
+        }
+    }
+    Arc::new(Int64Array::from(out))
+}
+
 /// Are `last`'s only row and `keys`' first row the same partition? Equal
 /// as the `partition` kernel counts equal within a batch: nulls alike.
 fn same_keys(last: &[ArrayRef], keys: &[ArrayRef]) -> DfResult<bool> {
@@ -488,7 +591,23 @@ mod tests {
     }
 
     /// Queries whose windows have a one-pass form (the rule applies) and some that do not.
-    const QUERIES: [(&str, bool); 11] = [
+    const QUERIES: [(&str, bool); 14] = [
+        (
+            "SELECT a, b, v, sum(v) OVER (PARTITION BY a ORDER BY v ROWS UNBOUNDED PRECEDING) AS s, \
+             count(a) OVER (PARTITION BY a ORDER BY v ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS c, \
+             count(*) OVER (PARTITION BY b ORDER BY v ROWS UNBOUNDED PRECEDING) AS n, \
+             sum(CAST(v AS DOUBLE) / 4) OVER (PARTITION BY b ORDER BY v ROWS UNBOUNDED PRECEDING) AS d FROM t",
+            true,
+        ),
+        (
+            "SELECT a, b, v, sum(CAST(v AS DECIMAL(10, 2))) OVER (PARTITION BY b ORDER BY v ROWS UNBOUNDED PRECEDING) AS s, \
+             sum(CASE WHEN v % 3 = 0 THEN NULL ELSE a END) OVER (PARTITION BY b ORDER BY v ROWS UNBOUNDED PRECEDING) AS n FROM t",
+            true,
+        ),
+        (
+            "SELECT a, v, sum(v) OVER (PARTITION BY a ORDER BY v ROWS BETWEEN UNBOUNDED PRECEDING AND 1 FOLLOWING) AS s FROM t",
+            false,
+        ),
         ("SELECT a, b, v, row_number() OVER (PARTITION BY a, b ORDER BY v, a, b) AS r FROM t", true),
         (
             "SELECT a, v, row_number() OVER (PARTITION BY a ORDER BY v DESC) AS r, \
