@@ -26,6 +26,7 @@ pub mod sandbox;
 pub mod script;
 pub mod semi_join;
 pub mod shell;
+pub mod shared_work;
 pub mod sorted_window;
 pub mod tables;
 pub mod versions;
@@ -1368,6 +1369,8 @@ fn ladu_state(
         .with_physical_optimizer_rule(Arc::new(limits::BoundedRecursion {
             max_depth: settings.sql.max_recursion_depth,
         }))
+        // Last: the plan it shares is final.
+        .with_physical_optimizer_rule(Arc::new(shared_work::SharedWork))
         .build()
 }
 

@@ -24,7 +24,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 use super::codec::{LogicalCodec, PhysicalCodec, TableOrigin, Tables};
 use super::roles::Role;
-use super::{Engine, Error, Result, Snapshot, limits, new_context, register_tables, sandbox};
+use super::{Engine, Error, Result, Snapshot, limits, new_context, register_tables, sandbox, shared_work};
 use crate::config::Settings;
 use crate::config::cluster::{ClusterTls, Endpoint};
 use crate::warehouse::manifest;
@@ -137,8 +137,10 @@ pub fn node_state(settings: &Settings, config: SessionConfig, env: Arc<RuntimeEn
     // Stopping a statement on the cluster cancels its job: joins and unions need no
     // cooperative wrapper there, which Ballista's stage planner does not see through
     // (a union under one read each of its inputs' partitions more than once).
+    // Nor do stages share work in memory: a shared subtree is Ballista's to plan, twice.
+    let local_only = [limits::Interruptible.name(), shared_work::SharedWork.name()];
     let physical: Vec<_> =
-        state.physical_optimizers().iter().filter(|r| r.name() != limits::Interruptible.name()).cloned().collect();
+        state.physical_optimizers().iter().filter(|r| !local_only.contains(&r.name())).cloned().collect();
     let state = SessionStateBuilder::new_from_existing(state)
         .with_optimizer_rules(rules)
         .with_physical_optimizer_rules(physical)
