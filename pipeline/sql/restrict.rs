@@ -109,6 +109,12 @@ impl Restricted {
         self.origin.as_ref()
     }
 
+    /// Is `filter` given to the inner table? Not over recoded columns (whose files hold other
+    /// values), and beneath a role's condition only if it cannot fail on the rows the role may not see.
+    fn passes_on(&self, filter: &Expr) -> bool {
+        !self.reads_recoded(filter) && (self.condition.is_none() || cannot_fail(filter))
+    }
+
     /// Does `filter` read a recoded column (whose files hold other values than the query sees)?
     fn reads_recoded(&self, filter: &Expr) -> bool {
         let Some((recoded, _)) = &self.recode else { return false };
@@ -151,9 +157,20 @@ impl TableProvider for Restricted {
         TableType::Base
     }
 
+    /// A filter passed on to the inner table is as exact as that table makes it (beneath the
+    /// role's condition only where it cannot fail, so it filters the same rows); the query keeps
+    /// any other above this table.
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        // Inexact: the query keeps its own filter above this table whatever the inner table did.
-        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+        let passed: Vec<bool> = filters.iter().map(|f| self.passes_on(f)).collect();
+        let inner: Vec<&Expr> = filters.iter().zip(&passed).filter(|(_, p)| **p).map(|(f, _)| *f).collect();
+        let mut answers = self.inner.supports_filters_pushdown(&inner)?.into_iter();
+        Ok(passed
+            .iter()
+            .map(|&p| match p.then(|| answers.next()).flatten() {
+                Some(TableProviderFilterPushDown::Exact) => TableProviderFilterPushDown::Exact,
+                _ => TableProviderFilterPushDown::Inexact,
+            })
+            .collect())
     }
 
     async fn scan(
@@ -173,12 +190,9 @@ impl TableProvider for Restricted {
         }
         read.sort_unstable();
         read.dedup();
-        let filters = filters.iter().filter(|f| !self.reads_recoded(f));
-        let (pushed, limit): (Vec<Expr>, _) = match &self.condition {
-            None => (filters.cloned().collect(), limit),
-            // The limit would count rows before the role's condition.
-            Some(_) => (filters.filter(|f| cannot_fail(f)).cloned().collect(), None),
-        };
+        let pushed: Vec<Expr> = filters.iter().filter(|f| self.passes_on(f)).cloned().collect();
+        // The limit would count rows before the role's condition.
+        let limit = if self.condition.is_some() { None } else { limit };
         let input = self.inner.scan(state, Some(&read), &pushed, limit).await?;
         let input_schema = input.schema();
         let predicate = match &self.condition {

@@ -145,13 +145,13 @@ impl Shared {
 
     /// Partition `partition`'s rows, computed by whichever reader asks first.
     fn rows(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<Partition> {
-        let mut partitions = self.partitions.lock().map_err(|_| DataFusionError::Internal("a shared result's lock".into()))?;
+        let mut partitions =
+            self.partitions.lock().map_err(|_| DataFusionError::Internal("a shared result's lock".into()))?;
         if let Some(rows) = partitions.get(&partition) {
             return Ok(rows.clone());
         }
         let stream = self.plan.execute(partition, Arc::clone(&context))?;
-        let reservation =
-            MemoryConsumer::new(format!("SharedExec[{partition}]")).register(context.memory_pool());
+        let reservation = MemoryConsumer::new(format!("SharedExec[{partition}]")).register(context.memory_pool());
         let rows: BoxFuture<'static, _> = async move {
             let batches: Vec<RecordBatch> = stream
                 .and_then(|batch| {
@@ -226,7 +226,9 @@ impl ExecutionPlan for SharedExec {
         let schema = self.shared.plan.schema();
         let stream = futures::stream::once(rows)
             .map(|rows| match rows {
-                Ok(rows) => futures::stream::iter((0..rows.batches.len()).map(move |i| Ok(rows.batches[i].clone()))).boxed(),
+                Ok(rows) => {
+                    futures::stream::iter((0..rows.batches.len()).map(move |i| Ok(rows.batches[i].clone()))).boxed()
+                }
                 Err(e) => futures::stream::once(async move { Err(DataFusionError::Shared(e)) }).boxed(),
             })
             .flatten();
@@ -251,10 +253,8 @@ mod tests {
             state = state.with_physical_optimizer_rule(Arc::new(SharedWork));
         }
         let ctx = SessionContext::new_with_state(state.build());
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("k", DataType::Utf8, true),
-            Field::new("v", DataType::Int64, false),
-        ]));
+        let schema =
+            Arc::new(Schema::new(vec![Field::new("k", DataType::Utf8, true), Field::new("v", DataType::Int64, false)]));
         let batch = |keys: &[&str], values: &[i64]| {
             RecordBatch::try_new(
                 schema.clone(),
