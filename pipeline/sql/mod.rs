@@ -27,6 +27,7 @@ pub mod script;
 pub mod semi_join;
 pub mod shared_work;
 pub mod shell;
+pub mod single_phase;
 pub mod sorted_window;
 pub mod tables;
 pub mod versions;
@@ -1362,6 +1363,7 @@ fn ladu_state(
         .with_optimizer_rule(Arc::new(pseudonym_keys::PseudonymGroupKeys::new(pseudonym_columns)))
         .with_table_functions(HashMap::new())
         .with_table_factories(HashMap::new())
+        .with_physical_optimizer_rule(Arc::new(single_phase::SinglePhase))
         .with_physical_optimizer_rule(Arc::new(packed_sort::PackedSort))
         .with_physical_optimizer_rule(Arc::new(sorted_window::SortedWindow))
         .with_physical_optimizer_rule(Arc::new(semi_join::DistinctSemiJoinBuild))
