@@ -1,4 +1,4 @@
-//! A sort on keys packed into at most 32 bytes (a pseudonym as its 16), sorted once per partition.
+//! A sort on keys packed into at most 32 bytes (a pseudonym as its 16), sorted once per partition; wider keys break their ties on the rest.
 //!
 //! DataFusion's `SortExec` sorts each incoming batch and then merges the
 //! sorted batches, a few hundred per partition on a large table, comparing
@@ -8,8 +8,11 @@
 //! the key's order. This node buffers its partition, packs each row's key
 //! once, sorts (key, row) pairs and gathers the rows in that order.
 //!
-//! Whatever it cannot pack (a longer free-text key, a key wider than 32
-//! bytes) or cannot hold within its share of the memory pool is handed,
+//! A key wider than 32 bytes (person, date and record id: 34) packs its
+//! leading columns that fit; rows whose packed keys tie are then ordered by
+//! the remaining columns, converting only those rows to Arrow's row format.
+//! Whatever it cannot pack (a longer free-text key) or cannot hold within
+//! its share of the memory pool is handed,
 //! with the batches already buffered, to DataFusion's own sort, which
 //! spills; that sort's metrics are reported under this node.
 
@@ -17,12 +20,13 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, ArrowPrimitiveType, AsArray, RecordBatch};
-use arrow::compute::{SortOptions, interleave_record_batch};
+use arrow::compute::{SortOptions, interleave, interleave_record_batch};
 use arrow::datatypes::{
     DataType, Date32Type, Date64Type, Decimal128Type, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type,
     Int64Type, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
     TimestampSecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
 };
+use arrow::row::{RowConverter, SortField};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Result as DfResult, Statistics, internal_err};
@@ -285,6 +289,10 @@ impl Packing {
                 .extend(packed.iter().enumerate().map(|(row, key)| E::new(key.push(align, 0), b as u32, row as u32)));
         }
         sort_entries(&mut entries);
+        if layout.ties > 0 {
+            let options: Vec<SortOptions> = self.sort.expr().iter().map(|e| e.options).collect();
+            break_ties(&mut entries, keys, layout.fields.len(), &options)?;
+        }
         let out = Sorted {
             batches,
             entries,
@@ -456,6 +464,49 @@ impl Entry for Entry32 {
 
 /// Sorts by key: first into 256 buckets by the key's first byte, in place,
 /// then each bucket, small enough to sort within the CPU's cache.
+/// Orders each run of entries whose packed keys tie by the key columns from `from` on, compared
+/// in Arrow's row format: only the tied rows are converted (a patient's invoices of one day,
+/// ordered by their record ids), not every row.
+fn break_ties<E: Entry>(
+    entries: &mut [E],
+    keys: &[Vec<ArrayRef>],
+    from: usize,
+    options: &[SortOptions],
+) -> DfResult<()> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    while start < entries.len() {
+        let key = entries[start].key();
+        let end = start + entries[start..].iter().take_while(|e| e.key() == key).count();
+        if end - start > 1 {
+            runs.push(start..end);
+        }
+        start = end;
+    }
+    if runs.is_empty() {
+        return Ok(());
+    }
+    let tied: Vec<(usize, usize)> = runs.iter().flat_map(|r| entries[r.clone()].iter().map(E::at)).collect();
+    let width = keys.first().map_or(0, Vec::len);
+    let mut columns = Vec::with_capacity(width - from);
+    let mut fields = Vec::with_capacity(width - from);
+    for k in from..width {
+        let arrays: Vec<&dyn Array> = keys.iter().map(|batch| batch[k].as_ref()).collect();
+        fields.push(SortField::new_with_options(arrays[0].data_type().clone(), options[k]));
+        columns.push(interleave(&arrays, &tied)?);
+    }
+    let rows = RowConverter::new(fields)?.convert_columns(&columns)?;
+    let mut first = 0;
+    for run in runs {
+        let mut order: Vec<usize> = (first..first + run.len()).collect();
+        order.sort_unstable_by(|&a, &b| rows.row(a).cmp(&rows.row(b)));
+        let sorted: Vec<E> = order.iter().map(|&i| entries[run.start + i - first]).collect();
+        entries[run.clone()].copy_from_slice(&sorted);
+        first += run.len();
+    }
+    Ok(())
+}
+
 fn sort_entries<E: Entry>(entries: &mut [E]) {
     let mut ends = [0usize; 256];
     for e in entries.iter() {
@@ -644,15 +695,20 @@ struct Field {
 /// The packed key's columns, left to right.
 #[derive(Debug)]
 struct Layout {
+    /// The leading key columns that fit in [`MAX_WIDTH`] bytes, packed.
     fields: Vec<Field>,
     width: usize,
+    /// The key columns after them, which order only rows whose packed keys tie.
+    ties: usize,
 }
 
 impl Layout {
-    /// The layout for these columns, or `None` where the key would not fit in [`MAX_WIDTH`] bytes.
+    /// The layout for these columns: as many leading ones as fit in [`MAX_WIDTH`] bytes packed,
+    /// the rest left to break ties; `None` where a column cannot be packed or the first does not fit.
     fn new(stats: &[Stats], options: &[SortOptions]) -> Option<Layout> {
         let mut fields = Vec::with_capacity(stats.len());
         let mut offset = 0;
+        let mut full = false;
         for (s, &options) in stats.iter().zip(options) {
             let (code, width) = match s.kind? {
                 Kind::Int if s.min > s.max => (Code::Int { min: 0 }, 0),
@@ -664,10 +720,15 @@ impl Layout {
                 Kind::Text if s.hex => (Code::Pseudonym, 16),
                 Kind::Text => return None,
             };
-            fields.push(Field { code, flag: s.nulls, width, options });
-            offset += usize::from(s.nulls) + width;
+            let end = offset + usize::from(s.nulls) + width;
+            full |= end > MAX_WIDTH;
+            if !full {
+                fields.push(Field { code, flag: s.nulls, width, options });
+                offset = end;
+            }
         }
-        (offset <= MAX_WIDTH).then_some(Layout { fields, width: offset })
+        let ties = stats.len() - fields.len();
+        (!fields.is_empty()).then_some(Layout { fields, width: offset, ties })
     }
 
     /// Appends each row's key to `packed` (one per row).
@@ -973,9 +1034,9 @@ mod tests {
     }
 
     /// ORDER BY clauses over the packable keys: every direction and null placement,
-    /// keys of up to 8, 16, 24 and 32 bytes; and two the node must hand over, on text
-    /// that is neither short nor pseudonyms, and on keys wider than 32 bytes.
-    const ORDERS: [(&str, bool); 8] = [
+    /// keys of up to 8, 16, 24 and 32 bytes and wider ones; and those the node must hand
+    /// over, with text that is neither short nor pseudonyms.
+    const ORDERS: [(&str, bool); 11] = [
         ("int DESC NULLS LAST", true),
         ("pseudonym, amount DESC", true),
         ("pseudonym DESC NULLS FIRST, float, flag", true),
@@ -983,7 +1044,11 @@ mod tests {
         ("amount, pseudonym DESC, flag NULLS FIRST", true),
         ("flag DESC, short DESC, amount NULLS FIRST", true),
         ("note, int", false),
-        ("float, float * 2, float * 3 DESC, float * 5, float * 7", false),
+        // Wider than 32 bytes: the leading keys packed, the others breaking their ties.
+        ("float, float * 2, float * 3 DESC, float * 5, float * 7", true),
+        ("pseudonym, int DESC, amount, short DESC NULLS FIRST, flag", true),
+        ("flag, pseudonym DESC, big, amount DESC NULLS LAST", true),
+        ("pseudonym, note", false),
     ];
 
     /// The key columns in output order, and every row (ids included) in a fixed order.
