@@ -462,8 +462,6 @@ impl Entry for Entry32 {
     }
 }
 
-/// Sorts by key: first into 256 buckets by the key's first byte, in place,
-/// then each bucket, small enough to sort within the CPU's cache.
 /// Orders each run of entries whose packed keys tie by the key columns from `from` on, compared
 /// in Arrow's row format: only the tied rows are converted (a patient's invoices of one day,
 /// ordered by their record ids), not every row.
@@ -507,6 +505,8 @@ fn break_ties<E: Entry>(
     Ok(())
 }
 
+/// Sorts by key: first into 256 buckets by the key's first byte, in place,
+/// then each bucket, small enough to sort within the CPU's cache.
 fn sort_entries<E: Entry>(entries: &mut [E]) {
     let mut ends = [0usize; 256];
     for e in entries.iter() {
