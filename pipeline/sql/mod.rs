@@ -30,6 +30,8 @@ pub mod shell;
 pub mod single_phase;
 pub mod sorted_window;
 pub mod tables;
+#[cfg(test)]
+mod testing;
 pub mod versions;
 pub mod views;
 

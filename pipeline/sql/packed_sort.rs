@@ -906,6 +906,7 @@ impl ExecutionPlan for Replay {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sql::testing::collect;
     use arrow::array::{
         BooleanArray, Decimal128Array, Float64Array, Int32Array, Int64Array, StringArray, StringViewArray,
     };
@@ -939,11 +940,6 @@ mod tests {
         let table = MemTable::try_new(batches[0].schema(), partitions).expect("the batches share a schema");
         ctx.register_table("t", Arc::new(table)).expect("a fresh context");
         ctx
-    }
-
-    fn collect(ctx: &SessionContext, sql: &str) -> Vec<RecordBatch> {
-        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
-        runtime.block_on(async { ctx.sql(sql).await.expect("plans").collect().await.expect("runs") })
     }
 
     fn text(batches: &[RecordBatch]) -> String {

@@ -40,8 +40,8 @@ impl PhysicalOptimizerRule for SharedWork {
     fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> DfResult<Arc<dyn ExecutionPlan>> {
         let mut seen: HashMap<String, usize> = HashMap::new();
         plan.apply(|node| {
-            if shareable(node) {
-                *seen.entry(fingerprint(node)).or_default() += 1;
+            if let Some(key) = shareable(node) {
+                *seen.entry(key).or_default() += 1;
             }
             Ok(TreeNodeRecursion::Continue)
         })?;
@@ -51,10 +51,7 @@ impl PhysicalOptimizerRule for SharedWork {
         // Outermost first: a shared subtree's own repeated parts are shared with it.
         let mut shared: HashMap<String, Arc<Shared>> = HashMap::new();
         plan.transform_down(|node| {
-            if !shareable(&node) {
-                return Ok(Transformed::no(node));
-            }
-            let key = fingerprint(&node);
+            let Some(key) = shareable(&node) else { return Ok(Transformed::no(node)) };
             let readers = seen.get(&key).copied().unwrap_or(0);
             if readers < 2 {
                 return Ok(Transformed::no(node));
@@ -80,8 +77,8 @@ fn fingerprint(plan: &Arc<dyn ExecutionPlan>) -> String {
     displayable(plan.as_ref()).indent(true).to_string()
 }
 
-/// An aggregate's final result, over nothing whose two runs could differ.
-fn shareable(plan: &Arc<dyn ExecutionPlan>) -> bool {
+/// An aggregate's final result, over nothing whose two runs could differ: its fingerprint.
+fn shareable(plan: &Arc<dyn ExecutionPlan>) -> Option<String> {
     let finished = plan.downcast_ref::<AggregateExec>().is_some_and(|a| {
         matches!(
             a.mode(),
@@ -91,7 +88,11 @@ fn shareable(plan: &Arc<dyn ExecutionPlan>) -> bool {
                 | AggregateMode::SinglePartitioned
         )
     });
-    finished && !fingerprint(plan).contains("DynamicFilter") && !reads_work_table(plan) && !volatile(plan)
+    if !finished || reads_work_table(plan) || volatile(plan) {
+        return None;
+    }
+    let key = fingerprint(plan);
+    (!key.contains("DynamicFilter")).then_some(key)
 }
 
 fn reads_work_table(plan: &Arc<dyn ExecutionPlan>) -> bool {
@@ -239,9 +240,9 @@ impl ExecutionPlan for SharedExec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sql::testing::run;
     use arrow::array::{Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
-    use arrow::util::pretty::pretty_format_batches;
     use datafusion::datasource::MemTable;
     use datafusion::execution::session_state::SessionStateBuilder;
     use datafusion::prelude::{SessionConfig, SessionContext};
@@ -269,14 +270,6 @@ mod tests {
         ctx.register_table("t", Arc::new(MemTable::try_new(schema.clone(), parts).expect("a table")))
             .expect("a fresh context");
         ctx
-    }
-
-    fn run(ctx: &SessionContext, sql: &str) -> String {
-        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
-        runtime.block_on(async {
-            let batches = ctx.sql(sql).await.expect("plans").collect().await.expect("runs");
-            pretty_format_batches(&batches).expect("prints").to_string()
-        })
     }
 
     #[test]

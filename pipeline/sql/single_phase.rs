@@ -93,9 +93,9 @@ fn one_phase(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn Execution
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sql::testing::run;
     use arrow::array::{Int64Array, RecordBatch, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
-    use arrow::util::pretty::pretty_format_batches;
     use datafusion::datasource::MemTable;
     use datafusion::execution::session_state::SessionStateBuilder;
     use datafusion::prelude::{SessionConfig, SessionContext};
@@ -129,14 +129,6 @@ mod tests {
         }
         ctx.register_table("t", Arc::new(MemTable::try_new(schema, parts).expect("a table"))).expect("a fresh context");
         ctx
-    }
-
-    fn run(ctx: &SessionContext, sql: &str) -> String {
-        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
-        runtime.block_on(async {
-            let batches = ctx.sql(sql).await.expect("plans").collect().await.expect("runs");
-            pretty_format_batches(&batches).expect("prints").to_string()
-        })
     }
 
     const QUERIES: [(&str, bool); 4] = [

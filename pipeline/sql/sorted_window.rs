@@ -327,12 +327,13 @@ impl Runs {
             None => false,
         };
         self.last = Some(keys.iter().map(|k| k.slice(n - 1, 1)).collect());
-        let numbers = self.passes.iter().any(|p| matches!(p, Pass::RowNumber)).then(|| self.numbers(&runs, continues));
+        // Numbered once for every `row_number()` of the node.
+        let mut numbers: Option<ArrayRef> = None;
         let mut columns = Vec::with_capacity(self.passes.len());
         let mut next_firsts = Vec::new();
         for i in 0..self.passes.len() {
             let column = match self.passes[i].clone() {
-                Pass::RowNumber => numbers.clone().unwrap_or_else(|| Arc::new(UInt64Array::from(Vec::<u64>::new()))),
+                Pass::RowNumber => Arc::clone(numbers.get_or_insert_with(|| self.numbers(&runs, continues))),
                 Pass::Previous(x) => {
                     let values = x.evaluate(&batch)?.into_array(n)?;
                     let before = self.carried_or_null(i, values.data_type());
@@ -347,7 +348,7 @@ impl Runs {
                         })
                         .collect();
                     self.carried[i] = Some(values.slice(n - 1, 1));
-                    take(&concat(&[before.as_ref(), values.as_ref()])?, &indices, None)?
+                    neighbours(&before, &values, &indices)?
                 }
                 Pass::First(x) => {
                     let values = x.evaluate(&batch)?.into_array(n)?;
@@ -367,7 +368,7 @@ impl Runs {
                         let start = runs.last().map_or(0, |r| r.start);
                         self.carried[i] = Some(values.slice(start, 1));
                     }
-                    take(&concat(&[before.as_ref(), values.as_ref()])?, &indices, None)?
+                    neighbours(&before, &values, &indices)?
                 }
                 Pass::Next(x) => {
                     let values = x.evaluate(&batch)?.into_array(n)?;
@@ -438,7 +439,7 @@ impl Runs {
                             (run.start + 1..run.end).map(|r| Some(r as u32)).chain(std::iter::once(end))
                         })
                         .collect();
-                    take(&concat(&[column.as_ref(), after.as_ref()])?, &indices, None)?
+                    neighbours(&column, &after, &indices)?
                 }
                 _ => column,
             };
@@ -471,6 +472,11 @@ impl Runs {
         self.count = count;
         Arc::new(UInt64Array::from(numbers))
     }
+}
+
+/// Rows of `first` then `then` (a carried row and a batch's values, or the reverse) at `indices`; NULL where an index is.
+fn neighbours(first: &ArrayRef, then: &ArrayRef, indices: &UInt32Array) -> DfResult<ArrayRef> {
+    Ok(take(&concat(&[first.as_ref(), then.as_ref()])?, indices, None)?)
 }
 
 /// Running sums of `values` within each run, the first run going on from `carried` (the previous batch's last sum) if given.
@@ -539,9 +545,9 @@ fn same_keys(last: &[ArrayRef], keys: &[ArrayRef]) -> DfResult<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sql::testing::run;
     use arrow::array::{Int32Array, Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
-    use arrow::util::pretty::pretty_format_batches;
     use datafusion::datasource::MemTable;
     use datafusion::execution::session_state::SessionStateBuilder;
     use datafusion::prelude::{SessionConfig, SessionContext};
@@ -563,14 +569,6 @@ mod tests {
         let table = MemTable::try_new(schema, partitions).expect("the batches share a schema");
         ctx.register_table("t", Arc::new(table)).expect("a fresh context");
         ctx
-    }
-
-    fn run(ctx: &SessionContext, sql: &str) -> String {
-        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
-        runtime.block_on(async {
-            let batches = ctx.sql(sql).await.expect("plans").collect().await.expect("runs");
-            pretty_format_batches(&batches).expect("prints").to_string()
-        })
     }
 
     fn batches(rows: &[(Option<i32>, Option<u8>, i64)], size: usize) -> Vec<RecordBatch> {
