@@ -1,25 +1,30 @@
-//! Groups on pseudonym columns by the 128-bit number their hex digits spell, not by their text.
+//! Groups and counts distinct pseudonyms by the 128-bit number their hex digits spell, not by their text.
 //!
 //! "Per person" questions group on `person_id`, a million or more distinct
 //! 32-character strings. DataFusion keeps string group keys in a byte map
 //! and compares them with `memcmp`: half of "the ten costliest patients"
 //! went there. A pseudonym is a 128-bit number written in hex, so this rule
 //! groups on that number (carried as two `UInt64` halves, which DataFusion
-//! groups as plain integers; no single Arrow integer or decimal type holds
-//! every 128-bit value) and turns the groups back into text above the
-//! aggregate. It applies only where the grouped column is, through column
-//! references alone, a pseudonym column of a warehouse table (from the
-//! source configs), so every value is a pseudonym; should one not be, the
-//! query fails rather than group it wrongly.
+//! groups as plain integers; no Arrow integer type holds every 128-bit
+//! value) and turns the groups back into text above the aggregate. A
+//! `count(DISTINCT …)` of pseudonyms that DataFusion does not turn into a
+//! grouping (several distinct counts in one aggregate) counts the number
+//! instead, as a `Decimal256(39, 0)`, the one type that holds it whole and
+//! that DataFusion counts in a set of fixed-size values. It applies only
+//! where the column is, through column references and unions alone, a
+//! pseudonym column of a warehouse table (from the source configs), so every
+//! value is a pseudonym; should one not be, the query fails rather than
+//! group it wrongly.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, StringBuilder, UInt64Array};
-use arrow::datatypes::{DataType, UInt64Type};
+use arrow::array::{Array, ArrayRef, AsArray, Decimal256Array, StringBuilder, UInt64Array};
+use arrow::datatypes::{DataType, UInt64Type, i256};
 use datafusion::common::tree_node::Transformed;
 use datafusion::common::{Column, Result as DfResult, exec_err};
-use datafusion::logical_expr::logical_plan::{Aggregate, Projection};
+use datafusion::logical_expr::expr::AggregateFunction;
+use datafusion::logical_expr::logical_plan::{Aggregate, Distinct, Projection};
 use datafusion::logical_expr::{
     ColumnarValue, Expr, LogicalPlan, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
@@ -30,7 +35,7 @@ use crate::pseudonym::{pseudonym_bits, pseudonym_from_bits};
 
 /// The function of this rule called `name`, for a plan decoded on another node.
 pub fn function(name: &str) -> Option<ScalarUDF> {
-    [PseudonymKey::udf(Half::High), PseudonymKey::udf(Half::Low), PseudonymText::udf()]
+    [PseudonymKey::udf(Half::High), PseudonymKey::udf(Half::Low), PseudonymText::udf(), PseudonymNumber::udf()]
         .into_iter()
         .find(|f| f.name() == name)
 }
@@ -50,12 +55,40 @@ impl PseudonymGroupKeys {
         PseudonymGroupKeys { columns }
     }
 
-    /// Is `column` of `plan`'s output, through column references alone, a warehouse table's pseudonym column?
+    /// Is `column` of `plan`'s output, through column references and unions alone, a warehouse table's pseudonym column?
     fn is_pseudonym(&self, plan: &LogicalPlan, column: &Column) -> bool {
         let Ok(i) = plan.schema().index_of_column(column) else { return false };
-        lineage::of(plan).get(i).is_some_and(|l| {
-            l.plain && l.decided && !l.sources.is_empty() && l.sources.iter().all(|s| self.columns.contains(s))
-        })
+        self.holds_pseudonyms(plan, i)
+    }
+
+    /// Is every value of `plan`'s output column `i` a value of a pseudonym column?
+    fn holds_pseudonyms(&self, plan: &LogicalPlan, i: usize) -> bool {
+        match plan {
+            // A union's column is its inputs' columns at the same place (`SELECT person_id FROM a UNION …`).
+            LogicalPlan::Union(u) => u.inputs.iter().all(|input| self.holds_pseudonyms(input, i)),
+            LogicalPlan::SubqueryAlias(a) => self.holds_pseudonyms(&a.input, i),
+            LogicalPlan::Distinct(Distinct::All(input)) => self.holds_pseudonyms(input, i),
+            _ => lineage::of(plan).get(i).is_some_and(|l| {
+                l.plain && l.decided && !l.sources.is_empty() && l.sources.iter().all(|s| self.columns.contains(s))
+            }),
+        }
+    }
+
+    /// `count(DISTINCT c)` of a pseudonym column `c`, counting its number instead, under the same name.
+    fn distinct_count_by_number(&self, input: &LogicalPlan, e: &Expr, name: &str) -> Option<Expr> {
+        let Expr::AggregateFunction(AggregateFunction { func, params }) = e else { return None };
+        let [Expr::Column(c)] = params.args.as_slice() else { return None };
+        if func.name() != "count" || !params.distinct || !params.order_by.is_empty() {
+            return None;
+        }
+        let (_, field) = input.schema().qualified_field_from_column(c).ok()?;
+        if field.data_type() != &DataType::Utf8 || !self.is_pseudonym(input, c) {
+            return None;
+        }
+        let mut params = params.clone();
+        params.args = vec![Expr::Column(c.clone()).call(PseudonymNumber::udf())];
+        let counted = Expr::AggregateFunction(AggregateFunction { func: Arc::clone(func), params });
+        Some(counted.alias(name))
     }
 }
 
@@ -99,14 +132,25 @@ impl OptimizerRule for PseudonymGroupKeys {
                 }
             }
         }
-        if group == aggregate.group_expr {
+        let width = aggregate.group_expr.len();
+        let aggr: Vec<Expr> = (aggregate.aggr_expr.iter().enumerate())
+            .map(|(i, e)| {
+                let name = schema.field(width + i).name();
+                self.distinct_count_by_number(&aggregate.input, e, name).unwrap_or_else(|| e.clone())
+            })
+            .collect();
+        if group == aggregate.group_expr && aggr == aggregate.aggr_expr {
             return Ok(Transformed::no(plan));
         }
-        for i in aggregate.group_expr.len()..schema.fields().len() {
+        let grouped = Aggregate::try_new(Arc::clone(&aggregate.input), group.clone(), aggr)?;
+        if group == aggregate.group_expr {
+            // The same output, field for field: the counts keep their names.
+            return Ok(Transformed::yes(LogicalPlan::Aggregate(grouped)));
+        }
+        for i in width..schema.fields().len() {
             let (qualifier, field) = schema.qualified_field(i);
             outputs.push(Expr::Column(Column::new(qualifier.cloned(), field.name())));
         }
-        let grouped = Aggregate::try_new(Arc::clone(&aggregate.input), group, aggregate.aggr_expr.clone())?;
         let projection = Projection::try_new(outputs, Arc::new(LogicalPlan::Aggregate(grouped)))?;
         Ok(Transformed::yes(LogicalPlan::Projection(projection)))
     }
@@ -239,6 +283,58 @@ impl ScalarUDFImpl for PseudonymText {
     }
 }
 
+/// `pseudonym_number(text)`: a pseudonym's number as a `Decimal256(39, 0)`
+/// (2^128 has 39 digits); an error for text that is not a pseudonym.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct PseudonymNumber {
+    signature: Signature,
+}
+
+impl PseudonymNumber {
+    /// Digits enough for every 128-bit number.
+    const PRECISION: u8 = 39;
+
+    fn udf() -> ScalarUDF {
+        ScalarUDF::new_from_impl(PseudonymNumber {
+            signature: Signature::exact(vec![DataType::Utf8], Volatility::Immutable),
+        })
+    }
+}
+
+impl ScalarUDFImpl for PseudonymNumber {
+    fn name(&self) -> &str {
+        "pseudonym_number"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Decimal256(Self::PRECISION, 0))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let [text] = args.args.as_slice() else { return exec_err!("pseudonym_number takes one argument") };
+        let text = text.to_array(args.number_rows)?;
+        let text = text.as_string::<i32>();
+        let mut numbers = Vec::with_capacity(text.len());
+        for i in 0..text.len() {
+            if text.is_null(i) {
+                numbers.push(i256::ZERO);
+                continue;
+            }
+            match pseudonym_bits(text.value(i).as_bytes()) {
+                Some(bits) => numbers.push(i256::from_parts(bits, 0)),
+                None => return exec_err!("a value of a pseudonym column is not a pseudonym (32 lowercase hex digits)"),
+            }
+        }
+        let numbers =
+            Decimal256Array::new(numbers.into(), text.nulls().cloned()).with_precision_and_scale(Self::PRECISION, 0)?;
+        Ok(ColumnarValue::Array(Arc::new(numbers)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,8 +384,10 @@ mod tests {
     }
 
     /// Grouped queries, and whether the rule groups their pseudonyms by number.
-    const QUERIES: [(&str, bool); 8] = [
+    const QUERIES: [(&str, bool); 11] = [
         ("SELECT p, count(*) AS n, sum(v) AS total FROM t GROUP BY p ORDER BY p", true),
+        ("SELECT count(*) AS n FROM (SELECT p FROM t WHERE v < 5 UNION SELECT p FROM t WHERE v > 20)", true),
+        ("SELECT p FROM t WHERE v < 5 UNION SELECT p FROM t WHERE v > 20 ORDER BY p", true),
         ("SELECT count(DISTINCT p) AS persons FROM t", true),
         ("SELECT s, count(DISTINCT p) AS persons, min(p) AS first FROM t GROUP BY s ORDER BY s", true),
         (
@@ -301,6 +399,15 @@ mod tests {
         ("SELECT upper(p) AS u, count(*) AS n FROM t GROUP BY upper(p) ORDER BY 1", false),
         ("SELECT p, count(*) AS n FROM (SELECT p FROM t UNION ALL SELECT 'x') GROUP BY p ORDER BY p", false),
         ("SELECT s, count(*) AS n FROM t GROUP BY s ORDER BY s", false),
+        ("SELECT p FROM t UNION SELECT s FROM t ORDER BY p", false),
+    ];
+
+    /// Aggregates with several distinct counts, and whether the rule counts their pseudonyms by number.
+    const DISTINCT_COUNTS: [(&str, bool); 4] = [
+        ("SELECT count(DISTINCT p) AS persons, count(DISTINCT s) AS kinds, count(*) AS n FROM t", true),
+        ("SELECT s, count(DISTINCT p), count(DISTINCT v) FROM t GROUP BY s ORDER BY s", true),
+        ("SELECT count(DISTINCT upper(p)), count(DISTINCT s) FROM t", false),
+        ("SELECT count(DISTINCT v), count(DISTINCT s) FROM t", false),
     ];
 
     /// Pseudonym `i` of a small pool: the lowest, the highest, around the
@@ -336,6 +443,12 @@ mod tests {
                 prop_assert!(!plan.contains("Decimal128"), "{}", plan);
                 prop_assert_eq!(run(&ours, sql).expect("runs"), run(&theirs, sql).expect("runs"), "{}", sql);
             }
+            for (sql, applies) in DISTINCT_COUNTS {
+                let plan = run(&ours, &format!("EXPLAIN {sql}")).expect("plans");
+                prop_assert_eq!(plan.contains("pseudonym_number"), applies, "{}", plan);
+                // The same columns, names included, and the same counts.
+                prop_assert_eq!(run(&ours, sql).expect("runs"), run(&theirs, sql).expect("runs"), "{}", sql);
+            }
         }
     }
 
@@ -367,6 +480,31 @@ mod tests {
             for i in 0..b.num_rows() {
                 let bits = u128::from(hi.value(i)) << 64 | u128::from(lo.value(i));
                 assert_eq!(pseudonym_from_bits(bits).as_str(), text.value(i));
+            }
+        }
+    }
+
+    /// Every pseudonym's number, the highest included, is a valid `Decimal256(39, 0)` that spells the pseudonym.
+    #[test]
+    fn numbers_hold_pseudonyms_at_the_top_of_the_range() {
+        let p: Vec<Option<String>> = (0..10).map(|i| Some(pseudonym(i))).chain([None]).collect();
+        let ctx = context(&p, &["a"; 11], false);
+        ctx.register_udf(PseudonymNumber::udf());
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
+        let batches = runtime
+            .block_on(async { ctx.sql("SELECT p, pseudonym_number(p) FROM t").await?.collect().await })
+            .expect("runs");
+        for b in &batches {
+            let (text, number) = (b.column(0).as_string::<i32>(), b.column(1));
+            number.to_data().validate_full().expect("valid data");
+            let number = number.as_primitive::<arrow::datatypes::Decimal256Type>();
+            number.validate_decimal_precision(PseudonymNumber::PRECISION).expect("within the precision");
+            for i in 0..b.num_rows() {
+                assert_eq!(number.is_null(i), text.is_null(i));
+                if text.is_valid(i) {
+                    let (bits, high) = number.value(i).to_parts();
+                    assert_eq!((pseudonym_from_bits(bits).as_str(), high), (text.value(i), 0));
+                }
             }
         }
     }
