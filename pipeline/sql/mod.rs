@@ -17,6 +17,7 @@ pub mod limits;
 pub mod lineage;
 pub mod output;
 pub mod packed_sort;
+pub mod prefix_match;
 pub mod pseudonym_keys;
 pub mod query_files;
 pub mod remote;
@@ -54,6 +55,7 @@ use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, col, lit};
+use datafusion::optimizer::OptimizerRule;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
@@ -1362,6 +1364,12 @@ fn ladu_state(
         .with_config(config)
         .with_runtime_env(env)
         .with_default_features()
+        // Before DataFusion's rules: its simplifier makes the `starts_with` a `LIKE` that prunes.
+        .with_optimizer_rules(
+            std::iter::once(Arc::new(prefix_match::PrefixMatch) as Arc<dyn OptimizerRule + Send + Sync>)
+                .chain(datafusion::optimizer::Optimizer::new().rules)
+                .collect(),
+        )
         .with_optimizer_rule(Arc::new(pseudonym_keys::PseudonymGroupKeys::new(pseudonym_columns)))
         .with_table_functions(HashMap::new())
         .with_table_factories(HashMap::new())
