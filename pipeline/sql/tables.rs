@@ -3,7 +3,10 @@
 //! A table is read from the files its manifest names, never by listing
 //! folders, so a run's files are invisible until its commit. Partition
 //! folders (`year=2024/month=3`) become Int32 columns; filters on them alone
-//! choose which files are opened at all.
+//! choose which files are opened at all. Each file carries the least and
+//! greatest value of its columns (from the footer read when the session
+//! opens), so that a filter on a date skips the files outside its range
+//! without reading their footers again.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -19,6 +22,7 @@ use datafusion::datasource::TableType;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::parquet::metadata::DFParquetMetadata;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::error::{DataFusionError, Result as DfResult};
@@ -49,6 +53,9 @@ pub struct CommittedTable {
     files: Vec<(CommittedFile, Vec<i32>)>,
     /// Each file's least and greatest `_commit`, from its footer (the widest range where unknown).
     commits: Vec<(i64, i64)>,
+    /// Each file's column statistics over `file_schema`, from its footer; inexact, so that they
+    /// prune files but never stand for an answer (a file also holds superseded versions).
+    ranges: Vec<Arc<Statistics>>,
 }
 
 /// Why a committed table cannot be opened.
@@ -76,6 +83,8 @@ pub enum OpenError {
     PartitionClash { table: String, column: String },
     #[error("manifest entry {file} has no numeric value for partition column {column}")]
     PartitionValue { file: String, column: String },
+    #[error("cannot read the column statistics in the footer of {path}: {message}")]
+    Statistics { path: std::path::PathBuf, message: String },
 }
 
 impl CommittedTable {
@@ -92,12 +101,14 @@ impl CommittedTable {
     ) -> Result<CommittedTable, OpenError> {
         let mut schemas = Vec::with_capacity(table.files.len());
         let mut commits = Vec::with_capacity(table.files.len());
+        let mut footers = Vec::with_capacity(table.files.len());
         for f in &table.files {
             let path = root.join(&f.path);
             let file = std::fs::File::open(&path).map_err(|source| OpenError::File { path: path.clone(), source })?;
             let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
                 .map_err(|source| OpenError::Footer { path: path.clone(), source })?;
             commits.push(commit_range(builder.metadata()));
+            footers.push((path, Arc::clone(builder.metadata())));
             let fields: Vec<Field> = builder
                 .schema()
                 .fields()
@@ -116,6 +127,14 @@ impl CommittedTable {
         let file_schema = Arc::new(
             Schema::try_merge(schemas).map_err(|source| OpenError::Disagree { table: name.to_owned(), source })?,
         );
+        let ranges = footers
+            .into_iter()
+            .map(|(path, meta)| {
+                DFParquetMetadata::statistics_from_parquet_metadata(&meta, &file_schema)
+                    .map(|s| Arc::new(s.to_inexact()))
+                    .map_err(|e| OpenError::Statistics { path, message: e.to_string() })
+            })
+            .collect::<Result<Vec<_>, OpenError>>()?;
         let partition_fields: Vec<FieldRef> =
             table.partition_columns.iter().map(|c| Arc::new(Field::new(c, DataType::Int32, false))).collect();
         if let Some(clash) = partition_fields.iter().find(|p| file_schema.field_with_name(p.name()).is_ok()) {
@@ -146,6 +165,7 @@ impl CommittedTable {
             partition_fields,
             files,
             commits,
+            ranges,
         })
     }
 
@@ -156,10 +176,11 @@ impl CommittedTable {
         commits: &std::collections::BTreeSet<i64>,
     ) -> (Option<CommittedTable>, Option<CommittedTable>) {
         let (mut clean, mut involved) = (self.subset(), self.subset());
-        for (f, &(lo, hi)) in self.files.iter().zip(&self.commits) {
+        for ((f, &(lo, hi)), range) in self.files.iter().zip(&self.commits).zip(&self.ranges) {
             let side = if commits.range(lo..=hi).next().is_some() { &mut involved } else { &mut clean };
             side.files.push(f.clone());
             side.commits.push((lo, hi));
+            side.ranges.push(Arc::clone(range));
         }
         let some = |t: CommittedTable| (!t.files.is_empty()).then_some(t);
         (some(clean), some(involved))
@@ -174,6 +195,7 @@ impl CommittedTable {
             partition_fields: self.partition_fields.clone(),
             files: Vec::new(),
             commits: Vec::new(),
+            ranges: Vec::new(),
         }
     }
 
@@ -188,16 +210,20 @@ impl CommittedTable {
         !columns.is_empty() && columns.iter().all(|c| names.contains(&c.name.as_str())) && !expr.is_volatile()
     }
 
-    /// The files whose partition values pass every partition filter.
-    fn chosen_files(&self, state: &dyn Session, filters: &[&Expr]) -> DfResult<Vec<&(CommittedFile, Vec<i32>)>> {
-        let files: Vec<_> = self.files.iter().collect();
+    /// The files whose partition values pass every partition filter, with their statistics.
+    fn chosen_files(
+        &self,
+        state: &dyn Session,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<(&(CommittedFile, Vec<i32>), &Arc<Statistics>)>> {
+        let files: Vec<_> = self.files.iter().zip(&self.ranges).collect();
         if filters.is_empty() || files.is_empty() {
             return Ok(files);
         }
         // One row per file, one column per partition level: filters evaluate as on data.
         let schema = Arc::new(Schema::new(self.partition_fields.clone()));
         let columns: Vec<ArrayRef> = (0..self.partition_fields.len())
-            .map(|i| Arc::new(Int32Array::from_iter_values(files.iter().map(|(_, v)| v[i]))) as ArrayRef)
+            .map(|i| Arc::new(Int32Array::from_iter_values(files.iter().map(|((_, v), _)| v[i]))) as ArrayRef)
             .collect();
         let batch = RecordBatch::try_new(schema.clone(), columns)?;
         let df_schema = DFSchema::try_from(schema)?;
@@ -293,20 +319,21 @@ impl TableProvider for CommittedTable {
             };
             return Ok(Arc::new(EmptyExec::new(schema)));
         }
-        let rows: u64 = chosen.iter().map(|(f, _)| f.rows).sum();
-        let bytes: u64 = chosen.iter().map(|(f, _)| f.bytes).sum();
+        let rows: u64 = chosen.iter().map(|((f, _), _)| f.rows).sum();
+        let bytes: u64 = chosen.iter().map(|((f, _), _)| f.bytes).sum();
         // Spread the files over the target partitions, largest first onto the lightest group.
         let groups_wanted = state.config().target_partitions().max(1).min(chosen.len());
         let mut order: Vec<usize> = (0..chosen.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(chosen[i].0.bytes));
+        order.sort_by_key(|&i| std::cmp::Reverse(chosen[i].0.0.bytes));
         let mut groups: Vec<(u64, Vec<PartitionedFile>)> = (0..groups_wanted).map(|_| (0, Vec::new())).collect();
         for i in order {
-            let (f, values) = &chosen[i];
+            let ((f, values), ranges) = &chosen[i];
             let path = self.root.join(&f.path);
             let location = path
                 .to_str()
                 .ok_or_else(|| DataFusionError::Execution(format!("warehouse path {} is not UTF-8", path.display())))?;
-            let mut file_stats = Statistics::new_unknown(&self.file_schema);
+            // The opener skips a file whose ranges rule out the query's filters before reading its footer.
+            let mut file_stats = Statistics::clone(ranges);
             file_stats.num_rows = Precision::Exact(f.rows as usize);
             let file = PartitionedFile::new(location.trim_start_matches('/'), f.bytes)
                 .with_partition_values(values.iter().map(|v| ScalarValue::Int32(Some(*v))).collect())
