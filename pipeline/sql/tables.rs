@@ -53,8 +53,10 @@ pub struct CommittedTable {
     files: Vec<(CommittedFile, Vec<i32>)>,
     /// Each file's least and greatest `_commit`, from its footer (the widest range where unknown).
     commits: Vec<(i64, i64)>,
-    /// Each file's column statistics over `file_schema`, from its footer; inexact, so that they
-    /// prune files but never stand for an answer (a file also holds superseded versions).
+    /// Each file's least and greatest values of its dates, times and numbers (over `file_schema`),
+    /// from its footer. DataFusion prunes files only on exact ranges; they reach it on each file
+    /// alone, never as the table's statistics (which give its row count only), so no answer is
+    /// taken from them (a file also holds superseded versions).
     ranges: Vec<Arc<Statistics>>,
 }
 
@@ -127,12 +129,21 @@ impl CommittedTable {
         let file_schema = Arc::new(
             Schema::try_merge(schemas).map_err(|source| OpenError::Disagree { table: name.to_owned(), source })?,
         );
+        // Text ranges prune nothing here (files are sorted by person) and cost the most to read.
+        let ranged: Vec<usize> = (file_schema.fields().iter().enumerate())
+            .filter_map(|(i, f)| f.data_type().is_primitive().then_some(i))
+            .collect();
+        let ranged_schema = Arc::new(file_schema.project(&ranged).expect("indices of the schema's own fields"));
         let ranges = footers
             .into_iter()
             .map(|(path, meta)| {
-                DFParquetMetadata::statistics_from_parquet_metadata(&meta, &file_schema)
-                    .map(|s| Arc::new(s.to_inexact()))
-                    .map_err(|e| OpenError::Statistics { path, message: e.to_string() })
+                let found = DFParquetMetadata::statistics_from_parquet_metadata(&meta, &ranged_schema)
+                    .map_err(|e| OpenError::Statistics { path, message: e.to_string() })?;
+                let mut all = Statistics::new_unknown(&file_schema);
+                for (column, &i) in found.column_statistics.into_iter().zip(&ranged) {
+                    all.column_statistics[i] = column;
+                }
+                Ok(Arc::new(all))
             })
             .collect::<Result<Vec<_>, OpenError>>()?;
         let partition_fields: Vec<FieldRef> =
