@@ -3,10 +3,11 @@
 //! A table is read from the files its manifest names, never by listing
 //! folders, so a run's files are invisible until its commit. Partition
 //! folders (`year=2024/month=3`) become Int32 columns; filters on them alone
-//! choose which files are opened at all. Each file carries the least and
-//! greatest value of its columns (from the footer read when the session
-//! opens), so that a filter on a date skips the files outside its range
-//! without reading their footers again.
+//! choose which files are opened at all. The least and greatest value of
+//! each file's dates and times (from the footer read when the session opens)
+//! choose too: a filter on a date leaves out the files outside its range
+//! before the plan is made, so that their footers are not read again and the
+//! files that remain are spread evenly over the threads.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use arrow::array::{Array, ArrayRef, BooleanArray, Int32Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::pruning::PrunableStatistics;
 use datafusion::common::stats::Precision;
 use datafusion::common::{DFSchema, ScalarValue, Statistics};
 use datafusion::datasource::TableType;
@@ -29,6 +31,7 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::{Expr, ExprFunctionExt, TableProviderFilterPushDown, col};
+use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 
@@ -41,6 +44,9 @@ pub const RECORD_ID: &str = "record_id";
 /// Newest first: later extract, later sequence number, later commit, later line.
 const VERSION_ORDER: [&str; 4] = ["_extract_date", "_extract_seq", "_commit", "_line"];
 
+/// A committed file and its values of the partition columns.
+type TableFile = (CommittedFile, Vec<i32>);
+
 /// The committed files of one warehouse table, every version of every record.
 #[derive(Debug)]
 pub struct CommittedTable {
@@ -50,13 +56,12 @@ pub struct CommittedTable {
     file_schema: SchemaRef,
     partition_fields: Vec<FieldRef>,
     /// Each file with its partition values, in the partition columns' order.
-    files: Vec<(CommittedFile, Vec<i32>)>,
+    files: Vec<TableFile>,
     /// Each file's least and greatest `_commit`, from its footer (the widest range where unknown).
     commits: Vec<(i64, i64)>,
-    /// Each file's least and greatest values of its dates, times and numbers (over `file_schema`),
-    /// from its footer. DataFusion prunes files only on exact ranges; they reach it on each file
-    /// alone, never as the table's statistics (which give its row count only), so no answer is
-    /// taken from them (a file also holds superseded versions).
+    /// Each file's least and greatest values of its dates and times (over `file_schema`), from
+    /// its footer; they choose files and never reach DataFusion, so no answer is taken from them
+    /// (a file also holds superseded versions).
     ranges: Vec<Arc<Statistics>>,
 }
 
@@ -129,9 +134,10 @@ impl CommittedTable {
         let file_schema = Arc::new(
             Schema::try_merge(schemas).map_err(|source| OpenError::Disagree { table: name.to_owned(), source })?,
         );
-        // Text ranges prune nothing here (files are sorted by person) and cost the most to read.
+        // Dates and times, by which tables are partitioned, are what ranges rule out files by; the
+        // other columns span about the same range in every file, and cost time at every start.
         let ranged: Vec<usize> = (file_schema.fields().iter().enumerate())
-            .filter_map(|(i, f)| f.data_type().is_primitive().then_some(i))
+            .filter_map(|(i, f)| f.data_type().is_temporal().then_some(i))
             .collect();
         let ranged_schema = Arc::new(file_schema.project(&ranged).expect("indices of the schema's own fields"));
         let ranges = footers
@@ -221,12 +227,31 @@ impl CommittedTable {
         !columns.is_empty() && columns.iter().all(|c| names.contains(&c.name.as_str())) && !expr.is_volatile()
     }
 
-    /// The files whose partition values pass every partition filter, with their statistics.
-    fn chosen_files(
+    /// Which files, of those whose `ranges` are given, may hold rows that pass `filters` (on the
+    /// files' own columns); `None` where the ranges cannot tell.
+    fn in_range(
         &self,
         state: &dyn Session,
-        filters: &[&Expr],
-    ) -> DfResult<Vec<(&(CommittedFile, Vec<i32>), &Arc<Statistics>)>> {
+        filters: &[Expr],
+        ranges: Vec<Arc<Statistics>>,
+    ) -> DfResult<Option<Vec<bool>>> {
+        let on_files = filters.iter().filter(|f| {
+            let columns = f.column_refs();
+            !columns.is_empty() && columns.iter().all(|c| self.file_schema.field_with_name(&c.name).is_ok())
+        });
+        let Some(predicate) = datafusion::logical_expr::utils::conjunction(on_files.cloned()) else { return Ok(None) };
+        let predicate = state.create_physical_expr(predicate, &DFSchema::try_from(self.file_schema.clone())?)?;
+        // A filter the ranges cannot judge (on text, or a function of the column) keeps every file.
+        let built = PruningPredicateBuilder::new().with_file_schema(self.file_schema.clone()).try_build(predicate);
+        let Ok(pruning) = built else { return Ok(None) };
+        if pruning.always_true() {
+            return Ok(None);
+        }
+        Ok(Some(pruning.prune(&PrunableStatistics::new(ranges, self.file_schema.clone()))?))
+    }
+
+    /// The files whose partition values pass every partition filter, with their statistics.
+    fn chosen_files(&self, state: &dyn Session, filters: &[&Expr]) -> DfResult<Vec<(&TableFile, &Arc<Statistics>)>> {
         let files: Vec<_> = self.files.iter().zip(&self.ranges).collect();
         if filters.is_empty() || files.is_empty() {
             return Ok(files);
@@ -322,7 +347,10 @@ impl TableProvider for CommittedTable {
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let partition_filters: Vec<&Expr> = filters.iter().filter(|f| self.is_partition_filter(f)).collect();
-        let chosen = self.chosen_files(state, &partition_filters)?;
+        let mut chosen = self.chosen_files(state, &partition_filters)?;
+        if let Some(keep) = self.in_range(state, filters, chosen.iter().map(|(_, r)| Arc::clone(r)).collect())? {
+            chosen = chosen.into_iter().zip(keep).filter_map(|(c, k)| k.then_some(c)).collect();
+        }
         if chosen.is_empty() {
             let schema = match projection {
                 Some(p) => Arc::new(self.schema.project(p)?),
@@ -338,13 +366,12 @@ impl TableProvider for CommittedTable {
         order.sort_by_key(|&i| std::cmp::Reverse(chosen[i].0.0.bytes));
         let mut groups: Vec<(u64, Vec<PartitionedFile>)> = (0..groups_wanted).map(|_| (0, Vec::new())).collect();
         for i in order {
-            let ((f, values), ranges) = &chosen[i];
+            let ((f, values), _) = &chosen[i];
             let path = self.root.join(&f.path);
             let location = path
                 .to_str()
                 .ok_or_else(|| DataFusionError::Execution(format!("warehouse path {} is not UTF-8", path.display())))?;
-            // The opener skips a file whose ranges rule out the query's filters before reading its footer.
-            let mut file_stats = Statistics::clone(ranges);
+            let mut file_stats = Statistics::new_unknown(&self.file_schema);
             file_stats.num_rows = Precision::Exact(f.rows as usize);
             let file = PartitionedFile::new(location.trim_start_matches('/'), f.bytes)
                 .with_partition_values(values.iter().map(|v| ScalarValue::Int32(Some(*v))).collect())
