@@ -14,6 +14,7 @@
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Result as DfResult, ScalarValue};
 use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::{BinaryExpr, Expr, LogicalPlan, Operator};
 use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
 
@@ -31,7 +32,16 @@ impl OptimizerRule for PrefixMatch {
     }
 
     fn rewrite(&self, plan: LogicalPlan, _config: &dyn OptimizerConfig) -> DfResult<Transformed<LogicalPlan>> {
-        plan.map_expressions(|e| e.transform_up(|e| Ok(prefix_test(e))))
+        // A rewritten expression keeps its name: the columns of the result, and what refers to them above, stay.
+        let names = NamePreserver::new(&plan);
+        let mut rewrite = |e: Expr| {
+            let name = names.save(&e);
+            Ok(e.transform_up(|e| Ok(prefix_test(e)))?.update_data(|e| name.restore(e)))
+        };
+        plan.map_expressions(|e| match e {
+            Expr::GroupingSet(_) => e.map_children(&mut rewrite),
+            e => rewrite(e),
+        })
     }
 }
 
@@ -135,7 +145,11 @@ mod tests {
                 let plan = run(&ours, &format!("EXPLAIN {filter}"));
                 prop_assert_eq!(plan.contains("LIKE") || plan.contains("starts_with"), applies, "{}", plan);
                 let shown = format!("SELECT c, {test} AS hit FROM t ORDER BY c, hit");
-                for sql in [filter, shown] {
+                // Unnamed, grouped: the same column names, and the grouping above still finds its column.
+                let grouped = format!("SELECT {test}, count(*) FROM t GROUP BY {test} ORDER BY 1");
+                let plan = run(&ours, &format!("EXPLAIN {grouped}"));
+                prop_assert_eq!(plan.contains("LIKE") || plan.contains("starts_with"), applies, "{}", plan);
+                for sql in [filter, shown, grouped] {
                     prop_assert_eq!(run(&ours, &sql), run(&theirs, &sql), "{}", sql);
                 }
             }
