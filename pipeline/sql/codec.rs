@@ -36,10 +36,10 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use super::packed_sort::PackedSortExec;
-use super::pseudonym_keys;
 use super::restrict::{Restricted, RoleFilterExec};
 use super::roles::Role;
 use super::sorted_window::SortedWindowExec;
+use super::{date_trunc, pseudonym_keys};
 
 /// Tag of a message Ballista's own codec wrote.
 const BALLISTA: u8 = 0;
@@ -259,9 +259,10 @@ fn recompute() -> ReplaceChildrenOptions {
     ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute)
 }
 
-/// ladu's own functions, which plans name: the pseudonym group keys.
+/// ladu's own functions, which plans name: the pseudonym group keys, dates truncated.
 fn ladu_function(name: &str) -> DfResult<Arc<ScalarUDF>> {
     pseudonym_keys::function(name)
+        .or_else(|| date_trunc::function(name))
         .map(Arc::new)
         .ok_or_else(|| DataFusionError::Plan(format!("function `{name}` is not known on this node")))
 }

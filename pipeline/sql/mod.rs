@@ -13,6 +13,7 @@
 //! [`Error`] (the binary and the shell do).
 
 pub mod codec;
+pub mod date_trunc;
 pub mod limits;
 pub mod lineage;
 pub mod output;
@@ -1371,6 +1372,7 @@ fn ladu_state(
                 .collect(),
         )
         .with_optimizer_rule(Arc::new(pseudonym_keys::PseudonymGroupKeys::new(pseudonym_columns)))
+        .with_optimizer_rule(Arc::new(date_trunc::DateTrunc))
         .with_table_functions(HashMap::new())
         .with_table_factories(HashMap::new())
         .with_physical_optimizer_rule(Arc::new(single_phase::SinglePhase))
