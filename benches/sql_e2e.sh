@@ -6,6 +6,7 @@
 # usage: bash benches/sql_e2e.sh [INVOICE_ROWS]        (default 10000000; population 1M people)
 #        LADU_BENCH_REPEAT=3 bash benches/sql_e2e.sh   (rounds; medians)
 #        LADU_BENCH_QUERIES=suite bash benches/sql_e2e.sh  (bench, suite or all; default all)
+#        LADU_BENCH_ONLY="q6 s23" bash benches/sql_e2e.sh  (only these of them)
 # Both read the same committed Parquet files with the same meaning: `<table>` is the newest
 # version of each record. DuckDB finds it at query time; ladu's commits record which rows they
 # supersede, and sessions read that record (the first session, timed as ladu:first-session). As
@@ -42,7 +43,11 @@ echo "SELECT 1" > "$work/queries/start.sql"
 # round (a start measured once, at the round's top after the last round's largest queries, came out
 # 10-20 ms slower for DuckDB than its quickest queries).
 for _ in $(seq "${LADU_BENCH_REPEAT:-1}"); do
-  for q in $(ls "$work/queries" | grep -v '^start' | sort -V | sed 's/^/start.sql /'); do
+  queries=$(ls "$work/queries" | grep -v '^start' | sort -V)
+  if [ -n "${LADU_BENCH_ONLY:-}" ]; then
+    queries=$(for q in $queries; do if [[ " $LADU_BENCH_ONLY " == *" ${q%.sql} "* ]]; then echo "$q"; fi; done)
+  fi
+  for q in $(echo "$queries" | sed 's/^/start.sql /'); do
     name=${q%.sql}
     "$python" benches/measure.py "ladu:$name" "$rows" -- "$bin" --config "$work/config/ladu.toml" -q sql \
       --format csv --output /dev/null -f "$work/queries/$q"
