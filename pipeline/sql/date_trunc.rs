@@ -12,15 +12,16 @@ use std::sync::Arc;
 
 use arrow::array::{AsArray, Date32Array};
 use arrow::datatypes::{DataType, Date32Type, TimeUnit};
-use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::tree_node::Transformed;
 use datafusion::common::{DFSchema, Result as DfResult, ScalarValue, exec_err};
 use datafusion::logical_expr::expr::{Cast, ScalarFunction};
-use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::{
     ColumnarValue, Expr, ExprSchemable, LogicalPlan, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
     Volatility, lit,
 };
 use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
+
+use super::expr_rewrite;
 
 /// Logical optimizer rule: a date truncated to a date by month, quarter, year or week is `trunc_date(unit, d)`.
 #[derive(Debug, Default)]
@@ -40,16 +41,7 @@ impl OptimizerRule for DateTrunc {
         let inputs = plan.inputs();
         let [input] = inputs.as_slice() else { return Ok(Transformed::no(plan)) };
         let schema = Arc::clone(input.schema());
-        // A rewritten expression keeps its name: the columns of the result, and what refers to them above, stay.
-        let names = NamePreserver::new(&plan);
-        let mut rewrite = |e: Expr| {
-            let name = names.save(&e);
-            Ok(e.transform_up(|e| Ok(truncated_date(e, &schema)))?.update_data(|e| name.restore(e)))
-        };
-        plan.map_expressions(|e| match e {
-            Expr::GroupingSet(_) => e.map_children(&mut rewrite),
-            e => rewrite(e),
-        })
+        expr_rewrite::rewrite_named(plan, |e| truncated_date(e, &schema))
     }
 }
 

@@ -14,6 +14,7 @@
 
 pub mod codec;
 pub mod date_trunc;
+mod expr_rewrite;
 pub mod limits;
 pub mod lineage;
 pub mod output;

@@ -11,12 +11,13 @@
 //! simplifier turns `starts_with` into `LIKE` and before a test used twice
 //! is taken out as a common expression.
 
-use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::tree_node::Transformed;
 use datafusion::common::{Result as DfResult, ScalarValue};
 use datafusion::logical_expr::expr::ScalarFunction;
-use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::{BinaryExpr, Expr, LogicalPlan, Operator};
 use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
+
+use super::expr_rewrite;
 
 /// Logical optimizer rule: `substr(x, 1, n) = 'lit'` and `left(x, n) = 'lit'` with `n` characters in `lit` are `starts_with(x, 'lit')`.
 #[derive(Debug, Default)]
@@ -32,16 +33,7 @@ impl OptimizerRule for PrefixMatch {
     }
 
     fn rewrite(&self, plan: LogicalPlan, _config: &dyn OptimizerConfig) -> DfResult<Transformed<LogicalPlan>> {
-        // A rewritten expression keeps its name: the columns of the result, and what refers to them above, stay.
-        let names = NamePreserver::new(&plan);
-        let mut rewrite = |e: Expr| {
-            let name = names.save(&e);
-            Ok(e.transform_up(|e| Ok(prefix_test(e)))?.update_data(|e| name.restore(e)))
-        };
-        plan.map_expressions(|e| match e {
-            Expr::GroupingSet(_) => e.map_children(&mut rewrite),
-            e => rewrite(e),
-        })
+        expr_rewrite::rewrite_named(plan, prefix_test)
     }
 }
 

@@ -139,11 +139,12 @@ impl OptimizerRule for PseudonymGroupKeys {
                 self.distinct_count_by_number(&aggregate.input, e, name).unwrap_or_else(|| e.clone())
             })
             .collect();
-        if group == aggregate.group_expr && aggr == aggregate.aggr_expr {
+        let same_groups = group == aggregate.group_expr;
+        if same_groups && aggr == aggregate.aggr_expr {
             return Ok(Transformed::no(plan));
         }
-        let grouped = Aggregate::try_new(Arc::clone(&aggregate.input), group.clone(), aggr)?;
-        if group == aggregate.group_expr {
+        let grouped = Aggregate::try_new(Arc::clone(&aggregate.input), group, aggr)?;
+        if same_groups {
             // The same output, field for field: the counts keep their names.
             return Ok(Transformed::yes(LogicalPlan::Aggregate(grouped)));
         }
