@@ -34,6 +34,25 @@ use crate::config::source::RECORD_ID;
 /// False-positive rate of the bloom filter on `record_id` (about 5 bytes a row).
 pub const RECORD_ID_BLOOM_FPP: f64 = 1e-6;
 
+/// Stores every column held as Parquet integers (integers, dates, times,
+/// decimals of up to 18 digits) with delta encoding where it has no
+/// dictionary, and falls back to it where its dictionary overflows.
+/// Amounts and timestamps were plain 8-byte values, whose zstd
+/// decompression was a third of a query summing 10M amounts; as bit-packed
+/// deltas they take 20 bits a row here and decode several times faster.
+fn delta_for_integers(
+    mut props: parquet::file::properties::WriterPropertiesBuilder,
+    schema: &SchemaRef,
+) -> parquet::file::properties::WriterPropertiesBuilder {
+    let Ok(descr) = parquet::arrow::ArrowSchemaConverter::new().convert(schema) else { return props };
+    for column in descr.columns() {
+        if matches!(column.physical_type(), parquet::basic::Type::INT32 | parquet::basic::Type::INT64) {
+            props = props.set_column_encoding(column.path().clone(), Encoding::DELTA_BINARY_PACKED);
+        }
+    }
+    props
+}
+
 /// Buffered bytes across all partitions above which the largest is flushed.
 pub const DEFAULT_MEMORY_BUDGET: usize = 160 * 1024 * 1024;
 
@@ -144,6 +163,7 @@ impl TableWriter {
             .set_write_batch_size(8192)
             .set_sorting_columns(Some(sorting))
             .set_created_by(format!("ladu {}", env!("CARGO_PKG_VERSION")));
+        props = delta_for_integers(props, &schema);
         if schema.field_with_name(RECORD_ID).is_ok() {
             // A commit looks up the record ids it delivers in earlier row
             // groups (`superseded`); a commit of 200k ids prunes a row group
@@ -555,5 +575,87 @@ mod tests {
             let expected: StringArray = rows.iter().map(|&(b, r)| sources[b][r].map(|v| crate::hex::encode(&v))).collect();
             prop_assert_eq!(ours, expected);
         }
+    }
+
+    /// Integers, dates, timestamps and decimals of up to 18 digits are
+    /// delta-encoded; text and wider decimals are not; and every value,
+    /// the extremes and nulls among them, reads back as it was written.
+    #[test]
+    fn integer_columns_are_delta_encoded_and_read_back() {
+        use arrow::array::{Date32Array, Decimal128Array, Int64Array, TimestampMicrosecondArray};
+        use arrow::datatypes::{Field, Schema, TimeUnit};
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        use std::sync::Arc;
+
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("name", DataType::Utf8, true),
+            Field::new("amount", DataType::Decimal128(15, 2), true),
+            Field::new("wide", DataType::Decimal128(30, 2), true),
+            Field::new("day", DataType::Date32, true),
+            Field::new("at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true),
+            Field::new("_line", DataType::Int64, true),
+        ]));
+        // As for a unique column, `amount` has no dictionary; `at`'s
+        // dictionary overflows, so that the delta encoding is its fallback.
+        let builder = WriterProperties::builder()
+            .set_column_dictionary_enabled(ColumnPath::from("amount"), false)
+            .set_column_dictionary_page_size_limit(ColumnPath::from("at"), 1024);
+        let props = delta_for_integers(builder, &schema).build();
+        let encoding = |c: &str| props.encoding(&ColumnPath::from(c));
+        for c in ["amount", "day", "at", "_line"] {
+            assert_eq!(encoding(c), Some(Encoding::DELTA_BINARY_PACKED), "{c}");
+        }
+        assert_eq!(encoding("name"), None);
+        assert_eq!(encoding("wide"), None);
+
+        let n = 5000i64;
+        let amounts = (0..n).map(|i| match i {
+            0 => Some(999_999_999_999_999),
+            1 => Some(-999_999_999_999_999),
+            _ => (i % 7 != 0).then(|| i128::from((i * 7919 % 499_999) - 1000)),
+        });
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new((0..n).map(|i| Some(format!("n{i}"))).collect::<StringArray>()),
+                Arc::new(amounts.collect::<Decimal128Array>().with_precision_and_scale(15, 2).unwrap()),
+                Arc::new(
+                    (0..n)
+                        .map(|i| Some(i128::from(i) * 10i128.pow(20)))
+                        .collect::<Decimal128Array>()
+                        .with_precision_and_scale(30, 2)
+                        .unwrap(),
+                ),
+                Arc::new(
+                    (0..n).map(|i| (i % 11 != 0).then_some((i * 37 % 20_000) as i32 - 5000)).collect::<Date32Array>(),
+                ),
+                Arc::new(
+                    (0..n)
+                        .map(|i| match i {
+                            0 => Some(i64::MIN),
+                            1 => Some(i64::MAX),
+                            _ => (i % 13 != 0).then_some(i * 1_000_003_117),
+                        })
+                        .collect::<TimestampMicrosecondArray>()
+                        .with_timezone("UTC"),
+                ),
+                Arc::new(
+                    (0..n).map(|i| Some(if i % 2 == 0 { i64::MAX - i } else { i64::MIN + i })).collect::<Int64Array>(),
+                ),
+            ],
+        )
+        .unwrap();
+        let mut file = Vec::new();
+        let mut writer = ArrowWriter::try_new(&mut file, schema, Some(props)).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(file)).unwrap();
+        let chunk = |c: usize| reader.metadata().row_group(0).column(c).encodings().collect::<Vec<_>>();
+        assert!(chunk(1).contains(&Encoding::DELTA_BINARY_PACKED), "{:?}", chunk(1));
+        assert!(!chunk(1).contains(&Encoding::RLE_DICTIONARY), "{:?}", chunk(1));
+        assert!(chunk(4).contains(&Encoding::DELTA_BINARY_PACKED), "{:?}", chunk(4));
+        assert!(chunk(4).contains(&Encoding::RLE_DICTIONARY), "{:?}", chunk(4));
+        let read: Vec<RecordBatch> = reader.build().unwrap().collect::<Result<_, _>>().unwrap();
+        assert_eq!(arrow::compute::concat_batches(&batch.schema(), &read).unwrap(), batch);
     }
 }
