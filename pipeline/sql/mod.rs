@@ -19,6 +19,7 @@ pub mod limits;
 pub mod lineage;
 pub mod output;
 pub mod packed_sort;
+pub mod partition_groups;
 pub mod prefix_match;
 pub mod pseudonym_keys;
 pub mod query_files;
@@ -1377,6 +1378,7 @@ fn ladu_state(
         .with_table_functions(HashMap::new())
         .with_table_factories(HashMap::new())
         .with_physical_optimizer_rule(Arc::new(single_phase::SinglePhase))
+        .with_physical_optimizer_rule(Arc::new(partition_groups::PartitionGroups))
         .with_physical_optimizer_rule(Arc::new(packed_sort::PackedSort))
         .with_physical_optimizer_rule(Arc::new(sorted_window::SortedWindow))
         .with_physical_optimizer_rule(Arc::new(semi_join::DistinctSemiJoinBuild))
