@@ -41,7 +41,7 @@ use super::partition_groups::PartitionGroupsExec;
 use super::restrict::{Restricted, RoleFilterExec};
 use super::roles::Role;
 use super::sorted_window::SortedWindowExec;
-use super::{date_trunc, pseudonym_keys};
+use super::{date_trunc, prefix_filter, pseudonym_keys};
 
 /// Tag of a message Ballista's own codec wrote.
 const BALLISTA: u8 = 0;
@@ -276,6 +276,7 @@ fn recompute() -> ReplaceChildrenOptions {
 fn ladu_function(name: &str) -> DfResult<Arc<ScalarUDF>> {
     pseudonym_keys::function(name)
         .or_else(|| date_trunc::function(name))
+        .or_else(|| prefix_filter::function(name))
         .map(Arc::new)
         .ok_or_else(|| DataFusionError::Plan(format!("function `{name}` is not known on this node")))
 }

@@ -20,6 +20,7 @@ pub mod lineage;
 pub mod output;
 pub mod packed_sort;
 pub mod partition_groups;
+pub mod prefix_filter;
 pub mod prefix_match;
 pub mod pseudonym_keys;
 pub mod query_files;
@@ -1379,6 +1380,7 @@ fn ladu_state(
         .with_table_factories(HashMap::new())
         .with_physical_optimizer_rule(Arc::new(single_phase::SinglePhase))
         .with_physical_optimizer_rule(Arc::new(partition_groups::PartitionGroups))
+        .with_physical_optimizer_rule(Arc::new(prefix_filter::PrefixFilter))
         .with_physical_optimizer_rule(Arc::new(packed_sort::PackedSort))
         .with_physical_optimizer_rule(Arc::new(sorted_window::SortedWindow))
         .with_physical_optimizer_rule(Arc::new(semi_join::DistinctSemiJoinBuild))
