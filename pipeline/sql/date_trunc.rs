@@ -1,4 +1,4 @@
-//! `CAST(date_trunc('month', d) AS DATE)` of a date `d` computed on the date's day number, not through a timestamp.
+//! `CAST(date_trunc('month', d) AS DATE)` and `extract(year FROM d)` of a date `d` computed on the date's day number, not through a timestamp.
 //!
 //! Analysts count by month, quarter, year or week of a date column. DataFusion
 //! truncates a date by making it a nanosecond timestamp, splitting that into
@@ -6,11 +6,14 @@
 //! row, most of a grouped query over 5M prescriptions (s19). The first day of
 //! the month, quarter, year or (Monday-based) week of a day number is a few
 //! integer operations (the proleptic Gregorian calendar, as DataFusion's).
-//! Other units and other types are left to DataFusion.
+//! So are a date's year, quarter, month and day (`extract`, `date_part`),
+//! which DataFusion reads by making each day a calendar date first (an age
+//! at treatment is `extract(year FROM start_date) - birth_year` over every
+//! invoice). Other units and other types are left to DataFusion.
 
 use std::sync::Arc;
 
-use arrow::array::{AsArray, Date32Array};
+use arrow::array::{AsArray, Date32Array, Int32Array};
 use arrow::datatypes::{DataType, Date32Type, TimeUnit};
 use datafusion::common::tree_node::Transformed;
 use datafusion::common::{DFSchema, Result as DfResult, ScalarValue, exec_err};
@@ -41,15 +44,73 @@ impl OptimizerRule for DateTrunc {
         let inputs = plan.inputs();
         let [input] = inputs.as_slice() else { return Ok(Transformed::no(plan)) };
         let schema = Arc::clone(input.schema());
-        expr_rewrite::rewrite_named(plan, |e| truncated_date(e, &schema))
+        expr_rewrite::rewrite_named(plan, |e| match truncated_date(e, &schema) {
+            Transformed { data, transformed: false, .. } => date_field(data, &schema),
+            done => done,
+        })
     }
 }
 
 /// The function of this rule called `name`, for a plan decoded on another node.
 pub fn function(name: &str) -> Option<ScalarUDF> {
-    let udf = TruncDate::udf();
-    (udf.name() == name).then_some(udf)
+    [TruncDate::udf(), DateField::udf()].into_iter().find(|udf| udf.name() == name)
 }
+
+/// `e` as `date_field(field, d)` where it is `date_part(field, d)` of a year, quarter, month or day of a date `d`.
+fn date_field(e: Expr, schema: &DFSchema) -> Transformed<Expr> {
+    let Expr::ScalarFunction(ScalarFunction { func, args }) = &e else { return Transformed::no(e) };
+    let [Expr::Literal(field, _), date] = args.as_slice() else { return Transformed::no(e) };
+    let (ScalarValue::Utf8(Some(field)) | ScalarValue::Utf8View(Some(field)) | ScalarValue::LargeUtf8(Some(field))) =
+        field
+    else {
+        return Transformed::no(e);
+    };
+    if func.name() != "date_part"
+        || DayField::parse(field).is_none()
+        || date.get_type(schema).ok() != Some(DataType::Date32)
+    {
+        return Transformed::no(e);
+    }
+    let date = date.clone();
+    Transformed::yes(Arc::new(DateField::udf()).call(vec![lit(field.to_ascii_lowercase()), date]))
+}
+
+/// A field of a date that `date_field` reads off its day number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DayField {
+    Year,
+    Quarter,
+    Month,
+    Day,
+}
+
+impl DayField {
+    fn parse(field: &str) -> Option<DayField> {
+        match field.to_ascii_lowercase().as_str() {
+            "year" => Some(DayField::Year),
+            "quarter" => Some(DayField::Quarter),
+            "month" => Some(DayField::Month),
+            "day" => Some(DayField::Day),
+            _ => None,
+        }
+    }
+
+    /// The field of `day` (days since 1970-01-01).
+    fn of(self, day: i32) -> i32 {
+        let (y, m, d) = civil_from_days(i64::from(day));
+        // Within i32 for every day of `CALENDAR_DAYS`.
+        (match self {
+            DayField::Year => y,
+            DayField::Quarter => (m - 1) / 3 + 1,
+            DayField::Month => m,
+            DayField::Day => d,
+        }) as i32
+    }
+}
+
+/// The days of chrono's calendar, through which DataFusion reads a date's fields (NULL outside it).
+const CALENDAR_DAYS: std::ops::RangeInclusive<i32> =
+    days_from_civil(-262_143, 1, 1) as i32..=days_from_civil(262_142, 12, 31) as i32;
 
 /// `e` as `trunc_date(unit, d)` where it is `CAST(date_trunc(unit, CAST(d AS Timestamp(ns))) AS Date32)`,
 /// `d` a date of `schema`.
@@ -133,7 +194,7 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 }
 
 /// The day number of (year, month, day), proleptic Gregorian (Hinnant's `days_from_civil`).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+const fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y.rem_euclid(400);
@@ -182,6 +243,51 @@ impl ScalarUDFImpl for TruncDate {
     }
 }
 
+/// `date_field(field, date)`: the year, quarter, month or day of `date`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct DateField {
+    signature: Signature,
+}
+
+impl DateField {
+    fn udf() -> ScalarUDF {
+        ScalarUDF::new_from_impl(DateField {
+            signature: Signature::exact(vec![DataType::Utf8, DataType::Date32], Volatility::Immutable),
+        })
+    }
+}
+
+impl ScalarUDFImpl for DateField {
+    fn name(&self) -> &str {
+        "date_field"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Int32)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let [ColumnarValue::Scalar(ScalarValue::Utf8(Some(field))), date] = args.args.as_slice() else {
+            return exec_err!("date_field takes a field and a date");
+        };
+        let Some(field) = DayField::parse(field) else {
+            return exec_err!("date_field knows year, quarter, month and day");
+        };
+        let dates = date.to_array(args.number_rows)?;
+        let dates = dates.as_primitive::<Date32Type>();
+        let values: Int32Array = if dates.values().iter().all(|d| CALENDAR_DAYS.contains(d)) {
+            dates.unary(|day| field.of(day))
+        } else {
+            dates.iter().map(|day| day.filter(|d| CALENDAR_DAYS.contains(d)).map(|d| field.of(d))).collect()
+        };
+        Ok(ColumnarValue::Array(Arc::new(values)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,8 +333,9 @@ mod tests {
         /// The same days as DataFusion's, under the same column names, grouped and not.
         #[test]
         fn truncated_dates_agree_with_datafusion(
-            // 1677-09-22 to 2262-04-11: the nanosecond timestamps DataFusion goes through.
-            days in prop::collection::vec(prop::option::weighted(0.9, -106_751i32..106_750), 1..40),
+            // 1679-10-13 to 2262-04-09: within the nanosecond timestamps DataFusion goes through, the
+            // start of the year of each day included (1677's is not).
+            days in prop::collection::vec(prop::option::weighted(0.9, -106_000i32..106_750), 1..40),
         ) {
             let (ours, theirs) = (context(&days, true), context(&days, false));
             for (truncation, applies) in TRUNCATIONS {
@@ -251,6 +358,40 @@ mod tests {
         }
     }
 
+    /// Fields, and whether the rule reads them off day numbers.
+    const FIELDS: [(&str, bool); 7] = [
+        ("extract(year FROM d)", true),
+        ("extract(QUARTER FROM d)", true),
+        ("date_part('month', d)", true),
+        ("extract(day FROM d)", true),
+        ("extract(dow FROM d)", false),
+        ("extract(year FROM CAST(d AS TIMESTAMP))", false),
+        ("extract(epoch FROM d)", false),
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// The same fields as DataFusion's, under the same column names, grouped and not, over all of `Date32`.
+        #[test]
+        fn date_fields_agree_with_datafusion(
+            days in prop::collection::vec(prop::option::weighted(0.9, prop_oneof![any::<i32>(), -106_751i32..106_750]), 1..40),
+        ) {
+            let (ours, theirs) = (context(&days, true), context(&days, false));
+            // DataFusion reads the other fields through nanosecond timestamps, and fails outside them.
+            let in_timestamps = days.iter().flatten().all(|d| (-106_751..106_750).contains(d));
+            for (field, applies) in FIELDS.into_iter().filter(|&(_, applies)| applies || in_timestamps) {
+                let grouped = format!("SELECT {field}, count(*) FROM t GROUP BY {field} ORDER BY 1");
+                let plan = run(&ours, &format!("EXPLAIN {grouped}"));
+                prop_assert_eq!(plan.contains("date_field"), applies, "{}", plan);
+                let shown = format!("SELECT d, {field}, {field} - 1 AS before FROM t ORDER BY d");
+                for sql in [grouped, shown] {
+                    prop_assert_eq!(run(&ours, &sql), run(&theirs, &sql), "{}", sql);
+                }
+            }
+        }
+    }
+
     #[test]
     fn known_days() {
         // 2024-02-29 (19782): a Thursday of a leap year's February.
@@ -260,5 +401,9 @@ mod tests {
         assert_eq!(Unit::Year.start(19_782), 19_723);
         assert_eq!(Unit::Week.start(19_782), 19_779); // Monday 2024-02-26
         assert_eq!(Unit::Week.start(-4), -10); // 1969-12-28, a Sunday: Monday 1969-12-22
+        assert_eq!(
+            [DayField::Year, DayField::Quarter, DayField::Month, DayField::Day].map(|f| f.of(19_782)),
+            [2024, 1, 2, 29]
+        );
     }
 }
