@@ -24,7 +24,7 @@ use arrow::datatypes::{DataType, UInt64Type, i256};
 use datafusion::common::tree_node::Transformed;
 use datafusion::common::{Column, Result as DfResult, exec_err};
 use datafusion::logical_expr::expr::AggregateFunction;
-use datafusion::logical_expr::logical_plan::{Aggregate, Distinct, Projection};
+use datafusion::logical_expr::logical_plan::{Aggregate, Distinct, Join, Projection};
 use datafusion::logical_expr::{
     ColumnarValue, Expr, LogicalPlan, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
@@ -74,6 +74,60 @@ impl PseudonymGroupKeys {
         }
     }
 
+    /// `join` matching pseudonyms by number: each side gains the halves of its pseudonym keys as
+    /// columns, the join matches those, and a projection above gives the join's own columns back.
+    fn join_by_number(&self, join: &Join) -> DfResult<Option<LogicalPlan>> {
+        fn pseudonym<'a>(rule: &PseudonymGroupKeys, input: &LogicalPlan, e: &'a Expr) -> Option<&'a Column> {
+            lineage::referenced(e).filter(|c| {
+                input.schema().qualified_field_from_column(c).is_ok_and(|(_, f)| f.data_type() == &DataType::Utf8)
+                    && rule.is_pseudonym(input, c)
+            })
+        }
+        let pairs: Vec<(usize, &Column, &Column)> = (join.on.iter().enumerate())
+            .filter_map(|(k, (l, r))| Some((k, pseudonym(self, &join.left, l)?, pseudonym(self, &join.right, r)?)))
+            .collect();
+        // NOT IN's null-aware anti join takes one key.
+        if pairs.is_empty() || join.null_aware {
+            return Ok(None);
+        }
+        let name = |side: &str, k: usize, half: Half| format!("__ladu_join_key_{side}{k}_{}", half.suffix());
+        let keyed =
+            |input: &Arc<LogicalPlan>, side: &str, columns: Vec<(usize, &Column)>| -> DfResult<Arc<LogicalPlan>> {
+                let mut exprs: Vec<Expr> = input.schema().columns().into_iter().map(Expr::Column).collect();
+                for (k, c) in columns {
+                    for half in [Half::High, Half::Low] {
+                        exprs.push(Expr::Column(c.clone()).call(PseudonymKey::udf(half)).alias(name(side, k, half)));
+                    }
+                }
+                Ok(Arc::new(LogicalPlan::Projection(Projection::try_new(exprs, Arc::clone(input))?)))
+            };
+        let left = keyed(&join.left, "l", pairs.iter().map(|&(k, l, _)| (k, l)).collect())?;
+        let right = keyed(&join.right, "r", pairs.iter().map(|&(k, _, r)| (k, r)).collect())?;
+        let mut on = Vec::with_capacity(join.on.len() + pairs.len());
+        for (k, pair) in join.on.iter().enumerate() {
+            if pairs.iter().any(|&(p, _, _)| p == k) {
+                for half in [Half::High, Half::Low] {
+                    let key = |side| Expr::Column(Column::new_unqualified(name(side, k, half)));
+                    on.push((key("l"), key("r")));
+                }
+            } else {
+                on.push(pair.clone());
+            }
+        }
+        let joined = Join::try_new(
+            left,
+            right,
+            on,
+            join.filter.clone(),
+            join.join_type,
+            join.join_constraint,
+            join.null_equality,
+            join.null_aware,
+        )?;
+        let columns = join.schema.columns().into_iter().map(Expr::Column).collect();
+        Ok(Some(LogicalPlan::Projection(Projection::try_new(columns, Arc::new(LogicalPlan::Join(joined)))?)))
+    }
+
     /// `count(DISTINCT c)` of a pseudonym column `c`, counting its number instead, under the same name.
     fn distinct_count_by_number(&self, input: &LogicalPlan, e: &Expr, name: &str) -> Option<Expr> {
         let Expr::AggregateFunction(AggregateFunction { func, params }) = e else { return None };
@@ -102,6 +156,12 @@ impl OptimizerRule for PseudonymGroupKeys {
     }
 
     fn rewrite(&self, plan: LogicalPlan, _config: &dyn OptimizerConfig) -> DfResult<Transformed<LogicalPlan>> {
+        if let LogicalPlan::Join(join) = &plan {
+            return Ok(match self.join_by_number(join)? {
+                Some(joined) => Transformed::yes(joined),
+                None => Transformed::no(plan),
+            });
+        }
         let LogicalPlan::Aggregate(aggregate) = &plan else { return Ok(Transformed::no(plan)) };
         if aggregate.group_expr.iter().any(|e| matches!(e, Expr::GroupingSet(_))) {
             return Ok(Transformed::no(plan));
@@ -411,6 +471,21 @@ mod tests {
         ("SELECT count(DISTINCT v), count(DISTINCT s) FROM t", false),
     ];
 
+    /// Joins, and whether the rule matches their pseudonyms by number.
+    const JOINS: [(&str, bool); 10] = [
+        ("SELECT a.p, a.v, b.v AS w FROM t a JOIN t b ON a.p = b.p ORDER BY 2, 3", true),
+        ("SELECT a.v, b.v AS w FROM t a LEFT JOIN t b ON a.p = b.p AND a.s = b.s ORDER BY 1, 2", true),
+        ("SELECT a.v, b.v AS w, b.p FROM t a FULL JOIN t b ON b.p = a.p ORDER BY 1, 2", true),
+        ("SELECT v FROM t a WHERE EXISTS (SELECT 1 FROM t b WHERE b.p = a.p AND b.v > 3) ORDER BY v", true),
+        ("SELECT v FROM t a WHERE NOT EXISTS (SELECT 1 FROM t b WHERE b.p = a.p AND b.v > 3) ORDER BY v", true),
+        ("SELECT v FROM t WHERE p IN (SELECT p FROM t WHERE v > 3) ORDER BY v", true),
+        // NOT IN's null-aware anti join takes one key.
+        ("SELECT v FROM t WHERE p NOT IN (SELECT p FROM t WHERE v > 3) ORDER BY v", false),
+        ("SELECT count(*) AS n FROM t a JOIN t b ON a.s = b.s", false),
+        ("SELECT count(*) AS n FROM t a JOIN t b ON a.p = b.s", false),
+        ("SELECT count(*) AS n FROM t a JOIN t b ON upper(a.p) = upper(b.p)", false),
+    ];
+
     /// Pseudonym `i` of a small pool: the lowest, the highest, around the
     /// largest number a `Decimal128(38, 0)` holds (10^38), and spread between.
     fn pseudonym(i: u8) -> String {
@@ -442,6 +517,11 @@ mod tests {
                 let plan = run(&ours, &format!("EXPLAIN {sql}")).expect("plans");
                 prop_assert_eq!(plan.contains("pseudonym_key_hi"), applies, "{}", plan);
                 prop_assert!(!plan.contains("Decimal128"), "{}", plan);
+                prop_assert_eq!(run(&ours, sql).expect("runs"), run(&theirs, sql).expect("runs"), "{}", sql);
+            }
+            for (sql, applies) in JOINS {
+                let plan = run(&ours, &format!("EXPLAIN {sql}")).expect("plans");
+                prop_assert_eq!(plan.contains("__ladu_join_key"), applies, "{}", plan);
                 prop_assert_eq!(run(&ours, sql).expect("runs"), run(&theirs, sql).expect("runs"), "{}", sql);
             }
             for (sql, applies) in DISTINCT_COUNTS {
