@@ -60,11 +60,7 @@ pub fn function(name: &str) -> Option<ScalarUDF> {
 fn date_field(e: Expr, schema: &DFSchema) -> Transformed<Expr> {
     let Expr::ScalarFunction(ScalarFunction { func, args }) = &e else { return Transformed::no(e) };
     let [Expr::Literal(field, _), date] = args.as_slice() else { return Transformed::no(e) };
-    let (ScalarValue::Utf8(Some(field)) | ScalarValue::Utf8View(Some(field)) | ScalarValue::LargeUtf8(Some(field))) =
-        field
-    else {
-        return Transformed::no(e);
-    };
+    let Some(field) = field.try_as_str().flatten() else { return Transformed::no(e) };
     if func.name() != "date_part"
         || DayField::parse(field).is_none()
         || date.get_type(schema).ok() != Some(DataType::Date32)
@@ -123,10 +119,7 @@ fn truncated_date(e: Expr, schema: &DFSchema) -> Transformed<Expr> {
     let [Expr::Literal(unit, _), Expr::Cast(Cast { expr: date, field: timestamp })] = args.as_slice() else {
         return Transformed::no(e);
     };
-    let (ScalarValue::Utf8(Some(unit)) | ScalarValue::Utf8View(Some(unit)) | ScalarValue::LargeUtf8(Some(unit))) = unit
-    else {
-        return Transformed::no(e);
-    };
+    let Some(unit) = unit.try_as_str().flatten() else { return Transformed::no(e) };
     if func.name() != "date_trunc"
         || Unit::parse(unit).is_none()
         || !matches!(timestamp.data_type(), DataType::Timestamp(TimeUnit::Nanosecond, None))

@@ -73,12 +73,7 @@ fn prefix_test(
 ) -> DfResult<Transformed<Arc<dyn PhysicalExpr>>> {
     let Some(like) = e.downcast_ref::<LikeExpr>() else { return Ok(Transformed::no(e)) };
     let Some(pattern) = like.pattern().downcast_ref::<Literal>() else { return Ok(Transformed::no(e)) };
-    let (ScalarValue::Utf8(Some(pattern))
-    | ScalarValue::Utf8View(Some(pattern))
-    | ScalarValue::LargeUtf8(Some(pattern))) = pattern.value()
-    else {
-        return Ok(Transformed::no(e));
-    };
+    let Some(pattern) = pattern.value().try_as_str().flatten() else { return Ok(Transformed::no(e)) };
     let Some(prefix) = literal_prefix(pattern) else { return Ok(Transformed::no(e)) };
     if like.case_insensitive() || like.expr().data_type(schema)? != DataType::Utf8View {
         return Ok(Transformed::no(e));

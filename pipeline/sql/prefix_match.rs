@@ -58,9 +58,7 @@ fn cut_prefix(cut: &Expr, literal: &Expr) -> Option<(Expr, Expr)> {
         _ => return None,
     };
     let Expr::Literal(value, _) = literal else { return None };
-    let (ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s))) = value else {
-        return None;
-    };
+    let s = value.try_as_str().flatten()?;
     let n = integer(length)?;
     (n > 0 && usize::try_from(n).ok()? == s.chars().count()).then(|| (text.clone(), literal.clone()))
 }
