@@ -21,6 +21,7 @@
 //! keys are partition columns (`year`, `month`): there are then at most as
 //! many groups as files.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -401,6 +402,9 @@ impl Groups {
             Err(_) if self.partial => {
                 let out = self.emit()?;
                 self.values.clear_shrink(n);
+                if let Some(cache) = &mut self.cache {
+                    *cache = Cache::new(self.keys.len());
+                }
                 self.reservation.try_resize(self.size())?;
                 Ok(Some(out))
             }
@@ -440,7 +444,7 @@ impl Groups {
         }
         // The groups are numbered afresh.
         if let Some(cache) = &mut self.cache {
-            *cache = Cache::new(self.keys.len());
+            cache.clear();
         }
         Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
     }
@@ -457,82 +461,7 @@ fn all_equal(keys: &[ArrayRef]) -> DfResult<bool> {
     Ok(true)
 }
 
-/// An open-addressing table (linear probing) of packed keys to groups: made for a few groups looked up once a row.
-struct Table<const K: usize> {
-    keys: Vec<[u128; K]>,
-    /// The group of each slot, [`EMPTY`] where none.
-    groups: Vec<u32>,
-    len: usize,
-    /// 64 less the bits of a slot number: the hash's top bits choose the slot.
-    shift: u32,
-    /// Per process, so that keys cannot be chosen to collide.
-    seed: u64,
-}
-
-const EMPTY: u32 = u32::MAX;
-
-impl<const K: usize> Table<K> {
-    fn new(seed: u64) -> Table<K> {
-        Table { keys: vec![[0; K]; 64], groups: vec![EMPTY; 64], len: 0, shift: 64 - 6, seed }
-    }
-
-    #[inline]
-    fn slot(&self, key: &[u128; K]) -> usize {
-        const MUL: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut h = self.seed;
-        for &part in key {
-            h = (h ^ part as u64).wrapping_mul(MUL);
-            h = (h ^ (part >> 64) as u64).wrapping_mul(MUL);
-        }
-        (h >> self.shift) as usize
-    }
-
-    #[inline]
-    fn get(&self, key: &[u128; K]) -> Option<u32> {
-        let mask = self.groups.len() - 1;
-        let mut i = self.slot(key);
-        loop {
-            let group = self.groups[i];
-            if group == EMPTY {
-                return None;
-            }
-            if self.keys[i] == *key {
-                return Some(group);
-            }
-            i = (i + 1) & mask;
-        }
-    }
-
-    fn insert(&mut self, key: [u128; K], group: u32) {
-        if (self.len + 1) * 2 > self.groups.len() {
-            let capacity = self.groups.len() * 2;
-            let old_keys = std::mem::replace(&mut self.keys, vec![[0; K]; capacity]);
-            let old_groups = std::mem::replace(&mut self.groups, vec![EMPTY; capacity]);
-            self.shift -= 1;
-            self.len = 0;
-            for (key, group) in old_keys.into_iter().zip(old_groups) {
-                if group != EMPTY {
-                    self.insert(key, group);
-                }
-            }
-        }
-        let mask = self.groups.len() - 1;
-        let mut i = self.slot(&key);
-        while self.groups[i] != EMPTY {
-            if self.keys[i] == key {
-                return;
-            }
-            i = (i + 1) & mask;
-        }
-        self.keys[i] = key;
-        self.groups[i] = group;
-        self.len += 1;
-    }
-
-    fn size(&self) -> usize {
-        self.groups.len() * (16 * K + 4)
-    }
-}
+type Table<const K: usize> = HashMap<[u128; K], u32, foldhash::fast::RandomState>;
 
 /// Packed keys of one, two, three or four columns to their groups.
 enum Tables {
@@ -554,31 +483,40 @@ struct Cache {
 
 impl Cache {
     fn new(keys: usize) -> Cache {
-        let seed = rand::random::<u64>();
         let tables = match keys {
-            1 => Tables::One(Table::new(seed)),
-            2 => Tables::Two(Table::new(seed)),
-            3 => Tables::Three(Table::new(seed)),
-            _ => Tables::Four(Table::new(seed)),
+            1 => Tables::One(Table::default()),
+            2 => Tables::Two(Table::default()),
+            3 => Tables::Three(Table::default()),
+            _ => Tables::Four(Table::default()),
         };
         Cache { tables, packed: vec![Vec::new(); keys], misses: Vec::new(), missed: Vec::new() }
     }
 
     fn len(&self) -> usize {
         match &self.tables {
-            Tables::One(t) => t.len,
-            Tables::Two(t) => t.len,
-            Tables::Three(t) => t.len,
-            Tables::Four(t) => t.len,
+            Tables::One(t) => t.len(),
+            Tables::Two(t) => t.len(),
+            Tables::Three(t) => t.len(),
+            Tables::Four(t) => t.len(),
+        }
+    }
+
+    fn clear(&mut self) {
+        match &mut self.tables {
+            Tables::One(t) => t.clear(),
+            Tables::Two(t) => t.clear(),
+            Tables::Three(t) => t.clear(),
+            Tables::Four(t) => t.clear(),
         }
     }
 
     fn size(&self) -> usize {
+        let entry = |k: usize| 16 * k + size_of::<u32>() + 1;
         let table = match &self.tables {
-            Tables::One(t) => t.size(),
-            Tables::Two(t) => t.size(),
-            Tables::Three(t) => t.size(),
-            Tables::Four(t) => t.size(),
+            Tables::One(t) => t.capacity() * entry(1),
+            Tables::Two(t) => t.capacity() * entry(2),
+            Tables::Three(t) => t.capacity() * entry(3),
+            Tables::Four(t) => t.capacity() * entry(4),
         };
         table
             + self.packed.iter().map(|p| p.capacity() * 16).sum::<usize>()
@@ -588,30 +526,17 @@ impl Cache {
 
     /// Gives every row its group in `rows`, interning new keys in `values`; false (and nothing done) if a key does not pack.
     fn assign(&mut self, keys: &[ArrayRef], values: &mut dyn GroupValues, rows: &mut Vec<usize>) -> DfResult<bool> {
-        // One string key without NULLs, the commonest: read straight from the views.
-        let direct = match (&self.tables, keys) {
-            (Tables::One(t), [key]) if key.data_type() == &DataType::Utf8View && key.logical_null_count() == 0 => {
-                Some(look_up_views(t, key.as_string_view().views(), rows, &mut self.misses))
+        for (key, packed) in keys.iter().zip(&mut self.packed) {
+            if !pack(key.as_ref(), packed) {
+                return Ok(false);
             }
-            _ => None,
-        };
-        match direct {
-            Some(false) => return Ok(false),
-            Some(true) => self.packed[0].clear(),
-            None => {
-                for (key, packed) in keys.iter().zip(&mut self.packed) {
-                    if !pack(key.as_ref(), packed) {
-                        return Ok(false);
-                    }
-                }
-                let packed = &self.packed;
-                match &self.tables {
-                    Tables::One(t) => look_up(t, packed, rows, &mut self.misses),
-                    Tables::Two(t) => look_up(t, packed, rows, &mut self.misses),
-                    Tables::Three(t) => look_up(t, packed, rows, &mut self.misses),
-                    Tables::Four(t) => look_up(t, packed, rows, &mut self.misses),
-                }
-            }
+        }
+        let packed = &self.packed;
+        match &mut self.tables {
+            Tables::One(t) => look_up(t, packed, rows, &mut self.misses),
+            Tables::Two(t) => look_up(t, packed, rows, &mut self.misses),
+            Tables::Three(t) => look_up(t, packed, rows, &mut self.misses),
+            Tables::Four(t) => look_up(t, packed, rows, &mut self.misses),
         }
         if self.misses.is_empty() {
             return Ok(true);
@@ -624,18 +549,6 @@ impl Cache {
         for (&row, &group) in self.misses.iter().zip(&self.missed) {
             rows[row as usize] = group;
         }
-        if direct.is_some() {
-            // Only the new keys are packed.
-            let key = &new[0];
-            pack(key.as_ref(), &mut self.packed[0]);
-            if let Tables::One(t) = &mut self.tables {
-                for (&packed, &group) in self.packed[0].iter().zip(&self.missed) {
-                    t.insert([packed], group as u32);
-                }
-            }
-            return Ok(true);
-        }
-        let packed = &self.packed;
         match &mut self.tables {
             Tables::One(t) => remember(t, packed, &self.misses, &self.missed),
             Tables::Two(t) => remember(t, packed, &self.misses, &self.missed),
@@ -646,62 +559,31 @@ impl Cache {
     }
 }
 
-/// Masks of the bytes a string view of each length up to 12 uses (its length and its bytes).
-const VIEW_MASKS: [u128; 13] = {
-    let mut masks = [0; 13];
-    let mut len = 0;
-    while len < 13 {
-        masks[len] = u128::MAX >> (96 - 8 * len);
-        len += 1;
-    }
-    masks
-};
-
-/// [`look_up`] of one string key without NULLs, reading its views; false (rows unfinished) at a string longer than 12 bytes.
-fn look_up_views(table: &Table<1>, views: &[u128], rows: &mut Vec<usize>, misses: &mut Vec<u32>) -> bool {
-    rows.clear();
-    rows.resize(views.len(), 0);
-    misses.clear();
-    let mut last = (NULL, 0);
-    for (i, (&view, row)) in views.iter().zip(rows.iter_mut()).enumerate() {
-        let Some(&mask) = VIEW_MASKS.get(view as u32 as usize) else { return false };
-        let key = view & mask;
-        if key == last.0 {
-            *row = last.1;
-            continue;
-        }
-        match table.get(&[key]) {
-            Some(group) => {
-                *row = group as usize;
-                last = (key, group as usize);
-            }
-            None => misses.push(i as u32),
-        }
-    }
-    true
-}
-
 /// Each row's group from the table (the previous row's where the keys repeat); the rows it does not know go to `misses`.
 fn look_up<const K: usize>(table: &Table<K>, packed: &[Vec<u128>], rows: &mut Vec<usize>, misses: &mut Vec<u32>) {
-    let n = packed[0].len();
     rows.clear();
-    rows.resize(n, 0);
     misses.clear();
+    let n = packed[0].len();
     let mut last: Option<([u128; K], usize)> = None;
-    for (i, row) in rows.iter_mut().enumerate() {
+    // The row index reads K columns.
+    #[allow(clippy::needless_range_loop)]
+    for i in 0..n {
         let key: [u128; K] = std::array::from_fn(|c| packed[c][i]);
         if let Some((previous, group)) = last
             && previous == key
         {
-            *row = group;
+            rows.push(group);
             continue;
         }
         match table.get(&key) {
-            Some(group) => {
-                *row = group as usize;
+            Some(&group) => {
+                rows.push(group as usize);
                 last = Some((key, group as usize));
             }
-            None => misses.push(i as u32),
+            None => {
+                rows.push(usize::MAX);
+                misses.push(i as u32);
+            }
         }
     }
 }
@@ -987,9 +869,7 @@ mod tests {
                    FROM (SELECT v, k, count(*) AS n, sum(v) AS s FROM t GROUP BY v, k)";
         let theirs = context(dir.path(), schema.clone(), false, false);
         let config = SessionConfig::new().with_target_partitions(2).with_batch_size(1000);
-        // As ladu's sessions: a fair pool, in which the final phase spills.
-        let pool = Arc::new(datafusion::execution::memory_pool::FairSpillPool::new(1_000_000));
-        let runtime = RuntimeEnvBuilder::new().with_memory_pool(pool).build_arc().unwrap();
+        let runtime = RuntimeEnvBuilder::new().with_memory_limit(600_000, 1.0).build_arc().unwrap();
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(runtime)
