@@ -5,7 +5,7 @@
 //! shared warehouse through [`Tables`], exactly as a local session of that
 //! role would have built it. Physical plans go to the executors with
 //! [`RoleFilterExec`], [`PackedSortExec`], [`SortedWindowExec`] and
-//! [`PackedGroupsExec`] as their parameters, everything else as Ballista encodes it. A table whose
+//! [`PartitionGroupsExec`] as their parameters, everything else as Ballista encodes it. A table whose
 //! pseudonyms a release recodes cannot be encoded at all: release
 //! pseudonyms are made with the key, on the host that holds it.
 //!
@@ -36,8 +36,8 @@ use datafusion_proto::protobuf::{PhysicalExprNode, PhysicalPlanNode};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
-use super::packed_groups::PackedGroupsExec;
 use super::packed_sort::PackedSortExec;
+use super::partition_groups::PartitionGroupsExec;
 use super::restrict::{Restricted, RoleFilterExec};
 use super::roles::Role;
 use super::sorted_window::SortedWindowExec;
@@ -50,7 +50,7 @@ const TABLE: u8 = 1;
 const ROLE_FILTER: u8 = 2;
 const PACKED_SORT: u8 = 3;
 const SORTED_WINDOW: u8 = 4;
-const PACKED_GROUPS: u8 = 5;
+const PARTITION_GROUPS: u8 = 5;
 
 /// What a warehouse table of a session is: enough to build it again from the warehouse.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -197,12 +197,12 @@ impl PhysicalExtensionCodec for PhysicalCodec {
                     .ok_or_else(|| proto("a sorted window is a window".into()))?;
                 Ok(Arc::new(SortedWindowExec::new(window.clone())))
             }
-            PACKED_GROUPS => {
+            PARTITION_GROUPS => {
                 let aggregate = with_input(decode_plan(rest, ctx, self)?, input)?;
                 let aggregate = aggregate
                     .downcast_ref::<AggregateExec>()
                     .ok_or_else(|| proto("partition groups are an aggregate".into()))?;
-                Ok(Arc::new(PackedGroupsExec::new(aggregate.clone())))
+                Ok(Arc::new(PartitionGroupsExec::new(aggregate.clone())))
             }
             _ => Err(unknown("operator")),
         }
@@ -236,8 +236,8 @@ impl PhysicalExtensionCodec for PhysicalCodec {
         } else if let Some(numbering) = node.downcast_ref::<SortedWindowExec>() {
             buf.push(SORTED_WINDOW);
             encode_without_input(Arc::new(numbering.window().clone()), buf, self)
-        } else if let Some(groups) = node.downcast_ref::<PackedGroupsExec>() {
-            buf.push(PACKED_GROUPS);
+        } else if let Some(groups) = node.downcast_ref::<PartitionGroupsExec>() {
+            buf.push(PARTITION_GROUPS);
             encode_without_input(Arc::new(groups.aggregate().clone()), buf, self)
         } else {
             buf.push(BALLISTA);
@@ -359,7 +359,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn packed_groups_travel_and_answer_the_same() {
+    async fn partition_groups_travel_and_answer_the_same() {
         use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
         use datafusion::physical_plan::aggregates::AggregateMode;
         let ctx = SessionContext::new();
@@ -370,7 +370,7 @@ mod tests {
         let original = plan
             .transform_up(|node| match node.downcast_ref::<AggregateExec>() {
                 Some(a) if *a.mode() == AggregateMode::Partial => {
-                    Ok(Transformed::yes(Arc::new(PackedGroupsExec::new(a.clone())) as Arc<dyn ExecutionPlan>))
+                    Ok(Transformed::yes(Arc::new(PartitionGroupsExec::new(a.clone())) as Arc<dyn ExecutionPlan>))
                 }
                 _ => Ok(Transformed::no(node)),
             })
@@ -379,7 +379,7 @@ mod tests {
         let decoded = round_trip(&ctx, Arc::clone(&original)).unwrap();
         let shown = |p: &Arc<dyn ExecutionPlan>| displayable(p.as_ref()).indent(true).to_string();
         assert_eq!(shown(&decoded), shown(&original));
-        assert!(shown(&decoded).contains("PackedGroupsExec"), "{}", shown(&decoded));
+        assert!(shown(&decoded).contains("PartitionGroupsExec"), "{}", shown(&decoded));
         let rows = |p| async { datafusion::physical_plan::collect(p, ctx.task_ctx()).await.unwrap() };
         let printed = |b: &[RecordBatch]| arrow::util::pretty::pretty_format_batches(b).unwrap().to_string();
         let (a, b) = (printed(&rows(original).await), printed(&rows(decoded).await));

@@ -18,8 +18,8 @@ mod expr_rewrite;
 pub mod limits;
 pub mod lineage;
 pub mod output;
-pub mod packed_groups;
 pub mod packed_sort;
+pub mod partition_groups;
 pub mod prefix_filter;
 pub mod prefix_match;
 pub mod pseudonym_keys;
@@ -1379,7 +1379,7 @@ fn ladu_state(
         .with_table_functions(HashMap::new())
         .with_table_factories(HashMap::new())
         .with_physical_optimizer_rule(Arc::new(single_phase::SinglePhase))
-        .with_physical_optimizer_rule(Arc::new(packed_groups::PackedGroups))
+        .with_physical_optimizer_rule(Arc::new(partition_groups::PartitionGroups))
         .with_physical_optimizer_rule(Arc::new(prefix_filter::PrefixFilter))
         .with_physical_optimizer_rule(Arc::new(packed_sort::PackedSort))
         .with_physical_optimizer_rule(Arc::new(sorted_window::SortedWindow))
