@@ -345,21 +345,34 @@ pub fn pseudonym_bits(s: &[u8]) -> Option<u128> {
     if s.len() != PSEUDONYM_LEN {
         return None;
     }
-    // Eight digits at a time.
     let (eights, _) = s.as_chunks::<8>();
-    eights.iter().try_fold(0, |v, eight| {
-        let x = u64::from_be_bytes(*eight);
-        if !all_hex(x) {
-            return None;
-        }
-        // A digit's value: its low nibble, plus 9 for a-f (whose bit 6 is set).
-        let n = (x & 0x0F0F_0F0F_0F0F_0F0F) + 9 * ((x >> 6) & 0x0101_0101_0101_0101);
-        // Two digits' nibbles into one byte per 16-bit lane, then the four bytes together.
-        let m = (n >> 4 & 0x00F0_00F0_00F0_00F0) | (n & 0x000F_000F_000F_000F);
-        let m = (m | m >> 8) & 0x0000_FFFF_0000_FFFF;
-        let m = (m | m >> 16) & 0xFFFF_FFFF;
-        Some(v << 32 | u128::from(m))
-    })
+    eights.iter().try_fold(0, |v, eight| Some(v << 32 | u128::from(eight_digits(eight)?)))
+}
+
+/// The high (first 16 digits) or low half of [`pseudonym_bits`], reading only those digits; `None`
+/// if `s` is not 32 characters long or those digits are not lowercase hex.
+pub fn pseudonym_half_bits(s: &[u8], high: bool) -> Option<u64> {
+    if s.len() != PSEUDONYM_LEN {
+        return None;
+    }
+    let (eights, _) = s.as_chunks::<8>();
+    let (first, second) = if high { (&eights[0], &eights[1]) } else { (&eights[2], &eights[3]) };
+    Some(u64::from(eight_digits(first)?) << 32 | u64::from(eight_digits(second)?))
+}
+
+/// The number eight lowercase hex digits spell, all at once.
+#[inline]
+fn eight_digits(eight: &[u8; 8]) -> Option<u32> {
+    let x = u64::from_be_bytes(*eight);
+    if !all_hex(x) {
+        return None;
+    }
+    // A digit's value: its low nibble, plus 9 for a-f (whose bit 6 is set).
+    let n = (x & 0x0F0F_0F0F_0F0F_0F0F) + 9 * ((x >> 6) & 0x0101_0101_0101_0101);
+    // Two digits' nibbles into one byte per 16-bit lane, then the four bytes together.
+    let m = (n >> 4 & 0x00F0_00F0_00F0_00F0) | (n & 0x000F_000F_000F_000F);
+    let m = (m | m >> 8) & 0x0000_FFFF_0000_FFFF;
+    Some(((m | m >> 16) & 0xFFFF_FFFF) as u32)
 }
 
 /// The pseudonym whose hex digits spell `bits`: the inverse of [`pseudonym_bits`].
@@ -516,6 +529,8 @@ mod tests {
         ] {
             assert!(!is_pseudonym(not.as_bytes()), "{not}");
             assert_eq!(pseudonym_bits(not.as_bytes()), None, "{not}");
+            let halves = (pseudonym_half_bits(not.as_bytes(), true), pseudonym_half_bits(not.as_bytes(), false));
+            assert!(halves.0.is_none() || halves.1.is_none(), "{not}");
         }
         assert!(is_pseudonym(b"0123456789abcdef0123456789abcdef"));
     }
@@ -540,12 +555,16 @@ mod tests {
             let expected = s.iter().all(|&b| NOT_HEX[usize::from(b)] == 0);
             prop_assert_eq!(is_pseudonym(&s), expected);
             prop_assert_eq!(pseudonym_bits(&s).is_some(), expected);
+            let halves = pseudonym_half_bits(&s, true).is_some() && pseudonym_half_bits(&s, false).is_some();
+            prop_assert_eq!(halves, expected);
         }
 
         #[test]
         fn pseudonym_bits_are_the_number_the_digits_spell(v in any::<u128>()) {
             let hex = format!("{v:032x}");
             prop_assert_eq!(pseudonym_bits(hex.as_bytes()), Some(v));
+            prop_assert_eq!(pseudonym_half_bits(hex.as_bytes(), true), Some((v >> 64) as u64));
+            prop_assert_eq!(pseudonym_half_bits(hex.as_bytes(), false), Some(v as u64));
             prop_assert_eq!(pseudonym_from_bits(v).as_str().to_owned(), hex);
         }
     }

@@ -31,7 +31,7 @@ use datafusion::logical_expr::{
 use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
 
 use super::lineage;
-use crate::pseudonym::{pseudonym_bits, pseudonym_from_bits};
+use crate::pseudonym::{pseudonym_bits, pseudonym_from_bits, pseudonym_half_bits};
 
 /// The function of this rule called `name`, for a plan decoded on another node.
 pub fn function(name: &str) -> Option<ScalarUDF> {
@@ -242,13 +242,6 @@ impl Half {
             Half::Low => "lo",
         }
     }
-
-    fn of(self, bits: u128) -> u64 {
-        match self {
-            Half::High => (bits >> 64) as u64,
-            Half::Low => bits as u64,
-        }
-    }
 }
 
 /// `pseudonym_key_hi(text)`, `pseudonym_key_lo(text)`: one half of a
@@ -294,8 +287,9 @@ impl ScalarUDFImpl for PseudonymKey {
                 keys.push(0);
                 continue;
             }
-            match pseudonym_bits(text.value(i).as_bytes()) {
-                Some(bits) => keys.push(self.half.of(bits)),
+            // Each half reads its own digits; with the other half's, every digit is checked.
+            match pseudonym_half_bits(text.value(i).as_bytes(), self.half == Half::High) {
+                Some(bits) => keys.push(bits),
                 // The value itself stays out of the message: it may be anything.
                 None => return exec_err!("a value of a pseudonym column is not a pseudonym (32 lowercase hex digits)"),
             }
