@@ -12,8 +12,10 @@
 //! the audit entry redacts it with [`redact`], and so must whoever prints an
 //! [`Error`] (the binary and the shell do).
 
+mod batch_groups;
 pub mod codec;
 pub mod date_trunc;
+pub mod dictionary_groups;
 mod expr_rewrite;
 pub mod limits;
 pub mod lineage;
@@ -1380,6 +1382,7 @@ fn ladu_state(
         .with_table_factories(HashMap::new())
         .with_physical_optimizer_rule(Arc::new(single_phase::SinglePhase))
         .with_physical_optimizer_rule(Arc::new(partition_groups::PartitionGroups))
+        .with_physical_optimizer_rule(Arc::new(dictionary_groups::DictionaryGroups))
         .with_physical_optimizer_rule(Arc::new(prefix_filter::PrefixFilter))
         .with_physical_optimizer_rule(Arc::new(packed_sort::PackedSort))
         .with_physical_optimizer_rule(Arc::new(sorted_window::SortedWindow))

@@ -15,35 +15,26 @@
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch};
-use arrow::compute::kernels::cmp::not_distinct;
-use arrow::datatypes::SchemaRef;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Result as DfResult, Statistics};
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
-use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Column;
-use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
-use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
-use datafusion::physical_plan::aggregates::order::GroupOrdering;
-use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::aggregates::AggregateExec;
 use datafusion::physical_plan::filter::FilterExec;
-use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    ChildStats, ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, InputOrderMode, PlanProperties,
+    ChildStats, ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties,
     ReplaceChildrenOptions, StatisticsArgs,
 };
-use futures::StreamExt;
 
+use super::batch_groups;
 use super::restrict::RoleFilterExec;
 
 /// Physical optimizer rule: a partial or one-phase aggregate whose keys are all partition columns becomes a [`PartitionGroupsExec`].
@@ -72,19 +63,8 @@ impl PhysicalOptimizerRule for PartitionGroups {
 
 /// A partial (or only) aggregate of plain aggregates, grouped (without grouping sets) by partition columns only.
 fn eligible(aggregate: &AggregateExec) -> bool {
-    let plain = |a: &Arc<AggregateFunctionExpr>| !a.is_distinct() && a.order_bys().is_empty();
-    let group = aggregate.group_expr();
-    matches!(aggregate.mode(), AggregateMode::Partial | AggregateMode::Single | AggregateMode::SinglePartitioned)
-        && group.is_single()
-        && !group.is_empty()
-        && *aggregate.input_order_mode() == InputOrderMode::Linear
-        && aggregate.limit_options().is_none()
-        && aggregate.dynamic_expressions_produced().is_empty()
-        && aggregate.filter_expr().iter().all(Option::is_none)
-        && aggregate.aggr_expr().iter().all(plain)
-        && group
-            .expr()
-            .iter()
+    batch_groups::plain_grouping(aggregate)
+        && (aggregate.group_expr().expr().iter())
             .all(|(e, _)| e.downcast_ref::<Column>().is_some_and(|c| is_partition_column(aggregate.input(), c.index())))
 }
 
@@ -195,129 +175,23 @@ impl ExecutionPlan for PartitionGroupsExec {
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
-        let mut input = self.aggregate.input().execute(partition, Arc::clone(&context))?;
-        let schema = self.aggregate.schema();
-        let reservation =
-            MemoryConsumer::new(format!("PartitionGroupsExec[{partition}]")).register(context.memory_pool());
-        let mut groups = Groups::new(&self.aggregate, reservation)?;
-        let baseline = BaselineMetrics::new(&self.metrics, partition);
-        let stream = futures::stream::once(async move {
-            while let Some(batch) = input.next().await {
-                let batch = batch?;
-                let _timer = baseline.elapsed_compute().timer();
-                groups.add(&batch)?;
-            }
-            let _timer = baseline.elapsed_compute().timer();
-            let out = groups.finish()?;
-            baseline.record_output(out.num_rows());
-            Ok(out)
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+        batch_groups::execute(
+            &self.aggregate,
+            self.aggregate.input(),
+            &self.metrics,
+            "PartitionGroupsExec",
+            partition,
+            context,
+        )
     }
-}
-
-/// The groups seen so far and each aggregate's state of every group.
-struct Groups {
-    keys: Vec<Arc<dyn PhysicalExpr>>,
-    /// Per aggregate, the expressions of its arguments.
-    arguments: Vec<Vec<Arc<dyn PhysicalExpr>>>,
-    accumulators: Vec<Box<dyn GroupsAccumulator>>,
-    values: Box<dyn GroupValues>,
-    /// The group of each row of the batch at hand.
-    rows: Vec<usize>,
-    schema: SchemaRef,
-    /// Does it emit the aggregates' states (for a final phase) rather than their values?
-    partial: bool,
-    reservation: MemoryReservation,
-}
-
-impl Groups {
-    fn new(aggregate: &AggregateExec, reservation: MemoryReservation) -> DfResult<Groups> {
-        let group = aggregate.group_expr();
-        let accumulators = aggregate
-            .aggr_expr()
-            .iter()
-            .map(|a| -> DfResult<Box<dyn GroupsAccumulator>> {
-                if a.groups_accumulator_supported() {
-                    a.create_groups_accumulator()
-                } else {
-                    let a = Arc::clone(a);
-                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || a.create_accumulator())))
-                }
-            })
-            .collect::<DfResult<_>>()?;
-        Ok(Groups {
-            keys: group.input_exprs(),
-            arguments: aggregate.aggr_expr().iter().map(|a| a.expressions()).collect(),
-            accumulators,
-            values: new_group_values(group.group_schema(&aggregate.input_schema())?, &GroupOrdering::None)?,
-            rows: Vec::new(),
-            schema: aggregate.schema(),
-            partial: *aggregate.mode() == AggregateMode::Partial,
-            reservation,
-        })
-    }
-
-    fn add(&mut self, batch: &RecordBatch) -> DfResult<()> {
-        let n = batch.num_rows();
-        if n == 0 {
-            return Ok(());
-        }
-        let keys: Vec<ArrayRef> =
-            self.keys.iter().map(|k| k.evaluate(batch)?.into_array(n)).collect::<DfResult<_>>()?;
-        if all_equal(&keys)? {
-            let first: Vec<ArrayRef> = keys.iter().map(|k| k.slice(0, 1)).collect();
-            self.values.intern(&first, &mut self.rows)?;
-            let group = self.rows[0];
-            self.rows.clear();
-            self.rows.resize(n, group);
-        } else {
-            self.values.intern(&keys, &mut self.rows)?;
-        }
-        let total = self.values.len();
-        for (accumulator, arguments) in self.accumulators.iter_mut().zip(&self.arguments) {
-            let values: Vec<ArrayRef> =
-                arguments.iter().map(|e| e.evaluate(batch)?.into_array(n)).collect::<DfResult<_>>()?;
-            accumulator.update_batch(&values, &self.rows, None, total)?;
-        }
-        let size = self.values.size() + self.accumulators.iter().map(|a| a.size()).sum::<usize>();
-        self.reservation.try_resize(size)
-    }
-
-    /// Every group's keys and the aggregates' states (or values), as DataFusion's aggregate emits them.
-    fn finish(mut self) -> DfResult<RecordBatch> {
-        if self.values.is_empty() {
-            return Ok(RecordBatch::new_empty(self.schema));
-        }
-        let mut columns = self.values.emit(EmitTo::All)?;
-        for accumulator in &mut self.accumulators {
-            if self.partial {
-                columns.extend(accumulator.state(EmitTo::All)?);
-            } else {
-                columns.push(accumulator.evaluate(EmitTo::All)?);
-            }
-        }
-        Ok(RecordBatch::try_new(self.schema, columns)?)
-    }
-}
-
-/// Is every row of the keys the same as the first (nulls equal to nulls)?
-fn all_equal(keys: &[ArrayRef]) -> DfResult<bool> {
-    for k in keys {
-        let first = arrow::array::Scalar::new(k.slice(0, 1));
-        if not_distinct(k, &first)?.true_count() != k.len() {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::sql::testing::run;
-    use arrow::array::{Float64Array, Int64Array, StringArray};
-    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
     use datafusion::datasource::file_format::parquet::ParquetFormat;
     use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
     use datafusion::execution::session_state::SessionStateBuilder;

@@ -35,6 +35,7 @@ use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 
+use super::dictionary_groups::FileColumns;
 use crate::warehouse::{CommittedFile, manifest};
 
 /// Suffix of the table that keeps every version of every record.
@@ -44,8 +45,8 @@ pub const RECORD_ID: &str = "record_id";
 /// Newest first: later extract, later sequence number, later commit, later line.
 const VERSION_ORDER: [&str; 4] = ["_extract_date", "_extract_seq", "_commit", "_line"];
 
-/// A committed file and its values of the partition columns.
-type TableFile = (CommittedFile, Vec<i32>);
+/// A committed file, its values of the partition columns, and its own columns.
+type TableFile = (CommittedFile, Vec<i32>, Arc<FileColumns>);
 
 /// The committed files of one warehouse table, every version of every record.
 #[derive(Debug)]
@@ -109,12 +110,14 @@ impl CommittedTable {
         let mut schemas = Vec::with_capacity(table.files.len());
         let mut commits = Vec::with_capacity(table.files.len());
         let mut footers = Vec::with_capacity(table.files.len());
+        let mut own = Vec::with_capacity(table.files.len());
         for f in &table.files {
             let path = root.join(&f.path);
             let file = std::fs::File::open(&path).map_err(|source| OpenError::File { path: path.clone(), source })?;
             let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
                 .map_err(|source| OpenError::Footer { path: path.clone(), source })?;
             commits.push(commit_range(builder.metadata()));
+            own.push(Arc::new(FileColumns::of(builder.schema(), builder.metadata(), pseudonyms)));
             footers.push((path, Arc::clone(builder.metadata())));
             let fields: Vec<Field> = builder
                 .schema()
@@ -160,7 +163,7 @@ impl CommittedTable {
         let mut fields: Vec<FieldRef> = file_schema.fields().iter().cloned().collect();
         fields.extend(partition_fields.iter().cloned());
         let mut files = Vec::with_capacity(table.files.len());
-        for f in &table.files {
+        for (f, own) in table.files.iter().zip(own) {
             let values = table
                 .partition_columns
                 .iter()
@@ -171,7 +174,7 @@ impl CommittedTable {
                         .ok_or_else(|| OpenError::PartitionValue { file: f.path.clone(), column: c.clone() })
                 })
                 .collect::<Result<Vec<i32>, OpenError>>()?;
-            files.push((f.clone(), values));
+            files.push((f.clone(), values, own));
         }
         // DataFusion's object store names files by absolute path.
         let root = std::path::absolute(root).map_err(|source| OpenError::File { path: root.to_owned(), source })?;
@@ -259,7 +262,7 @@ impl CommittedTable {
         // One row per file, one column per partition level: filters evaluate as on data.
         let schema = Arc::new(Schema::new(self.partition_fields.clone()));
         let columns: Vec<ArrayRef> = (0..self.partition_fields.len())
-            .map(|i| Arc::new(Int32Array::from_iter_values(files.iter().map(|((_, v), _)| v[i]))) as ArrayRef)
+            .map(|i| Arc::new(Int32Array::from_iter_values(files.iter().map(|((_, v, _), _)| v[i]))) as ArrayRef)
             .collect();
         let batch = RecordBatch::try_new(schema.clone(), columns)?;
         let df_schema = DFSchema::try_from(schema)?;
@@ -358,24 +361,26 @@ impl TableProvider for CommittedTable {
             };
             return Ok(Arc::new(EmptyExec::new(schema)));
         }
-        let rows: u64 = chosen.iter().map(|((f, _), _)| f.rows).sum();
-        let bytes: u64 = chosen.iter().map(|((f, _), _)| f.bytes).sum();
+        let rows: u64 = chosen.iter().map(|((f, _, _), _)| f.rows).sum();
+        let bytes: u64 = chosen.iter().map(|((f, _, _), _)| f.bytes).sum();
         // Spread the files over the target partitions, largest first onto the lightest group.
         let groups_wanted = state.config().target_partitions().max(1).min(chosen.len());
         let mut order: Vec<usize> = (0..chosen.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(chosen[i].0.0.bytes));
         let mut groups: Vec<(u64, Vec<PartitionedFile>)> = (0..groups_wanted).map(|_| (0, Vec::new())).collect();
         for i in order {
-            let ((f, values), _) = &chosen[i];
+            let ((f, values, own), _) = &chosen[i];
             let path = self.root.join(&f.path);
             let location = path
                 .to_str()
                 .ok_or_else(|| DataFusionError::Execution(format!("warehouse path {} is not UTF-8", path.display())))?;
             let mut file_stats = Statistics::new_unknown(&self.file_schema);
             file_stats.num_rows = Precision::Exact(f.rows as usize);
-            let file = PartitionedFile::new(location.trim_start_matches('/'), f.bytes)
+            let mut file = PartitionedFile::new(location.trim_start_matches('/'), f.bytes)
                 .with_partition_values(values.iter().map(|v| ScalarValue::Int32(Some(*v))).collect())
                 .with_statistics(Arc::new(file_stats));
+            // For the plan rules that read some of its columns otherwise (`dictionary_groups`).
+            file.extensions.insert_arc(Arc::clone(own));
             let lightest = groups.iter_mut().min_by_key(|g| g.0).expect("at least one group");
             lightest.0 += f.bytes;
             lightest.1.push(file);

@@ -1,0 +1,633 @@
+//! An aggregate grouped by short text columns reads them as their Parquet pages' dictionaries and finds each entry's group once, not each row's.
+//!
+//! The warehouse's text columns other than pseudonyms (care type,
+//! diagnosis, provider code, medicine) hold a few hundred values at most,
+//! and every page of them is dictionary-encoded. DataFusion decodes each row
+//! into a string view and hashes it into the group table: `GROUP BY
+//! care_type` over 10M invoices spent most of its time there. Where an
+//! aggregate's keys are such columns, read straight from the files, this
+//! rule has the scan keep them as dictionaries (a key per row, the
+//! dictionary once per row group); [`DictionaryGroupsExec`] looks up each
+//! combination of entries in DataFusion's group table once per dictionary
+//! and gives each row its combination's group. It emits the keys as text,
+//! exactly what DataFusion's node would, so nothing above changes. A filter
+//! on the way that reads one key column (`main_diagnosis LIKE 'J%'`) is
+//! worked out once per dictionary entry ([`OnDictionaries`]). A file with a
+//! column that is not dictionary-encoded throughout, or a plan where
+//! anything else reads the key columns, is left to DataFusion.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Int32Array, RecordBatch, new_null_array};
+use arrow::datatypes::{DataType, Field, FieldRef, Int32Type, Schema, SchemaRef};
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Result as DfResult, Statistics};
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig, FileSource, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{ColumnarValue, Operator};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::BinaryExpr;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::utils::{collect_columns, split_conjunction};
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::aggregates::AggregateExec;
+use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::{
+    ChildStats, ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    ReplaceChildrenOptions, StatisticsArgs,
+};
+use parquet::basic::Encoding;
+use parquet::file::metadata::{ColumnChunkMetaData, ParquetMetaData};
+
+use super::batch_groups;
+use super::restrict::RoleFilterExec;
+
+/// A warehouse file's own columns, as the table learnt them from its footer.
+#[derive(Debug)]
+pub struct FileColumns {
+    /// The file's schema as stored (text as `Utf8`, not views).
+    schema: SchemaRef,
+    /// Its text columns, pseudonyms aside, whose every data page is dictionary-encoded.
+    dictionary: Vec<String>,
+}
+
+impl FileColumns {
+    /// The columns of a file with this schema and footer; `pseudonyms` are never read as dictionaries.
+    pub fn of(schema: &SchemaRef, footer: &ParquetMetaData, pseudonyms: &[&str]) -> FileColumns {
+        let leaves = footer.file_metadata().schema_descr().columns();
+        let dictionary = (schema.fields().iter())
+            .filter(|f| f.data_type() == &DataType::Utf8 && !pseudonyms.contains(&f.name().as_str()))
+            .filter(|f| {
+                let leaf = leaves.iter().position(|c| c.path().parts() == std::slice::from_ref(f.name()));
+                leaf.is_some_and(|i| footer.row_groups().iter().all(|g| all_dictionary(g.column(i))))
+            })
+            .map(|f| f.name().clone())
+            .collect();
+        FileColumns { schema: Arc::clone(schema), dictionary }
+    }
+
+    /// The file's schema with `names` read as dictionaries of text.
+    fn with_dictionaries(&self, names: &BTreeSet<String>) -> SchemaRef {
+        as_dictionaries(&self.schema, names)
+    }
+}
+
+/// Is every data page of the column chunk dictionary-encoded?
+fn all_dictionary(chunk: &ColumnChunkMetaData) -> bool {
+    chunk.dictionary_page_offset().is_some()
+        && chunk
+            .page_encoding_stats_mask()
+            .is_some_and(|pages| pages.is_only(Encoding::RLE_DICTIONARY) || pages.is_only(Encoding::PLAIN_DICTIONARY))
+}
+
+/// `schema` with the fields `names` as dictionaries of `Utf8` with `Int32` keys.
+fn as_dictionaries(schema: &Schema, names: &BTreeSet<String>) -> SchemaRef {
+    let dictionary = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+    let fields: Vec<Field> = (schema.fields().iter())
+        .map(|f| match names.contains(f.name()) {
+            true => f.as_ref().clone().with_data_type(dictionary.clone()),
+            false => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+/// Physical optimizer rule: a partial or one-phase aggregate whose keys are all dictionary-encoded
+/// text columns of a warehouse scan becomes a [`DictionaryGroupsExec`] over a scan that keeps them as dictionaries.
+#[derive(Debug, Default)]
+pub struct DictionaryGroups;
+
+impl PhysicalOptimizerRule for DictionaryGroups {
+    fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> DfResult<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|node| {
+            let Some(aggregate) = node.downcast_ref::<AggregateExec>() else { return Ok(Transformed::no(node)) };
+            Ok(match dictionary_input(aggregate)? {
+                Some(input) => Transformed::yes(Arc::new(DictionaryGroupsExec::new(aggregate.clone(), input)) as _),
+                None => Transformed::no(node),
+            })
+        })
+        .data()
+    }
+
+    fn name(&self) -> &str {
+        "ladu_dictionary_groups"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// The aggregate's input with its keys read as dictionaries, where that is possible.
+fn dictionary_input(aggregate: &AggregateExec) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
+    if !batch_groups::plain_grouping(aggregate) {
+        return Ok(None);
+    }
+    let schema = aggregate.input().schema();
+    let mut keys = BTreeSet::new();
+    for (e, _) in aggregate.group_expr().expr() {
+        match e.downcast_ref::<Column>() {
+            Some(c) if schema.field(c.index()).data_type() == &DataType::Utf8View => keys.insert(c.index()),
+            _ => return Ok(None),
+        };
+    }
+    let arguments = aggregate.aggr_expr().iter().flat_map(|a| a.expressions());
+    if arguments.flat_map(|e| collect_columns(&e)).any(|c| keys.contains(&c.index())) {
+        return Ok(None);
+    }
+    read_as_dictionaries(aggregate.input(), &keys)
+}
+
+/// `plan` with its output columns `columns` read as dictionaries from the files, where they come
+/// straight from a scan whose every file has them dictionary-encoded and nothing on the way reads them.
+fn read_as_dictionaries(
+    plan: &Arc<dyn ExecutionPlan>,
+    columns: &BTreeSet<usize>,
+) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
+    let reads = |e: &Arc<dyn PhysicalExpr>, below: &BTreeSet<usize>| {
+        collect_columns(e).iter().any(|c| below.contains(&c.index()))
+    };
+    let below = if let Some(p) = plan.downcast_ref::<ProjectionExec>() {
+        let mut below = BTreeSet::new();
+        for &c in columns {
+            match p.expr().get(c).and_then(|e| e.expr.downcast_ref::<Column>()) {
+                Some(column) => below.insert(column.index()),
+                None => return Ok(None),
+            };
+        }
+        let others = p.expr().iter().enumerate().filter(|(i, _)| !columns.contains(i));
+        if others.into_iter().any(|(_, e)| reads(&e.expr, &below)) {
+            return Ok(None);
+        }
+        below
+    } else if let Some(f) = plan.downcast_ref::<FilterExec>() {
+        let below = match f.projection() {
+            Some(projection) => columns.iter().map(|&c| projection.get(c).copied()).collect::<Option<_>>(),
+            None => Some(columns.clone()),
+        };
+        let Some(below) = below else { return Ok(None) };
+        let Some(input) = read_as_dictionaries(f.input(), &below)? else { return Ok(None) };
+        let schema = f.input().schema();
+        let names = below.iter().map(|&c| schema.field(c).name().clone()).collect();
+        let predicate = on_dictionaries(f.predicate(), &names, &schema)?;
+        let filter = FilterExecBuilder::from(f).with_input(input).with_predicate(predicate).build()?;
+        return Ok(Some(Arc::new(filter)));
+    } else if let Some(r) = plan.downcast_ref::<RoleFilterExec>() {
+        let below: Option<BTreeSet<usize>> = columns.iter().map(|&c| r.positions().get(c).copied()).collect();
+        match below {
+            Some(below) if !r.recodes() && !r.predicate().is_some_and(|p| reads(p, &below)) => {
+                let Some(input) = read_as_dictionaries(r.children()[0], &below)? else { return Ok(None) };
+                // Its schema is its input's, projected: made again from the new input.
+                let filter =
+                    RoleFilterExec::for_input(input, r.predicate().cloned(), r.positions().to_vec(), r.role())?;
+                return Ok(Some(Arc::new(filter)));
+            }
+            _ => return Ok(None),
+        }
+    } else if let Some(r) = plan.downcast_ref::<RepartitionExec>() {
+        // Rows dealt out by turns, or by the hash of other columns (a hash of a dictionary is its own).
+        match r.partitioning() {
+            Partitioning::Hash(exprs, _) if exprs.iter().any(|e| reads(e, columns)) => return Ok(None),
+            _ => columns.clone(),
+        }
+    } else if let Some(scan) = plan.downcast_ref::<DataSourceExec>() {
+        return dictionary_scan(scan, columns);
+    } else {
+        return Ok(None);
+    };
+    let Some(input) = read_as_dictionaries(plan.children()[0], &below)? else { return Ok(None) };
+    let recompute = ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute);
+    Ok(Some(Arc::clone(plan).replace_children(vec![input], recompute)?))
+}
+
+/// The Parquet scan with its output columns `columns` read as dictionaries, if they are text
+/// columns of the files (not partition columns) that every file has dictionary-encoded.
+fn dictionary_scan(scan: &DataSourceExec, columns: &BTreeSet<usize>) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
+    let Some(config) = scan.data_source().downcast_ref::<FileScanConfig>() else { return Ok(None) };
+    let Some(source) = config.file_source().downcast_ref::<ParquetSource>() else { return Ok(None) };
+    let Some(projection) = config.file_source().projection() else { return Ok(None) };
+    let file_schema = config.file_schema();
+    let mut names = BTreeSet::new();
+    for &c in columns {
+        let Some(i) = projection.iter().nth(c).and_then(|p| p.expr.downcast_ref::<Column>()).map(Column::index) else {
+            return Ok(None);
+        };
+        match file_schema.fields().get(i) {
+            Some(f) if f.data_type() == &DataType::Utf8View => names.insert(f.name().clone()),
+            _ => return Ok(None),
+        };
+    }
+    // Nothing else the scan computes reads them; what it filters by reads them as dictionaries.
+    let others = projection.iter().enumerate().filter(|(i, _)| !columns.contains(i));
+    let reads = |e: &Arc<dyn PhysicalExpr>| collect_columns(e).iter().any(|c| names.contains(c.name()));
+    if others.into_iter().any(|(_, p)| reads(&p.expr)) {
+        return Ok(None);
+    }
+    let predicate = match source.filter() {
+        Some(p) => Some(on_dictionaries(&p, &names, source.table_schema().table_schema())?),
+        None => None,
+    };
+    let mut groups = Vec::with_capacity(config.file_groups.len());
+    for group in &config.file_groups {
+        let mut files = Vec::with_capacity(group.len());
+        for file in group.iter() {
+            let Some(own) = file.extensions.get::<FileColumns>() else { return Ok(None) };
+            if !names.iter().all(|n| own.dictionary.contains(n)) {
+                return Ok(None);
+            }
+            files.push(file.clone().with_arrow_schema(own.with_dictionaries(&names)));
+        }
+        groups.push(match group.file_statistics(None) {
+            Some(stats) => FileGroup::new(files).with_statistics(Arc::new(stats.clone())),
+            None => FileGroup::new(files),
+        });
+    }
+    let table_schema = TableSchema::builder(as_dictionaries(file_schema, &names))
+        .with_table_partition_cols(config.table_partition_cols().clone())
+        .build();
+    let mut dictionaries =
+        ParquetSource::new(table_schema).with_table_parquet_options(source.table_parquet_options().clone());
+    if let Some(factory) = source.parquet_file_reader_factory() {
+        dictionaries = dictionaries.with_parquet_file_reader_factory(Arc::clone(factory));
+    }
+    if let Some(hint) = source.table_parquet_options().global.metadata_size_hint {
+        dictionaries = dictionaries.with_metadata_size_hint(hint);
+    }
+    if let Some(predicate) = &predicate {
+        dictionaries = dictionaries.with_predicate(Arc::clone(predicate));
+    }
+    let Some(dictionaries) = dictionaries.try_pushdown_projection(projection)? else { return Ok(None) };
+    let mut config = config.clone();
+    config.file_source = dictionaries;
+    config.file_groups = groups;
+    Ok(Some(DataSourceExec::from_data_source(config)))
+}
+
+/// `predicate` (over `schema`, where the columns `names` are text) with each of its conjuncts that
+/// reads one of them made to read them as dictionaries.
+fn on_dictionaries(
+    predicate: &Arc<dyn PhysicalExpr>,
+    names: &BTreeSet<String>,
+    schema: &Schema,
+) -> DfResult<Arc<dyn PhysicalExpr>> {
+    let conjuncts = split_conjunction(predicate).into_iter().map(|c| -> DfResult<Arc<dyn PhysicalExpr>> {
+        let read: Vec<(String, DataType)> = (collect_columns(c).iter())
+            .filter(|column| names.contains(column.name()))
+            .map(|column| (column.name().to_owned(), schema.field(column.index()).data_type().clone()))
+            .collect();
+        if read.is_empty() {
+            return Ok(Arc::clone(c));
+        }
+        Ok(Arc::new(OnDictionaries { inner: Arc::clone(c), decoded: read, field: c.return_field(schema)? }))
+    });
+    let mut all = conjuncts.collect::<DfResult<Vec<_>>>()?.into_iter();
+    let first = all.next().ok_or_else(|| datafusion::error::DataFusionError::Internal("an empty predicate".into()))?;
+    Ok(all.fold(first, |a, b| Arc::new(BinaryExpr::new(a, Operator::And, b)) as Arc<dyn PhysicalExpr>))
+}
+
+/// A condition planned over text columns that now arrive as dictionaries. Where it reads one
+/// column and nothing else, it is worked out once for each entry of the dictionary (and once for
+/// null) and each row takes its entry's answer; otherwise the columns are decoded first.
+#[derive(Debug, Hash)]
+pub struct OnDictionaries {
+    /// The condition as planned.
+    inner: Arc<dyn PhysicalExpr>,
+    /// The columns it reads that may come as dictionaries, with their type as planned.
+    decoded: Vec<(String, DataType)>,
+    /// Its answer's field as planned.
+    field: FieldRef,
+}
+
+impl OnDictionaries {
+    /// The planned type of column `name`, where it may come as a dictionary.
+    fn planned(&self, name: &str) -> Option<&DataType> {
+        self.decoded.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+
+    /// The batch with the columns of `decoded` that came as dictionaries decoded to their planned type.
+    fn decode(&self, batch: &RecordBatch) -> DfResult<RecordBatch> {
+        let schema = batch.schema();
+        let mut fields = Vec::with_capacity(batch.num_columns());
+        let mut columns = Vec::with_capacity(batch.num_columns());
+        for (f, c) in schema.fields().iter().zip(batch.columns()) {
+            match self.planned(f.name()).filter(|_| matches!(c.data_type(), DataType::Dictionary(..))) {
+                Some(t) => {
+                    fields.push(f.as_ref().clone().with_data_type(t.clone()));
+                    columns.push(arrow::compute::cast(c, t)?);
+                }
+                None => {
+                    fields.push(f.as_ref().clone());
+                    columns.push(Arc::clone(c));
+                }
+            }
+        }
+        Ok(RecordBatch::try_new(Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())), columns)?)
+    }
+}
+
+impl PartialEq for OnDictionaries {
+    fn eq(&self, other: &OnDictionaries) -> bool {
+        self.inner.as_ref() == other.inner.as_ref() && self.decoded == other.decoded && self.field == other.field
+    }
+}
+
+impl Eq for OnDictionaries {}
+
+impl fmt::Display for OnDictionaries {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{} (on dictionaries)", self.inner)
+    }
+}
+
+impl PhysicalExpr for OnDictionaries {
+    fn return_field(&self, _input_schema: &Schema) -> DfResult<FieldRef> {
+        Ok(Arc::clone(&self.field))
+    }
+
+    fn evaluate(&self, batch: &RecordBatch) -> DfResult<ColumnarValue> {
+        let read = collect_columns(&self.inner);
+        let single = match read.iter().collect::<Vec<_>>()[..] {
+            [column] => self.planned(column.name()).and_then(|t| {
+                let d = batch.column(column.index()).as_dictionary_opt::<Int32Type>()?;
+                Some((column.index(), t, d))
+            }),
+            _ => None,
+        };
+        let Some((index, planned, dictionary)) = single else { return self.inner.evaluate(&self.decode(batch)?) };
+        // The entries, then null, in place of the column; the other columns (unread) as nulls.
+        let entries = arrow::compute::concat(&[
+            arrow::compute::cast(dictionary.values(), planned)?.as_ref(),
+            new_null_array(planned, 1).as_ref(),
+        ])?;
+        let n = entries.len();
+        let schema = batch.schema();
+        let mut fields = Vec::with_capacity(batch.num_columns());
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns());
+        for (i, f) in schema.fields().iter().enumerate() {
+            let t = if i == index { planned.clone() } else { f.data_type().clone() };
+            columns.push(if i == index { Arc::clone(&entries) } else { new_null_array(&t, n) });
+            fields.push(Field::new(f.name(), t, true));
+        }
+        let answers =
+            self.inner.evaluate(&RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)?.into_array(n)?;
+        let keys = dictionary.keys();
+        let picks = match keys.nulls().filter(|nulls| nulls.null_count() > 0) {
+            None => keys.clone(),
+            Some(nulls) => (0..keys.len())
+                .map(|i| if nulls.is_valid(i) { keys.values()[i] } else { (n - 1) as i32 })
+                .collect::<Int32Array>(),
+        };
+        Ok(ColumnarValue::Array(arrow::compute::take(&answers, &picks, None)?))
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
+        vec![&self.inner]
+    }
+
+    fn with_new_children(self: Arc<Self>, mut children: Vec<Arc<dyn PhysicalExpr>>) -> DfResult<Arc<dyn PhysicalExpr>> {
+        let inner = children.pop().filter(|_| children.is_empty()).ok_or_else(|| {
+            datafusion::error::DataFusionError::Internal("a condition on dictionaries has one child".into())
+        })?;
+        Ok(Arc::new(OnDictionaries { inner, decoded: self.decoded.clone(), field: Arc::clone(&self.field) }))
+    }
+
+    fn fmt_sql(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt_sql(f)
+    }
+}
+
+/// Computes the aggregate it stands for a batch at a time, over an input that reads its keys as dictionaries.
+#[derive(Debug)]
+pub struct DictionaryGroupsExec {
+    /// The aggregate as DataFusion planned it (over the keys as text): its output, shown and kept.
+    aggregate: AggregateExec,
+    /// The aggregate's input with the keys read as dictionaries.
+    input: Arc<dyn ExecutionPlan>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl DictionaryGroupsExec {
+    pub fn new(aggregate: AggregateExec, input: Arc<dyn ExecutionPlan>) -> DictionaryGroupsExec {
+        DictionaryGroupsExec { aggregate, input, metrics: ExecutionPlanMetricsSet::new() }
+    }
+}
+
+impl DisplayAs for DictionaryGroupsExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let keys: Vec<&str> = self.aggregate.group_expr().expr().iter().map(|(_, name)| name.as_str()).collect();
+        let aggregates: Vec<&str> = self.aggregate.aggr_expr().iter().map(|a| a.name()).collect();
+        write!(f, "DictionaryGroupsExec: gby=[{}], aggr=[{}]", keys.join(", "), aggregates.join(", "))
+    }
+}
+
+impl ExecutionPlan for DictionaryGroupsExec {
+    fn name(&self) -> &str {
+        "DictionaryGroupsExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.aggregate.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        self.aggregate.apply_expressions(f)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        // The new input gives the same rows (the keys as dictionaries or as text: both are grouped alike).
+        let input = children
+            .pop()
+            .filter(|_| children.is_empty())
+            .ok_or_else(|| datafusion::error::DataFusionError::Internal("DictionaryGroupsExec has one input".into()))?;
+        Ok(Arc::new(DictionaryGroupsExec::new(self.aggregate.clone(), input)))
+    }
+
+    fn statistics_from_inputs(&self, input: &[Arc<Statistics>], args: &StatisticsArgs) -> DfResult<Arc<Statistics>> {
+        self.aggregate.statistics_from_inputs(input, args)
+    }
+
+    fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {
+        self.aggregate.child_stats_requests(partition)
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+        batch_groups::execute(&self.aggregate, &self.input, &self.metrics, "DictionaryGroupsExec", partition, context)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sql::tables::CommittedTable;
+    use crate::sql::testing::run;
+    use crate::warehouse::{CommittedFile, manifest};
+    use arrow::array::{Int64Array, RecordBatch, StringArray};
+    use datafusion::execution::session_state::SessionStateBuilder;
+    use datafusion::prelude::{SessionConfig, SessionContext};
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::properties::WriterProperties;
+    use proptest::prelude::*;
+
+    /// A row: year, which of its year's files, two keys of few values (maybe null), a pseudonym, a value.
+    type Row = (i32, usize, Option<u16>, Option<u16>, u8, Option<i64>);
+
+    /// Writes the rows as a table's files (row groups of `group` rows) under `dir`; the files of
+    /// `plain_year` keep `k` without a dictionary.
+    fn write(dir: &std::path::Path, rows: &[Row], group: usize, plain_year: Option<i32>) -> manifest::Table {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, true),
+            Field::new("j", DataType::Utf8, true),
+            Field::new("p", DataType::Utf8, false),
+            Field::new("v", DataType::Int64, true),
+        ]));
+        let mut files: std::collections::BTreeMap<(i32, usize), Vec<&Row>> = Default::default();
+        for r in rows {
+            files.entry((r.0, r.1)).or_default().push(r);
+        }
+        let mut table = manifest::Table {
+            partition_columns: vec!["year".into()],
+            files: Vec::new(),
+            statistic: None,
+            versions: None,
+        };
+        for ((year, file), rows) in files {
+            let text = |v: Option<u16>, prefix: &str| v.map(|v| format!("{prefix}{v}"));
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(rows.iter().map(|r| text(r.2, "k")).collect::<StringArray>()),
+                    Arc::new(rows.iter().map(|r| text(r.3, "a-longer-value-")).collect::<StringArray>()),
+                    Arc::new(rows.iter().map(|r| text(Some(u16::from(r.4)), "p")).collect::<StringArray>()),
+                    Arc::new(rows.iter().map(|r| r.5).collect::<Int64Array>()),
+                ],
+            )
+            .unwrap();
+            let path = format!("t/year={year}/part-{file}.parquet");
+            std::fs::create_dir_all(dir.join(format!("t/year={year}"))).unwrap();
+            let props = WriterProperties::builder()
+                .set_max_row_group_row_count(Some(group))
+                .set_column_dictionary_enabled("k".into(), plain_year != Some(year))
+                .build();
+            let out = std::fs::File::create(dir.join(&path)).unwrap();
+            let mut writer = ArrowWriter::try_new(out, schema.clone(), Some(props)).unwrap();
+            writer.write(&batch).unwrap();
+            writer.close().unwrap();
+            table.files.push(CommittedFile {
+                bytes: std::fs::metadata(dir.join(&path)).unwrap().len(),
+                path,
+                rows: rows.len() as u64,
+                sha256: String::new(),
+                partition: [("year".to_owned(), year.to_string())].into(),
+                commit: 1,
+            });
+        }
+        table
+    }
+
+    fn context(dir: &std::path::Path, table: &manifest::Table, rule: bool) -> SessionContext {
+        let config = SessionConfig::new().with_target_partitions(2).with_batch_size(3);
+        let mut state = SessionStateBuilder::new().with_config(config).with_default_features();
+        if rule {
+            state = state.with_physical_optimizer_rule(Arc::new(DictionaryGroups));
+        }
+        let ctx = SessionContext::new_with_state(state.build());
+        let committed = CommittedTable::open(dir, "t", table, &["p"]).unwrap();
+        ctx.register_table("t", Arc::new(committed)).unwrap();
+        ctx
+    }
+
+    /// Each query, and whether the rule applies to it (where `k` has a dictionary throughout).
+    const QUERIES: [(&str, bool); 12] = [
+        (
+            "SELECT k, count(*) AS n, count(v) AS c, sum(v) AS s, avg(v) AS a, max(v) AS hi FROM t GROUP BY k ORDER BY 1",
+            true,
+        ),
+        ("SELECT j, k, count(*) AS n, sum(v) AS s FROM t GROUP BY k, j ORDER BY 1, 2", true),
+        ("SELECT k, count(*) AS n FROM t WHERE v > 0 AND year >= 2023 GROUP BY k ORDER BY 1", true),
+        ("SELECT j, max(k) AS k, min(p) AS p FROM t GROUP BY j ORDER BY 1", true),
+        // Conditions on the keys: on each entry (and on null), or on the column decoded.
+        ("SELECT k, count(*) AS n FROM t WHERE k <> 'k1' GROUP BY k ORDER BY 1", true),
+        (
+            "SELECT k, j, sum(v) AS s FROM t WHERE k LIKE 'k%' AND (j IS NULL OR j > 'a-longer-value-0') AND v > 0 \
+             GROUP BY k, j ORDER BY 1, 2",
+            true,
+        ),
+        ("SELECT k, count(*) AS n FROM t WHERE coalesce(k, 'none') <> 'k2' GROUP BY k ORDER BY 1", true),
+        ("SELECT k, count(*) AS n FROM t WHERE k < j OR k = 'k3' GROUP BY k ORDER BY 1", true),
+        ("SELECT year, k, count(*) AS n FROM t GROUP BY year, k ORDER BY 1, 2", false),
+        // DataFusion groups by both keys first: that grouping reads the dictionaries.
+        ("SELECT k, count(DISTINCT j) AS n FROM t GROUP BY k ORDER BY 1", true),
+        ("SELECT upper(k) AS k, count(*) AS n FROM t GROUP BY upper(k) ORDER BY 1", false),
+        ("SELECT p, count(*) AS n FROM t GROUP BY p ORDER BY 1", false),
+    ];
+
+    fn rows() -> impl Strategy<Value = Vec<Row>> {
+        let key = |n: u16| prop::option::weighted(0.85, 0..n);
+        prop::collection::vec(
+            (2023..2026i32, 0..2usize, key(4), key(3), 0..5u8, prop::option::weighted(0.8, -1000..1000i64)),
+            1..60,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// With the rule or without, every query has the same answer; the rule applies exactly
+        /// to aggregates by text columns that every file has dictionary-encoded.
+        #[test]
+        fn same_answers_as_datafusion(rows in rows(), plain in prop::option::of(2023..2026i32)) {
+            let dir = tempfile::tempdir().unwrap();
+            let table = write(dir.path(), &rows, 5, plain);
+            let (ours, theirs) = (context(dir.path(), &table, true), context(dir.path(), &table, false));
+            let plain_read = plain.is_some_and(|y| rows.iter().any(|r| r.0 == y));
+            for (sql, applies) in QUERIES {
+                prop_assert_eq!(run(&ours, sql), run(&theirs, sql), "{}", sql);
+                let plan = run(&ours, &format!("EXPLAIN {sql}"));
+                let expected = applies && (!plain_read || sql.starts_with("SELECT j, max"));
+                prop_assert_eq!(plan.contains("DictionaryGroupsExec"), expected, "{}", plan);
+            }
+        }
+    }
+
+    /// Keys whose dictionaries combine in more ways than the table of combinations holds are
+    /// grouped row by row, with the same answers; small ones by their entries.
+    #[test]
+    fn many_combinations_are_grouped_row_by_row() {
+        let sql = "SELECT k, j, count(*) AS n, sum(v) AS s FROM t GROUP BY k, j ORDER BY 1, 2";
+        // 300 values of each key in one row group: 301 × 301 combinations, more than the table holds.
+        for (keys, group) in [(300u32, 100_000), (20, 7)] {
+            let dir = tempfile::tempdir().unwrap();
+            let rows: Vec<Row> = (0..3000u32)
+                .map(|i| {
+                    (2024, 0, Some((i % keys) as u16), Some((i / 11 % keys) as u16), (i % 5) as u8, Some(i64::from(i)))
+                })
+                .collect();
+            let table = write(dir.path(), &rows, group, None);
+            let (ours, theirs) = (context(dir.path(), &table, true), context(dir.path(), &table, false));
+            assert_eq!(run(&ours, sql), run(&theirs, sql));
+            assert!(run(&ours, &format!("EXPLAIN {sql}")).contains("DictionaryGroupsExec"));
+        }
+    }
+}
