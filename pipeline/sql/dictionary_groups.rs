@@ -296,7 +296,7 @@ fn on_dictionaries(
 /// A condition planned over text columns that now arrive as dictionaries. Where it reads one
 /// column and nothing else, it is worked out once for each entry of the dictionary (and once for
 /// null) and each row takes its entry's answer; otherwise the columns are decoded first.
-#[derive(Debug, Hash)]
+#[derive(Debug)]
 pub struct OnDictionaries {
     /// The condition as planned.
     inner: Arc<dyn PhysicalExpr>,
@@ -340,6 +340,14 @@ impl PartialEq for OnDictionaries {
 }
 
 impl Eq for OnDictionaries {}
+
+impl std::hash::Hash for OnDictionaries {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.inner.hash(state);
+        self.decoded.hash(state);
+        self.field.hash(state);
+    }
+}
 
 impl fmt::Display for OnDictionaries {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
