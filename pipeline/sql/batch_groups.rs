@@ -44,6 +44,13 @@ pub(super) fn plain_grouping(aggregate: &AggregateExec) -> bool {
         && aggregate.aggr_expr().iter().all(plain)
 }
 
+/// How a node that computes `aggregate` this way shows in `EXPLAIN`: its name, keys and aggregates.
+pub(super) fn describe(f: &mut std::fmt::Formatter, name: &str, aggregate: &AggregateExec) -> std::fmt::Result {
+    let keys: Vec<&str> = aggregate.group_expr().expr().iter().map(|(_, name)| name.as_str()).collect();
+    let aggregates: Vec<&str> = aggregate.aggr_expr().iter().map(|a| a.name()).collect();
+    write!(f, "{name}: gby=[{}], aggr=[{}]", keys.join(", "), aggregates.join(", "))
+}
+
 /// Partition `partition` of `aggregate` computed over `input` (the aggregate's input, or one that
 /// gives the same rows with some key columns read as dictionaries), one batch at a time.
 pub(super) fn execute(

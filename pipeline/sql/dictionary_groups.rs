@@ -430,9 +430,7 @@ impl DictionaryGroupsExec {
 
 impl DisplayAs for DictionaryGroupsExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        let keys: Vec<&str> = self.aggregate.group_expr().expr().iter().map(|(_, name)| name.as_str()).collect();
-        let aggregates: Vec<&str> = self.aggregate.aggr_expr().iter().map(|a| a.name()).collect();
-        write!(f, "DictionaryGroupsExec: gby=[{}], aggr=[{}]", keys.join(", "), aggregates.join(", "))
+        batch_groups::describe(f, "DictionaryGroupsExec", &self.aggregate)
     }
 }
 

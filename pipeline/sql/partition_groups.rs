@@ -126,9 +126,7 @@ impl PartitionGroupsExec {
 
 impl DisplayAs for PartitionGroupsExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        let keys: Vec<&str> = self.aggregate.group_expr().expr().iter().map(|(_, name)| name.as_str()).collect();
-        let aggregates: Vec<&str> = self.aggregate.aggr_expr().iter().map(|a| a.name()).collect();
-        write!(f, "PartitionGroupsExec: gby=[{}], aggr=[{}]", keys.join(", "), aggregates.join(", "))
+        batch_groups::describe(f, "PartitionGroupsExec", &self.aggregate)
     }
 }
 
