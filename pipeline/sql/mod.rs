@@ -15,6 +15,7 @@
 mod batch_groups;
 pub mod codec;
 pub mod date_trunc;
+pub mod dictionary_exprs;
 pub mod dictionary_groups;
 mod expr_rewrite;
 pub mod limits;
@@ -1383,6 +1384,7 @@ fn ladu_state(
         .with_physical_optimizer_rule(Arc::new(single_phase::SinglePhase))
         .with_physical_optimizer_rule(Arc::new(partition_groups::PartitionGroups))
         .with_physical_optimizer_rule(Arc::new(dictionary_groups::DictionaryGroups))
+        .with_physical_optimizer_rule(Arc::new(dictionary_exprs::DictionaryExpressions))
         .with_physical_optimizer_rule(Arc::new(prefix_filter::PrefixFilter))
         .with_physical_optimizer_rule(Arc::new(packed_sort::PackedSort))
         .with_physical_optimizer_rule(Arc::new(sorted_window::SortedWindow))

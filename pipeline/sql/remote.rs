@@ -25,7 +25,8 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 use super::codec::{LogicalCodec, PhysicalCodec, TableOrigin, Tables};
 use super::roles::Role;
 use super::{
-    Engine, Error, Result, Snapshot, dictionary_groups, limits, new_context, register_tables, sandbox, shared_work,
+    Engine, Error, Result, Snapshot, dictionary_exprs, dictionary_groups, limits, new_context, register_tables,
+    sandbox, shared_work,
 };
 use crate::config::Settings;
 use crate::config::cluster::{ClusterTls, Endpoint};
@@ -141,8 +142,12 @@ pub fn node_state(settings: &Settings, config: SessionConfig, env: Arc<RuntimeEn
     // (a union under one read each of its inputs' partitions more than once).
     // Nor do stages share work in memory: a shared subtree is Ballista's to plan, twice. A file's
     // columns read as dictionaries are a property of the scan's files that its plan does not carry.
-    let local_only =
-        [limits::Interruptible.name(), shared_work::SharedWork.name(), dictionary_groups::DictionaryGroups.name()];
+    let local_only = [
+        limits::Interruptible.name(),
+        shared_work::SharedWork.name(),
+        dictionary_groups::DictionaryGroups.name(),
+        dictionary_exprs::DictionaryExpressions.name(),
+    ];
     let physical: Vec<_> =
         state.physical_optimizers().iter().filter(|r| !local_only.contains(&r.name())).cloned().collect();
     let state = SessionStateBuilder::new_from_existing(state)
