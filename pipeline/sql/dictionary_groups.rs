@@ -12,9 +12,11 @@
 //! and gives each row its combination's group. It emits the keys as text,
 //! exactly what DataFusion's node would, so nothing above changes. A filter
 //! on the way that reads one key column (`main_diagnosis LIKE 'J%'`) is
-//! worked out once per dictionary entry ([`OnDictionaries`]). A file with a
-//! column that is not dictionary-encoded throughout, or a plan where
-//! anything else reads the key columns, is left to DataFusion.
+//! worked out once per dictionary entry ([`OnDictionaries`]); a repartition
+//! by the keys (before a one-phase `median`) hashes them as their text
+//! would be hashed. A file with a column that is not dictionary-encoded
+//! throughout, or a plan where anything else reads the key columns, is left
+//! to DataFusion.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -90,6 +92,7 @@ fn all_dictionary(chunk: &ColumnChunkMetaData) -> bool {
             .is_some_and(|pages| pages.is_only(Encoding::RLE_DICTIONARY) || pages.is_only(Encoding::PLAIN_DICTIONARY))
 }
 
+/// Is `t` a dictionary (a column this module's rules read as one)?
 fn is_dictionary(t: &DataType) -> bool {
     matches!(t, DataType::Dictionary(..))
 }
@@ -153,7 +156,8 @@ fn dictionary_input(aggregate: &AggregateExec) -> DfResult<Option<Arc<dyn Execut
 }
 
 /// `plan` with its output columns `columns` read as dictionaries from the files, where they come
-/// straight from a scan whose every file has them dictionary-encoded and nothing on the way reads them.
+/// straight from a scan whose every file has them dictionary-encoded and nothing on the way reads
+/// them but filters (worked out per entry) and repartitions by them (hashed as text).
 pub(super) fn read_as_dictionaries(
     plan: &Arc<dyn ExecutionPlan>,
     columns: &BTreeSet<usize>,
@@ -328,9 +332,10 @@ fn on_dictionaries(
     Ok(all.fold(first, |a, b| Arc::new(BinaryExpr::new(a, Operator::And, b)) as Arc<dyn PhysicalExpr>))
 }
 
-/// A condition planned over text columns that now arrive as dictionaries. Where it reads one
-/// column and nothing else, it is worked out once for each entry of the dictionary (and once for
-/// null) and each row takes its entry's answer; otherwise the columns are decoded first.
+/// A condition or value planned over text columns that now arrive as dictionaries. Where it reads
+/// one column and nothing else and is not volatile, it is worked out once for each entry of the
+/// dictionary (and once for null) and each row takes its entry's answer; otherwise the columns are
+/// decoded first.
 #[derive(Debug)]
 pub struct OnDictionaries {
     /// The condition as planned.
