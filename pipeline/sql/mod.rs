@@ -1397,7 +1397,8 @@ fn ladu_state(
         // Last: the plan it shares is final.
         .with_physical_optimizer_rule(Arc::new(shared_work::SharedWork))
         .build();
-    // DataFusion's `median`, with grouped amounts kept in 8 bytes: the registry only adds it.
+    // In place of DataFusion's `median` (same name): grouped amounts kept in 8 bytes. A registry
+    // insert, which does not fail; a failure would only leave DataFusion's own.
     if let Err(e) =
         datafusion::execution::FunctionRegistry::register_udaf(&mut state, compact_median::CompactMedian::udaf())
     {
