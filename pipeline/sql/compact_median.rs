@@ -109,10 +109,11 @@ impl std::fmt::Debug for Narrowed {
 
 impl Narrowed {
     /// The values (or lists of them) of the wide type cast to the narrow one; exact, since the
-    /// precision fits.
+    /// precision fits, and an error (not a null) for a value beyond its precision.
     fn narrowed(&self, values: &[ArrayRef], list: bool) -> DfResult<Vec<ArrayRef>> {
         let to = if list { list_of(&self.narrow) } else { self.narrow.clone() };
-        Ok(values.iter().map(|v| arrow::compute::cast(v, &to)).collect::<Result<_, _>>()?)
+        let strict = arrow::compute::CastOptions { safe: false, ..Default::default() };
+        Ok(values.iter().map(|v| arrow::compute::cast_with_options(v, &to, &strict)).collect::<Result<_, _>>()?)
     }
 
     /// The state lists of the narrow type widened.

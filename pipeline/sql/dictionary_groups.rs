@@ -344,6 +344,9 @@ pub struct OnDictionaries {
     decoded: Vec<(String, DataType)>,
     /// Its answer's field as planned.
     field: FieldRef,
+    /// The one column it reads, where it reads one and is not volatile (`random()` is drawn for
+    /// each row): then it is worked out per entry. Derived from `inner` once, not per batch.
+    per_entry: Option<Column>,
 }
 
 impl OnDictionaries {
@@ -361,7 +364,16 @@ impl OnDictionaries {
         if read.is_empty() {
             return Ok(Arc::clone(expr));
         }
-        Ok(Arc::new(OnDictionaries { inner: Arc::clone(expr), decoded: read, field: expr.return_field(schema)? }))
+        Ok(Arc::new(OnDictionaries::new(Arc::clone(expr), read, expr.return_field(schema)?)))
+    }
+
+    fn new(inner: Arc<dyn PhysicalExpr>, decoded: Vec<(String, DataType)>, field: FieldRef) -> OnDictionaries {
+        let read = collect_columns(&inner);
+        let per_entry = match read.into_iter().collect::<Vec<_>>()[..] {
+            [ref column] if !is_volatile(&inner) => Some(column.clone()),
+            _ => None,
+        };
+        OnDictionaries { inner, decoded, field, per_entry }
     }
 
     /// The planned type of column `name`, where it may come as a dictionary.
@@ -418,15 +430,11 @@ impl PhysicalExpr for OnDictionaries {
     }
 
     fn evaluate(&self, batch: &RecordBatch) -> DfResult<ColumnarValue> {
-        let read = collect_columns(&self.inner);
-        // A volatile condition (`random()`) is drawn for each row, not once per entry.
-        let single = match read.iter().collect::<Vec<_>>()[..] {
-            [column] if !is_volatile(&self.inner) => self.planned(column.name()).and_then(|t| {
-                let d = batch.column(column.index()).as_dictionary_opt::<Int32Type>()?;
-                Some((column.index(), t, d))
-            }),
-            _ => None,
-        };
+        let single = self.per_entry.as_ref().and_then(|column| {
+            let t = self.planned(column.name())?;
+            let d = batch.column(column.index()).as_dictionary_opt::<Int32Type>()?;
+            Some((column.index(), t, d))
+        });
         let Some((index, planned, dictionary)) = single else { return self.inner.evaluate(&self.decode(batch)?) };
         // The entries, then null, in place of the column; the other columns (unread) as nulls.
         let entries = arrow::compute::concat(&[
@@ -462,7 +470,7 @@ impl PhysicalExpr for OnDictionaries {
         let inner = children.pop().filter(|_| children.is_empty()).ok_or_else(|| {
             datafusion::error::DataFusionError::Internal("a condition on dictionaries has one child".into())
         })?;
-        Ok(Arc::new(OnDictionaries { inner, decoded: self.decoded.clone(), field: Arc::clone(&self.field) }))
+        Ok(Arc::new(OnDictionaries::new(inner, self.decoded.clone(), Arc::clone(&self.field))))
     }
 
     fn fmt_sql(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -718,7 +726,7 @@ mod tests {
 
     /// Each query; whether an aggregate groups on the dictionaries; whether something is worked
     /// out per entry: [`NEVER`], [`WHERE_K_IS`] (where every file has `k` dictionary-encoded), [`ALWAYS`].
-    const QUERIES: [(&str, u8, u8); 19] = [
+    const QUERIES: [(&str, u8, u8); 20] = [
         (
             "SELECT k, count(*) AS n, count(v) AS c, sum(v) AS s, avg(v) AS a, max(v) AS hi FROM t GROUP BY k ORDER BY 1",
             WHERE_K_IS,
@@ -758,8 +766,10 @@ mod tests {
             NEVER,
             WHERE_K_IS,
         ),
-        // In one phase after a repartition by the key, hashed as the text is.
+        // In one phase after a repartition by the key, hashed as the text is (alone, or decoded
+        // beside another key).
         ("SELECT k, median(v) AS m, count(*) AS n FROM t GROUP BY k ORDER BY 1", WHERE_K_IS, NEVER),
+        ("SELECT k, j, median(v) AS m FROM t GROUP BY k, j ORDER BY 1, 2", WHERE_K_IS, NEVER),
         // ... so that a join of it with another aggregate by the key, on partitions, still meets
         // (the join's dynamic filter on the key is worked out per entry).
         (
