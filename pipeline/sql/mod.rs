@@ -15,6 +15,7 @@
 mod batch_groups;
 pub mod codec;
 pub mod compact_median;
+mod compact_pseudonyms;
 pub mod date_trunc;
 pub mod dictionary_exprs;
 pub mod dictionary_groups;
