@@ -214,20 +214,26 @@ impl Groups {
         }
         let entries = self.entries.as_mut().expect("made above");
         // Each row's combination, in `rows` until it is replaced by its group.
-        let n = keys[0].len();
+        // The first dictionary's entries are written, not added to zeros: one pass over the rows fewer.
         self.rows.clear();
-        self.rows.resize(n, 0);
-        for (d, &step) in dictionaries.iter().zip(&entries.steps) {
+        for (j, (d, &step)) in dictionaries.iter().zip(&entries.steps).enumerate() {
             let null = d.values().len();
+            let picked = d.keys().values();
             match d.keys().nulls().filter(|nulls| nulls.null_count() > 0) {
+                None if j == 0 => self.rows.extend(picked.iter().map(|&entry| entry as usize * step)),
                 None => {
-                    for (row, &entry) in self.rows.iter_mut().zip(d.keys().values()) {
+                    for (row, &entry) in self.rows.iter_mut().zip(picked) {
                         *row += entry as usize * step;
                     }
                 }
                 Some(nulls) => {
-                    for (i, (row, &entry)) in self.rows.iter_mut().zip(d.keys().values()).enumerate() {
-                        *row += if nulls.is_valid(i) { entry as usize } else { null } * step;
+                    let entry = |i: usize, entry: i32| if nulls.is_valid(i) { entry as usize } else { null } * step;
+                    if j == 0 {
+                        self.rows.extend(picked.iter().enumerate().map(|(i, &e)| entry(i, e)));
+                    } else {
+                        for (i, (row, &e)) in self.rows.iter_mut().zip(picked).enumerate() {
+                            *row += entry(i, e);
+                        }
                     }
                 }
             }

@@ -8,10 +8,13 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, FixedSizeBinaryArray, RecordBatch, StringArray};
-use arrow::buffer::{Buffer, OffsetBuffer};
+use arrow::array::builder::make_view;
+use arrow::array::{
+    Array, ArrayRef, AsArray, FixedSizeBinaryArray, GenericStringArray, OffsetSizeTrait, RecordBatch, StringViewArray,
+};
+use arrow::buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::common::Result as DfResult;
+use datafusion::common::{DataFusionError, Result as DfResult};
 
 use crate::pseudonym::{PSEUDONYM_LEN, pseudonym_bits};
 
@@ -31,50 +34,110 @@ pub(super) fn compact(column: &dyn Array) -> Option<ArrayRef> {
         bytes[i * 16..i * 16 + 16].copy_from_slice(&pseudonym_bits(s)?.to_be_bytes());
         Some(())
     };
-    let valid = |i: usize| column.is_valid(i);
+    let valid = column.nulls().filter(|nulls| nulls.null_count() > 0);
+    let each = |f: &mut dyn FnMut(usize) -> Option<()>| match valid {
+        None => (0..n).try_for_each(f),
+        Some(nulls) => nulls.valid_indices().try_for_each(f),
+    };
     match column.data_type() {
         DataType::Utf8 => {
             let c = column.as_string::<i32>();
-            (0..n).filter(|&i| valid(i)).try_for_each(|i| put(i, c.value(i).as_bytes()))?;
+            each(&mut |i| put(i, c.value(i).as_bytes()))?;
         }
         DataType::LargeUtf8 => {
             let c = column.as_string::<i64>();
-            (0..n).filter(|&i| valid(i)).try_for_each(|i| put(i, c.value(i).as_bytes()))?;
+            each(&mut |i| put(i, c.value(i).as_bytes()))?;
         }
         DataType::Utf8View => {
             let c = column.as_string_view();
-            (0..n).filter(|&i| valid(i)).try_for_each(|i| put(i, c.value(i).as_bytes()))?;
+            each(&mut |i| put(i, c.value(i).as_bytes()))?;
         }
         _ => return None,
     }
-    let nulls = column.logical_nulls();
-    Some(Arc::new(FixedSizeBinaryArray::new(16, Buffer::from_vec(bytes), nulls)))
+    Some(Arc::new(FixedSizeBinaryArray::new(16, Buffer::from_vec(bytes), column.nulls().cloned())))
 }
 
 /// A compacted column (see [`compact`]) as text of type `to` again: the same characters, the same nulls.
 pub(super) fn expand(column: &dyn Array, to: &DataType) -> DfResult<ArrayRef> {
-    let c = column.as_fixed_size_binary();
-    let mut text = vec![0u8; c.len() * PSEUDONYM_LEN];
-    let mut lengths = Vec::with_capacity(c.len());
-    let mut end = 0;
-    for i in 0..c.len() {
-        if c.is_valid(i) {
-            crate::hex::encode_into(c.value(i), &mut text[end..end + PSEUDONYM_LEN]);
-            end += PSEUDONYM_LEN;
-            lengths.push(PSEUDONYM_LEN);
-        } else {
-            lengths.push(0);
+    let indices: Vec<(usize, usize)> = (0..column.len()).map(|i| (0, i)).collect();
+    gather(&[column], &indices, to)
+}
+
+/// The rows `indices` picks (array, row) from compacted `columns`, as text of type `to`: what
+/// Arrow's `interleave` and then [`expand`] would give, without a row-by-row copy of the 16 bytes.
+pub(super) fn gather(columns: &[&dyn Array], indices: &[(usize, usize)], to: &DataType) -> DfResult<ArrayRef> {
+    let columns: Vec<&FixedSizeBinaryArray> = columns.iter().map(|c| c.as_fixed_size_binary()).collect();
+    let nulls = if columns.iter().all(|c| c.null_count() == 0) {
+        None
+    } else {
+        let valid: BooleanBuffer = indices.iter().map(|&(a, r)| columns[a].is_valid(r)).collect();
+        Some(NullBuffer::new(valid)).filter(|n| n.null_count() > 0)
+    };
+    // Each value's 32 hex digits, in the order picked; nulls take none.
+    let mut text = Vec::with_capacity(indices.len() * PSEUDONYM_LEN);
+    for &(a, r) in indices {
+        if columns[a].is_valid(r) {
+            let digits = text.len();
+            text.resize(digits + PSEUDONYM_LEN, 0);
+            crate::hex::encode_into(columns[a].value(r), &mut text[digits..]);
         }
     }
-    text.truncate(end);
-    let offsets = OffsetBuffer::<i32>::from_lengths(lengths);
-    // Hex digits are ASCII, so the text is valid UTF-8 without checking it again.
-    let strings = StringArray::try_new(offsets, Buffer::from_vec(text), c.nulls().cloned())?;
     match to {
-        DataType::Utf8 => Ok(Arc::new(strings)),
-        _ => Ok(arrow::compute::cast(&strings, to)?),
+        DataType::Utf8View => views(text, nulls),
+        DataType::LargeUtf8 => Ok(Arc::new(GenericStringArray::<i64>::try_new(
+            offsets(&nulls, indices.len())?,
+            Buffer::from_vec(text),
+            nulls,
+        )?)),
+        _ => {
+            let strings =
+                GenericStringArray::<i32>::try_new(offsets(&nulls, indices.len())?, Buffer::from_vec(text), nulls)?;
+            Ok(arrow::compute::cast(&strings, to)?)
+        }
     }
 }
+
+/// Offsets for `n` values of which those not null are pseudonyms.
+fn offsets<O: OffsetSizeTrait>(nulls: &Option<NullBuffer>, n: usize) -> DfResult<OffsetBuffer<O>> {
+    let mut offsets = Vec::with_capacity(n + 1);
+    let mut end = 0usize;
+    offsets.push(O::usize_as(0));
+    for i in 0..n {
+        if nulls.as_ref().is_none_or(|nulls| nulls.is_valid(i)) {
+            end += PSEUDONYM_LEN;
+        }
+        offsets.push(O::from_usize(end).ok_or_else(|| {
+            DataFusionError::ResourcesExhausted("more pseudonyms in one batch than its text offsets can hold".into())
+        })?);
+    }
+    Ok(OffsetBuffer::new(offsets.into()))
+}
+
+/// `text` (the digits of the values not null, one after another) as views, in blocks of at most [`BLOCK`] bytes.
+fn views(text: Vec<u8>, nulls: Option<NullBuffer>) -> DfResult<ArrayRef> {
+    let n = nulls.as_ref().map_or(text.len() / PSEUDONYM_LEN, NullBuffer::len);
+    let mut views = Vec::with_capacity(n);
+    let mut values = text.chunks_exact(PSEUDONYM_LEN).enumerate();
+    for i in 0..n {
+        if nulls.as_ref().is_some_and(|nulls| nulls.is_null(i)) {
+            views.push(0);
+            continue;
+        }
+        let (k, digits) =
+            values.next().ok_or_else(|| DataFusionError::Internal("fewer pseudonyms than rows".into()))?;
+        let at = k * PSEUDONYM_LEN;
+        views.push(make_view(digits, (at / BLOCK) as u32, (at % BLOCK) as u32));
+    }
+    let blocks = if text.len() <= BLOCK {
+        vec![Buffer::from_vec(text)]
+    } else {
+        text.chunks(BLOCK).map(Buffer::from_slice_ref).collect()
+    };
+    Ok(Arc::new(StringViewArray::try_new(views.into(), blocks, nulls)?))
+}
+
+/// The most bytes of text in one buffer of a view array (a multiple of a pseudonym's length).
+const BLOCK: usize = PSEUDONYM_LEN << 20;
 
 /// `batch` with column `i` replaced by `column`, its field's type changed to match.
 pub(super) fn replace_column(batch: &RecordBatch, i: usize, column: ArrayRef) -> DfResult<RecordBatch> {
@@ -106,7 +169,7 @@ pub(super) fn expand_batch(batch: RecordBatch, schema: &SchemaRef) -> DfResult<R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{LargeStringArray, StringViewArray};
+    use arrow::array::{LargeStringArray, StringArray, StringViewArray};
     use proptest::prelude::*;
 
     fn value() -> impl Strategy<Value = Option<String>> {
@@ -155,6 +218,18 @@ mod tests {
             values.insert(at.index(values.len() + 1), Some(other));
             prop_assert!(compact(&StringViewArray::from(values)).is_none());
         }
+    }
+
+    /// More text than one buffer of views holds: the views point into later buffers, rightly.
+    #[test]
+    fn views_beyond_one_buffer() {
+        let values: Vec<Option<String>> =
+            (0..BLOCK / PSEUDONYM_LEN * 5 / 4 + 8).map(|i| (i % 5 != 1).then(|| format!("{:032x}", i * 7919))).collect();
+        let column = StringViewArray::from(values);
+        let small = compact(&column).expect("pseudonyms compact");
+        let text = expand(small.as_ref(), &DataType::Utf8View).expect("expands");
+        assert_eq!(text.as_string_view().data_buffers().len(), 2);
+        assert_eq!(text.as_string_view(), &column);
     }
 
     #[test]

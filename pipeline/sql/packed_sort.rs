@@ -20,7 +20,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, ArrowPrimitiveType, AsArray, RecordBatch};
-use arrow::compute::{SortOptions, interleave, interleave_record_batch};
+use arrow::compute::{SortOptions, interleave};
 use arrow::datatypes::{
     DataType, Date32Type, Date64Type, Decimal128Type, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type,
     Int64Type, SchemaRef, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
@@ -608,15 +608,29 @@ impl<E: Entry> Iterator for Sorted<E> {
         let end = (self.next + self.batch_size).min(self.entries.len());
         let indices: Vec<(usize, usize)> = self.entries[self.next..end].iter().map(E::at).collect();
         self.next = end;
-        let sources: Vec<&RecordBatch> = self.batches.iter().collect();
-        let batch = interleave_record_batch(&sources, &indices)
-            .map_err(Into::into)
-            .and_then(|b| compact_pseudonyms::expand_batch(b, &self.schema));
+        let batch = self.gather(&indices);
         timer.done();
         if let Ok(b) = &batch {
             self.baseline.record_output(b.num_rows());
         }
         Some(batch)
+    }
+}
+
+impl<E> Sorted<E> {
+    /// The rows `indices` picks from the buffered batches, pseudonyms held compacted as text again.
+    fn gather(&self, indices: &[(usize, usize)]) -> DfResult<RecordBatch> {
+        let columns = (self.schema.fields().iter().enumerate())
+            .map(|(c, field)| {
+                let arrays: Vec<&dyn Array> = self.batches.iter().map(|b| b.column(c).as_ref()).collect();
+                if arrays[0].data_type() == field.data_type() {
+                    Ok(interleave(&arrays, indices)?)
+                } else {
+                    compact_pseudonyms::gather(&arrays, indices, field.data_type())
+                }
+            })
+            .collect::<DfResult<Vec<_>>>()?;
+        Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
     }
 }
 
