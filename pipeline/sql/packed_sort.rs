@@ -247,8 +247,8 @@ impl Packing {
                 fits &= stats.observe(column.as_ref());
                 columns.push(column);
             }
-            for c in 0..batch.num_columns() {
-                if !compacting[c] {
+            for (c, compacted) in compacting.iter_mut().enumerate() {
+                if !*compacted {
                     continue;
                 }
                 if let Some(small) = compact_pseudonyms::compact(batch.column(c).as_ref()) {
@@ -256,7 +256,7 @@ impl Packing {
                     continue;
                 }
                 // Text that is not a pseudonym: this column is text again in every batch buffered.
-                compacting[c] = false;
+                *compacted = false;
                 let text = self.sort.input().schema().field(c).data_type().clone();
                 for (buffered, buffered_keys) in batches.iter_mut().zip(&mut keys) {
                     let column = compact_pseudonyms::expand(buffered.column(c).as_ref(), &text)?;
