@@ -6,7 +6,9 @@
 //! are mostly pseudonyms (32 lowercase hex digits: 16 bytes), codes, dates
 //! and amounts, which pack into one or two machine integers whose order is
 //! the key's order. This node buffers its partition, packs each row's key
-//! once, sorts (key, row) pairs and gathers the rows in that order.
+//! once, sorts (key, row) pairs and gathers the rows in that order. Text
+//! columns of pseudonyms are buffered as their 16 bytes
+//! ([`super::compact_pseudonyms`]) and come out as the same text.
 //!
 //! A key wider than 32 bytes (person, date and record id: 34) packs its
 //! leading columns that fit; rows whose packed keys tie are then ordered by
