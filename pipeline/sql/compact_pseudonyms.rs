@@ -223,8 +223,9 @@ mod tests {
     /// More text than one buffer of views holds: the views point into later buffers, rightly.
     #[test]
     fn views_beyond_one_buffer() {
-        let values: Vec<Option<String>> =
-            (0..BLOCK / PSEUDONYM_LEN * 5 / 4 + 8).map(|i| (i % 5 != 1).then(|| format!("{:032x}", i * 7919))).collect();
+        let values: Vec<Option<String>> = (0..BLOCK / PSEUDONYM_LEN * 5 / 4 + 8)
+            .map(|i| (i % 5 != 1).then(|| format!("{:032x}", i * 7919)))
+            .collect();
         let column = StringViewArray::from(values);
         let small = compact(&column).expect("pseudonyms compact");
         let text = expand(small.as_ref(), &DataType::Utf8View).expect("expands");
