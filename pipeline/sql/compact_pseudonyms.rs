@@ -8,11 +8,12 @@
 
 use std::sync::Arc;
 
+use arrow::array::BooleanBufferBuilder;
 use arrow::array::builder::make_view;
 use arrow::array::{
     Array, ArrayRef, AsArray, FixedSizeBinaryArray, GenericStringArray, OffsetSizeTrait, RecordBatch, StringViewArray,
 };
-use arrow::buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer};
+use arrow::buffer::{Buffer, NullBuffer, OffsetBuffer};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{DataFusionError, Result as DfResult};
 
@@ -67,67 +68,62 @@ pub(super) fn expand(column: &dyn Array, to: &DataType) -> DfResult<ArrayRef> {
 /// Arrow's `interleave` and then [`expand`] would give, without a row-by-row copy of the 16 bytes.
 pub(super) fn gather(columns: &[&dyn Array], indices: &[(usize, usize)], to: &DataType) -> DfResult<ArrayRef> {
     let columns: Vec<&FixedSizeBinaryArray> = columns.iter().map(|c| c.as_fixed_size_binary()).collect();
-    let nulls = if columns.iter().all(|c| c.null_count() == 0) {
-        None
-    } else {
-        let valid: BooleanBuffer = indices.iter().map(|&(a, r)| columns[a].is_valid(r)).collect();
-        Some(NullBuffer::new(valid)).filter(|n| n.null_count() > 0)
-    };
-    // Each value's 32 hex digits, in the order picked; nulls take none.
+    let mut valid = columns.iter().any(|c| c.null_count() > 0).then(|| BooleanBufferBuilder::new(indices.len()));
+    // Each value's 32 hex digits, in the order picked (nulls take none), and where each row's text
+    // ends, after a leading 0: the offsets of a string array, or what a view is made from.
     let mut text = Vec::with_capacity(indices.len() * PSEUDONYM_LEN);
+    let mut ends = Vec::with_capacity(indices.len() + 1);
+    ends.push(0);
     for &(a, r) in indices {
-        if columns[a].is_valid(r) {
+        let is_valid = columns[a].is_valid(r);
+        if let Some(valid) = valid.as_mut() {
+            valid.append(is_valid);
+        }
+        if is_valid {
             let digits = text.len();
             text.resize(digits + PSEUDONYM_LEN, 0);
             crate::hex::encode_into(columns[a].value(r), &mut text[digits..]);
         }
+        ends.push(text.len());
     }
+    let nulls = valid.map(|mut v| NullBuffer::new(v.finish())).filter(|n| n.null_count() > 0);
     match to {
-        DataType::Utf8View => views(text, nulls),
-        DataType::LargeUtf8 => Ok(Arc::new(GenericStringArray::<i64>::try_new(
-            offsets(&nulls, indices.len())?,
-            Buffer::from_vec(text),
-            nulls,
-        )?)),
+        DataType::Utf8View => views(text, &ends, nulls),
+        DataType::LargeUtf8 => {
+            Ok(Arc::new(GenericStringArray::<i64>::try_new(offsets(&ends)?, Buffer::from_vec(text), nulls)?))
+        }
         _ => {
-            let strings =
-                GenericStringArray::<i32>::try_new(offsets(&nulls, indices.len())?, Buffer::from_vec(text), nulls)?;
+            let strings = GenericStringArray::<i32>::try_new(offsets(&ends)?, Buffer::from_vec(text), nulls)?;
             Ok(arrow::compute::cast(&strings, to)?)
         }
     }
 }
 
-/// Offsets for `n` values of which those not null are pseudonyms.
-fn offsets<O: OffsetSizeTrait>(nulls: &Option<NullBuffer>, n: usize) -> DfResult<OffsetBuffer<O>> {
-    let mut offsets = Vec::with_capacity(n + 1);
-    let mut end = 0usize;
-    offsets.push(O::usize_as(0));
-    for i in 0..n {
-        if nulls.as_ref().is_none_or(|nulls| nulls.is_valid(i)) {
-            end += PSEUDONYM_LEN;
-        }
-        offsets.push(O::from_usize(end).ok_or_else(|| {
-            DataFusionError::ResourcesExhausted("more pseudonyms in one batch than its text offsets can hold".into())
-        })?);
-    }
+/// `ends` as the offsets of a string array.
+fn offsets<O: OffsetSizeTrait>(ends: &[usize]) -> DfResult<OffsetBuffer<O>> {
+    let offsets = ends
+        .iter()
+        .map(|&end| {
+            O::from_usize(end).ok_or_else(|| {
+                DataFusionError::ResourcesExhausted(
+                    "more pseudonyms in one batch than its text offsets can hold".into(),
+                )
+            })
+        })
+        .collect::<DfResult<Vec<O>>>()?;
     Ok(OffsetBuffer::new(offsets.into()))
 }
 
-/// `text` (the digits of the values not null, one after another) as views, in blocks of at most [`BLOCK`] bytes.
-fn views(text: Vec<u8>, nulls: Option<NullBuffer>) -> DfResult<ArrayRef> {
-    let n = nulls.as_ref().map_or(text.len() / PSEUDONYM_LEN, NullBuffer::len);
-    let mut views = Vec::with_capacity(n);
-    let mut values = text.chunks_exact(PSEUDONYM_LEN).enumerate();
-    for i in 0..n {
-        if nulls.as_ref().is_some_and(|nulls| nulls.is_null(i)) {
-            views.push(0);
-            continue;
-        }
-        let (k, digits) =
-            values.next().ok_or_else(|| DataFusionError::Internal("fewer pseudonyms than rows".into()))?;
-        let at = k * PSEUDONYM_LEN;
-        views.push(make_view(digits, (at / BLOCK) as u32, (at % BLOCK) as u32));
-    }
+/// `text` as views of the rows `ends` marks, in blocks of at most [`BLOCK`] bytes (no value
+/// straddles two: each starts at a multiple of 32); a row whose text is empty is null.
+fn views(text: Vec<u8>, ends: &[usize], nulls: Option<NullBuffer>) -> DfResult<ArrayRef> {
+    let views: Vec<u128> = ends
+        .windows(2)
+        .map(|w| match (w[0], w[1]) {
+            (start, end) if start == end => 0,
+            (start, end) => make_view(&text[start..end], (start / BLOCK) as u32, (start % BLOCK) as u32),
+        })
+        .collect();
     let blocks = if text.len() <= BLOCK {
         vec![Buffer::from_vec(text)]
     } else {

@@ -48,7 +48,7 @@ use datafusion::physical_plan::{
 use futures::{StreamExt, TryStreamExt};
 
 use super::compact_pseudonyms;
-use crate::pseudonym::{is_pseudonym, pseudonym_bits};
+use crate::pseudonym::{PSEUDONYM_LEN, is_pseudonym, pseudonym_bits};
 
 /// The widest packed key, in bytes: two 128-bit integers.
 const MAX_WIDTH: usize = 32;
@@ -241,12 +241,11 @@ impl Packing {
             let mut size = 0;
             let mut columns = Vec::with_capacity(exprs.len());
             let mut fits = true;
-            for (((expr, _), stats), column_of) in exprs.iter().zip(&mut stats).zip(&key_columns) {
+            for ((expr, _), column_of) in exprs.iter().zip(&key_columns) {
                 let column = expr.evaluate(&batch)?.into_array(batch.num_rows())?;
                 if column_of.is_none() {
                     size += column.get_array_memory_size();
                 }
-                fits &= stats.observe(column.as_ref());
                 columns.push(column);
             }
             for (c, compacted) in compacting.iter_mut().enumerate() {
@@ -268,6 +267,9 @@ impl Packing {
                 }
             }
             share_columns(&batch, &mut columns, &key_columns);
+            for (column, stats) in columns.iter().zip(&mut stats) {
+                fits &= stats.observe(column.as_ref());
+            }
             size += batch.get_array_memory_size();
             timer.done();
             batches.push(batch);
@@ -344,7 +346,7 @@ impl Packing {
         self.handed_over_count.add(1);
         let schema = input.schema();
         // Pseudonyms compacted while buffering are given back as text one batch at a time, as DataFusion's sort reads (and spills) them.
-        let text = self.sort.input().schema();
+        let text = Arc::clone(&schema);
         let restored = buffered.into_iter().map(move |b| compact_pseudonyms::expand_batch(b, &text));
         let replayed = futures::stream::iter(restored).chain(input);
         let replay = Replay {
@@ -697,6 +699,9 @@ const SHORT_TEXT: usize = 15;
 impl Stats {
     /// Takes in a batch's key column; false once the column cannot be packed.
     fn observe(&mut self, column: &dyn Array) -> bool {
+        if *column.data_type() == compact_pseudonyms::COMPACT {
+            return self.observe_compacted(column);
+        }
         let Some(kind) = Kind::of(column.data_type()) else { return false };
         if self.kind.is_some_and(|k| k != kind) {
             return false;
@@ -722,6 +727,21 @@ impl Stats {
             Kind::Float64 | Kind::Float32 | Kind::Bool => {}
         }
         true
+    }
+
+    /// Takes in a key column of pseudonyms held compacted: every value was checked as it was
+    /// compacted, so only nulls and whether there is any value are left to see. (No key planned
+    /// as a fixed-size binary gets here, since `packable` admits none: this type means compacted.)
+    fn observe_compacted(&mut self, column: &dyn Array) -> bool {
+        if self.kind.is_some_and(|k| k != Kind::Text) {
+            return false;
+        }
+        self.kind = Some(Kind::Text);
+        self.nulls |= column.null_count() > 0;
+        if column.null_count() < column.len() {
+            self.longest = self.longest.max(PSEUDONYM_LEN);
+        }
+        self.hex || self.longest <= SHORT_TEXT
     }
 }
 
