@@ -19,6 +19,7 @@ use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_expr::expressions::Literal;
 use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::InputOrderMode;
@@ -87,6 +88,9 @@ struct Groups {
     key_types: Vec<DataType>,
     /// Per aggregate, the expressions of its arguments.
     arguments: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+    /// Per aggregate, each argument that is a constant (`count(*)` counts `1`) as an array of the
+    /// most rows a batch has had, sliced for each batch rather than made again.
+    constants: Vec<Vec<Option<ArrayRef>>>,
     accumulators: Vec<Box<dyn GroupsAccumulator>>,
     values: Box<dyn GroupValues>,
     /// The group of each row of the batch at hand.
@@ -135,6 +139,7 @@ impl Groups {
             keys: group.input_exprs(),
             key_types: group_schema.fields().iter().map(|f| f.data_type().clone()).collect(),
             arguments: aggregate.aggr_expr().iter().map(|a| a.expressions()).collect(),
+            constants: aggregate.aggr_expr().iter().map(|a| vec![None; a.expressions().len()]).collect(),
             accumulators,
             values: new_group_values(group_schema, &GroupOrdering::None)?,
             rows: Vec::new(),
@@ -165,13 +170,16 @@ impl Groups {
             }
         }
         let total = self.values.len();
-        for (accumulator, arguments) in self.accumulators.iter_mut().zip(&self.arguments) {
-            let values: Vec<ArrayRef> =
-                arguments.iter().map(|e| e.evaluate(batch)?.into_array(n)).collect::<DfResult<_>>()?;
+        let aggregates = self.accumulators.iter_mut().zip(&self.arguments).zip(&mut self.constants);
+        for ((accumulator, arguments), constants) in aggregates {
+            let values: Vec<ArrayRef> = (arguments.iter().zip(constants))
+                .map(|(e, constant)| argument(e, constant, batch))
+                .collect::<DfResult<_>>()?;
             accumulator.update_batch(&values, &self.rows, None, total)?;
         }
         let entries = self.entries.as_ref().map_or(0, |e| e.groups.capacity() * 4);
-        let size = self.values.size() + entries + self.accumulators.iter().map(|a| a.size()).sum::<usize>();
+        let constants: usize = self.constants.iter().flatten().flatten().map(|c| c.get_array_memory_size()).sum();
+        let size = self.values.size() + entries + constants + self.accumulators.iter().map(|a| a.size()).sum::<usize>();
         self.reservation.try_resize(size)
     }
 
@@ -213,42 +221,44 @@ impl Groups {
             });
         }
         let entries = self.entries.as_mut().expect("made above");
-        // Each row's combination, in `rows` until it is replaced by its group.
-        // The first dictionary's entries are written, not added to zeros: one pass over the rows fewer.
-        self.rows.clear();
-        for (j, (d, &step)) in dictionaries.iter().zip(&entries.steps).enumerate() {
-            let null = d.values().len();
-            let picked = d.keys().values();
-            match d.keys().nulls().filter(|nulls| nulls.null_count() > 0) {
-                None if j == 0 => self.rows.extend(picked.iter().map(|&entry| entry as usize * step)),
-                None => {
-                    for (row, &entry) in self.rows.iter_mut().zip(picked) {
-                        *row += entry as usize * step;
-                    }
-                }
-                Some(nulls) => {
-                    let entry = |i: usize, entry: i32| if nulls.is_valid(i) { entry as usize } else { null } * step;
-                    if j == 0 {
-                        self.rows.extend(picked.iter().enumerate().map(|(i, &e)| entry(i, e)));
-                    } else {
-                        for (i, (row, &e)) in self.rows.iter_mut().zip(picked).enumerate() {
-                            *row += entry(i, e);
+        // One key without nulls: a row's combination is its entry, so the keys are read twice (for
+        // the entries not seen before, then for each row's group) and no combinations are written.
+        let single = match &dictionaries[..] {
+            [d] if d.keys().null_count() == 0 => Some(d.keys().values()),
+            _ => None,
+        };
+        let unseen = match single {
+            Some(keys) => unseen(&mut entries.groups, keys.iter().map(|&entry| entry as usize))?,
+            None => {
+                // Each row's combination, in `rows` until it is replaced by its group.
+                // The first dictionary's entries are written, not added to zeros: one pass over the rows fewer.
+                self.rows.clear();
+                for (j, (d, &step)) in dictionaries.iter().zip(&entries.steps).enumerate() {
+                    let null = d.values().len();
+                    let picked = d.keys().values();
+                    match d.keys().nulls().filter(|nulls| nulls.null_count() > 0) {
+                        None if j == 0 => self.rows.extend(picked.iter().map(|&entry| entry as usize * step)),
+                        None => {
+                            for (row, &entry) in self.rows.iter_mut().zip(picked) {
+                                *row += entry as usize * step;
+                            }
+                        }
+                        Some(nulls) => {
+                            let entry =
+                                |i: usize, entry: i32| if nulls.is_valid(i) { entry as usize } else { null } * step;
+                            if j == 0 {
+                                self.rows.extend(picked.iter().enumerate().map(|(i, &e)| entry(i, e)));
+                            } else {
+                                for (i, (row, &e)) in self.rows.iter_mut().zip(picked).enumerate() {
+                                    *row += entry(i, e);
+                                }
+                            }
                         }
                     }
                 }
+                unseen(&mut entries.groups, self.rows.iter().copied())?
             }
-        }
-        // The combinations not seen before, looked up (or added) in the group table.
-        let mut unseen: Vec<usize> = Vec::new();
-        for &combination in &self.rows {
-            let group = entries.groups.get_mut(combination).ok_or_else(|| {
-                datafusion::error::DataFusionError::Internal("a dictionary key beyond its dictionary".into())
-            })?;
-            if *group == UNSEEN {
-                *group = UNSEEN - 1;
-                unseen.push(combination);
-            }
-        }
+        };
         if !unseen.is_empty() {
             let columns = dictionaries
                 .iter()
@@ -273,8 +283,17 @@ impl Groups {
                     })?;
             }
         }
-        for row in &mut self.rows {
-            *row = entries.groups[*row] as usize;
+        // Every combination was found in the table above, so indexing it cannot fail.
+        match single {
+            Some(keys) => {
+                self.rows.clear();
+                self.rows.extend(keys.iter().map(|&entry| entries.groups[entry as usize] as usize));
+            }
+            None => {
+                for row in &mut self.rows {
+                    *row = entries.groups[*row] as usize;
+                }
+            }
         }
         Ok(true)
     }
@@ -294,6 +313,37 @@ impl Groups {
         }
         Ok(RecordBatch::try_new(self.schema, columns)?)
     }
+}
+
+/// An aggregate's argument `e` over `batch`; a constant is made as an array once for the most rows
+/// seen (kept in `made`) and sliced.
+fn argument(e: &Arc<dyn PhysicalExpr>, made: &mut Option<ArrayRef>, batch: &RecordBatch) -> DfResult<ArrayRef> {
+    let n = batch.num_rows();
+    let Some(literal) = e.downcast_ref::<Literal>() else { return e.evaluate(batch)?.into_array(n) };
+    match made {
+        Some(array) if array.len() >= n => Ok(array.slice(0, n)),
+        _ => {
+            let array = literal.value().to_array_of_size(n)?;
+            *made = Some(Arc::clone(&array));
+            Ok(array)
+        }
+    }
+}
+
+/// The combinations among `combinations` that have no group yet, each once, marked in `groups` as
+/// being looked up; an error for one beyond the table (a dictionary key beyond its dictionary).
+fn unseen(groups: &mut [u32], combinations: impl Iterator<Item = usize>) -> DfResult<Vec<usize>> {
+    let mut unseen = Vec::new();
+    for combination in combinations {
+        let group = groups.get_mut(combination).ok_or_else(|| {
+            datafusion::error::DataFusionError::Internal("a dictionary key beyond its dictionary".into())
+        })?;
+        if *group == UNSEEN {
+            *group = UNSEEN - 1;
+            unseen.push(combination);
+        }
+    }
+    Ok(unseen)
 }
 
 /// Is every row of the keys the same as the first (nulls equal to nulls)?

@@ -22,7 +22,8 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, DictionaryArray, Int32Array, RecordBatch, new_null_array};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, DictionaryArray, Int32Array, RecordBatch, new_null_array};
+use arrow::buffer::{BooleanBuffer, NullBuffer};
 use arrow::datatypes::{DataType, Field, FieldRef, Int32Type, Schema, SchemaRef};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
@@ -453,6 +454,9 @@ impl PhysicalExpr for OnDictionaries {
         let answers =
             self.inner.evaluate(&RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)?.into_array(n)?;
         let keys = dictionary.keys();
+        if let Some(answers) = answers.as_boolean_opt() {
+            return Ok(ColumnarValue::Array(Arc::new(pick_booleans(answers, keys))));
+        }
         let picks = match keys.nulls().filter(|nulls| nulls.null_count() > 0) {
             None => keys.clone(),
             Some(nulls) => (0..keys.len())
@@ -476,6 +480,42 @@ impl PhysicalExpr for OnDictionaries {
     fn fmt_sql(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.inner.fmt_sql(f)
     }
+}
+
+/// Each row's answer, from `answers` (one per dictionary entry, then the answer for null) by the
+/// row's key. Conditions are most of these (a filter's `LIKE`, a `CASE`'s test), and Arrow's `take`
+/// of booleans makes the values and the validity in two passes with a bounds check per bit; here
+/// each entry's answer is one byte, and the validity is made only where a picked answer is null.
+fn pick_booleans(answers: &BooleanArray, keys: &Int32Array) -> BooleanArray {
+    let table: Vec<u8> =
+        (0..answers.len()).map(|e| u8::from(answers.value(e)) | if answers.is_valid(e) { VALID } else { 0 }).collect();
+    let null_entry = table.len().saturating_sub(1);
+    let picked = keys.values();
+    // A key beyond the table (which a valid dictionary has only under a null) reads as null.
+    let entry = |key: i32| table.get(key as usize).copied().unwrap_or(0);
+    let entries_valid = table[..null_entry].iter().all(|s| s & VALID != 0);
+    match keys.nulls().filter(|nulls| nulls.null_count() > 0) {
+        None => pack(keys.len(), |i| entry(picked[i]), entries_valid),
+        Some(nulls) => {
+            let null = table.get(null_entry).copied().unwrap_or(0);
+            let all_valid = entries_valid && null & VALID != 0;
+            pack(keys.len(), |i| if nulls.is_valid(i) { entry(picked[i]) } else { null }, all_valid)
+        }
+    }
+}
+
+/// A picked answer's bits: whether it is true, and whether it is valid (not null).
+const VALUE: u8 = 1;
+const VALID: u8 = 2;
+
+/// The booleans of `n` rows whose answers `state` gives; the validity is made only where some
+/// answer may be null.
+fn pack(n: usize, state: impl Fn(usize) -> u8, all_valid: bool) -> BooleanArray {
+    let values = BooleanBuffer::collect_bool(n, |i| state(i) & VALUE != 0);
+    let nulls = (!all_valid)
+        .then(|| NullBuffer::new(BooleanBuffer::collect_bool(n, |i| state(i) & VALID != 0)))
+        .filter(|nulls| nulls.null_count() > 0);
+    BooleanArray::new(values, nulls)
 }
 
 /// A text column that a repartition hashes, where it may arrive as a dictionary: hashed as its text
@@ -821,6 +861,29 @@ mod tests {
                 prop_assert_eq!(plan.contains("DictionaryGroupsExec"), expected(groups), "{}", plan);
                 prop_assert_eq!(plan.contains("(on dictionaries)"), expected(per_entry), "{}", plan);
             }
+        }
+    }
+
+    proptest! {
+        /// Picking each row's boolean answer by its key gives what Arrow's `take` gives, with the
+        /// keys' nulls taking the last answer (null's): answers true, false and null, and keys in a
+        /// slice (an offset) with and without nulls.
+        #[test]
+        fn booleans_are_picked_as_take_picks_them(
+            answers in prop::collection::vec(prop::option::weighted(0.8, any::<bool>()), 1..6),
+            keys in prop::collection::vec(prop::option::weighted(0.9, 0..8i32), 0..200),
+            skip in 0..3usize,
+        ) {
+            let answers = BooleanArray::from(answers);
+            let entries = answers.len() as i32 - 1;
+            let keys: Int32Array = keys
+                .iter()
+                .map(|&k| k.map(|k| k % entries.max(1)).filter(|_| entries > 0))
+                .collect();
+            let keys = keys.slice(skip.min(keys.len()), keys.len() - skip.min(keys.len()));
+            let picks: Int32Array = keys.iter().map(|k| Some(k.unwrap_or(entries))).collect();
+            let expected = arrow::compute::take(&answers, &picks, None).unwrap();
+            prop_assert_eq!(&pick_booleans(&answers, &keys), expected.as_boolean());
         }
     }
 
