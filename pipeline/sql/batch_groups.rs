@@ -91,6 +91,9 @@ struct Groups {
     /// Per aggregate, each argument that is a constant (`count(*)` counts `1`) as an array of the
     /// most rows a batch has had, sliced for each batch rather than made again.
     constants: Vec<Vec<Option<ArrayRef>>>,
+    /// Per aggregate, where its state is a few fixed-size values (a count, a sum, a maximum; not a
+    /// median's list of values): a batch that is one group is aggregated whole and merged.
+    whole: Vec<Option<Arc<AggregateFunctionExpr>>>,
     accumulators: Vec<Box<dyn GroupsAccumulator>>,
     values: Box<dyn GroupValues>,
     /// The group of each row of the batch at hand.
@@ -140,6 +143,7 @@ impl Groups {
             key_types: group_schema.fields().iter().map(|f| f.data_type().clone()).collect(),
             arguments: aggregate.aggr_expr().iter().map(|a| a.expressions()).collect(),
             constants: aggregate.aggr_expr().iter().map(|a| vec![None; a.expressions().len()]).collect(),
+            whole: aggregate.aggr_expr().iter().map(|a| fixed_state(a).then(|| Arc::clone(a))).collect(),
             accumulators,
             values: new_group_values(group_schema, &GroupOrdering::None)?,
             rows: Vec::new(),
@@ -157,12 +161,15 @@ impl Groups {
         }
         let keys: Vec<ArrayRef> =
             self.keys.iter().map(|k| k.evaluate(batch)?.into_array(n)).collect::<DfResult<_>>()?;
+        // The group of every row, where the batch is one group.
+        let mut one_group = None;
         if !self.add_by_dictionaries(&keys)? {
             let keys = self.decoded(keys)?;
             if all_equal(&keys)? {
                 let first: Vec<ArrayRef> = keys.iter().map(|k| k.slice(0, 1)).collect();
                 self.values.intern(&first, &mut self.rows)?;
                 let group = self.rows[0];
+                one_group = Some(group);
                 self.rows.clear();
                 self.rows.resize(n, group);
             } else {
@@ -170,12 +177,24 @@ impl Groups {
             }
         }
         let total = self.values.len();
-        let aggregates = self.accumulators.iter_mut().zip(&self.arguments).zip(&mut self.constants);
-        for ((accumulator, arguments), constants) in aggregates {
+        let aggregates = self.accumulators.iter_mut().zip(&self.arguments).zip(&mut self.constants).zip(&self.whole);
+        for (((accumulator, arguments), constants), whole) in aggregates {
             let values: Vec<ArrayRef> = (arguments.iter().zip(constants))
                 .map(|(e, constant)| argument(e, constant, batch))
                 .collect::<DfResult<_>>()?;
-            accumulator.update_batch(&values, &self.rows, None, total)?;
+            match (one_group, whole) {
+                // The batch's state, as DataFusion's accumulator of one group computes it with
+                // Arrow's kernels, merged into the group's as a partial aggregate's would be. Only
+                // where no argument is null: an accumulator that saw only nulls may state them
+                // otherwise than a group that saw none (avg's sum 0 where the group's is null).
+                (Some(group), Some(aggregate)) if values.iter().all(|v| v.null_count() == 0) => {
+                    let mut one = aggregate.create_accumulator()?;
+                    one.update_batch(&values)?;
+                    let state = one.state()?.iter().map(|s| s.to_array()).collect::<DfResult<Vec<_>>>()?;
+                    accumulator.merge_batch(&state, &[group], total)?;
+                }
+                _ => accumulator.update_batch(&values, &self.rows, None, total)?,
+            }
         }
         let entries = self.entries.as_ref().map_or(0, |e| e.groups.capacity() * 4);
         let constants: usize = self.constants.iter().flatten().flatten().map(|c| c.get_array_memory_size()).sum();
@@ -315,6 +334,12 @@ impl Groups {
     }
 }
 
+/// Is `aggregate`'s state a few fixed-size values, kept by a groups accumulator of its own?
+fn fixed_state(aggregate: &AggregateFunctionExpr) -> bool {
+    aggregate.groups_accumulator_supported()
+        && aggregate.state_fields().is_ok_and(|fields| fields.iter().all(|f| !f.data_type().is_nested()))
+}
+
 /// An aggregate's argument `e` over `batch`; a constant is made as an array once for the most rows
 /// seen (kept in `made`) and sliced.
 fn argument(e: &Arc<dyn PhysicalExpr>, made: &mut Option<ArrayRef>, batch: &RecordBatch) -> DfResult<ArrayRef> {
@@ -349,10 +374,52 @@ fn unseen(groups: &mut [u32], combinations: impl Iterator<Item = usize>) -> DfRe
 /// Is every row of the keys the same as the first (nulls equal to nulls)?
 fn all_equal(keys: &[ArrayRef]) -> DfResult<bool> {
     for k in keys {
-        let first = arrow::array::Scalar::new(k.slice(0, 1));
-        if not_distinct(k, &first)?.true_count() != k.len() {
+        // Partition columns (`year`, `month`) are 32-bit integers without nulls: compared as they lie.
+        let same = match k.data_type() {
+            DataType::Int32 if k.null_count() == 0 => same_values(k.as_primitive::<Int32Type>().values()),
+            _ => {
+                let first = arrow::array::Scalar::new(k.slice(0, 1));
+                not_distinct(k, &first)?.true_count() == k.len()
+            }
+        };
+        if !same {
             return Ok(false);
         }
     }
     Ok(true)
+}
+
+/// Is every value the first? In blocks whose test the compiler can vectorise.
+fn same_values(values: &[i32]) -> bool {
+    let Some(&first) = values.first() else { return true };
+    values.chunks(256).all(|block| block.iter().fold(true, |same, &v| same & (v == first)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int32Array;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Integer keys are found all equal exactly when Arrow's `not_distinct` finds every row
+        /// equal to the first: nulls, a key differing anywhere (also past a block of 256), slices.
+        #[test]
+        fn integers_are_all_equal_as_arrow_compares_them(
+            len in 1..700usize,
+            odd in prop::option::of((0..700usize, prop::option::weighted(0.7, any::<i32>()))),
+            first in any::<i32>(),
+            skip in 0..3usize,
+        ) {
+            let mut values = vec![Some(first); len];
+            if let Some((at, value)) = odd {
+                values[at % len] = value;
+            }
+            let skip = skip.min(len - 1);
+            let key: ArrayRef = Arc::new(Int32Array::from(values).slice(skip, len - skip));
+            let first = arrow::array::Scalar::new(key.slice(0, 1));
+            let expected = not_distinct(&key, &first).unwrap().true_count() == key.len();
+            prop_assert_eq!(all_equal(&[Arc::clone(&key), key]).unwrap(), expected);
+        }
+    }
 }
