@@ -8,15 +8,13 @@
 
 use std::sync::Arc;
 
-use arrow::array::BooleanBufferBuilder;
 use arrow::array::builder::make_view;
-use arrow::array::{
-    Array, ArrayRef, AsArray, FixedSizeBinaryArray, GenericStringArray, OffsetSizeTrait, RecordBatch, StringViewArray,
-};
-use arrow::buffer::{Buffer, NullBuffer, OffsetBuffer};
+use arrow::array::{Array, ArrayRef, AsArray, FixedSizeBinaryArray, GenericStringArray, RecordBatch, StringViewArray};
+use arrow::buffer::Buffer;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{DataFusionError, Result as DfResult};
 
+use crate::hex::Gathered;
 use crate::pseudonym::{PSEUDONYM_LEN, pseudonym_bits};
 
 /// The compact type: a pseudonym's 128-bit number, big-endian.
@@ -68,55 +66,28 @@ pub(super) fn expand(column: &dyn Array, to: &DataType) -> DfResult<ArrayRef> {
 /// Arrow's `interleave` and then [`expand`] would give, without a row-by-row copy of the 16 bytes.
 pub(super) fn gather(columns: &[&dyn Array], indices: &[(usize, usize)], to: &DataType) -> DfResult<ArrayRef> {
     let columns: Vec<&FixedSizeBinaryArray> = columns.iter().map(|c| c.as_fixed_size_binary()).collect();
-    let mut valid = columns.iter().any(|c| c.null_count() > 0).then(|| BooleanBufferBuilder::new(indices.len()));
-    // Each value's 32 hex digits, in the order picked (nulls take none), and where each row's text
-    // ends, after a leading 0: the offsets of a string array, or what a view is made from.
-    let mut text = Vec::with_capacity(indices.len() * PSEUDONYM_LEN);
-    let mut ends = Vec::with_capacity(indices.len() + 1);
-    ends.push(0);
-    for &(a, r) in indices {
-        let is_valid = columns[a].is_valid(r);
-        if let Some(valid) = valid.as_mut() {
-            valid.append(is_valid);
-        }
-        if is_valid {
-            let digits = text.len();
-            text.resize(digits + PSEUDONYM_LEN, 0);
-            crate::hex::encode_into(columns[a].value(r), &mut text[digits..]);
-        }
-        ends.push(text.len());
-    }
-    let nulls = valid.map(|mut v| NullBuffer::new(v.finish())).filter(|n| n.null_count() > 0);
+    let gathered = crate::hex::gather16(&columns, indices)
+        .ok_or_else(|| DataFusionError::Internal("a compacted pseudonym column holds 16-byte values".into()))?;
+    let too_long =
+        || DataFusionError::ResourcesExhausted("more pseudonyms in one batch than its text offsets can hold".into());
     match to {
-        DataType::Utf8View => views(text, &ends, nulls),
+        DataType::Utf8View => views(gathered),
         DataType::LargeUtf8 => {
-            Ok(Arc::new(GenericStringArray::<i64>::try_new(offsets(&ends)?, Buffer::from_vec(text), nulls)?))
+            let offsets = gathered.offsets::<i64>().ok_or_else(too_long)?;
+            Ok(Arc::new(GenericStringArray::<i64>::try_new(offsets, Buffer::from_vec(gathered.text), gathered.nulls)?))
         }
         _ => {
-            let strings = GenericStringArray::<i32>::try_new(offsets(&ends)?, Buffer::from_vec(text), nulls)?;
+            let offsets = gathered.offsets::<i32>().ok_or_else(too_long)?;
+            let strings = GenericStringArray::<i32>::try_new(offsets, Buffer::from_vec(gathered.text), gathered.nulls)?;
             Ok(arrow::compute::cast(&strings, to)?)
         }
     }
 }
 
-/// `ends` as the offsets of a string array.
-fn offsets<O: OffsetSizeTrait>(ends: &[usize]) -> DfResult<OffsetBuffer<O>> {
-    let offsets = ends
-        .iter()
-        .map(|&end| {
-            O::from_usize(end).ok_or_else(|| {
-                DataFusionError::ResourcesExhausted(
-                    "more pseudonyms in one batch than its text offsets can hold".into(),
-                )
-            })
-        })
-        .collect::<DfResult<Vec<O>>>()?;
-    Ok(OffsetBuffer::new(offsets.into()))
-}
-
-/// `text` as views of the rows `ends` marks, in blocks of at most [`BLOCK`] bytes (no value
-/// straddles two: each starts at a multiple of 32); a row whose text is empty is null.
-fn views(text: Vec<u8>, ends: &[usize], nulls: Option<NullBuffer>) -> DfResult<ArrayRef> {
+/// The gathered text as views, in blocks of at most [`BLOCK`] bytes (no value straddles two: each
+/// starts at a multiple of 32); a row whose text is empty is null.
+fn views(gathered: Gathered) -> DfResult<ArrayRef> {
+    let Gathered { text, ends, nulls } = gathered;
     let views: Vec<u128> = ends
         .windows(2)
         .map(|w| match (w[0], w[1]) {

@@ -438,32 +438,14 @@ fn used_bytes(batch: &RecordBatch) -> usize {
 
 /// The 16-byte pseudonyms `rows` of `sources` as their lowercase hex text.
 fn gather_hex(sources: &[&FixedSizeBinaryArray], rows: &[(usize, usize)]) -> Result<StringArray, ParquetError> {
-    let values: Vec<&[[u8; 16]]> = sources
-        .iter()
-        .map(|s| match s.value_length() {
-            16 => Ok(s.value_data().as_chunks::<16>().0),
-            _ => Err(ParquetError::General("a pseudonym column holds 16-byte values".into())),
-        })
-        .collect::<Result<_, _>>()?;
-    // First only the random reads, in a loop small enough that many of them
-    // are in flight at once; then the encoding, reading in order.
-    let gathered: Vec<[u8; 16]> = rows.iter().map(|&(b, r)| values[b][r]).collect();
-    let nulls = sources.iter().any(|s| s.null_count() > 0);
-    let mut text = Vec::with_capacity(rows.len() * 32);
-    let mut lengths = Vec::with_capacity(rows.len());
-    for (bytes, &(b, r)) in gathered.iter().zip(rows) {
-        if nulls && sources[b].is_null(r) {
-            lengths.push(0);
-            continue;
-        }
-        text.extend_from_slice(&crate::hex::encode16(bytes));
-        lengths.push(32);
-    }
-    let validity = nulls.then(|| rows.iter().map(|&(b, r)| sources[b].is_valid(r)).collect());
-    let offsets = OffsetBuffer::from_lengths(lengths);
-    // SAFETY: `text` is ASCII hex, and the offsets (from lengths) rise from 0
-    // to its length, so every value is a valid UTF-8 slice of it.
-    Ok(unsafe { StringArray::new_unchecked(offsets, text.into(), validity) })
+    let gathered = crate::hex::gather16(sources, rows)
+        .ok_or_else(|| ParquetError::General("a pseudonym column holds 16-byte values".into()))?;
+    let offsets = gathered
+        .offsets()
+        .ok_or_else(|| ParquetError::General("a row group's pseudonyms are more text than its offsets hold".into()))?;
+    // SAFETY: the text is ASCII hex, and the offsets rise from 0 to its
+    // length, so every value is a valid UTF-8 slice of it.
+    Ok(unsafe { StringArray::new_unchecked(offsets, gathered.text.into(), gathered.nulls) })
 }
 
 /// The strings `rows` of `sources`, as `interleave` would gather them but
