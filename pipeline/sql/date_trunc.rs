@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{AsArray, Date32Array, Int32Array};
+use arrow::array::{Array, AsArray, Date32Array, Int32Array};
 use arrow::datatypes::{DataType, Date32Type, TimeUnit};
 use datafusion::common::tree_node::Transformed;
 use datafusion::common::{DFSchema, Result as DfResult, ScalarValue, exec_err};
@@ -91,16 +91,15 @@ impl DayField {
         }
     }
 
-    /// The field of `day` (days since 1970-01-01).
-    fn of(self, day: i32) -> i32 {
-        let (y, m, d) = civil_from_days(i64::from(day));
-        // Within i32 for every day of `CALENDAR_DAYS`.
-        (match self {
-            DayField::Year => y,
-            DayField::Quarter => (m - 1) / 3 + 1,
-            DayField::Month => m,
-            DayField::Day => d,
-        }) as i32
+    /// The field of `day` (days since 1970-01-01), which lies in `month`.
+    #[inline]
+    fn of(self, day: i64, month: &Month) -> i64 {
+        match self {
+            DayField::Year => month.year,
+            DayField::Quarter => (month.month - 1) / 3 + 1,
+            DayField::Month => month.month,
+            DayField::Day => day - month.first + 1,
+        }
     }
 }
 
@@ -151,25 +150,65 @@ impl Unit {
         }
     }
 
-    /// The first day of the unit that holds `day` (days since 1970-01-01).
-    fn start(self, day: i32) -> i32 {
-        let day = i64::from(day);
-        let first = match self {
+    /// The first day of the unit that holds `day` (days since 1970-01-01), which lies in `month`.
+    #[inline]
+    fn start(self, day: i64, month: &Month) -> i64 {
+        match self {
             // 1970-01-01 was a Thursday: Monday is 0 of (day + 3) mod 7.
             Unit::Week => day - (day + 3).rem_euclid(7),
-            Unit::Month => {
-                let (y, m, _) = civil_from_days(day);
-                days_from_civil(y, m, 1)
-            }
-            Unit::Quarter => {
-                let (y, m, _) = civil_from_days(day);
-                days_from_civil(y, (m - 1) / 3 * 3 + 1, 1)
-            }
-            Unit::Year => days_from_civil(civil_from_days(day).0, 1, 1),
-        };
-        // Never before `day`'s own year's January, nor after `day`: within i32 for every i32 day but the first week.
-        i32::try_from(first).unwrap_or(i32::MIN)
+            Unit::Month => month.first,
+            Unit::Quarter => month.quarter_first,
+            Unit::Year => month.year_first,
+        }
     }
+}
+
+/// The calendar month that holds a day, with the first days of it, its quarter and its year.
+///
+/// A column's days mostly lie in the month of the row before (a warehouse
+/// partition is a month), so [`by_month`] finds a month once for a run of its
+/// days rather than per row: the calendar arithmetic was a third of a query
+/// grouped by month (s19).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Month {
+    /// Day numbers of the month's first day and of the next month's.
+    first: i64,
+    next: i64,
+    year: i64,
+    month: i64,
+    quarter_first: i64,
+    year_first: i64,
+}
+
+impl Month {
+    /// The month that holds `day` (days since 1970-01-01).
+    fn of(day: i64) -> Month {
+        let (year, month, _) = civil_from_days(day);
+        let (next_year, next_month) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
+        Month {
+            first: days_from_civil(year, month, 1),
+            next: days_from_civil(next_year, next_month, 1),
+            year,
+            month,
+            quarter_first: days_from_civil(year, (month - 1) / 3 * 3 + 1, 1),
+            year_first: days_from_civil(year, 1, 1),
+        }
+    }
+}
+
+/// `f(day, month of day)` of every day, the month found anew only where a day leaves the previous day's.
+fn by_month<T>(days: &[i32], f: impl Fn(i64, &Month) -> T) -> Vec<T> {
+    let Some(&first) = days.first() else { return Vec::new() };
+    let mut month = Month::of(i64::from(first));
+    days.iter()
+        .map(|&day| {
+            let day = i64::from(day);
+            if !(month.first..month.next).contains(&day) {
+                month = Month::of(day);
+            }
+            f(day, &month)
+        })
+        .collect()
 }
 
 /// (year, month, day) of a day number (days since 1970-01-01), proleptic Gregorian
@@ -231,8 +270,9 @@ impl ScalarUDFImpl for TruncDate {
         let Some(unit) = Unit::parse(unit) else { return exec_err!("trunc_date knows week, month, quarter and year") };
         let dates = date.to_array(args.number_rows)?;
         let dates = dates.as_primitive::<Date32Type>();
-        let starts: Date32Array = dates.unary(|day| unit.start(day));
-        Ok(ColumnarValue::Array(Arc::new(starts)))
+        // A unit's start is never after its day, and before i32's range only for the first month's days.
+        let starts = by_month(dates.values(), |day, month| i32::try_from(unit.start(day, month)).unwrap_or(i32::MIN));
+        Ok(ColumnarValue::Array(Arc::new(Date32Array::new(starts.into(), dates.nulls().cloned()))))
     }
 }
 
@@ -272,10 +312,12 @@ impl ScalarUDFImpl for DateField {
         };
         let dates = date.to_array(args.number_rows)?;
         let dates = dates.as_primitive::<Date32Type>();
-        let values: Int32Array = if dates.values().iter().all(|d| CALENDAR_DAYS.contains(d)) {
-            dates.unary(|day| field.of(day))
+        // Within i32 for every day of `CALENDAR_DAYS`.
+        let fields = by_month(dates.values(), |day, month| field.of(day, month) as i32);
+        let values = if dates.values().iter().all(|d| CALENDAR_DAYS.contains(d)) {
+            Int32Array::new(fields.into(), dates.nulls().cloned())
         } else {
-            dates.iter().map(|day| day.filter(|d| CALENDAR_DAYS.contains(d)).map(|d| field.of(d))).collect()
+            dates.iter().zip(fields).map(|(day, v)| day.filter(|d| CALENDAR_DAYS.contains(d)).map(|_| v)).collect()
         };
         Ok(ColumnarValue::Array(Arc::new(values)))
     }
@@ -328,7 +370,13 @@ mod tests {
         fn truncated_dates_agree_with_datafusion(
             // 1679-10-13 to 2262-04-09: within the nanosecond timestamps DataFusion goes through, the
             // start of the year of each day included (1677's is not).
-            days in prop::collection::vec(prop::option::weighted(0.9, -106_000i32..106_750), 1..40),
+            days in prop_oneof![
+                prop::collection::vec(prop::option::weighted(0.9, -106_000i32..106_750), 1..40),
+                // Days a few months apart, as a partition's are: runs in one month.
+                (-106_000i32..106_600).prop_flat_map(|base| {
+                    prop::collection::vec(prop::option::weighted(0.9, base..base + 150), 1..40)
+                }),
+            ],
         ) {
             let (ours, theirs) = (context(&days, true), context(&days, false));
             for (truncation, applies) in TRUNCATIONS {
@@ -368,7 +416,12 @@ mod tests {
         /// The same fields as DataFusion's, under the same column names, grouped and not, over all of `Date32`.
         #[test]
         fn date_fields_agree_with_datafusion(
-            days in prop::collection::vec(prop::option::weighted(0.9, prop_oneof![any::<i32>(), -106_751i32..106_750]), 1..40),
+            days in prop_oneof![
+                prop::collection::vec(prop::option::weighted(0.9, prop_oneof![any::<i32>(), -106_751i32..106_750]), 1..40),
+                (-106_751i32..106_600).prop_flat_map(|base| {
+                    prop::collection::vec(prop::option::weighted(0.9, base..base + 150), 1..40)
+                }),
+            ],
         ) {
             let (ours, theirs) = (context(&days, true), context(&days, false));
             // DataFusion reads the other fields through nanosecond timestamps, and fails outside them.
@@ -389,14 +442,32 @@ mod tests {
     fn known_days() {
         // 2024-02-29 (19782): a Thursday of a leap year's February.
         assert_eq!(civil_from_days(19_782), (2024, 2, 29));
-        assert_eq!(Unit::Month.start(19_782), 19_754); // 2024-02-01
-        assert_eq!(Unit::Quarter.start(19_782), 19_723); // 2024-01-01
-        assert_eq!(Unit::Year.start(19_782), 19_723);
-        assert_eq!(Unit::Week.start(19_782), 19_779); // Monday 2024-02-26
-        assert_eq!(Unit::Week.start(-4), -10); // 1969-12-28, a Sunday: Monday 1969-12-22
+        let month = Month::of(19_782);
+        assert_eq!(Unit::Month.start(19_782, &month), 19_754); // 2024-02-01
+        assert_eq!(Unit::Quarter.start(19_782, &month), 19_723); // 2024-01-01
+        assert_eq!(Unit::Year.start(19_782, &month), 19_723);
+        assert_eq!(Unit::Week.start(19_782, &month), 19_779); // Monday 2024-02-26
+        assert_eq!(Unit::Week.start(-4, &Month::of(-4)), -10); // 1969-12-28, a Sunday: Monday 1969-12-22
         assert_eq!(
-            [DayField::Year, DayField::Quarter, DayField::Month, DayField::Day].map(|f| f.of(19_782)),
+            [DayField::Year, DayField::Quarter, DayField::Month, DayField::Day].map(|f| f.of(19_782, &month)),
             [2024, 1, 2, 29]
         );
+        assert_eq!(month.next, 19_783); // 2024-03-01
+    }
+
+    /// A month kept from the row before answers as the day's own month would, for runs of days that
+    /// cross months and years forwards and backwards, and for jumps between distant days.
+    #[test]
+    fn kept_months_are_the_days_own() {
+        let forwards: Vec<i32> = (-800..800).chain(19_700..20_200).collect();
+        let backwards: Vec<i32> = forwards.iter().rev().copied().collect();
+        let jumps = vec![i32::MIN, 0, i32::MAX, -1, 31, i32::MIN + 40, 59, 60, 365];
+        for days in [forwards, backwards, jumps] {
+            let kept = by_month(&days, |day, month| (day, *month));
+            for (day, month) in kept {
+                assert_eq!(month, Month::of(day), "day {day}");
+                assert!((month.first..month.next).contains(&day), "day {day}");
+            }
+        }
     }
 }
