@@ -8,9 +8,10 @@
 //! groups as plain integers; no Arrow integer type holds every 128-bit
 //! value) and turns the groups back into text above the aggregate. A
 //! `count(DISTINCT …)` of pseudonyms that DataFusion does not turn into a
-//! grouping (several distinct counts in one aggregate) counts the number
-//! instead, as a `Decimal256(39, 0)`, the one type that holds it whole and
-//! that DataFusion counts in a set of fixed-size values. It applies only
+//! grouping (several distinct counts in one aggregate) counts the 128 bits
+//! instead, carried as the `i128` of a `Decimal128`: DataFusion counts those
+//! in a set of 16-byte values (a `Decimal256`, which holds the number as a
+//! number, took twice the memory). It applies only
 //! where the column is, through column references and unions alone, a
 //! pseudonym column of a warehouse table (from the source configs), so every
 //! value is a pseudonym; should one not be, the query fails rather than
@@ -19,8 +20,8 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Decimal256Array, StringBuilder, UInt64Array};
-use arrow::datatypes::{DataType, UInt64Type, i256};
+use arrow::array::{Array, ArrayRef, AsArray, Decimal128Array, StringBuilder, UInt64Array};
+use arrow::datatypes::{DataType, UInt64Type};
 use datafusion::common::tree_node::Transformed;
 use datafusion::common::{Column, Result as DfResult, exec_err};
 use datafusion::logical_expr::expr::AggregateFunction;
@@ -338,16 +339,19 @@ impl ScalarUDFImpl for PseudonymText {
     }
 }
 
-/// `pseudonym_number(text)`: a pseudonym's number as a `Decimal256(39, 0)`
-/// (2^128 has 39 digits); an error for text that is not a pseudonym.
+/// `pseudonym_number(text)`: a pseudonym's 128 bits as the `i128` of a
+/// `Decimal128(38, 0)` (two's complement); an error for text that is not a pseudonym.
+///
+/// Only `count(DISTINCT …)` reads it, as a set of `i128` that it never reads
+/// as numbers: most pseudonyms are above the 38 digits the type promises, so
+/// the values are not meant to be shown or computed with.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct PseudonymNumber {
     signature: Signature,
 }
 
 impl PseudonymNumber {
-    /// Digits enough for every 128-bit number.
-    const PRECISION: u8 = 39;
+    const TYPE: DataType = DataType::Decimal128(38, 0);
 
     fn udf() -> ScalarUDF {
         ScalarUDF::new_from_impl(PseudonymNumber {
@@ -366,7 +370,7 @@ impl ScalarUDFImpl for PseudonymNumber {
     }
 
     fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
-        Ok(DataType::Decimal256(Self::PRECISION, 0))
+        Ok(Self::TYPE)
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
@@ -376,16 +380,15 @@ impl ScalarUDFImpl for PseudonymNumber {
         let mut numbers = Vec::with_capacity(text.len());
         for i in 0..text.len() {
             if text.is_null(i) {
-                numbers.push(i256::ZERO);
+                numbers.push(0);
                 continue;
             }
             match pseudonym_bits(text.value(i).as_bytes()) {
-                Some(bits) => numbers.push(i256::from_parts(bits, 0)),
+                Some(bits) => numbers.push(bits as i128),
                 None => return exec_err!("a value of a pseudonym column is not a pseudonym (32 lowercase hex digits)"),
             }
         }
-        let numbers =
-            Decimal256Array::new(numbers.into(), text.nulls().cloned()).with_precision_and_scale(Self::PRECISION, 0)?;
+        let numbers = Decimal128Array::new(numbers.into(), text.nulls().cloned()).with_data_type(Self::TYPE);
         Ok(ColumnarValue::Array(Arc::new(numbers)))
     }
 }
@@ -559,7 +562,7 @@ mod tests {
         }
     }
 
-    /// Every pseudonym's number, the highest included, is a valid `Decimal256(39, 0)` that spells the pseudonym.
+    /// Every pseudonym's bits, the highest included, are one `i128` each that spells the pseudonym.
     #[test]
     fn numbers_hold_pseudonyms_at_the_top_of_the_range() {
         let p: Vec<Option<String>> = (0..10).map(|i| Some(pseudonym(i))).chain([None]).collect();
@@ -572,13 +575,11 @@ mod tests {
         for b in &batches {
             let (text, number) = (b.column(0).as_string::<i32>(), b.column(1));
             number.to_data().validate_full().expect("valid data");
-            let number = number.as_primitive::<arrow::datatypes::Decimal256Type>();
-            number.validate_decimal_precision(PseudonymNumber::PRECISION).expect("within the precision");
+            let number = number.as_primitive::<arrow::datatypes::Decimal128Type>();
             for i in 0..b.num_rows() {
                 assert_eq!(number.is_null(i), text.is_null(i));
                 if text.is_valid(i) {
-                    let (bits, high) = number.value(i).to_parts();
-                    assert_eq!((pseudonym_from_bits(bits).as_str(), high), (text.value(i), 0));
+                    assert_eq!(pseudonym_from_bits(number.value(i) as u128).as_str(), text.value(i));
                 }
             }
         }
