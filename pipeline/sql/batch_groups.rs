@@ -30,6 +30,8 @@ use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSe
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::StreamExt;
 
+use super::tally;
+
 /// A partial (or only) aggregate of plain aggregates, grouped (without grouping sets) by some keys,
 /// with nothing DataFusion's node does beyond grouping and accumulating.
 pub(super) fn plain_grouping(aggregate: &AggregateExec) -> bool {
@@ -94,6 +96,8 @@ struct Groups {
     /// Per aggregate, where its state is a few fixed-size values (a count, a sum, a maximum; not a
     /// median's list of values): a batch that is one group is aggregated whole and merged.
     whole: Vec<Option<Arc<AggregateFunctionExpr>>>,
+    /// Per aggregate, is it a count (a batch with few groups is counted by [`tally`] and merged)?
+    counts: Vec<bool>,
     accumulators: Vec<Box<dyn GroupsAccumulator>>,
     values: Box<dyn GroupValues>,
     /// The group of each row of the batch at hand.
@@ -144,6 +148,7 @@ impl Groups {
             arguments: aggregate.aggr_expr().iter().map(|a| a.expressions()).collect(),
             constants: aggregate.aggr_expr().iter().map(|a| vec![None; a.expressions().len()]).collect(),
             whole: aggregate.aggr_expr().iter().map(|a| fixed_state(a).then(|| Arc::clone(a))).collect(),
+            counts: aggregate.aggr_expr().iter().map(|a| tally::is_count(a)).collect(),
             accumulators,
             values: new_group_values(group_schema, &GroupOrdering::None)?,
             rows: Vec::new(),
@@ -177,21 +182,30 @@ impl Groups {
             }
         }
         let total = self.values.len();
-        let aggregates = self.accumulators.iter_mut().zip(&self.arguments).zip(&mut self.constants).zip(&self.whole);
-        for (((accumulator, arguments), constants), whole) in aggregates {
+        let few = one_group.is_none() && total <= tally::MAX_GROUPS;
+        // Each group's rows in the batch, made by the first count.
+        let mut counts = None;
+        let aggregates = (self.accumulators.iter_mut().zip(&self.arguments).zip(&mut self.constants))
+            .zip(self.whole.iter().zip(&self.counts));
+        for (((accumulator, arguments), constants), (whole, &is_count)) in aggregates {
             let values: Vec<ArrayRef> = (arguments.iter().zip(constants))
                 .map(|(e, constant)| argument(e, constant, batch))
                 .collect::<DfResult<_>>()?;
+            let no_nulls = values.iter().all(|v| v.null_count() == 0);
             match (one_group, whole) {
                 // The batch's state, as DataFusion's accumulator of one group computes it with
                 // Arrow's kernels, merged into the group's as a partial aggregate's would be. Only
                 // where no argument is null: an accumulator that saw only nulls may state them
                 // otherwise than a group that saw none (avg's sum 0 where the group's is null).
-                (Some(group), Some(aggregate)) if values.iter().all(|v| v.null_count() == 0) => {
+                (Some(group), Some(aggregate)) if no_nulls => {
                     let mut one = aggregate.create_accumulator()?;
                     one.update_batch(&values)?;
                     let state = one.state()?.iter().map(|s| s.to_array()).collect::<DfResult<Vec<_>>>()?;
                     accumulator.merge_batch(&state, &[group], total)?;
+                }
+                // Only without nulls, as above: a count of a column counts its values, not its rows.
+                (None, _) if is_count && few && no_nulls => {
+                    tally::merge_count(accumulator.as_mut(), &self.rows, total, &mut counts)?;
                 }
                 _ => accumulator.update_batch(&values, &self.rows, None, total)?,
             }

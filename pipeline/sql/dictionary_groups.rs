@@ -772,7 +772,11 @@ mod tests {
             WHERE_K_IS,
             NEVER,
         ),
-        ("SELECT j, k, count(*) AS n, sum(v) AS s FROM t GROUP BY k, j ORDER BY 1, 2", WHERE_K_IS, NEVER),
+        (
+            "SELECT j, k, count(*) AS n, sum(v) AS s, sum(CAST(v AS DECIMAL(12, 2)) * 2) AS d FROM t GROUP BY k, j ORDER BY 1, 2",
+            WHERE_K_IS,
+            NEVER,
+        ),
         ("SELECT k, count(*) AS n FROM t WHERE v > 0 AND year >= 2023 GROUP BY k ORDER BY 1", WHERE_K_IS, NEVER),
         ("SELECT j, max(k) AS k, min(p) AS p FROM t GROUP BY j ORDER BY 1", ALWAYS, NEVER),
         // Conditions on the keys: on each entry (and on null), or on the column decoded.

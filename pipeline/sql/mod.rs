@@ -40,6 +40,7 @@ pub mod shell;
 pub mod single_phase;
 pub mod sorted_window;
 pub mod tables;
+mod tally;
 #[cfg(test)]
 mod testing;
 pub mod versions;
