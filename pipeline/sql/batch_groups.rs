@@ -7,7 +7,8 @@
 //! takes its entry's group by index). Any other batch is grouped row by row
 //! with DataFusion's own group table. The accumulators are DataFusion's, so
 //! it emits what DataFusion's node would (the states for a final phase, or
-//! the values).
+//! the values); a batch that is one group, and a count over a batch with few
+//! groups ([`super::tally`]), are merged into them as partial states.
 
 use std::sync::Arc;
 

@@ -270,7 +270,7 @@ impl ScalarUDFImpl for TruncDate {
         let Some(unit) = Unit::parse(unit) else { return exec_err!("trunc_date knows week, month, quarter and year") };
         let dates = date.to_array(args.number_rows)?;
         let dates = dates.as_primitive::<Date32Type>();
-        // A unit's start is never after its day, and before i32's range only for the first month's days.
+        // A unit's start is never after its day, and before i32's range only for days of its first week or month.
         let starts = by_month(dates.values(), |day, month| i32::try_from(unit.start(day, month)).unwrap_or(i32::MIN));
         Ok(ColumnarValue::Array(Arc::new(Date32Array::new(starts.into(), dates.nulls().cloned()))))
     }
