@@ -192,7 +192,8 @@ impl Groups {
             let values: Vec<ArrayRef> = (arguments.iter().zip(constants))
                 .map(|(e, constant)| argument(e, constant, batch))
                 .collect::<DfResult<_>>()?;
-            let no_nulls = values.iter().all(|v| v.null_count() == 0);
+            // Logical nulls: a dictionary's key may pick a null entry.
+            let no_nulls = values.iter().all(|v| v.logical_null_count() == 0);
             match (one_group, whole) {
                 // The batch's state, as DataFusion's accumulator of one group computes it with
                 // Arrow's kernels, merged into the group's as a partial aggregate's would be. Only
