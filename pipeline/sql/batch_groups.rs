@@ -192,21 +192,21 @@ impl Groups {
             let values: Vec<ArrayRef> = (arguments.iter().zip(constants))
                 .map(|(e, constant)| argument(e, constant, batch))
                 .collect::<DfResult<_>>()?;
-            // Logical nulls: a dictionary's key may pick a null entry.
-            let no_nulls = values.iter().all(|v| v.logical_null_count() == 0);
+            // Logical nulls (a dictionary's key may pick a null entry), read only where a path below asks.
+            let no_nulls = || values.iter().all(|v| v.logical_null_count() == 0);
             match (one_group, whole) {
                 // The batch's state, as DataFusion's accumulator of one group computes it with
                 // Arrow's kernels, merged into the group's as a partial aggregate's would be. Only
                 // where no argument is null: an accumulator that saw only nulls may state them
                 // otherwise than a group that saw none (avg's sum 0 where the group's is null).
-                (Some(group), Some(aggregate)) if no_nulls => {
+                (Some(group), Some(aggregate)) if no_nulls() => {
                     let mut one = aggregate.create_accumulator()?;
                     one.update_batch(&values)?;
                     let state = one.state()?.iter().map(|s| s.to_array()).collect::<DfResult<Vec<_>>>()?;
                     accumulator.merge_batch(&state, &[group], total)?;
                 }
                 // Only without nulls, as above: a count of a column counts its values, not its rows.
-                (None, _) if is_count && few && no_nulls => {
+                (None, _) if is_count && few && no_nulls() => {
                     tally::merge_count(accumulator.as_mut(), &self.rows, total, &mut counts)?;
                 }
                 _ => accumulator.update_batch(&values, &self.rows, None, total)?,
