@@ -36,6 +36,7 @@ use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Par
 use futures::StreamExt;
 
 use super::codec::TableOrigin;
+use super::tables::CommittedTable;
 use crate::pseudonym::Pseudonymiser;
 
 /// Pseudonym columns shown as release pseudonyms of one recipient.
@@ -163,7 +164,21 @@ impl TableProvider for Restricted {
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
         let passed: Vec<bool> = filters.iter().map(|f| self.passes_on(f)).collect();
         let inner: Vec<&Expr> = filters.iter().zip(&passed).filter(|(_, p)| **p).map(|(f, _)| *f).collect();
-        let mut answers = self.inner.supports_filters_pushdown(&inner)?.into_iter();
+        let inner_table: &dyn std::any::Any = self.inner.as_ref();
+        let answers = match (&self.condition, inner_table.downcast_ref::<CommittedTable>()) {
+            // Whether the files' ranges decide a filter depends on rows the role may not see, and
+            // shows in its plan (a filter above the scan or not): the role is told only what the
+            // filter's columns alone decide.
+            (Some(_), Some(table)) => inner
+                .iter()
+                .map(|f| match table.is_partition_filter(f) {
+                    true => TableProviderFilterPushDown::Exact,
+                    false => TableProviderFilterPushDown::Inexact,
+                })
+                .collect(),
+            _ => self.inner.supports_filters_pushdown(&inner)?,
+        };
+        let mut answers = answers.into_iter();
         Ok(passed
             .iter()
             .map(|&p| match p.then(|| answers.next()).flatten() {

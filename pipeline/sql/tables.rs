@@ -7,7 +7,9 @@
 //! each file's dates and times (from the footer read when the session opens)
 //! choose too: a filter on a date leaves out the files outside its range
 //! before the plan is made, so that their footers are not read again and the
-//! files that remain are spread evenly over the threads.
+//! files that remain are spread evenly over the threads. Where the ranges
+//! decide a filter for every file (a month's dates over monthly files), choosing
+//! the files applies it exactly: no row is tested and its column is not read.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -224,10 +226,55 @@ impl CommittedTable {
     }
 
     /// Does `expr` read partition columns only (so it can choose files)?
-    fn is_partition_filter(&self, expr: &Expr) -> bool {
+    pub fn is_partition_filter(&self, expr: &Expr) -> bool {
         let names = self.partition_names();
         let columns = expr.column_refs();
         !columns.is_empty() && columns.iter().all(|c| names.contains(&c.name.as_str())) && !expr.is_volatile()
+    }
+
+    /// Whether each file passes `filter` in every row, where the files' ranges decide it for every
+    /// file: no row of the file can pass it, or none can fail it and the columns it reads hold no
+    /// null. `None` where some file is undecided, or the filter is not one of dates and times whose
+    /// answer is never null on values (comparisons with values, `BETWEEN`, `IN`, `AND`, `OR`, `NOT`).
+    ///
+    /// The answer comes from every row of the table, rows a role may not see too; a role with a row
+    /// condition is told only what [`CommittedTable::is_partition_filter`] says (`restrict`).
+    pub fn decided_by_ranges(&self, filter: &Expr) -> Option<Vec<bool>> {
+        let columns = filter.column_refs();
+        let mut read = Vec::with_capacity(columns.len());
+        for c in &columns {
+            let i = self.file_schema.index_of(&c.name).ok()?;
+            self.file_schema.field(i).data_type().is_temporal().then_some(())?;
+            read.push(i);
+        }
+        if read.is_empty() || self.ranges.is_empty() {
+            return None;
+        }
+        // Scans get their filters unqualified; the question comes with the table's name on each column.
+        let filter = &datafusion::logical_expr::expr_rewriter::unnormalize_col(filter.clone());
+        let failing = negated(filter)?;
+        let schema = DFSchema::try_from(self.file_schema.clone()).ok()?;
+        let props = datafusion::execution::context::ExecutionProps::new();
+        let prune = |e: &Expr| {
+            let planning = datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext::default();
+            let e = datafusion::physical_expr::create_physical_expr(e, &schema, &props, &planning).ok()?;
+            let pruning =
+                PruningPredicateBuilder::new().with_file_schema(self.file_schema.clone()).try_build(e).ok()?;
+            if pruning.always_true() {
+                return None;
+            }
+            pruning.prune(&PrunableStatistics::new(self.ranges.clone(), self.file_schema.clone())).ok()
+        };
+        let (may_pass, may_fail) = (prune(filter)?, prune(&failing)?);
+        let no_nulls =
+            |stats: &Statistics| read.iter().all(|&i| stats.column_statistics[i].null_count == Precision::Exact(0));
+        (may_pass.iter().zip(&may_fail).zip(&self.ranges))
+            .map(|((&pass, &fail), stats)| match (pass, fail) {
+                (false, _) => Some(false),
+                (true, false) if no_nulls(stats) => Some(true),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Which files, of those whose `ranges` are given, may hold rows that pass `filters` (on the
@@ -253,11 +300,17 @@ impl CommittedTable {
         Ok(Some(pruning.prune(&PrunableStatistics::new(ranges, self.file_schema.clone()))?))
     }
 
-    /// The files whose partition values pass every partition filter, with their statistics.
-    fn chosen_files(&self, state: &dyn Session, filters: &[&Expr]) -> DfResult<Vec<(&TableFile, &Arc<Statistics>)>> {
+    /// The files whose partition values pass every partition filter, of those `passing` marks
+    /// (one for each file), with their statistics.
+    fn chosen_files(
+        &self,
+        state: &dyn Session,
+        filters: &[&Expr],
+        passing: Vec<bool>,
+    ) -> DfResult<Vec<(&TableFile, &Arc<Statistics>)>> {
         let files: Vec<_> = self.files.iter().zip(&self.ranges).collect();
         if filters.is_empty() || files.is_empty() {
-            return Ok(files);
+            return Ok(files.into_iter().zip(passing).filter_map(|(f, k)| k.then_some(f)).collect());
         }
         // One row per file, one column per partition level: filters evaluate as on data.
         let schema = Arc::new(Schema::new(self.partition_fields.clone()));
@@ -266,7 +319,7 @@ impl CommittedTable {
             .collect();
         let batch = RecordBatch::try_new(schema.clone(), columns)?;
         let df_schema = DFSchema::try_from(schema)?;
-        let mut keep = vec![true; files.len()];
+        let mut keep = passing;
         for filter in filters {
             let predicate = state.create_physical_expr((*filter).clone(), &df_schema)?;
             let result = predicate.evaluate(&batch)?.into_array(files.len())?;
@@ -309,6 +362,48 @@ fn commit_range(meta: &parquet::file::metadata::ParquetMetaData) -> (i64, i64) {
     range.unwrap_or(unknown)
 }
 
+/// The condition a row fails `filter` by, where neither it nor the filter is ever null on values
+/// (the columns' nulls aside): comparisons of columns and non-null literals joined by `AND`, `OR`,
+/// `NOT`, `BETWEEN` and `IN`. `None` for anything else.
+fn negated(filter: &Expr) -> Option<Expr> {
+    use datafusion::logical_expr::{Between, BinaryExpr, Operator::*, expr::InList};
+    let value = |e: &Expr| match e {
+        Expr::Column(_) => true,
+        Expr::Literal(v, _) => !v.is_null(),
+        _ => false,
+    };
+    Some(match filter {
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            let flipped = match op {
+                And | Or => {
+                    let (l, r) = (negated(left)?, negated(right)?);
+                    return Some(if *op == And { l.or(r) } else { l.and(r) });
+                }
+                Eq => NotEq,
+                NotEq => Eq,
+                Lt => GtEq,
+                GtEq => Lt,
+                Gt => LtEq,
+                LtEq => Gt,
+                _ => return None,
+            };
+            (value(left) && value(right)).then_some(())?;
+            Expr::BinaryExpr(BinaryExpr::new(left.clone(), flipped, right.clone()))
+        }
+        Expr::Not(x) => {
+            negated(x)?;
+            (**x).clone()
+        }
+        Expr::Between(b) if value(&b.expr) && value(&b.low) && value(&b.high) => {
+            Expr::Between(Between { negated: !b.negated, ..b.clone() })
+        }
+        Expr::InList(l) if value(&l.expr) && l.list.iter().all(value) => {
+            Expr::InList(InList { negated: !l.negated, ..l.clone() })
+        }
+        _ => return None,
+    })
+}
+
 /// Utf8 and Binary as their view types, as `schema_force_view_types` does for listing tables.
 fn view_type(t: &DataType) -> DataType {
     match t {
@@ -329,11 +424,12 @@ impl TableProvider for CommittedTable {
     }
 
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        // Filters on partition columns alone are applied exactly, by choosing files.
+        // Filters on partition columns alone are applied exactly by choosing files, and so are those
+        // that every file's ranges decide: no FilterExec, and the columns they read are not read.
         Ok(filters
             .iter()
             .map(|f| {
-                if self.is_partition_filter(f) {
+                if self.is_partition_filter(f) || self.decided_by_ranges(f).is_some() {
                     TableProviderFilterPushDown::Exact
                 } else {
                     TableProviderFilterPushDown::Inexact
@@ -350,7 +446,13 @@ impl TableProvider for CommittedTable {
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let partition_filters: Vec<&Expr> = filters.iter().filter(|f| self.is_partition_filter(f)).collect();
-        let mut chosen = self.chosen_files(state, &partition_filters)?;
+        // A filter the ranges decide was answered exact: the files where no row passes it go, and
+        // every row of the others passes it.
+        let mut passing = vec![true; self.files.len()];
+        for decided in filters.iter().filter_map(|f| self.decided_by_ranges(f)) {
+            passing.iter_mut().zip(decided).for_each(|(p, d)| *p &= d);
+        }
+        let mut chosen = self.chosen_files(state, &partition_filters, passing)?;
         if let Some(keep) = self.in_range(state, filters, chosen.iter().map(|(_, r)| Arc::clone(r)).collect())? {
             chosen = chosen.into_iter().zip(keep).filter_map(|(c, k)| k.then_some(c)).collect();
         }
@@ -433,4 +535,200 @@ pub fn committed_tables(
             Ok((name.clone(), CommittedTable::open(root, name, t, p)?))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sql::testing::run;
+    use arrow::array::{Date32Array, Int64Array};
+    use datafusion::datasource::MemTable;
+    use datafusion::logical_expr::lit;
+    use datafusion::prelude::SessionContext;
+    use parquet::arrow::ArrowWriter;
+    use proptest::prelude::*;
+
+    /// 2024-01-01, in days since 1970.
+    const JAN_1: i32 = 19723;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![Field::new("d", DataType::Date32, true), Field::new("v", DataType::Int64, false)]))
+    }
+
+    fn batch(days: &[Option<i32>]) -> RecordBatch {
+        let v = Int64Array::from_iter_values(days.iter().map(|d| i64::from(d.unwrap_or(-1)) * 7 + 1));
+        RecordBatch::try_new(schema(), vec![Arc::new(Date32Array::from(days.to_vec())), Arc::new(v)]).unwrap()
+    }
+
+    /// Each file's days (since [`JAN_1`]) as a committed table `t` under `dir`, and as one in memory, `m`.
+    fn context(dir: &Path, files: &[Vec<Option<i32>>]) -> (SessionContext, CommittedTable) {
+        let mut table =
+            manifest::Table { partition_columns: Vec::new(), files: Vec::new(), statistic: None, versions: None };
+        std::fs::create_dir_all(dir.join("t")).unwrap();
+        let mut all = Vec::new();
+        for (i, days) in files.iter().enumerate() {
+            let days: Vec<Option<i32>> = days.iter().map(|d| d.map(|d| JAN_1 + d)).collect();
+            all.extend(days.iter().copied());
+            let path = format!("t/part-{i}.parquet");
+            let mut writer =
+                ArrowWriter::try_new(std::fs::File::create(dir.join(&path)).unwrap(), schema(), None).unwrap();
+            writer.write(&batch(&days)).unwrap();
+            writer.close().unwrap();
+            table.files.push(CommittedFile {
+                bytes: std::fs::metadata(dir.join(&path)).unwrap().len(),
+                path,
+                rows: days.len() as u64,
+                sha256: String::new(),
+                partition: BTreeMap::new(),
+                commit: 1,
+            });
+        }
+        let ctx = SessionContext::new();
+        let committed = CommittedTable::open(dir, "t", &table, &[]).unwrap();
+        ctx.register_table("t", Arc::new(CommittedTable::open(dir, "t", &table, &[]).unwrap())).unwrap();
+        ctx.register_table("m", Arc::new(MemTable::try_new(schema(), vec![vec![batch(&all)]]).unwrap())).unwrap();
+        (ctx, committed)
+    }
+
+    /// `filter` over `t` as the planner gives it to the table: simplified (the dates' casts folded).
+    fn planned(ctx: &SessionContext, filter: &str) -> Expr {
+        use datafusion::logical_expr::simplify::SimplifyContext;
+        use datafusion::optimizer::simplify_expressions::ExprSimplifier;
+        let t = Arc::new(DFSchema::try_from_qualified_schema("t", &schema()).unwrap());
+        let parsed = ctx.parse_sql_expr(filter, &t).unwrap();
+        ExprSimplifier::new(SimplifyContext::builder().with_schema(t).build()).simplify(parsed).unwrap()
+    }
+
+    /// A filter on `d`: comparisons, ranges and lists of days (since [`JAN_1`]), nulls, and their
+    /// combinations.
+    fn filter() -> impl Strategy<Value = String> {
+        let day = || {
+            (0..24i32).prop_map(|d| {
+                format!("DATE '{}'", chrono::NaiveDate::from_ymd_opt(2024, 1, 1).unwrap() + chrono::Days::new(d as u64))
+            })
+        };
+        let leaf = prop_oneof![
+            6 => (prop::sample::select(vec!["=", "<>", "<", "<=", ">", ">="]), day()).prop_map(|(op, d)| format!("d {op} {d}")),
+            2 => (day(), day(), any::<bool>())
+                .prop_map(|(a, b, not)| format!("d {}BETWEEN {a} AND {b}", if not { "NOT " } else { "" })),
+            2 => (day(), day(), any::<bool>())
+                .prop_map(|(a, b, not)| format!("d {}IN ({a}, {b})", if not { "NOT " } else { "" })),
+            1 => Just("d IS NULL".to_owned()),
+            1 => Just("d IS NOT NULL".to_owned()),
+            1 => Just("extract(day FROM d) = 3".to_owned()),
+        ];
+        leaf.prop_recursive(2, 4, 2, |inner| {
+            prop_oneof![
+                (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} AND {b})")),
+                (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} OR {b})")),
+                inner.prop_map(|a| format!("NOT ({a})")),
+            ]
+        })
+    }
+
+    /// Files of days in a stretch each (a month, say), some with nulls.
+    fn files() -> impl Strategy<Value = Vec<Vec<Option<i32>>>> {
+        let file = (0..20i32, 0..6i32, prop::bool::weighted(0.25)).prop_flat_map(|(from, width, nulls)| {
+            let day = (from..=from + width).prop_map(Some);
+            let day = if nulls { prop_oneof![4 => day, 1 => Just(None)].boxed() } else { day.boxed() };
+            prop::collection::vec(day, 1..20)
+        });
+        prop::collection::vec(file, 1..6)
+    }
+
+    #[test]
+    fn negations_fail_where_the_filter_passes() {
+        let d = || col("d");
+        let day = |n: i32| lit(ScalarValue::Date32(Some(JAN_1 + n)));
+        assert_eq!(negated(&d().lt(day(3))), Some(d().gt_eq(day(3))));
+        assert_eq!(negated(&d().gt(day(1)).and(d().not_eq(day(2)))), Some(d().lt_eq(day(1)).or(d().eq(day(2)))));
+        assert_eq!(negated(&d().between(day(1), day(2))), Some(d().not_between(day(1), day(2))));
+        assert_eq!(negated(&!d().eq(day(1))), Some(d().eq(day(1))));
+        // Null on values, or not a comparison of values: not negated.
+        assert_eq!(negated(&d().lt(lit(ScalarValue::Date32(None)))), None);
+        assert_eq!(negated(&d().is_null()), None);
+        assert_eq!(negated(&!d().is_null()), None);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Where the ranges decide a filter for every file, each file passes it in every row or in
+        /// none; and the table, which then applies it by its files alone, answers as every row does.
+        #[test]
+        fn files_the_ranges_decide_pass_or_fail_whole(files in files(), filter in filter()) {
+            let dir = tempfile::tempdir().unwrap();
+            let (ctx, committed) = context(dir.path(), &files);
+            let expr = planned(&ctx, &filter);
+            if let Some(decided) = committed.decided_by_ranges(&expr) {
+                let props = datafusion::execution::context::ExecutionProps::new();
+                let planning = datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext::default();
+                let unqualified = DFSchema::try_from(schema()).unwrap();
+                let e = datafusion::logical_expr::expr_rewriter::unnormalize_col(expr.clone());
+                let physical = datafusion::physical_expr::create_physical_expr(&e, &unqualified, &props, &planning).unwrap();
+                for (days, passes) in files.iter().zip(decided) {
+                    let days: Vec<Option<i32>> = days.iter().map(|d| d.map(|d| JAN_1 + d)).collect();
+                    let answer = physical.evaluate(&batch(&days)).unwrap().into_array(days.len()).unwrap();
+                    let answer = answer.as_any().downcast_ref::<BooleanArray>().unwrap();
+                    let all = (0..answer.len()).all(|i| answer.is_valid(i) && answer.value(i));
+                    let none = (0..answer.len()).all(|i| !answer.is_valid(i) || !answer.value(i));
+                    prop_assert!(if passes { all } else { none }, "{filter}: {days:?} {answer:?}");
+                }
+            }
+            let q = |t: &str| run(&ctx, &format!("SELECT count(*) AS n, sum(v) AS s FROM {t} WHERE {filter}"));
+            prop_assert_eq!(q("t"), q("m"), "{}", filter);
+        }
+    }
+
+    #[test]
+    fn a_role_with_a_row_condition_is_not_told_what_the_ranges_decide() {
+        use crate::sql::restrict::Restricted;
+        use TableProviderFilterPushDown::{Exact, Inexact};
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, committed) = context(dir.path(), &[(0..31).map(Some).collect(), (60..91).map(Some).collect()]);
+        let committed: Arc<dyn TableProvider> = Arc::new(committed);
+        let march = planned(&ctx, "d >= DATE '2024-03-01'");
+        assert_eq!(committed.supports_filters_pushdown(&[&march]).unwrap(), [Exact]);
+        let analyst = Restricted::new(Arc::clone(&committed), &["v".to_owned()], None, "analyst", None).unwrap();
+        assert_eq!(analyst.supports_filters_pushdown(&[&march]).unwrap(), [Exact]);
+        // The answer would tell the provider about every row's date, its own and the others'.
+        let condition = Some(col("v").gt(lit(7i64)));
+        let provider = Restricted::new(committed, &[], condition, "provider", None).unwrap();
+        assert_eq!(provider.supports_filters_pushdown(&[&march]).unwrap(), [Inexact]);
+    }
+
+    #[test]
+    fn a_filter_every_file_decides_leaves_no_filter_and_reads_no_column_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // A month a file, the second with a null day.
+        let files =
+            [(0..31).map(Some).collect(), (31..60).map(Some).chain([None]).collect(), (60..91).map(Some).collect()];
+        let (ctx, committed) = context(dir.path(), &files);
+        let plan = |filter: &str| run(&ctx, &format!("EXPLAIN SELECT sum(v) AS s FROM t WHERE {filter}"));
+        let decided = |filter: &str| committed.decided_by_ranges(&planned(&ctx, filter));
+
+        // January and March whole: each in one file; from February on, the second file's null
+        // day neither passes nor fails.
+        assert_eq!(decided("d < DATE '2024-02-01'"), Some(vec![true, false, false]));
+        assert_eq!(decided("d >= DATE '2024-02-01'"), None);
+        // At the edge of a file's range: decided only where no row is on the edge itself.
+        assert_eq!(decided("d <= DATE '2024-01-31'"), Some(vec![true, false, false]));
+        assert_eq!(decided("d < DATE '2024-01-31'"), None);
+        assert_eq!(decided("d > DATE '2024-03-01'"), None);
+        assert_eq!(decided("NOT (d < DATE '2024-03-01') AND d IN (DATE '2024-03-01', DATE '2024-05-01')"), None);
+        let march = "d >= DATE '2024-03-01'";
+        assert_eq!(decided(march), Some(vec![false, false, true]));
+        let shown = plan(march);
+        assert!(!shown.contains("FilterExec") && shown.contains("part-2.parquet"), "{shown}");
+        assert!(!shown.contains("part-0.parquet") && !shown.contains("part-1.parquet"), "{shown}");
+        assert!(shown.contains("projection=[v]"), "{shown}");
+        // Mid-month: filtered row by row.
+        let mid = "d >= DATE '2024-03-15'";
+        assert_eq!(decided(mid), None);
+        assert!(plan(mid).contains("FilterExec"), "{}", plan(mid));
+        assert_eq!(
+            run(&ctx, &format!("SELECT count(*) AS n FROM t WHERE {mid}")),
+            run(&ctx, &format!("SELECT count(*) AS n FROM m WHERE {mid}"))
+        );
+    }
 }

@@ -159,6 +159,14 @@ fn only_committed_files_are_read_and_partition_filters_prune() {
     assert!(scan.contains("year=2024/month=3/"), "{scan}");
     assert_eq!(scan.matches(".parquet").count(), 1, "one file read of {files}: {scan}");
     assert!(scan.contains(&format!("output_rows={month}")), "{scan}");
+    // Every row of that file passes the filter, so no row is tested, nor its date read.
+    let tests_rows = |plan: &str| plan.lines().any(|l| l.trim_start().starts_with("FilterExec"));
+    assert!(!tests_rows(&plan), "{plan}");
+    assert!(!scan.contains("start_date"), "{scan}");
+    // A date inside the month is tested row by row.
+    let mid = "start_date >= DATE '2024-03-15' AND start_date < DATE '2024-04-01'";
+    let plan = stdout(&ws.ok(&["sql", "--format", "csv", "-c", &format!("EXPLAIN {q}").replace(dates, mid)]));
+    assert!(tests_rows(&plan), "{plan}");
     // A filter the ranges cannot judge reads every file, and a range outside every file none.
     let all = "EXPLAIN SELECT count(*) FROM treatment_invoices_history WHERE extract(day FROM start_date) = 3";
     let plan = stdout(&ws.ok(&["sql", "--format", "csv", "-c", all]));
