@@ -675,12 +675,11 @@ impl ExecutionPlan for DictionaryGroupsExec {
 mod tests {
     use super::*;
     use crate::sql::tables::CommittedTable;
-    use crate::sql::testing::run;
-    use crate::warehouse::{CommittedFile, manifest};
+    use crate::sql::testing::{run, write_file};
+    use crate::warehouse::manifest;
     use arrow::array::{Int64Array, RecordBatch, StringArray};
     use datafusion::execution::session_state::SessionStateBuilder;
     use datafusion::prelude::{SessionConfig, SessionContext};
-    use parquet::arrow::ArrowWriter;
     use parquet::file::properties::WriterProperties;
     use proptest::prelude::*;
 
@@ -718,24 +717,13 @@ mod tests {
                 ],
             )
             .unwrap();
-            let path = format!("t/year={year}/part-{file}.parquet");
-            std::fs::create_dir_all(dir.join(format!("t/year={year}"))).unwrap();
             let props = WriterProperties::builder()
                 .set_max_row_group_row_count(Some(group))
                 .set_column_dictionary_enabled("k".into(), plain_year != Some(year))
                 .build();
-            let out = std::fs::File::create(dir.join(&path)).unwrap();
-            let mut writer = ArrowWriter::try_new(out, schema.clone(), Some(props)).unwrap();
-            writer.write(&batch).unwrap();
-            writer.close().unwrap();
-            table.files.push(CommittedFile {
-                bytes: std::fs::metadata(dir.join(&path)).unwrap().len(),
-                path,
-                rows: rows.len() as u64,
-                sha256: String::new(),
-                partition: [("year".to_owned(), year.to_string())].into(),
-                commit: 1,
-            });
+            let path = format!("t/year={year}/part-{file}.parquet");
+            let partition = [("year".to_owned(), year.to_string())].into();
+            table.files.push(write_file(dir, path, &batch, Some(props), partition));
         }
         table
     }

@@ -540,12 +540,11 @@ pub fn committed_tables(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sql::testing::run;
+    use crate::sql::testing::{run, write_file};
     use arrow::array::{Date32Array, Int64Array};
     use datafusion::datasource::MemTable;
     use datafusion::logical_expr::lit;
     use datafusion::prelude::SessionContext;
-    use parquet::arrow::ArrowWriter;
     use proptest::prelude::*;
 
     /// 2024-01-01, in days since 1970.
@@ -564,24 +563,11 @@ mod tests {
     fn context(dir: &Path, files: &[Vec<Option<i32>>]) -> (SessionContext, CommittedTable) {
         let mut table =
             manifest::Table { partition_columns: Vec::new(), files: Vec::new(), statistic: None, versions: None };
-        std::fs::create_dir_all(dir.join("t")).unwrap();
         let mut all = Vec::new();
         for (i, days) in files.iter().enumerate() {
             let days: Vec<Option<i32>> = days.iter().map(|d| d.map(|d| JAN_1 + d)).collect();
             all.extend(days.iter().copied());
-            let path = format!("t/part-{i}.parquet");
-            let mut writer =
-                ArrowWriter::try_new(std::fs::File::create(dir.join(&path)).unwrap(), schema(), None).unwrap();
-            writer.write(&batch(&days)).unwrap();
-            writer.close().unwrap();
-            table.files.push(CommittedFile {
-                bytes: std::fs::metadata(dir.join(&path)).unwrap().len(),
-                path,
-                rows: days.len() as u64,
-                sha256: String::new(),
-                partition: BTreeMap::new(),
-                commit: 1,
-            });
+            table.files.push(write_file(dir, format!("t/part-{i}.parquet"), &batch(&days), None, BTreeMap::new()));
         }
         let ctx = SessionContext::new();
         let committed = CommittedTable::open(dir, "t", &table, &[]).unwrap();
