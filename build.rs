@@ -12,7 +12,7 @@ fn main() {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
         // The kernel maps code 64 KiB around each page a process touches; the 12k functions of
         // `link/symbol-order.txt` (`link/collect.sh`), scattered over 135 MiB, made `SELECT 1` map
-        // 56 MiB of it. Placed together: 72 → 29 MiB for `SELECT 1`, 87 → 42 MiB for a sum over 10M rows.
+        // 56 MiB of it. Placed together: 72 → 28 MiB for `SELECT 1`, 86 → 42 MiB for a sum over 10M rows.
         // Rust ≥ 1.90 links x86-64 Linux with LLD, which reads the file (GNU ld does not:
         // `LADU_SYMBOL_ORDER=0` leaves it out).
         let order = std::path::Path::new(&env("CARGO_MANIFEST_DIR").unwrap_or_default()).join("link/symbol-order.txt");

@@ -559,7 +559,8 @@ mod tests {
         RecordBatch::try_new(schema(), vec![Arc::new(Date32Array::from(days.to_vec())), Arc::new(v)]).unwrap()
     }
 
-    /// Each file's days (since [`JAN_1`]) as a committed table `t` under `dir`, and as one in memory, `m`.
+    /// Each file's days (since [`JAN_1`]) as a committed table `t` under `dir`, and as one in memory, `m`;
+    /// with the committed table itself, to ask what its files' ranges decide.
     fn context(dir: &Path, files: &[Vec<Option<i32>>]) -> (SessionContext, CommittedTable) {
         let mut table =
             manifest::Table { partition_columns: Vec::new(), files: Vec::new(), statistic: None, versions: None };
