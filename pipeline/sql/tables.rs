@@ -373,22 +373,14 @@ fn negated(filter: &Expr) -> Option<Expr> {
         _ => false,
     };
     Some(match filter {
-        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
-            let flipped = match op {
-                And | Or => {
-                    let (l, r) = (negated(left)?, negated(right)?);
-                    return Some(if *op == And { l.or(r) } else { l.and(r) });
-                }
-                Eq => NotEq,
-                NotEq => Eq,
-                Lt => GtEq,
-                GtEq => Lt,
-                Gt => LtEq,
-                LtEq => Gt,
-                _ => return None,
-            };
-            (value(left) && value(right)).then_some(())?;
-            Expr::BinaryExpr(BinaryExpr::new(left.clone(), flipped, right.clone()))
+        Expr::BinaryExpr(BinaryExpr { left, op: op @ (And | Or), right }) => {
+            let (l, r) = (negated(left)?, negated(right)?);
+            if *op == And { l.or(r) } else { l.and(r) }
+        }
+        Expr::BinaryExpr(BinaryExpr { left, op: op @ (Eq | NotEq | Lt | LtEq | Gt | GtEq), right })
+            if value(left) && value(right) =>
+        {
+            Expr::BinaryExpr(BinaryExpr::new(left.clone(), op.negate()?, right.clone()))
         }
         Expr::Not(x) => {
             negated(x)?;
