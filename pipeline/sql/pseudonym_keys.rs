@@ -15,7 +15,9 @@
 //! where the column is, through column references and unions alone, a
 //! pseudonym column of a warehouse table (from the source configs), so every
 //! value is a pseudonym; should one not be, the query fails rather than
-//! group it wrongly.
+//! group it wrongly. A join on pseudonyms matches the halves too, and the
+//! pseudonyms leave it as the text of their halves, so that neither its hash
+//! table nor the repartitions below it carry the 32 characters.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, Decimal128Array, StringBuilder, UInt64Array};
 use arrow::datatypes::{DataType, UInt64Type};
 use datafusion::common::tree_node::Transformed;
-use datafusion::common::{Column, Result as DfResult, exec_err};
+use datafusion::common::{Column, JoinType, Result as DfResult, exec_err};
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::logical_plan::{Aggregate, Distinct, Join, Projection};
 use datafusion::logical_expr::{
@@ -69,6 +71,35 @@ impl PseudonymGroupKeys {
             LogicalPlan::Union(u) => u.inputs.iter().all(|input| self.holds_pseudonyms(input, i)),
             LogicalPlan::SubqueryAlias(a) => self.holds_pseudonyms(&a.input, i),
             LogicalPlan::Distinct(Distinct::All(input)) => self.holds_pseudonyms(input, i),
+            LogicalPlan::Filter(f) => self.holds_pseudonyms(&f.input, i),
+            LogicalPlan::Sort(s) => self.holds_pseudonyms(&s.input, i),
+            LogicalPlan::Limit(l) => self.holds_pseudonyms(&l.input, i),
+            // A join's output is its left input's columns, then its right's (semi- and anti-joins one side's).
+            LogicalPlan::Join(j) => {
+                let width = j.left.schema().fields().len();
+                match j.join_type {
+                    JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => {
+                        i < width && self.holds_pseudonyms(&j.left, i)
+                    }
+                    JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => {
+                        i < j.right.schema().fields().len() && self.holds_pseudonyms(&j.right, i)
+                    }
+                    _ if i < width => self.holds_pseudonyms(&j.left, i),
+                    _ => self.holds_pseudonyms(&j.right, i - width),
+                }
+            }
+            LogicalPlan::Aggregate(a) if i < a.group_expr.len() => match unaliased(&a.group_expr[i]) {
+                Expr::Column(c) => self.is_pseudonym(&a.input, c),
+                _ => false,
+            },
+            LogicalPlan::Window(w) if i < w.input.schema().fields().len() => self.holds_pseudonyms(&w.input, i),
+            // The text of a pseudonym's halves (a join's key, see `join_by_number`) is a pseudonym
+            // whatever the halves were computed from.
+            LogicalPlan::Projection(p) => match p.expr.get(i).map(unaliased) {
+                Some(Expr::ScalarFunction(f)) => f.func.name() == PseudonymText::NAME,
+                Some(Expr::Column(c)) => self.is_pseudonym(&p.input, c),
+                _ => false,
+            },
             _ => lineage::of(plan).get(i).is_some_and(|l| {
                 l.plain && l.decided && !l.sources.is_empty() && l.sources.iter().all(|s| self.columns.contains(s))
             }),
@@ -125,7 +156,24 @@ impl PseudonymGroupKeys {
             join.null_equality,
             join.null_aware,
         )?;
-        let columns = join.schema.columns().into_iter().map(Expr::Column).collect();
+        // Each pseudonym key column leaves the join as the text of its halves rather than as
+        // itself: the hash table and the repartitions below hold 16 bytes of it, not 16 and its 32
+        // characters (s13's hash table of 1M sick-leave rows: 139 → 96 MB). An outer join's
+        // missing side has no halves, so its text is null as the column's was.
+        let texts: Vec<(&Column, Expr)> = pairs
+            .iter()
+            .flat_map(|&(k, l, r)| [(l, "l", k), (r, "r", k)])
+            .map(|(c, side, k)| {
+                let half = |half| Expr::Column(Column::new_unqualified(name(side, k, half)));
+                (c, Arc::new(PseudonymText::udf()).call(vec![half(Half::High), half(Half::Low)]))
+            })
+            .collect();
+        let columns = (join.schema.columns().into_iter())
+            .map(|c| match texts.iter().find(|(key, _)| **key == c) {
+                Some((_, text)) => text.clone().alias_qualified(c.relation.clone(), &c.name),
+                None => Expr::Column(c),
+            })
+            .collect();
         Ok(Some(LogicalPlan::Projection(Projection::try_new(columns, Arc::new(LogicalPlan::Join(joined)))?)))
     }
 
@@ -218,6 +266,14 @@ impl OptimizerRule for PseudonymGroupKeys {
     }
 }
 
+/// `e` without the aliases around it.
+fn unaliased(e: &Expr) -> &Expr {
+    match e {
+        Expr::Alias(a) => unaliased(&a.expr),
+        e => e,
+    }
+}
+
 /// Calls a scalar function on one argument.
 trait Call {
     fn call(self, udf: ScalarUDF) -> Expr;
@@ -306,6 +362,8 @@ struct PseudonymText {
 }
 
 impl PseudonymText {
+    const NAME: &str = "pseudonym_text";
+
     fn udf() -> ScalarUDF {
         ScalarUDF::new_from_impl(PseudonymText {
             signature: Signature::exact(vec![KEY_TYPE, KEY_TYPE], Volatility::Immutable),
@@ -315,7 +373,7 @@ impl PseudonymText {
 
 impl ScalarUDFImpl for PseudonymText {
     fn name(&self) -> &str {
-        "pseudonym_text"
+        Self::NAME
     }
 
     fn signature(&self) -> &Signature {
@@ -461,8 +519,10 @@ mod tests {
     ];
 
     /// Aggregates with several distinct counts, and whether the rule counts their pseudonyms by number.
-    const DISTINCT_COUNTS: [(&str, bool); 4] = [
+    const DISTINCT_COUNTS: [(&str, bool); 5] = [
         ("SELECT count(DISTINCT p) AS persons, count(DISTINCT s) AS kinds, count(*) AS n FROM t", true),
+        // A pseudonym that left a join as the text of its halves is still one.
+        ("SELECT count(DISTINCT a.p) AS persons, count(DISTINCT b.v) AS n FROM t a JOIN t b ON a.p = b.p", true),
         ("SELECT s, count(DISTINCT p), count(DISTINCT v) FROM t GROUP BY s ORDER BY s", true),
         ("SELECT count(DISTINCT upper(p)), count(DISTINCT s) FROM t", false),
         ("SELECT count(DISTINCT v), count(DISTINCT s) FROM t", false),
@@ -559,6 +619,41 @@ mod tests {
                 let bits = u128::from(hi.value(i)) << 64 | u128::from(lo.value(i));
                 assert_eq!(pseudonym_from_bits(bits).as_str(), text.value(i));
             }
+        }
+    }
+
+    /// A pseudonym a join matches on leaves it as the text of its halves: the side that holds it
+    /// carries only the halves into the join (and the hash table), and the answer is the same.
+    #[test]
+    fn joined_pseudonyms_cross_the_join_as_their_halves() {
+        let p: Vec<Option<String>> = (0..12).map(|i| (i % 5 != 4).then(|| pseudonym(i % 4))).collect();
+        let ours = context(&p, &["a"; 12], true);
+        let theirs = context(&p, &["a"; 12], false);
+        for sql in [
+            "SELECT a.p, b.v FROM t a JOIN t b ON a.p = b.p ORDER BY 2, 1",
+            "SELECT a.v, b.p FROM t a LEFT JOIN t b ON a.p = b.p AND b.v > 6 ORDER BY 1, 2",
+        ] {
+            let plan = run(&ours, &format!("EXPLAIN {sql}")).expect("plans");
+            let physical = plan.split("physical_plan").nth(1).expect("a physical plan");
+            let join = physical.lines().position(|l| l.contains("HashJoinExec")).expect("a hash join");
+            let below: Vec<&str> = physical.lines().skip(join + 1).collect();
+            assert!(physical.lines().take(join).any(|l| l.contains("pseudonym_text(__ladu_join_key")), "{plan}");
+            // Below the join `p` is read only to compute its halves.
+            for line in &below {
+                let carried = line.matches("p@").count();
+                let halved = line.matches("pseudonym_key_hi(p@").count() + line.matches("pseudonym_key_lo(p@").count();
+                assert!(!line.contains("ProjectionExec") || carried == halved, "{line}\n{plan}");
+            }
+            assert_eq!(run(&ours, sql).expect("runs"), run(&theirs, sql).expect("runs"), "{sql}");
+        }
+        // Grouped above the join, and through another join, it is still grouped by number.
+        for sql in [
+            "SELECT a.p, count(*) AS n FROM t a JOIN t b ON a.p = b.p GROUP BY a.p ORDER BY 1",
+            "SELECT b.p, count(*) AS n FROM t a JOIN t b ON a.p = b.p JOIN t c ON c.p = b.p GROUP BY b.p ORDER BY 1",
+        ] {
+            let plan = run(&ours, &format!("EXPLAIN {sql}")).expect("plans");
+            assert!(plan.contains("__ladu_pseudonym_key_0_hi") && plan.contains("__ladu_join_key_l0_hi"), "{plan}");
+            assert_eq!(run(&ours, sql).expect("runs"), run(&theirs, sql).expect("runs"), "{sql}");
         }
     }
 
