@@ -23,13 +23,15 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Decimal128Array, StringBuilder, UInt64Array};
+use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, UInt64Type};
 use datafusion::common::tree_node::Transformed;
 use datafusion::common::{Column, JoinType, Result as DfResult, exec_err};
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::logical_plan::{Aggregate, Distinct, Join, Projection};
 use datafusion::logical_expr::{
-    ColumnarValue, Expr, LogicalPlan, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    ColumnarValue, Expr, LogicalPlan, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
+    Volatility,
 };
 use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
 
@@ -177,6 +179,80 @@ impl PseudonymGroupKeys {
         Ok(Some(LogicalPlan::Projection(Projection::try_new(columns, Arc::new(LogicalPlan::Join(joined)))?)))
     }
 
+    /// `aggregate`, where it groups or counts by the number of a pseudonym that its input spells
+    /// from two halves (`pseudonym_text(high, low)`, as a join on pseudonyms gives them), taking
+    /// the halves themselves: the text is neither made nor read back. The input gains the halves
+    /// as columns; its text column goes when nothing else reads it.
+    fn from_halves(aggregate: &Aggregate) -> DfResult<Option<LogicalPlan>> {
+        let LogicalPlan::Projection(projection) = aggregate.input.as_ref() else { return Ok(None) };
+        // The halves that output column `c` of the projection is the text of, and its place.
+        let halves_of = |e: &Expr| -> Option<(usize, [Expr; 2])> {
+            let Expr::Column(c) = e else { return None };
+            let i = projection.schema.index_of_column(c).ok()?;
+            let Expr::ScalarFunction(f) = unaliased(projection.expr.get(i)?) else { return None };
+            match f.args.as_slice() {
+                [high, low] if f.func.name() == PseudonymText::NAME => Some((i, [high.clone(), low.clone()])),
+                _ => None,
+            }
+        };
+        let mut added: Vec<Expr> = Vec::new();
+        let mut half_column = |i: usize, half: Half, e: &Expr| {
+            let name = format!("__ladu_halves_{i}_{}", half.suffix());
+            if !added.iter().any(|a| matches!(a, Expr::Alias(a) if a.name == name)) {
+                added.push(e.clone().alias(&name));
+            }
+            Expr::Column(Column::new_unqualified(name))
+        };
+        let schema = &aggregate.schema;
+        let mut group = Vec::with_capacity(aggregate.group_expr.len());
+        for (k, e) in aggregate.group_expr.iter().enumerate() {
+            let key = match unaliased(e) {
+                Expr::ScalarFunction(f) => [Half::High, Half::Low]
+                    .into_iter()
+                    .find(|&half| f.func.name() == PseudonymKey::name_of(half))
+                    .zip(f.args.first().and_then(halves_of)),
+                _ => None,
+            };
+            group.push(match key {
+                Some((half, (i, halves))) => {
+                    let index = if half == Half::High { 0 } else { 1 };
+                    half_column(i, half, &halves[index]).alias(schema.field(k).name())
+                }
+                None => e.clone(),
+            });
+        }
+        let mut aggr = Vec::with_capacity(aggregate.aggr_expr.len());
+        for e in &aggregate.aggr_expr {
+            let counted = match e {
+                Expr::Alias(a) => match a.expr.as_ref() {
+                    Expr::AggregateFunction(AggregateFunction { func, params }) => match params.args.as_slice() {
+                        [Expr::ScalarFunction(f)] if f.func.name() == PseudonymNumber::NAME => {
+                            f.args.first().and_then(halves_of).map(|(i, [high, low])| {
+                                let mut params = params.clone();
+                                let halves = vec![half_column(i, Half::High, &high), half_column(i, Half::Low, &low)];
+                                params.args = vec![Arc::new(PseudonymNumber::udf()).call(halves)];
+                                Expr::AggregateFunction(AggregateFunction { func: Arc::clone(func), params })
+                                    .alias(&a.name)
+                            })
+                        }
+                        _ => None,
+                    },
+                    _ => None,
+                },
+                _ => None,
+            };
+            aggr.push(counted.unwrap_or_else(|| e.clone()));
+        }
+        if added.is_empty() {
+            return Ok(None);
+        }
+        let mut exprs = projection.expr.clone();
+        exprs.extend(added);
+        let input = Projection::try_new(exprs, Arc::clone(&projection.input))?;
+        let aggregate = Aggregate::try_new(Arc::new(LogicalPlan::Projection(input)), group, aggr)?;
+        Ok(Some(LogicalPlan::Aggregate(aggregate)))
+    }
+
     /// `count(DISTINCT c)` of a pseudonym column `c`, counting its number instead, under the same name.
     fn distinct_count_by_number(&self, input: &LogicalPlan, e: &Expr, name: &str) -> Option<Expr> {
         let Expr::AggregateFunction(AggregateFunction { func, params }) = e else { return None };
@@ -214,6 +290,9 @@ impl OptimizerRule for PseudonymGroupKeys {
         let LogicalPlan::Aggregate(aggregate) = &plan else { return Ok(Transformed::no(plan)) };
         if aggregate.group_expr.iter().any(|e| matches!(e, Expr::GroupingSet(_))) {
             return Ok(Transformed::no(plan));
+        }
+        if let Some(from_halves) = Self::from_halves(aggregate)? {
+            return Ok(Transformed::yes(from_halves));
         }
         let schema = &aggregate.schema;
         let mut group = Vec::with_capacity(aggregate.group_expr.len());
@@ -310,6 +389,13 @@ struct PseudonymKey {
 }
 
 impl PseudonymKey {
+    fn name_of(half: Half) -> &'static str {
+        match half {
+            Half::High => "pseudonym_key_hi",
+            Half::Low => "pseudonym_key_lo",
+        }
+    }
+
     fn udf(half: Half) -> ScalarUDF {
         ScalarUDF::new_from_impl(PseudonymKey {
             half,
@@ -320,10 +406,7 @@ impl PseudonymKey {
 
 impl ScalarUDFImpl for PseudonymKey {
     fn name(&self) -> &str {
-        match self.half {
-            Half::High => "pseudonym_key_hi",
-            Half::Low => "pseudonym_key_lo",
-        }
+        Self::name_of(self.half)
     }
 
     fn signature(&self) -> &Signature {
@@ -409,18 +492,21 @@ struct PseudonymNumber {
 }
 
 impl PseudonymNumber {
+    const NAME: &str = "pseudonym_number";
     const TYPE: DataType = DataType::Decimal128(38, 0);
 
     fn udf() -> ScalarUDF {
+        let text = TypeSignature::Exact(vec![DataType::Utf8]);
+        let halves = TypeSignature::Exact(vec![KEY_TYPE, KEY_TYPE]);
         ScalarUDF::new_from_impl(PseudonymNumber {
-            signature: Signature::exact(vec![DataType::Utf8], Volatility::Immutable),
+            signature: Signature::one_of(vec![text, halves], Volatility::Immutable),
         })
     }
 }
 
 impl ScalarUDFImpl for PseudonymNumber {
     fn name(&self) -> &str {
-        "pseudonym_number"
+        Self::NAME
     }
 
     fn signature(&self) -> &Signature {
@@ -432,8 +518,21 @@ impl ScalarUDFImpl for PseudonymNumber {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        let [text] = args.args.as_slice() else { return exec_err!("pseudonym_number takes one argument") };
-        let text = text.to_array(args.number_rows)?;
+        let text = match args.args.as_slice() {
+            [text] => text.to_array(args.number_rows)?,
+            [high, low] => {
+                // The halves of a pseudonym that `pseudonym_text` would spell (see `from_halves`).
+                let (high, low) = (high.to_array(args.number_rows)?, low.to_array(args.number_rows)?);
+                let (high, low) = (high.as_primitive::<UInt64Type>(), low.as_primitive::<UInt64Type>());
+                let numbers = (high.values().iter().zip(low.values()))
+                    .map(|(&h, &l)| (u128::from(h) << 64 | u128::from(l)) as i128)
+                    .collect::<Vec<i128>>();
+                let nulls = NullBuffer::union(high.nulls(), low.nulls());
+                let numbers = Decimal128Array::new(numbers.into(), nulls).with_data_type(Self::TYPE);
+                return Ok(ColumnarValue::Array(Arc::new(numbers)));
+            }
+            _ => return exec_err!("pseudonym_number takes a pseudonym or its two halves"),
+        };
         let text = text.as_string::<i32>();
         let mut numbers = Vec::with_capacity(text.len());
         for i in 0..text.len() {
@@ -623,7 +722,8 @@ mod tests {
     }
 
     /// A pseudonym a join matches on leaves it as the text of its halves: the side that holds it
-    /// carries only the halves into the join (and the hash table), and the answer is the same.
+    /// carries only the halves into the join (and the hash table); grouped or counted above the
+    /// join it is taken by those halves; and the answer is the same.
     #[test]
     fn joined_pseudonyms_cross_the_join_as_their_halves() {
         let p: Vec<Option<String>> = (0..12).map(|i| (i % 5 != 4).then(|| pseudonym(i % 4))).collect();
@@ -653,8 +753,15 @@ mod tests {
         ] {
             let plan = run(&ours, &format!("EXPLAIN {sql}")).expect("plans");
             assert!(plan.contains("__ladu_pseudonym_key_0_hi") && plan.contains("__ladu_join_key_l0_hi"), "{plan}");
+            // By the halves the join matched, not by its text read back.
+            assert!(plan.contains("gby=[__ladu_halves_0_hi@0 as __ladu_pseudonym_key_0_hi"), "{plan}");
             assert_eq!(run(&ours, sql).expect("runs"), run(&theirs, sql).expect("runs"), "{sql}");
         }
+        let sql = "SELECT count(DISTINCT a.p) AS persons, count(DISTINCT b.v) AS n FROM t a JOIN t b ON a.p = b.p";
+        let plan = run(&ours, &format!("EXPLAIN {sql}")).expect("plans");
+        assert!(plan.contains("pseudonym_number(__ladu_halves_0_hi, __ladu_halves_0_lo)"), "{plan}");
+        assert!(!plan.contains("pseudonym_text"), "{plan}");
+        assert_eq!(run(&ours, sql).expect("runs"), run(&theirs, sql).expect("runs"), "{sql}");
     }
 
     /// Every pseudonym's bits, the highest included, are one `i128` each that spells the pseudonym.
