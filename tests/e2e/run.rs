@@ -114,36 +114,40 @@ fn the_systemd_units_are_valid() {
 
 #[test]
 fn committed_deliveries_move_to_processed_and_old_releases_go() {
-    let ws = Workspace::new();
-    let config = ws.config();
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    assert!(text.trim_end().ends_with("site = \"../site\""), "[paths] is the last table: {text}");
-    text.push_str("processed = \"../processed\"\n[publish]\nkeep_releases = 2\n");
-    std::fs::write(&config, text).unwrap();
-    ws.sample(100, 7, &["--only", "treatment_invoices", "--only", "population"]);
-    let inbox = ws.inbox("treatment_invoices");
-    let header = std::fs::read_to_string(inbox.join("treatment_invoices_20240331.csv")).unwrap();
-    let refused = inbox.join("treatment_invoices_20240401.csv");
-    std::fs::write(&refused, format!("{};email\n", header.lines().next().unwrap())).unwrap();
-    ws.expect(&["run"], 4);
-    let processed = ws.root().join("processed");
-    assert!(processed.join("treatment_invoices/treatment_invoices_20240331.csv").is_file());
-    assert!(processed.join("population/population_20240331.csv").is_file());
-    assert!(!inbox.join("treatment_invoices_20240331.csv").exists(), "moved out of the inbox");
-    assert!(refused.is_file(), "a refused delivery stays for the operator");
-    // Three more publications: only the newest two releases remain, latest the newest.
-    for _ in 0..3 {
-        ws.ok(&["publish"]);
-    }
-    let releases = ws.root().join("site/releases");
-    let mut names: Vec<String> =
-        std::fs::read_dir(&releases).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    names.sort();
-    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
-    assert_eq!(names, [format!("{today}.3"), format!("{today}.4")]);
-    let latest = std::fs::read_link(ws.root().join("site/latest")).unwrap();
-    assert!(latest.ends_with(format!("{today}.4")), "{latest:?}");
-    ws.ok(&["check"]);
+    within_one_day(|| {
+        let ws = Workspace::new();
+        let config = ws.config();
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        assert!(text.trim_end().ends_with("site = \"../site\""), "[paths] is the last table: {text}");
+        text.push_str("processed = \"../processed\"\n[publish]\nkeep_releases = 2\n");
+        std::fs::write(&config, text).unwrap();
+        ws.sample(100, 7, &["--only", "treatment_invoices", "--only", "population"]);
+        let inbox = ws.inbox("treatment_invoices");
+        let header = std::fs::read_to_string(inbox.join("treatment_invoices_20240331.csv")).unwrap();
+        let refused = inbox.join("treatment_invoices_20240401.csv");
+        std::fs::write(&refused, format!("{};email\n", header.lines().next().unwrap())).unwrap();
+        ws.expect(&["run"], 4);
+        let processed = ws.root().join("processed");
+        assert!(processed.join("treatment_invoices/treatment_invoices_20240331.csv").is_file());
+        assert!(processed.join("population/population_20240331.csv").is_file());
+        assert!(!inbox.join("treatment_invoices_20240331.csv").exists(), "moved out of the inbox");
+        assert!(refused.is_file(), "a refused delivery stays for the operator");
+        // Three more publications: only the newest two releases remain, latest the newest.
+        for _ in 0..3 {
+            ws.ok(&["publish"]);
+        }
+        let releases = ws.root().join("site/releases");
+        let mut names: Vec<String> = std::fs::read_dir(&releases)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+        assert_eq!(names, [format!("{today}.3"), format!("{today}.4")]);
+        let latest = std::fs::read_link(ws.root().join("site/latest")).unwrap();
+        assert!(latest.ends_with(format!("{today}.4")), "{latest:?}");
+        ws.ok(&["check"]);
+    });
 }
 
 #[test]
@@ -192,41 +196,43 @@ fn two_runs_started_together_one_runs_one_refuses() {
 
 #[test]
 fn a_write_failure_fails_cleanly_and_the_next_run_succeeds() {
-    let ws = Workspace::new();
-    ws.sample(100, 10, &["--only", "treatment_invoices", "--only", "population"]);
-    ws.ok(&["run"]);
-    let site = ws.root().join("site");
-    // Every file of the site but its lock, with its bytes.
-    let contents = |site: &std::path::Path| -> Vec<_> {
-        files_under(site)
-            .into_iter()
-            .filter(|p| !p.ends_with(".lock"))
-            .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
-            .collect()
-    };
-    let site_before = contents(&site);
-    let versions = ws.manifest_versions();
-    // New deliveries, and the warehouse cannot stage files (a file where its staging folder goes).
-    ws.sample(100, 11, &["--only", "treatment_invoices", "--date", "2024-04-30"]);
-    let staging = ws.warehouse().join("_ladu/staging");
-    let _ = std::fs::remove_dir_all(&staging);
-    std::fs::write(&staging, b"in the way").unwrap();
-    let out = ws.expect(&["run"], 1);
-    assert!(stderr(&out).contains("ingest:"), "{}", stderr(&out));
-    assert_eq!(ws.manifest_versions(), versions, "the warehouse is as it was");
-    std::fs::remove_file(&staging).unwrap();
-    // Now the site cannot be written (a folder where its lock file goes).
-    let lock = site.join(".lock");
-    std::fs::remove_file(&lock).unwrap();
-    std::fs::create_dir(&lock).unwrap();
-    let out = ws.expect(&["run"], 1);
-    assert!(stderr(&out).contains("publish:"), "{}", stderr(&out));
-    assert!(contents(&site) == site_before, "the site is as it was");
-    std::fs::remove_dir(&lock).unwrap();
-    let r = report(&ws, &ws.ok(&["run"]));
-    assert_eq!(r["outcome"], "ok");
-    assert!(r["publish"]["release"].as_str().unwrap().ends_with(".2"), "{r}");
-    ws.ok(&["check"]);
+    within_one_day(|| {
+        let ws = Workspace::new();
+        ws.sample(100, 10, &["--only", "treatment_invoices", "--only", "population"]);
+        ws.ok(&["run"]);
+        let site = ws.root().join("site");
+        // Every file of the site but its lock, with its bytes.
+        let contents = |site: &std::path::Path| -> Vec<_> {
+            files_under(site)
+                .into_iter()
+                .filter(|p| !p.ends_with(".lock"))
+                .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+                .collect()
+        };
+        let site_before = contents(&site);
+        let versions = ws.manifest_versions();
+        // New deliveries, and the warehouse cannot stage files (a file where its staging folder goes).
+        ws.sample(100, 11, &["--only", "treatment_invoices", "--date", "2024-04-30"]);
+        let staging = ws.warehouse().join("_ladu/staging");
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::write(&staging, b"in the way").unwrap();
+        let out = ws.expect(&["run"], 1);
+        assert!(stderr(&out).contains("ingest:"), "{}", stderr(&out));
+        assert_eq!(ws.manifest_versions(), versions, "the warehouse is as it was");
+        std::fs::remove_file(&staging).unwrap();
+        // Now the site cannot be written (a folder where its lock file goes).
+        let lock = site.join(".lock");
+        std::fs::remove_file(&lock).unwrap();
+        std::fs::create_dir(&lock).unwrap();
+        let out = ws.expect(&["run"], 1);
+        assert!(stderr(&out).contains("publish:"), "{}", stderr(&out));
+        assert!(contents(&site) == site_before, "the site is as it was");
+        std::fs::remove_dir(&lock).unwrap();
+        let r = report(&ws, &ws.ok(&["run"]));
+        assert_eq!(r["outcome"], "ok");
+        assert!(r["publish"]["release"].as_str().unwrap().ends_with(".2"), "{r}");
+        ws.ok(&["check"]);
+    });
 }
 
 #[test]
