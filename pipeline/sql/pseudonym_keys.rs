@@ -132,7 +132,8 @@ impl PseudonymGroupKeys {
                 let mut exprs: Vec<Expr> = input.schema().columns().into_iter().map(Expr::Column).collect();
                 for (k, c) in columns {
                     let names = [Half::High, Half::Low].map(|half| name(side, k, half));
-                    // A key a join below gave as the text of its halves takes those halves as they are.
+                    // A key that a join or a grouping below gave as the text of its halves is
+                    // matched by those halves as they are.
                     if let Some(exposed) = Self::expose_halves(&input, c, &names)? {
                         input = Arc::new(exposed);
                         exprs.extend(names.map(|n| Expr::Column(Column::new_unqualified(n))));
@@ -191,27 +192,27 @@ impl PseudonymGroupKeys {
     /// `plan` with two more columns, `names`, holding the halves that its column `c` is the text
     /// of: found where a projection spells `c` as `pseudonym_text(high, low)` (as a join on
     /// pseudonyms or a grouping by them leaves it), through projections, filters and aliases that
-    /// pass `c` on as it is. `None`
-    /// where `c` is spelled otherwise, or a name is taken.
+    /// pass `c` on as it is. `None` where `c` is spelled otherwise, or a name is taken.
     fn expose_halves(plan: &LogicalPlan, c: &Column, names: &[String; 2]) -> DfResult<Option<LogicalPlan>> {
         if names.iter().any(|n| plan.schema().has_column_with_unqualified_name(n)) {
             return Ok(None);
         }
-        let halves = |below: Option<&LogicalPlan>, e: &Expr| -> DfResult<Option<(LogicalPlan, [Expr; 2])>> {
+        // The halves of `e`, a projection's expression over `below`, and what the projection is then over.
+        let halves = |below: &LogicalPlan, e: &Expr| -> DfResult<Option<(LogicalPlan, [Expr; 2])>> {
             let exposed = names.clone().map(|n| Expr::Column(Column::new_unqualified(n)));
-            Ok(match (unaliased(e), below) {
-                (Expr::ScalarFunction(f), Some(below)) if f.func.name() == PseudonymText::NAME => match &f.args[..] {
+            Ok(match unaliased(e) {
+                Expr::ScalarFunction(f) if f.func.name() == PseudonymText::NAME => match &f.args[..] {
                     [high, low] => Some((below.clone(), [high.clone(), low.clone()])),
                     _ => None,
                 },
-                (Expr::Column(d), Some(below)) => Self::expose_halves(below, d, names)?.map(|b| (b, exposed)),
+                Expr::Column(d) => Self::expose_halves(below, d, names)?.map(|b| (b, exposed)),
                 _ => None,
             })
         };
         Ok(match plan {
             LogicalPlan::Projection(p) => {
                 let Ok(i) = p.schema.index_of_column(c) else { return Ok(None) };
-                let Some((input, [high, low])) = halves(Some(&p.input), &p.expr[i])? else { return Ok(None) };
+                let Some((input, [high, low])) = halves(&p.input, &p.expr[i])? else { return Ok(None) };
                 let mut exprs = p.expr.clone();
                 exprs.extend([high.alias(&names[0]), low.alias(&names[1])]);
                 Some(LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(input))?))
