@@ -99,9 +99,9 @@ impl PseudonymGroupKeys {
             // The text of a pseudonym's halves (a join's key, see `join_by_number`) is a pseudonym
             // whatever the halves were computed from.
             LogicalPlan::Projection(p) => match p.expr.get(i).map(unaliased) {
-                Some(Expr::ScalarFunction(f)) => f.func.name() == PseudonymText::NAME,
                 Some(Expr::Column(c)) => self.is_pseudonym(&p.input, c),
-                _ => false,
+                Some(e) => text_of_halves(e).is_some(),
+                None => false,
             },
             _ => lineage::of(plan).get(i).is_some_and(|l| {
                 l.plain && l.decided && !l.sources.is_empty() && l.sources.iter().all(|s| self.columns.contains(s))
@@ -201,12 +201,8 @@ impl PseudonymGroupKeys {
         let halves = |below: &LogicalPlan, e: &Expr| -> DfResult<Option<(LogicalPlan, [Expr; 2])>> {
             let exposed = names.clone().map(|n| Expr::Column(Column::new_unqualified(n)));
             Ok(match unaliased(e) {
-                Expr::ScalarFunction(f) if f.func.name() == PseudonymText::NAME => match &f.args[..] {
-                    [high, low] => Some((below.clone(), [high.clone(), low.clone()])),
-                    _ => None,
-                },
                 Expr::Column(d) => Self::expose_halves(below, d, names)?.map(|b| (b, exposed)),
-                _ => None,
+                e => text_of_halves(e).map(|[high, low]| (below.clone(), [high.clone(), low.clone()])),
             })
         };
         Ok(match plan {
@@ -247,11 +243,8 @@ impl PseudonymGroupKeys {
         let halves_of = |e: &Expr| -> Option<(usize, [Expr; 2])> {
             let Expr::Column(c) = e else { return None };
             let i = projection.schema.index_of_column(c).ok()?;
-            let Expr::ScalarFunction(f) = unaliased(projection.expr.get(i)?) else { return None };
-            match f.args.as_slice() {
-                [high, low] if f.func.name() == PseudonymText::NAME => Some((i, [high.clone(), low.clone()])),
-                _ => None,
-            }
+            let [high, low] = text_of_halves(unaliased(projection.expr.get(i)?))?;
+            Some((i, [high.clone(), low.clone()]))
         };
         let mut added: Vec<Expr> = Vec::new();
         let mut half_column = |i: usize, half: Half, e: &Expr| {
@@ -416,6 +409,17 @@ fn unaliased(e: &Expr) -> &Expr {
     match e {
         Expr::Alias(a) => unaliased(&a.expr),
         e => e,
+    }
+}
+
+/// The two halves whose text `e` is, where `e` is `pseudonym_text(high, low)`.
+fn text_of_halves(e: &Expr) -> Option<[&Expr; 2]> {
+    match e {
+        Expr::ScalarFunction(f) if f.func.name() == PseudonymText::NAME => match f.args.as_slice() {
+            [high, low] => Some([high, low]),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
